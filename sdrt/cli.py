@@ -1,0 +1,74 @@
+"""`sdrt` command line: preset / export / build / generate / bench / demo / info.
+
+Each subcommand lives with its job: the table below names the module that adds its arguments
+(``add_arguments(parser)``) and runs it (``run(args) -> int``). Modules are imported lazily, so
+`sdrt generate` never imports torch. Every user error is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sdrt.errors import SdrtError
+
+#: subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "preset": ("sdrt.export.commands_preset", "write a seeded random-weight preset as a diffusers folder"),
+    "export": ("sdrt.export.commands_export", "export a diffusers folder or a preset to an ONNX model folder"),
+    "build": ("sdrt.engines.commands_build", "build engines (TensorRT, ONNX Runtime) for an ONNX model folder"),
+    "generate": ("sdrt.runtime.commands_generate", "generate images with the torch-free pipeline"),
+    "bench": ("sdrt.bench.commands_bench", "benchmark sdrt against the PyTorch reference in one run"),
+    "demo": ("sdrt.demo", "export the tiny preset, generate, and compare with PyTorch"),
+    "info": ("sdrt.info", "show versions, backends usable here, and an ONNX folder's manifest"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sdrt import __version__
+
+    parser = argparse.ArgumentParser(prog="sdrt", description="Stable Diffusion inference runtime.")
+    parser.add_argument("--version", action="version", version=f"sdrt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue  # a subcommand this install does not ship: left bare, says so when run
+        mod.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    if not hasattr(args, "_module"):
+        print(f"sdrt: error: '{args.command}' is not available in this install", file=sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except SdrtError as e:
+        print(f"sdrt: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("sdrt: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("sdrt: error: out of memory: try a smaller size, batch or model", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # Disk full, permission denied, ...: the writers clean up their temporary files.
+        print(f"sdrt: error: {e.strerror or e} ({e.filename or ''})".replace(" ()", ""), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The surface every engine backend offers, and the backend registry.
+
+One engine runs one component (text_encoder, unet, vae_decoder, vae_encoder). Its life:
+
+1. ``prepare(dims)`` — allocate one buffer per tensor for these dynamic dims (``{"B", "h", "w"}``)
+   and bind them once. Calling it again with the same dims does nothing (no allocation); new dims
+   re-allocate and re-bind.
+2. ``set_input(name, array)`` — copy a host array into the bound input buffer (in place).
+   An input that is not set again keeps its value (text embeddings stay bound for a whole loop).
+3. ``run(feeds=None)`` — ``set_input`` for each feed, execute, return the outputs as host arrays.
+   The returned arrays are the engine's own preallocated host buffers, overwritten by the next
+   run: copy what you keep.
+4. ``buffers`` — the bound buffer objects by tensor name (tests check they are the same objects
+   on every step), ``close()`` frees them.
+
+Backends are imported lazily, each only with its own library.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Any, Mapping
+
+import numpy as np
+
+from sdrt import spec
+from sdrt.errors import BackendUnavailable, SdrtError
+
+#: name -> (module, class, pip extra that installs it). "auto" tries them in this order.
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "tensorrt": ("sdrt.engines.tensorrt", "TensorRTBackend", "sdrt[tensorrt]"),
+    "tensorrt_rtx": ("sdrt.engines.tensorrt", "TensorRTRTXBackend", "sdrt[tensorrt]"),
+    "ort-cuda": ("sdrt.engines.ort", "OrtCudaBackend", "sdrt[gpu]"),
+    "ort-cpu": ("sdrt.engines.ort", "OrtCpuBackend", "sdrt"),
+}
+AUTO_ORDER = ("tensorrt", "tensorrt_rtx", "ort-cuda", "ort-cpu")
+
+
+class Engine(abc.ABC):
+    """One component's engine: bound buffers reused across calls."""
+
+    component: str
+    precision: str
+
+    def __init__(self, component: str, model_values: Mapping[str, int], precision: str):
+        self.component = component
+        self.spec = spec.component(component)
+        self.model_values = dict(model_values)
+        self.precision = precision
+        self.dims: dict[str, int] | None = None
+
+    def shapes_for(self, dims: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+        return spec.shapes(self.component, {**self.model_values, **dims})
+
+    def dtype(self, tensor: str) -> np.dtype:
+        return np.dtype(spec.dtype_of(self.spec.tensor(tensor), self.precision))
+
+    @abc.abstractmethod
+    def prepare(self, dims: Mapping[str, int]) -> None: ...
+
+    @abc.abstractmethod
+    def set_input(self, name: str, array: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def execute(self) -> dict[str, np.ndarray]:
+        """Run on the bound buffers; return the outputs as host arrays."""
+
+    def run(self, feeds: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        for name, array in (feeds or {}).items():
+            self.set_input(name, array)
+        return self.execute()
+
+    @property
+    @abc.abstractmethod
+    def buffers(self) -> Mapping[str, Any]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class Backend(abc.ABC):
+    """Creates engines for a model folder. One instance per pipeline."""
+
+    name: str
+
+    @classmethod
+    @abc.abstractmethod
+    def check_available(cls) -> None:
+        """Raise BackendUnavailable (one line, naming the pip extra) when it cannot run here."""
+
+    @abc.abstractmethod
+    def load(self, manifest, component: str) -> Engine: ...
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in BACKENDS:
+        raise SdrtError(f"unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    module, cls, extra = BACKENDS[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise BackendUnavailable(f"backend {name} is not installed ({e}): pip install '{extra}'") from None
+    return getattr(mod, cls)
+
+
+def available_backends() -> list[str]:
+    """Backends that are installed and usable on this machine, fastest first."""
+    found = []
+    for name in AUTO_ORDER:
+        try:
+            backend_class(name).check_available()
+        except SdrtError:
+            continue
+        found.append(name)
+    return found
+
+
+def resolve_backend(name: str = "auto") -> str:
+    """'auto' -> the fastest usable backend; a named one is checked and returned."""
+    if name == "auto":
+        found = available_backends()
+        if not found:
+            raise BackendUnavailable("no engine backend is usable here: pip install sdrt (onnxruntime)")
+        return found[0]
+    backend_class(name).check_available()
+    return name
+
+
+def create_backend(name: str = "auto", **options: Any) -> Backend:
+    """A backend instance; options go to its constructor (threads, CUDA graph, ...)."""
+    resolved = resolve_backend(name)
+    return backend_class(resolved)(**options)

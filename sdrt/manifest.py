@@ -1,0 +1,160 @@
+"""`sdrt.json`: the manifest that makes an ONNX model folder self-describing.
+
+Export writes it; engines and the runtime read it (pure JSON, no torch). Schema (version 1)::
+
+    {
+      "format": "sdrt-onnx", "format_version": 1, "sdrt_version": "0.1.0", "created": ISO-8601,
+      "source": {"kind": "preset" | "folder", "name": str, "path": str | null,
+                 "content_hash": "sha256:..."},
+      "exporter": {"method": "dynamo" | "torchscript", "opset": int, "torch": str, "onnx": str,
+                   "diffusers": str, "transformers": str},
+      "pipeline": {"class_name": str, "prediction_type": "epsilon" | "v_prediction" | "sample",
+                   "scaling_factor": float, "shift_factor": float | null, "vae_scale_factor": int,
+                   "latent_channels": int, "unet_in_channels": int, "text_hidden_size": int,
+                   "token_length": int, "sample_size": int, "inpainting": bool},
+      "sizes": {"latent_multiple": int, "min_latent": int, "max_latent": int,
+                "rule": str},            # what the exported UNet really supports, and why
+      "components": {
+        NAME: {"file": "unet/model.onnx", "external_data": bool, "precision": "fp32" | "fp16",
+               "sha256": str,            # of model.onnx (and its .data, if any)
+               "precision_note": str,    # why this precision (e.g. the fp16 VAE policy)
+               "check": {"passed": bool, "max_abs_error": float, "max_rel_error": float,
+                         "threshold": {"max_abs": float, ...}, "shapes": [...]}}
+      }
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdrt import spec
+from sdrt.errors import SdrtError
+
+MANIFEST_NAME = "sdrt.json"
+FORMAT = "sdrt-onnx"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    latent_multiple: int
+    min_latent: int
+    max_latent: int
+    vae_scale_factor: int
+
+    @property
+    def image_multiple(self) -> int:
+        return self.latent_multiple * self.vae_scale_factor
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """Raise a one-line error when the UNet cannot run this image size."""
+        f = self.vae_scale_factor
+        for label, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0:
+                raise SdrtError(f"{label} {value!r} is not a positive whole number of pixels")
+            if value % self.image_multiple:
+                lo = value // self.image_multiple * self.image_multiple
+                hint = f"use {lo} or {lo + self.image_multiple}" if lo else f"use {self.image_multiple}"
+                raise SdrtError(
+                    f"{label} {value} is not a multiple of {self.image_multiple} "
+                    f"(this model's UNet needs latent sizes that are multiples of "
+                    f"{self.latent_multiple}, image = {f} x latent): {hint}"
+                )
+            if not self.min_latent * f <= value <= self.max_latent * f:
+                raise SdrtError(
+                    f"{label} {value} is outside the sizes this model supports "
+                    f"({self.min_latent * f}..{self.max_latent * f} pixels)"
+                )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed `sdrt.json`, with the folder it came from."""
+
+    folder: Path
+    data: dict[str, Any]
+
+    # -- reading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Manifest":
+        folder = Path(folder)
+        if not folder.exists():
+            raise SdrtError(f"model folder {folder} does not exist: export one with "
+                            f"`sdrt export --model tiny --out {folder}`")
+        path = folder / MANIFEST_NAME
+        if not path.is_file():
+            raise SdrtError(f"{folder} is not an sdrt ONNX folder (no {MANIFEST_NAME}): export it "
+                            f"with `sdrt export --model SRC --out {folder}`")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise SdrtError(f"{path} is unreadable ({e}): export the model again with --force")
+        if data.get("format") != FORMAT:
+            raise SdrtError(f"{path} is not an sdrt manifest (format {data.get('format')!r})")
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise SdrtError(f"{path} has format version {data['format_version']}, newer than this "
+                            f"sdrt understands ({FORMAT_VERSION}): upgrade sdrt")
+        for key in ("pipeline", "components", "sizes"):
+            if key not in data:
+                raise SdrtError(f"{path} lacks the '{key}' section: export the model again with --force")
+        return cls(folder, data)
+
+    # -- facts about the model ---------------------------------------------------------------
+    @property
+    def pipeline(self) -> dict[str, Any]:
+        return self.data["pipeline"]
+
+    @property
+    def components(self) -> dict[str, dict[str, Any]]:
+        return self.data["components"]
+
+    def has(self, component: str) -> bool:
+        return component in self.components
+
+    def precision(self, component: str) -> str:
+        return self.components[component]["precision"]
+
+    def onnx_path(self, component: str) -> Path:
+        """Path of a component's model.onnx; a one-line error when it is absent."""
+        if component not in self.components:
+            raise SdrtError(f"{self.folder} has no {component} (exported: "
+                            f"{', '.join(self.components) or 'none'}): export it with "
+                            f"`sdrt export --components ...{component}`")
+        path = self.folder / self.components[component]["file"]
+        if not path.is_file():
+            raise SdrtError(f"{path} is missing: export the model again with --force")
+        return path
+
+    @property
+    def values(self) -> dict[str, int]:
+        """The model's fixed shape symbols (C, Cin, S, D, f)."""
+        p = self.pipeline
+        return spec.model_values(
+            latent_channels=p["latent_channels"], unet_in_channels=p["unet_in_channels"],
+            text_hidden_size=p["text_hidden_size"], vae_scale_factor=p["vae_scale_factor"],
+            token_length=p["token_length"],
+        )
+
+    @property
+    def sizes(self) -> SizeRule:
+        s = self.data["sizes"]
+        return SizeRule(s["latent_multiple"], s["min_latent"], s["max_latent"],
+                        self.pipeline["vae_scale_factor"])
+
+    @property
+    def default_image_size(self) -> int:
+        return self.pipeline["sample_size"] * self.pipeline["vae_scale_factor"]
+
+
+def write_manifest(folder: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write `sdrt.json` atomically (temp file, then rename)."""
+    path = Path(folder) / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,1 @@
+"""numpy ports of diffusers' schedulers (filled in by the schedulers work)."""
