@@ -1,0 +1,84 @@
+"""`sdrt info`: what this install can do here, and what an ONNX model folder holds."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+
+from sdrt.errors import SdrtError
+
+#: distributions whose versions matter for a bug report or a benchmark's method
+PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "tokenizers", "pillow", "onnx", "torch",
+            "diffusers", "transformers", "tensorrt", "tensorrt-rtx", "polygraphy", "cuda-python")
+
+
+def versions() -> dict[str, str | None]:
+    from sdrt import __version__
+
+    found: dict[str, str | None] = {"sdrt": __version__, "python": platform.python_version()}
+    for dist in PACKAGES:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def backend_status() -> dict[str, str]:
+    """Each backend: 'usable', or the one-line reason it is not."""
+    from sdrt.engines import base
+
+    status = {}
+    for name in base.AUTO_ORDER:
+        try:
+            base.backend_class(name).check_available()
+            status[name] = "usable"
+        except SdrtError as e:
+            status[name] = str(e)
+    return status
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="an ONNX model folder (written by `sdrt export`)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    report: dict = {"versions": versions(), "backends": backend_status()}
+    if args.model:
+        from sdrt.manifest import Manifest
+
+        m = Manifest.load(args.model)
+        report["model"] = {
+            "folder": str(m.folder),
+            "source": m.data.get("source"),
+            "pipeline": m.pipeline,
+            "sizes": m.data["sizes"],
+            "components": {k: {"precision": v.get("precision"), "check": v.get("check")}
+                           for k, v in m.components.items()},
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print("versions:")
+    for k, v in report["versions"].items():
+        print(f"  {k:16} {v or '-'}")
+    print("backends (auto picks the first usable):")
+    for k, v in report["backends"].items():
+        print(f"  {k:16} {v}")
+    if "model" in report:
+        mod = report["model"]
+        p, s = mod["pipeline"], mod["sizes"]
+        f = p["vae_scale_factor"]
+        print(f"model {mod['folder']}: {p['class_name']}, {p['prediction_type']}, "
+              f"default {p['sample_size'] * f} px, sizes multiple of {s['latent_multiple'] * f} px "
+              f"in {s['min_latent'] * f}..{s['max_latent'] * f}")
+        for name, c in mod["components"].items():
+            check = c["check"] or {}
+            err = check.get("max_abs_error")
+            print(f"  {name:14} {c['precision']:5} check "
+                  f"{'passed' if check.get('passed') else 'FAILED'}"
+                  + (f" (max abs error {err:.2e})" if isinstance(err, (int, float)) else ""))
+    return 0

@@ -1,0 +1,29 @@
+"""The CLI's contract: one-line errors, non-zero exits, no tracebacks."""
+
+import subprocess
+import sys
+
+
+def sdrt(*args):
+    return subprocess.run([sys.executable, "-m", "sdrt.cli", *args], capture_output=True, text=True)
+
+
+def test_no_command_prints_help_and_fails():
+    r = sdrt()
+    assert r.returncode == 2 and "COMMAND" in r.stdout
+
+
+def test_info_lists_backends():
+    r = sdrt("info", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+    report = json.loads(r.stdout)
+    assert report["versions"]["sdrt"]
+    assert set(report["backends"]) == {"tensorrt", "tensorrt_rtx", "ort-cuda", "ort-cpu"}
+
+
+def test_info_on_a_missing_folder_is_one_line(tmp_path):
+    r = sdrt("info", str(tmp_path / "missing"))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "does not exist" in r.stderr
