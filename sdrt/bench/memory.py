@@ -1,0 +1,133 @@
+"""Peak memory while a benchmark phase runs: host RSS by a background sampler, GPU by the driver.
+
+A sampler thread reads the process's resident set size every few milliseconds, so a peak that
+lasts only one VAE decode is still seen. GPU memory comes from ``nvidia-smi`` (what the process
+really holds, whatever library allocated it) and, for torch, from its allocator's own peak.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+MB = 1024.0 * 1024.0
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MB, now."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / MB
+
+
+@dataclass
+class RssSampler:
+    """Samples this process's RSS in a background thread; use as a context manager.
+
+    ``samples`` keeps (seconds since start, MB) pairs, so the soak run can fit a slope to them.
+    """
+
+    interval_s: float = 0.01
+    start_mb: float = 0.0
+    peak_mb: float = 0.0
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def __enter__(self) -> "RssSampler":
+        import psutil
+
+        proc = psutil.Process()
+        self.start_mb = self.peak_mb = proc.memory_info().rss / MB
+        t0 = time.perf_counter()
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                value = proc.memory_info().rss / MB
+                self.peak_mb = max(self.peak_mb, value)
+                self.samples.append((time.perf_counter() - t0, value))
+                self._stop.wait(self.interval_s)
+
+        self._thread = threading.Thread(target=loop, name="sdrt-rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_mb = max(self.peak_mb, rss_mb())
+
+    @property
+    def growth_mb(self) -> float:
+        """Peak minus the RSS when sampling began: what this phase added."""
+        return self.peak_mb - self.start_mb
+
+
+def nvidia_smi_used_mb(pid: int) -> float | None:
+    """GPU memory the process ``pid`` holds, from nvidia-smi; None without a GPU or the tool."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    used = [float(mem) for line in out.splitlines() if "," in line
+            for p, mem in [line.split(",", 1)] if p.strip() == str(pid) and mem.strip().isdigit()]
+    return sum(used) if used else 0.0
+
+
+@dataclass
+class GpuPeakSampler:
+    """Polls nvidia-smi for this process's GPU memory; ``peak_mb`` stays None where there is no GPU."""
+
+    interval_s: float = 0.2
+    peak_mb: float | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def __enter__(self) -> "GpuPeakSampler":
+        import os
+
+        pid = os.getpid()
+        if nvidia_smi_used_mb(pid) is None:
+            return self
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                value = nvidia_smi_used_mb(pid)
+                if value is not None:
+                    self.peak_mb = max(self.peak_mb or 0.0, value)
+                self._stop.wait(self.interval_s)
+
+        self._thread = threading.Thread(target=loop, name="sdrt-gpu-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def slope_per_item(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs (e.g. MB per generation); 0 for fewer than 2 points."""
+    if len(xs) != len(ys):
+        raise ValueError(f"{len(xs)} x values but {len(ys)} y values")
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx

@@ -1,0 +1,59 @@
+"""Where a benchmark's files go: ``<out>/<suite>-<date>/`` with ``result.json``, ``result.md``
+and ``result.png`` — the JSON is the record, the other two are rendered from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import date
+from pathlib import Path
+
+from sdrt.bench.chart import write_chart
+from sdrt.bench.markdown import render
+from sdrt.bench.results import Report
+
+DEFAULT_OUT = Path("benchmarks") / "results"
+FILES = {"json": "result.json", "markdown": "result.md", "chart": "result.png"}
+
+
+def result_dir(out: str | Path, suite: str, day: date | None = None) -> Path:
+    """A fresh ``<out>/<suite>-<YYYY-MM-DD>`` folder; a second run that day gets ``-2``, ``-3``..."""
+    base = Path(out) / f"{suite}-{(day or date.today()).isoformat()}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write through a temporary sibling so an interrupted run leaves no half file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: Report, folder: str | Path) -> dict[str, Path]:
+    """Write JSON, markdown and PNG into ``folder``; returns their paths by kind."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {kind: folder / name for kind, name in FILES.items()}
+    _write_text(paths["json"], json.dumps(report.to_dict(), indent=2) + "\n")
+    _write_text(paths["markdown"], render(report))
+    if report.runs:
+        write_chart(report, paths["chart"])
+    else:
+        del paths["chart"]
+    return paths
+
+
+def read_report(path: str | Path) -> Report:
+    """Read a ``result.json`` back (e.g. to re-render its markdown and chart)."""
+    return Report.from_dict(json.loads(Path(path).read_text()))

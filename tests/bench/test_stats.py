@@ -1,0 +1,68 @@
+"""The statistics the reports are built on: quantiles, summaries, slopes."""
+
+import math
+
+import numpy as np
+import pytest
+
+from sdrt.bench.memory import RssSampler, slope_per_item
+from sdrt.bench.stats import quantile, ratio, summarize, time_call
+
+
+def test_quantile_matches_numpy_linear_interpolation():
+    rng = np.random.default_rng(0)
+    samples = list(rng.random(17))
+    for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0):
+        assert quantile(samples, q) == pytest.approx(float(np.quantile(samples, q)))
+
+
+def test_summarize_median_iqr_and_extremes():
+    s = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert s.median_s == 3.0
+    assert (s.q1_s, s.q3_s, s.iqr_s) == (2.0, 4.0, 2.0)
+    assert (s.min_s, s.max_s, s.n) == (1.0, 5.0, 5)
+
+
+def test_summarize_ignores_an_outlier_in_the_median():
+    assert summarize([1.0, 1.0, 1.0, 100.0]).median_s == 1.0
+
+
+def test_summarize_refuses_empty_and_bad_quantile():
+    with pytest.raises(ValueError):
+        summarize([])
+    with pytest.raises(ValueError):
+        quantile([1.0], 1.5)
+
+
+def test_time_call_runs_warmup_untimed_then_reps():
+    calls = []
+    samples = time_call(lambda: calls.append(1), warmup=2, reps=3)
+    assert len(calls) == 5 and len(samples) == 3
+    assert all(t >= 0 for t in samples)
+    with pytest.raises(ValueError):
+        time_call(lambda: None, warmup=0, reps=0)
+
+
+def test_ratio_is_baseline_over_candidate():
+    assert ratio(3.0, 1.5) == 2.0
+    assert ratio(1.0, 0.0) is None
+
+
+def test_slope_per_item_recovers_a_linear_trend():
+    xs = list(range(50))
+    ys = [100.0 + 0.25 * x + (0.01 if x % 2 else -0.01) for x in xs]
+    assert slope_per_item(xs, ys) == pytest.approx(0.25, abs=1e-3)
+    assert slope_per_item([1.0], [2.0]) == 0.0
+    with pytest.raises(ValueError):
+        slope_per_item([1.0, 2.0], [1.0])
+
+
+def test_rss_sampler_sees_a_short_lived_allocation():
+    with RssSampler(interval_s=0.001) as rss:
+        block = np.ones(64 * 1024 * 1024 // 8)  # 64 MB, touched
+        block += 1
+        import time
+        time.sleep(0.05)
+        del block
+    assert rss.growth_mb > 40
+    assert rss.samples and all(math.isfinite(v) for _, v in rss.samples)
