@@ -1,0 +1,293 @@
+"""Presets: named, seeded, random-weight Stable Diffusion pipelines built from configs.
+
+They let the whole toolchain (export, engines, runtime, benchmarks) run with no download: `tiny`
+for CI and the demo, `sd15` / `sd21` with the released architectures for real-size timings, and
+small variants that keep SD 2.1's and the inpainting UNet's structural features for tests.
+The configs below are the released model_index / config.json values (SD 1.5:
+runwayml/stable-diffusion-v1-5, SD 2.1: stabilityai/stable-diffusion-2-1); keys left out are
+diffusers' defaults, which match those files.
+
+Weights are random but seeded: the modules are built with their parameters on the meta device
+(no per-module init), then every parameter is drawn once from one seeded generator, in a fixed
+order, with a scale that keeps activations in range (so fp16 exports and images stay finite).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from sdrt.errors import SdrtError
+
+SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+#: SD 1.x ships PNDM with these keys (model_index of runwayml/stable-diffusion-v1-5).
+SD15_SCHEDULER = {**SD_SCHEDULE, "skip_prk_steps": True, "steps_offset": 1, "set_alpha_to_one": False}
+#: SD 2.1 (768-v) ships DDIM, v-prediction.
+SD21_SCHEDULER = {
+    **SD_SCHEDULE,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "v_prediction",
+}
+SD_DOWN = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+SD_UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+SD_VAE = {
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "scaling_factor": 0.18215,
+}
+#: CLIP text configs as the SD repos ship them (eos_token_id 2 is the legacy value: pooling by argmax).
+CLIP_IDS = {"vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
+TINY_VAE = {
+    "block_out_channels": [32, 64],
+    "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 64,
+    "scaling_factor": 0.18215,
+}
+TINY_DOWN = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+TINY_UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+TINY_UNET = {
+    "sample_size": 32,
+    "block_out_channels": [32, 64, 64],
+    "down_block_types": TINY_DOWN,
+    "up_block_types": TINY_UP,
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 4,
+    "norm_num_groups": 32,
+}
+TINY_TEXT = {**CLIP_IDS, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "projection_dim": 32, "hidden_act": "quick_gelu"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One pipeline, as data: the configs of its components and the pipeline class that ties them."""
+
+    name: str
+    description: str
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]
+    scheduler: dict[str, Any]
+    scheduler_class: str = "PNDMScheduler"
+    pipeline_class: str = "StableDiffusionPipeline"
+    pad_token: str = "<|endoftext|>"  # SD 1.x; SD 2.x pads with "!"
+    init_std: dict[str, float] = field(default_factory=lambda: {"embedding": 0.02, "bias": 0.02, "norm": 0.02})
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "tiny",
+            "a tiny SD 1.x-style pipeline (64 px, 2-block VAE): exports and runs in seconds on a CPU",
+            unet=TINY_UNET,
+            vae=TINY_VAE,
+            text_encoder=TINY_TEXT,
+            scheduler=SD15_SCHEDULER,
+        ),
+        Preset(
+            "tiny-sd21",
+            "a tiny SD 2.1-style pipeline: v-prediction, linear projection, per-block heads, upcast attention",
+            unet={
+                **TINY_UNET,
+                "attention_head_dim": [2, 4, 4],
+                "use_linear_projection": True,
+                "upcast_attention": True,
+            },
+            vae=TINY_VAE,
+            text_encoder={**TINY_TEXT, "hidden_act": "gelu"},
+            scheduler=SD21_SCHEDULER,
+            scheduler_class="DDIMScheduler",
+            pad_token="!",
+        ),
+        Preset(
+            "tiny-inpaint",
+            "a tiny inpainting pipeline: 9-channel UNet (latents + mask + masked-image latents)",
+            unet={**TINY_UNET, "in_channels": 9},
+            vae=TINY_VAE,
+            text_encoder=TINY_TEXT,
+            scheduler=SD15_SCHEDULER,
+            pipeline_class="StableDiffusionInpaintPipeline",
+        ),
+        Preset(
+            "sd15",
+            "the SD 1.5 architecture (860M-parameter UNet, CLIP ViT-L/14 text encoder, 512 px), random weights",
+            unet={
+                "sample_size": 64,
+                "block_out_channels": [320, 640, 1280, 1280],
+                "down_block_types": SD_DOWN,
+                "up_block_types": SD_UP,
+                "layers_per_block": 2,
+                "cross_attention_dim": 768,
+                "attention_head_dim": 8,
+            },
+            vae={**SD_VAE, "sample_size": 512},
+            text_encoder={**CLIP_IDS, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                          "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu"},
+            scheduler=SD15_SCHEDULER,
+        ),
+        Preset(
+            "sd21",
+            "the SD 2.1 architecture (v-prediction, OpenCLIP-H text encoder, 768 px), random weights",
+            unet={
+                "sample_size": 96,
+                "block_out_channels": [320, 640, 1280, 1280],
+                "down_block_types": SD_DOWN,
+                "up_block_types": SD_UP,
+                "layers_per_block": 2,
+                "cross_attention_dim": 1024,
+                "attention_head_dim": [5, 10, 20, 20],
+                "use_linear_projection": True,
+                "upcast_attention": True,
+            },
+            vae={**SD_VAE, "sample_size": 768},
+            text_encoder={**CLIP_IDS, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
+                          "num_attention_heads": 16, "projection_dim": 512, "hidden_act": "gelu"},
+            scheduler=SD21_SCHEDULER,
+            scheduler_class="DDIMScheduler",
+            pad_token="!",
+        ),
+    )
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise SdrtError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Build modules with parameters on the meta device (buffers stay real, e.g. CLIP's position ids).
+
+    Skips the default per-module initialization, which costs minutes for the SD-size models.
+    """
+    import torch
+
+    register = torch.nn.Module.register_parameter
+
+    def register_on_meta(module: torch.nn.Module, name: str, param: Any) -> None:
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def _param_kind(module: Any, param_name: str) -> str:
+    import torch
+
+    if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+        return "norm_" + param_name
+    if isinstance(module, torch.nn.Embedding):
+        return "embedding"
+    return "bias" if param_name == "bias" else "weight"
+
+
+def _fill_seeded(model: Any, generator: Any, preset: Preset, dtype: Any) -> None:
+    """Draw every parameter from ``generator`` in named order: weights N(0, 1/fan_in), norms ~1."""
+    import torch
+
+    for module in model.modules():
+        for pname, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            values = torch.empty(param.shape, dtype=torch.float32).normal_(generator=generator)
+            kind = _param_kind(module, pname)
+            if kind == "weight":
+                fan_in = max(1, param[0].numel()) if param.dim() > 1 else 1
+                values *= fan_in**-0.5
+            elif kind == "norm_weight":
+                values = values.mul_(preset.init_std["norm"]).add_(1.0)
+            elif kind == "norm_bias":
+                values *= preset.init_std["norm"]
+            else:
+                values *= preset.init_std[kind]
+            module._parameters[pname] = torch.nn.Parameter(values.to(dtype), requires_grad=False)
+
+
+def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str = "cpu") -> dict[str, Any]:
+    """The pipeline's parts, keyed as diffusers names them. ``device="meta"`` skips the weights
+    (configs and parameter counts of sd15/sd21 without 4 GB of memory)."""
+    import diffusers
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdrt.export.tokenizer_files import build_clip_tokenizer
+
+    preset = get_preset(name)
+    dtype = dtype or torch.float32
+    with _parameters_on_meta():
+        models = {
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**preset.text_encoder)),
+            "unet": diffusers.UNet2DConditionModel(**preset.unet),
+            "vae": diffusers.AutoencoderKL(**preset.vae),
+        }
+    if device != "meta":
+        generator = torch.Generator().manual_seed(seed)
+        for key in ("text_encoder", "unet", "vae"):  # fixed order: same seed, same bits
+            _fill_seeded(models[key], generator, preset, dtype)
+            models[key].eval()
+    scheduler = getattr(diffusers, preset.scheduler_class)(**preset.scheduler)
+    return {**models, "scheduler": scheduler, "tokenizer": build_clip_tokenizer(preset.pad_token)}
+
+
+def build_pipeline(name: str, seed: int = 0, dtype: Any = None) -> Any:
+    """A diffusers pipeline with the preset's seeded random weights (no safety checker)."""
+    import diffusers
+
+    preset = get_preset(name)
+    parts = build_components(name, seed=seed, dtype=dtype)
+    pipeline_class = getattr(diffusers, preset.pipeline_class)
+    return pipeline_class(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = False) -> Path:
+    """Write the preset as an ordinary diffusers folder, atomically (temporary sibling, then rename)."""
+    get_preset(name)
+    out = Path(out)
+    if out.exists() and not force:
+        raise SdrtError(f"{out} already exists: choose another --out or pass --force to overwrite it")
+    if out.exists() and not out.is_dir():
+        raise SdrtError(f"{out} is a file, not a folder: choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        build_pipeline(name, seed=seed).save_pretrained(tmp)
+        if out.exists():
+            old = tmp.with_suffix(".old")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
