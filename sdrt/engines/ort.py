@@ -1,0 +1,257 @@
+"""ONNX Runtime engines: `ort-cpu` and `ort-cuda`, with IO binding on buffers allocated once per shape.
+
+Why IO binding on the CPU too: `session.run(feeds)` copies every input and allocates every output on
+each call; binding preallocated `OrtValue`s lets a denoising loop write the new latents into the same
+memory and read `out_sample` from the same memory on every step. On the CPU the `OrtValue`s wrap our
+own numpy arrays (no copy at all); on CUDA they live on the device, inputs are overwritten in place
+(`update_inplace`) and an optional CUDA graph replays the whole UNet for a fixed shape.
+
+onnxruntime is imported lazily, inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from sdrt import spec
+from sdrt.engines.base import Backend, Engine
+from sdrt.errors import BackendUnavailable, SdrtError
+
+#: names accepted for `graph_optimization_level`, mapped to onnxruntime's enum member names.
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+EXECUTION_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BackendUnavailable(f"onnxruntime is not installed ({e}): pip install sdrt") from None
+    return onnxruntime
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    """onnxruntime's message without its preamble and C++ source location."""
+    text = " ".join(str(error).split()).split("failed:", 1)[-1].strip()
+    if text.startswith("/") and ") " in text:
+        text = text.rsplit(") ", 1)[1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class OrtEngine(Engine):
+    """One component on one ONNX Runtime session, bound once per shape set."""
+
+    def __init__(self, session, component: str, model_values: Mapping[str, int], precision: str,
+                 *, device: str = "cpu", device_id: int = 0, cuda_graph: bool = False):
+        super().__init__(component, model_values, precision)
+        self.session = session
+        self.device = device
+        self.device_id = device_id
+        self.cuda_graph = cuda_graph
+        self._outputs = [o.name for o in session.get_outputs()]
+        self._host: dict[str, np.ndarray] = {}
+        self._values: dict[str, Any] = {}
+        self._binding = None
+
+    # -- buffers ---------------------------------------------------------------------------------
+    def prepare(self, dims: Mapping[str, int]) -> None:
+        dims = {k: int(v) for k, v in dims.items()}
+        if self.dims == dims:
+            return
+        if self.cuda_graph and self.dims is not None:
+            raise SdrtError(f"{self.component}: the CUDA graph was captured for {self.dims}; it cannot run "
+                            f"{dims}: create the backend again, or turn enable_cuda_graph off")
+        ort = _import_ort()
+        shapes = self.shapes_for(dims)
+        names = list(self.spec.input_names) + [n for n in self.spec.output_names if n in self._outputs]
+        self._host, self._values = {}, {}
+        binding = self.session.io_binding()
+        for name in names:
+            host = np.zeros(shapes[name], dtype=self.dtype(name))
+            if self.device == "cpu":
+                value = ort.OrtValue.ortvalue_from_numpy(host, "cpu", 0)  # wraps `host`, no copy
+            else:
+                value = ort.OrtValue.ortvalue_from_shape_and_type(shapes[name], host.dtype, "cuda", self.device_id)
+            bind = binding.bind_ortvalue_input if name in self.spec.input_names else binding.bind_ortvalue_output
+            bind(name, value)
+            self._host[name], self._values[name] = host, value
+        self._binding = binding
+        self.dims = dims
+
+    def set_input(self, name: str, array: np.ndarray) -> None:
+        host = self._host[name]
+        if np.shape(array) != host.shape:
+            raise ValueError(f"{self.component}.{name}: got shape {np.shape(array)}, bound {host.shape}")
+        np.copyto(host, array, casting="same_kind")
+        if self.device != "cpu":
+            self._values[name].update_inplace(host)
+
+    def execute(self) -> dict[str, np.ndarray]:
+        if self._binding is None:
+            raise RuntimeError(f"{self.component}: prepare(dims) before execute()")
+        self.session.run_with_iobinding(self._binding)
+        outputs = {n: self._host[n] for n in self.spec.output_names if n in self._host}
+        if self.device != "cpu":
+            for name, host in outputs.items():
+                np.copyto(host, self._values[name].numpy())
+        return outputs
+
+    @property
+    def buffers(self) -> Mapping[str, Any]:
+        """Bound `OrtValue`s by tensor name (the objects ONNX Runtime reads and writes)."""
+        return dict(self._values)
+
+    def close(self) -> None:
+        self._binding, self._values, self._host, self.dims = None, {}, {}, None
+
+
+class OrtCpuBackend(Backend):
+    """ONNX Runtime on the CPU. Every keyword is a session option (None keeps onnxruntime's default)."""
+
+    name = "ort-cpu"
+    providers_label = "cpu"
+
+    def __init__(self, *, intra_op_num_threads: int | None = None, inter_op_num_threads: int | None = None,
+                 graph_optimization_level: str = "all", execution_mode: str = "sequential",
+                 enable_mem_pattern: bool = True, enable_cpu_mem_arena: bool = True,
+                 optimized_model_cache: str | os.PathLike | None = None,
+                 session_config: Mapping[str, str] | None = None, log_severity_level: int = 3):
+        for label, value, table in (("graph_optimization_level", graph_optimization_level, OPT_LEVELS),
+                                    ("execution_mode", execution_mode, EXECUTION_MODES)):
+            if value not in table:
+                raise SdrtError(f"{label} {value!r} is not one of: {', '.join(table)}")
+        self.intra_op_num_threads = intra_op_num_threads
+        self.inter_op_num_threads = inter_op_num_threads
+        self.graph_optimization_level = graph_optimization_level
+        self.execution_mode = execution_mode
+        self.enable_mem_pattern = enable_mem_pattern
+        self.enable_cpu_mem_arena = enable_cpu_mem_arena
+        self.optimized_model_cache = Path(optimized_model_cache) if optimized_model_cache else None
+        self.session_config = dict(session_config or {})
+        self.log_severity_level = log_severity_level
+
+    @classmethod
+    def check_available(cls) -> None:
+        _import_ort()
+
+    # -- what a subclass changes -----------------------------------------------------------------
+    def providers(self) -> list:
+        return ["CPUExecutionProvider"]
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        return {"device": "cpu"}
+
+    # -- sessions --------------------------------------------------------------------------------
+    def session_options(self):
+        ort = _import_ort()
+        so = ort.SessionOptions()
+        if self.intra_op_num_threads is not None:
+            so.intra_op_num_threads = int(self.intra_op_num_threads)
+        if self.inter_op_num_threads is not None:
+            so.inter_op_num_threads = int(self.inter_op_num_threads)
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[self.graph_optimization_level])
+        so.execution_mode = getattr(ort.ExecutionMode, EXECUTION_MODES[self.execution_mode])
+        so.enable_mem_pattern = self.enable_mem_pattern
+        so.enable_cpu_mem_arena = self.enable_cpu_mem_arena
+        so.log_severity_level = self.log_severity_level
+        for key, value in self.session_config.items():
+            so.add_session_config_entry(str(key), str(value))
+        return so
+
+    def _cached_model(self, manifest, component: str, path: Path) -> tuple[Path, bool]:
+        """(model to load, whether it is an already optimized cache entry)."""
+        ort = _import_ort()
+        entry = manifest.components[component]
+        key_text = "|".join([entry.get("sha256") or str(path.stat().st_mtime_ns), ort.__version__,
+                             self.name, self.providers_label, self.graph_optimization_level])
+        key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+        cached = self.optimized_model_cache / f"{component}-{key}.onnx"
+        return cached, cached.is_file()
+
+    def create_session(self, manifest, component: str):
+        ort = _import_ort()
+        path = manifest.onnx_path(component)
+        so = self.session_options()
+        model = path
+        if self.optimized_model_cache is not None:
+            cached, hit = self._cached_model(manifest, component, path)
+            if hit:
+                model = cached
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            else:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                so.optimized_model_filepath = str(cached)
+                if manifest.components[component].get("external_data"):
+                    so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                                cached.name + ".data")
+        try:
+            return ort.InferenceSession(str(model), sess_options=so, providers=self.providers())
+        except Exception as e:  # onnxruntime raises its own pybind classes for bad files
+            raise SdrtError(f"{model} could not be loaded by onnxruntime ({_one_line(e)}): "
+                            f"export the model again with --force") from None
+
+    def load(self, manifest, component: str) -> OrtEngine:
+        session = self.create_session(manifest, component)
+        spec_inputs = set(spec.component(component).input_names)
+        got = {i.name for i in session.get_inputs()}
+        if got != spec_inputs:
+            raise SdrtError(f"{manifest.onnx_path(component)} has inputs {sorted(got)}, expected "
+                            f"{sorted(spec_inputs)}: export the model again with sdrt")
+        return OrtEngine(session, component, manifest.values, manifest.precision(component),
+                         **self.engine_kwargs())
+
+
+def _cuda_device_count() -> int:
+    """Number of CUDA devices the driver sees (0 without a driver), without any CUDA Python package."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+class OrtCudaBackend(OrtCpuBackend):
+    """ONNX Runtime, CUDA execution provider, device buffers; unverified here (no GPU on the dev machine)."""
+
+    name = "ort-cuda"
+    providers_label = "cuda"
+
+    def __init__(self, *, device_id: int = 0, enable_cuda_graph: bool = False,
+                 cuda_provider_options: Mapping[str, Any] | None = None, **session_options: Any):
+        super().__init__(**session_options)
+        self.device_id = int(device_id)
+        self.enable_cuda_graph = bool(enable_cuda_graph)
+        self.cuda_provider_options = dict(cuda_provider_options or {})
+
+    @classmethod
+    def check_available(cls) -> None:
+        ort = _import_ort()
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailable("backend ort-cuda needs onnxruntime-gpu (this onnxruntime has no CUDA "
+                                     "execution provider): pip uninstall onnxruntime && pip install 'sdrt[gpu]'")
+        if _cuda_device_count() < 1:
+            raise BackendUnavailable("backend ort-cuda: no CUDA GPU is visible here (no driver or no device): "
+                                     "use --backend ort-cpu")
+
+    def providers(self) -> list:
+        options = {"device_id": str(self.device_id), **{k: str(v) for k, v in self.cuda_provider_options.items()}}
+        if self.enable_cuda_graph:
+            options["enable_cuda_graph"] = "1"
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        return {"device": "cuda", "device_id": self.device_id, "cuda_graph": self.enable_cuda_graph}

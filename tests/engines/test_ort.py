@@ -1,0 +1,204 @@
+"""ONNX Runtime engines on a tiny hand-built UNet-shaped graph (spec tensor names, no export needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from sdrt.engines import base
+from sdrt.engines.ort import OrtCpuBackend, OrtCudaBackend
+from sdrt.errors import BackendUnavailable, SdrtError
+from sdrt.manifest import Manifest
+
+C, S, D = 4, 77, 8
+
+
+def _fake_unet(path, elem=TensorProto.FLOAT):
+    """out_sample = 2*sample + timestep + mean(encoder_hidden_states), per batch item."""
+    f = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["two"], value=helper.make_tensor("two", elem, [], [2.0])),
+            helper.make_node("Constant", [], ["axes123"], value=helper.make_tensor("a", TensorProto.INT64, [3], [1, 2, 3])),
+            helper.make_node("Constant", [], ["axes12"], value=helper.make_tensor("b", TensorProto.INT64, [2], [1, 2])),
+            helper.make_node("Constant", [], ["axis3"], value=helper.make_tensor("c", TensorProto.INT64, [1], [3])),
+            helper.make_node("Mul", ["sample", "two"], ["s2"]),
+            helper.make_node("Cast", ["timestep"], ["tc"], to=elem),
+            helper.make_node("Unsqueeze", ["tc", "axes123"], ["t4"]),
+            helper.make_node("ReduceMean", ["encoder_hidden_states", "axes12"], ["m3"], keepdims=1),
+            helper.make_node("Unsqueeze", ["m3", "axis3"], ["m4"]),
+            helper.make_node("Add", ["s2", "t4"], ["a1"]),
+            helper.make_node("Add", ["a1", "m4"], ["out_sample"]),
+        ],
+        "fake_unet",
+        [f("sample", elem, ["B", C, "h", "w"]), f("timestep", TensorProto.FLOAT, ["B"]),
+         f("encoder_hidden_states", elem, ["B", S, D])],
+        [f("out_sample", elem, ["B", C, "h", "w"])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
+
+
+def _folder(tmp_path, precision="fp32"):
+    (tmp_path / "unet").mkdir(parents=True)
+    _fake_unet(tmp_path / "unet" / "model.onnx", TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT)
+    data = {
+        "format": "sdrt-onnx", "format_version": 1,
+        "pipeline": {"latent_channels": C, "unet_in_channels": C, "text_hidden_size": D,
+                     "vae_scale_factor": 8, "token_length": S, "sample_size": 8},
+        "components": {"unet": {"file": "unet/model.onnx", "precision": precision, "sha256": "x" + precision}},
+        "sizes": {"latent_multiple": 1, "min_latent": 1, "max_latent": 64},
+    }
+    (tmp_path / "sdrt.json").write_text(json.dumps(data))
+    return Manifest.load(tmp_path)
+
+
+def _expected(sample, t, ehs):
+    return 2 * sample + t[:, None, None, None] + ehs.mean(axis=(1, 2))[:, None, None, None]
+
+
+def _inputs(rng, b, h, w):
+    return (rng.standard_normal((b, C, h, w), dtype=np.float32), np.arange(b, dtype=np.float32) * 10,
+            rng.standard_normal((b, S, D), dtype=np.float32))
+
+
+def test_cpu_engine_runs_on_bound_buffers_and_reuses_them(tmp_path):
+    engine = OrtCpuBackend(intra_op_num_threads=1).load(_folder(tmp_path), "unet")
+    rng = np.random.default_rng(0)
+    engine.prepare({"B": 2, "h": 3, "w": 5})
+    bound = engine.buffers
+    first_out = None
+    for _ in range(3):
+        sample, t, ehs = _inputs(rng, 2, 3, 5)
+        out = engine.run({"sample": sample, "timestep": t, "encoder_hidden_states": ehs})["out_sample"]
+        np.testing.assert_allclose(out, _expected(sample, t, ehs), rtol=1e-5, atol=1e-5)
+        first_out = out if first_out is None else first_out
+        assert out is first_out  # the same preallocated host output every run
+        engine.prepare({"B": 2, "h": 3, "w": 5})  # same dims: nothing re-allocated
+        assert all(engine.buffers[k] is v for k, v in bound.items())
+
+
+def test_inputs_not_set_again_keep_their_value(tmp_path):
+    engine = OrtCpuBackend().load(_folder(tmp_path), "unet")
+    rng = np.random.default_rng(1)
+    engine.prepare({"B": 1, "h": 2, "w": 2})
+    sample, t, ehs = _inputs(rng, 1, 2, 2)
+    engine.run({"sample": sample, "timestep": t, "encoder_hidden_states": ehs})
+    sample2 = sample + 1
+    out = engine.run({"sample": sample2})["out_sample"]
+    np.testing.assert_allclose(out, _expected(sample2, t, ehs), rtol=1e-5, atol=1e-5)
+
+
+def test_new_dims_rebind_new_buffers(tmp_path):
+    engine = OrtCpuBackend().load(_folder(tmp_path), "unet")
+    engine.prepare({"B": 1, "h": 2, "w": 2})
+    before = engine.buffers["sample"]
+    engine.prepare({"B": 2, "h": 4, "w": 2})
+    assert engine.buffers["sample"] is not before
+    assert tuple(engine.buffers["sample"].shape()) == (2, C, 4, 2)
+    rng = np.random.default_rng(2)
+    sample, t, ehs = _inputs(rng, 2, 4, 2)
+    out = engine.run({"sample": sample, "timestep": t, "encoder_hidden_states": ehs})["out_sample"]
+    np.testing.assert_allclose(out, _expected(sample, t, ehs), rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_input_shape_is_refused(tmp_path):
+    engine = OrtCpuBackend().load(_folder(tmp_path), "unet")
+    engine.prepare({"B": 1, "h": 2, "w": 2})
+    with pytest.raises(ValueError, match="sample"):
+        engine.set_input("sample", np.zeros((1, C, 2, 3), np.float32))
+
+
+def test_fp16_component_casts_float32_inputs(tmp_path):
+    engine = OrtCpuBackend().load(_folder(tmp_path, "fp16"), "unet")
+    engine.prepare({"B": 1, "h": 2, "w": 2})
+    sample, t, ehs = _inputs(np.random.default_rng(3), 1, 2, 2)
+    out = engine.run({"sample": sample, "timestep": t, "encoder_hidden_states": ehs})["out_sample"]
+    assert out.dtype == np.float16
+    np.testing.assert_allclose(out.astype(np.float32), _expected(sample, t, ehs), rtol=1e-2, atol=2e-2)
+
+
+def test_corrupt_model_names_the_file(tmp_path):
+    manifest = _folder(tmp_path)
+    (tmp_path / "unet" / "model.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(SdrtError, match=r"unet/model\.onnx") as err:
+        OrtCpuBackend().load(manifest, "unet")
+    assert "\n" not in str(err.value) and "Protobuf parsing failed" in str(err.value)
+
+
+def test_missing_model_names_the_file(tmp_path):
+    manifest = _folder(tmp_path)
+    (tmp_path / "unet" / "model.onnx").unlink()
+    with pytest.raises(SdrtError, match=r"unet/model\.onnx is missing"):
+        OrtCpuBackend().load(manifest, "unet")
+
+
+def test_bad_session_option_is_one_line_error():
+    with pytest.raises(SdrtError, match="graph_optimization_level 'max'"):
+        OrtCpuBackend(graph_optimization_level="max")
+
+
+def test_session_options_are_applied():
+    so = OrtCpuBackend(intra_op_num_threads=1, inter_op_num_threads=1, graph_optimization_level="basic",
+                       enable_mem_pattern=False, session_config={"session.use_env_allocators": "1"}).session_options()
+    assert so.intra_op_num_threads == 1 and so.enable_mem_pattern is False
+    assert str(so.graph_optimization_level).endswith("ORT_ENABLE_BASIC")
+    assert so.get_session_config_entry("session.use_env_allocators") == "1"
+
+
+def test_optimized_model_cache_is_written_then_reused(tmp_path):
+    manifest = _folder(tmp_path / "m")
+    cache = tmp_path / "cache"
+    OrtCpuBackend(optimized_model_cache=cache).load(manifest, "unet")
+    written = sorted(cache.glob("unet-*.onnx"))
+    assert len(written) == 1
+    stamp = written[0].stat().st_mtime_ns
+    engine = OrtCpuBackend(optimized_model_cache=cache).load(manifest, "unet")
+    assert written[0].stat().st_mtime_ns == stamp  # loaded, not rewritten
+    engine.prepare({"B": 1, "h": 2, "w": 2})
+    sample, t, ehs = _inputs(np.random.default_rng(4), 1, 2, 2)
+    out = engine.run({"sample": sample, "timestep": t, "encoder_hidden_states": ehs})["out_sample"]
+    np.testing.assert_allclose(out, _expected(sample, t, ehs), rtol=1e-5, atol=1e-5)
+
+
+def test_registry_resolves_ort_cpu():
+    assert base.resolve_backend("ort-cpu") == "ort-cpu"
+    assert "ort-cpu" in base.available_backends()
+    assert isinstance(base.create_backend("ort-cpu", intra_op_num_threads=1), OrtCpuBackend)
+
+
+def _cuda_missing_reason():
+    try:
+        OrtCudaBackend.check_available()
+    except BackendUnavailable as e:
+        return str(e)
+    return None
+
+
+def test_ort_cuda_unavailable_names_the_fix():
+    reason = _cuda_missing_reason()
+    if reason is None:
+        pytest.skip("ort-cuda is usable here")
+    assert "sdrt[gpu]" in reason or "no CUDA GPU" in reason
+    with pytest.raises(BackendUnavailable):
+        base.resolve_backend("ort-cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_ort_cuda_matches_cpu(tmp_path, cuda_graph):
+    reason = _cuda_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    engine = OrtCudaBackend(enable_cuda_graph=cuda_graph).load(_folder(tmp_path), "unet")
+    engine.prepare({"B": 2, "h": 4, "w": 4})
+    bound = engine.buffers
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        sample, t, ehs = _inputs(rng, 2, 4, 4)
+        out = engine.run({"sample": sample, "timestep": t, "encoder_hidden_states": ehs})["out_sample"]
+        np.testing.assert_allclose(out, _expected(sample, t, ehs), rtol=1e-4, atol=1e-4)
+        assert all(engine.buffers[k] is v for k, v in bound.items())
