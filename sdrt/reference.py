@@ -1,0 +1,208 @@
+"""The PyTorch reference: diffusers' own pipeline on the weights an sdrt ONNX folder came from.
+
+`sdrt demo` and the benchmarks run it next to sdrt, in the same process, on the same inputs.
+
+API::
+
+    from sdrt.reference import load_reference, TorchReplay
+    ref = load_reference("out/tiny")            # ONNX folder (or a Manifest); reads sdrt.json "source"
+    out = ref("a cat", num_inference_steps=4, guidance_scale=7.5, latents=noise_np, scheduler="DDIMScheduler")
+    out.images                                  # float32 [N, H, W, 3] in [0, 1] (diffusers' output_type="np")
+    out.timings                                 # sdrt.runtime.StageTimings: text_encoder, unet_steps,
+                                                #   host_steps (steps 2..n), vae_encoder, vae_decoder, total
+
+- The source: a preset (`build_pipeline(name, seed)`, the seed from the manifest, default 0) or a
+  diffusers folder (`from_pretrained`, local files only). `safety_checker` is always None.
+- The mode follows the arguments, like sdrt's: txt2img, img2img (`image`), inpainting (`image` and
+  `mask_image`); diffusers' StableDiffusion(Img2Img|Inpaint)Pipeline on the same modules.
+- `scheduler`: whatever `sdrt.runtime.Pipeline` accepts (None = the folder's, a name, a config);
+  it is resolved by sdrt's numpy port first, then built as the diffusers class of the same name
+  from that port's config — both sides run the same scheduler config.
+- Randomness: `latents` (numpy [N, C, h, w]) is the injected initial noise, as in sdrt (txt2img and
+  inpainting at strength 1). Everything else draws from `torch.Generator().manual_seed(seed)`;
+  pass `TorchReplay(seed)` as sdrt's `generator=` and sdrt draws the same numbers in the same order.
+- Image inputs: paths, PIL images or arrays, loaded exactly as sdrt loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdrt.errors import SdrtError
+from sdrt.manifest import Manifest
+from sdrt.runtime import images as imageio
+from sdrt.runtime.timing import StageTimings
+
+MODE_CLASSES = {
+    "txt2img": "StableDiffusionPipeline",
+    "img2img": "StableDiffusionImg2ImgPipeline",
+    "inpaint": "StableDiffusionInpaintPipeline",
+}
+PIPELINE_MODULES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+
+
+class TorchReplay:
+    """A numpy-style generator whose `standard_normal` draws torch.randn from a seeded torch.Generator.
+
+    Given to sdrt as `generator=`, it makes sdrt consume exactly the noise diffusers draws from
+    `torch.Generator().manual_seed(seed)` (numpy's and torch's generators differ otherwise).
+    """
+
+    def __init__(self, seed: int):
+        import torch
+
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def standard_normal(self, size: Any = None, dtype: Any = np.float32) -> np.ndarray:
+        import torch
+
+        shape = (size,) if isinstance(size, int) else tuple(size or ())
+        return torch.randn(shape, generator=self.generator, dtype=torch.float32).numpy().astype(dtype)
+
+
+@dataclass
+class ReferenceOutput:
+    images: np.ndarray
+    timings: StageTimings
+
+
+class _Timed:
+    """Wraps a module's forward to add its wall time to a stage (synchronising CUDA when used)."""
+
+    def __init__(self, forward: Any, record: Any, sync: Any):
+        self.forward, self.record, self.sync = forward, record, sync
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.sync()
+        start = time.perf_counter()
+        out = self.forward(*args, **kwargs)
+        self.sync()
+        self.record(time.perf_counter() - start)
+        return out
+
+
+def load_source_pipeline(manifest: Manifest, dtype: Any = None) -> Any:
+    """The diffusers pipeline the ONNX folder was exported from (same weights)."""
+    import diffusers
+
+    source = manifest.data.get("source") or {}
+    kind, name, path = source.get("kind"), source.get("name"), source.get("path")
+    if kind == "preset":
+        from sdrt.export.presets import build_pipeline
+
+        return build_pipeline(name, seed=int(source.get("seed", 0)), dtype=dtype)
+    if kind == "folder" and path and Path(path).is_dir():
+        cls = getattr(diffusers, manifest.pipeline.get("class_name", ""), diffusers.StableDiffusionPipeline)
+        kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        return cls.from_pretrained(path, safety_checker=None, requires_safety_checker=False,
+                                   local_files_only=True, **kwargs)
+    raise SdrtError(f"{manifest.folder}: the source it was exported from ({kind} {name or path!r}) is not "
+                    f"available here, so there is no PyTorch reference: export from a preset or a local folder")
+
+
+class Reference:
+    """diffusers on the source weights, called like `sdrt.runtime.Pipeline`."""
+
+    def __init__(self, pipe: Any, folder: Path, device: str = "cpu"):
+        import torch
+
+        self.device = torch.device(device)
+        self.modules = {k: getattr(pipe, k) for k in PIPELINE_MODULES}
+        for k in ("vae", "text_encoder", "unet"):
+            self.modules[k].to(self.device)
+        self.folder = folder
+        self.scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+
+    def diffusers_scheduler(self, scheduler: Any = None) -> Any:
+        """The diffusers class of sdrt's resolved scheduler, from the same config."""
+        import diffusers
+
+        from sdrt.runtime.schedulers import get_scheduler
+
+        port = scheduler if hasattr(scheduler, "set_timesteps") else get_scheduler(
+            self.scheduler_config if scheduler is None else scheduler, self.scheduler_config)
+        config = {k: v for k, v in dict(port.config).items() if not k.startswith("_")}
+        return getattr(diffusers, type(port).__name__).from_config(config)
+
+    def _pipeline(self, mode: str, scheduler: Any) -> Any:
+        import diffusers
+
+        cls = getattr(diffusers, MODE_CLASSES[mode])
+        modules = {**self.modules, "scheduler": self.diffusers_scheduler(scheduler)}
+        pipe = cls(**modules, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def __call__(self, prompt: Any, negative_prompt: Any = None, num_inference_steps: int = 50,
+                 guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
+                 num_images_per_prompt: int = 1, seed: int = 0, latents: np.ndarray | None = None,
+                 scheduler: Any = None, image: Any = None, strength: float = 0.8, mask_image: Any = None,
+                 eta: float = 0.0) -> ReferenceOutput:
+        import torch
+
+        mode = "inpaint" if mask_image is not None else "img2img" if image is not None else "txt2img"
+        if latents is not None and (mode == "img2img" or (mode == "inpaint" and strength < 1.0)):
+            raise SdrtError(f"{mode} at strength {strength}: diffusers cannot take injected latents here; "
+                            f"pass seed= here and generator=TorchReplay(seed) to sdrt")
+        pipe = self._pipeline(mode, scheduler)
+        if isinstance(negative_prompt, str) and not isinstance(prompt, str):
+            negative_prompt = [negative_prompt] * len(prompt)
+        kwargs: dict[str, Any] = dict(
+            prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt, eta=eta,
+            generator=torch.Generator().manual_seed(int(seed)), output_type="np",
+        )
+        if image is not None:
+            pictures = imageio.load_images(image, "image")
+            kwargs["image"] = pictures[0] if len(pictures) == 1 else pictures
+            kwargs["strength"] = strength
+            height = height or pictures[0].height
+            width = width or pictures[0].width
+        if mask_image is not None:
+            masks = imageio.load_images(mask_image, "mask")
+            kwargs["mask_image"] = masks[0] if len(masks) == 1 else masks
+        if mode != "img2img":
+            kwargs["height"], kwargs["width"] = height, width
+        if latents is not None:
+            kwargs["latents"] = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).to(self.device)
+        timings = StageTimings()
+        step_marks: list[float] = []
+
+        def on_step_end(_pipe: Any, _i: int, _t: Any, callback_kwargs: dict) -> dict:
+            step_marks.append(time.perf_counter())
+            return callback_kwargs
+
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        hooks = {
+            "text_encoder": (pipe.text_encoder, "forward", lambda s: setattr(timings, "text_encoder", timings.text_encoder + s)),
+            "unet": (pipe.unet, "forward", timings.unet_steps.append),
+            "vae_decoder": (pipe.vae, "decode", lambda s: setattr(timings, "vae_decoder", timings.vae_decoder + s)),
+            "vae_encoder": (pipe.vae, "encode", lambda s: setattr(timings, "vae_encoder", timings.vae_encoder + s)),
+        }
+        originals = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in hooks.values()]
+        for obj, attr, record in hooks.values():
+            setattr(obj, attr, _Timed(getattr(obj, attr), record, sync))
+        try:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                out = pipe(**kwargs, callback_on_step_end=on_step_end)
+            timings.total = time.perf_counter() - start
+        finally:
+            for obj, attr, original in originals:
+                if attr in obj.__dict__:
+                    delattr(obj, attr)
+        timings.host_steps = [b - a - u for a, b, u in zip(step_marks, step_marks[1:], timings.unet_steps[1:])]
+        return ReferenceOutput(np.asarray(out.images, dtype=np.float32), timings)
+
+
+def load_reference(folder: str | os.PathLike | Manifest, device: str = "cpu", dtype: Any = None) -> Reference:
+    """The PyTorch reference for an sdrt ONNX folder (fp32 on the CPU by default)."""
+    manifest = folder if isinstance(folder, Manifest) else Manifest.load(folder)
+    return Reference(load_source_pipeline(manifest, dtype=dtype), manifest.folder, device=device)

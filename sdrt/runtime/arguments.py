@@ -1,0 +1,63 @@
+"""Checks of a pipeline call's arguments: each bad value is one line that says what to pass instead."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from sdrt.errors import SdrtError
+
+OUTPUT_TYPES = ("pil", "np")
+
+
+def prompt_lists(prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(prompts, negative prompts of the same length); a single negative prompt serves every prompt."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise SdrtError("prompt must be a string or a non-empty list of strings")
+    if negative_prompt is None:
+        return prompts, [""] * len(prompts)
+    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
+        raise SdrtError(f"{len(negatives)} negative prompts for {len(prompts)} prompts: pass one negative "
+                        f"prompt for all, or exactly one per prompt")
+    return prompts, negatives
+
+
+def _whole(label: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SdrtError(f"{label} {value!r} must be a whole number >= {minimum}")
+    return value
+
+
+def _real(label: str, value: Any, lo: float, hi: float, hint: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise SdrtError(f"{label} {value!r} is not a number: {hint}") from None
+    if not math.isfinite(x) or not lo <= x <= hi:
+        raise SdrtError(f"{label} {value!r} is out of range: {hint}")
+    return x
+
+
+def check_call(*, num_inference_steps: Any, guidance_scale: Any, strength: Any, num_images_per_prompt: Any,
+               output_type: str) -> tuple[int, float, float, int]:
+    """Validated (steps, guidance, strength, images per prompt)."""
+    steps = _whole("num_inference_steps (--steps)", num_inference_steps, 1)
+    guidance = _real("guidance_scale", guidance_scale, 0.0, math.inf,
+                     "use a finite value >= 0 (<= 1 turns classifier-free guidance off; 7.5 is usual)")
+    strength = _real("strength", strength, 0.0, 1.0, "use a value between 0 and 1 (e.g. 0.8)")
+    per_prompt = _whole("num_images_per_prompt (--num-images)", num_images_per_prompt, 1)
+    if output_type not in OUTPUT_TYPES:
+        raise SdrtError(f"output_type {output_type!r} is not one of: {', '.join(OUTPUT_TYPES)}")
+    return steps, guidance, strength, per_prompt
+
+
+def check_latents(latents: Any, shape: tuple[int, ...]) -> np.ndarray:
+    array = np.asarray(latents, dtype=np.float32)
+    if array.shape != shape:
+        raise SdrtError(f"latents have shape {tuple(array.shape)}, this call needs {shape} "
+                        f"(images, latent channels, height / f, width / f)")
+    return array

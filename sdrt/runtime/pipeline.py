@@ -1,0 +1,274 @@
+"""The torch-free Stable Diffusion pipeline: txt2img, img2img and inpainting on any engine backend.
+
+It reproduces diffusers' StableDiffusionPipeline / Img2Img / Inpaint numbers (same tokenizer ids,
+same scheduler maths, same pre- and post-processing), with numpy around the engines:
+
+- text embeddings are computed once per call and stay bound in the UNet's `encoder_hidden_states`;
+- each denoising step writes the latents into the bound `sample` buffer (and the step's timestep
+  into `timestep`), runs, and reads the bound `out_sample` buffer: no engine buffer is allocated in
+  the loop (the engines allocate once per shape set);
+- classifier-free guidance (guidance_scale > 1) runs the unconditional half first in one batch;
+- latent channels, VAE scale factor, scaling factor and the default size come from `sdrt.json`.
+
+Randomness comes from one generator per call (numpy's, seeded by `seed`), drawn in diffusers' order
+(VAE sample of the image, the initial noise, VAE sample of the masked image, then the sampler's own
+draws), so an object with numpy's `standard_normal(size, dtype=)` that replays torch's draws gives
+diffusers' result with a torch generator of the same seed (how the parity tests work).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from sdrt.engines.base import Backend, Engine, create_backend
+from sdrt.errors import SdrtError
+from sdrt.manifest import Manifest
+from sdrt.runtime import conditioning, images as imageio
+from sdrt.runtime.arguments import check_call, check_latents, prompt_lists
+from sdrt.runtime.timing import StageTimings
+
+#: what a callback receives after each denoising step: (step index, timestep, latents [N, C, h, w])
+StepCallback = Callable[[int, Any, np.ndarray], None]
+
+
+@dataclass
+class PipelineOutput:
+    """`images`: PIL images, or float32 [N, H, W, 3] in [0, 1] for output_type="np"."""
+
+    images: Any
+    seed: int | None
+    timings: StageTimings
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Engines for one ONNX model folder, and the call that turns prompts into images."""
+
+    def __init__(self, manifest: Manifest, backend: Backend, tokenizer: Any, scheduler_config: dict[str, Any]):
+        self.manifest = manifest
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.scheduler_config = scheduler_config
+        p = manifest.pipeline
+        self.scaling_factor = float(p["scaling_factor"])
+        self.shift_factor = float(p.get("shift_factor") or 0.0)
+        self.vae_scale_factor = int(p["vae_scale_factor"])
+        self.latent_channels = int(p["latent_channels"])
+        self.unet_in_channels = int(p["unet_in_channels"])
+        self.engines: dict[str, Engine] = {}
+        for component in ("text_encoder", "unet", "vae_decoder"):  # fail early on a broken folder
+            self.engine(component)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, backend: str = "auto", **backend_options: Any) -> "Pipeline":
+        """Open an exported folder on a backend ("auto": the fastest usable one); options go to the backend."""
+        from sdrt.runtime.tokenizer import ClipTokenizer
+
+        manifest = Manifest.load(folder)
+        config_path = Path(folder) / "scheduler" / "scheduler_config.json"
+        try:
+            scheduler_config = json.loads(config_path.read_text())
+        except (OSError, ValueError) as e:
+            raise SdrtError(f"{config_path} is missing or unreadable ({e}): export the model again with --force")
+        tokenizer = ClipTokenizer.from_folder(Path(folder) / "tokenizer")
+        return cls(manifest, create_backend(backend, **backend_options), tokenizer, scheduler_config)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def inpainting_unet(self) -> bool:
+        """A 9-channel UNet: latents + mask + masked-image latents."""
+        return self.unet_in_channels != self.latent_channels
+
+    def engine(self, component: str) -> Engine:
+        if component not in self.engines:
+            self.engines[component] = self.backend.load(self.manifest, component)
+        return self.engines[component]
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+        self.engines.clear()
+
+    # -- stages ----------------------------------------------------------------------------------
+    def make_scheduler(self, scheduler: Any = None) -> Any:
+        """A fresh scheduler: the folder's own, one by name (its config on top of the folder's) or a config."""
+        from sdrt.runtime.schedulers import get_scheduler
+
+        if scheduler is not None and hasattr(scheduler, "set_timesteps"):
+            return scheduler
+        return get_scheduler(self.scheduler_config if scheduler is None else scheduler, self.scheduler_config)
+
+    def encode_prompts(self, prompts: list[str], negatives: list[str], per_prompt: int, guidance: bool) -> np.ndarray:
+        """[UNet batch, S, D] text embeddings: unconditional first under guidance, each repeated per image."""
+        texts = negatives + prompts if guidance else prompts
+        ids = self.tokenizer(texts)
+        engine = self.engine("text_encoder")
+        engine.prepare({"B": len(texts)})
+        hidden = engine.run({"input_ids": ids})["last_hidden_state"]
+        return np.repeat(hidden, per_prompt, axis=0)
+
+    def encode_images(self, pixels: np.ndarray, rng: Any) -> np.ndarray:
+        """[k, 3, H, W] in [-1, 1] -> sampled, scaled latents [k, C, h, w]."""
+        engine = self.engine("vae_encoder")
+        f = self.vae_scale_factor
+        engine.prepare({"B": pixels.shape[0], "h": pixels.shape[2] // f, "w": pixels.shape[3] // f})
+        parameters = engine.run({"sample": pixels})["latent_parameters"]
+        return self.scaling_factor * (conditioning.sample_latents(parameters, rng) - self.shift_factor)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Latents -> float32 [N, H, W, 3] in [0, 1]; NaN or inf is an error that names the culprit."""
+        if not np.isfinite(latents).all():
+            raise SdrtError(f"the UNet ({self.manifest.precision('unet')}) produced NaN or inf latents: "
+                            f"export the UNet in fp32, or lower guidance_scale")
+        engine = self.engine("vae_decoder")
+        engine.prepare({"B": latents.shape[0], "h": latents.shape[2], "w": latents.shape[3]})
+        decoded = engine.run({"latent_sample": latents / self.scaling_factor + self.shift_factor})["sample"]
+        if not np.isfinite(decoded).all():
+            raise SdrtError(f"the VAE decoder ({self.manifest.precision('vae_decoder')}) produced NaN or inf "
+                            f"pixels: export the VAE decoder in fp32 (fp16 VAEs overflow)")
+        return imageio.postprocess(decoded)
+
+    # -- the call --------------------------------------------------------------------------------
+    def _inputs(self, image: Any, mask_image: Any) -> tuple[list, list]:
+        if mask_image is not None and image is None:
+            raise SdrtError("mask_image (--mask) needs an image (--image) to inpaint")
+        if self.inpainting_unet and (image is None or mask_image is None):
+            raise SdrtError(f"{self.manifest.folder} has an inpainting UNet: pass an image (--image) "
+                            f"and a mask (--mask)")
+        images = imageio.load_images(image, "image") if image is not None else []
+        masks = imageio.load_images(mask_image, "mask") if mask_image is not None else []
+        return images, masks
+
+    def _size(self, height: int | None, width: int | None, images: list, masks: list) -> tuple[int, int]:
+        """Output size: given, else the input image's, else the model's default (sample_size x f)."""
+        default_w, default_h = images[0].size if images else (self.manifest.default_image_size,) * 2
+        height = default_h if height is None else height
+        width = default_w if width is None else width
+        self.manifest.sizes.check_image_size(height, width)
+        imageio.check_size(images, height, width, "image")
+        imageio.check_size(masks, height, width, "mask")
+        return height, width
+
+    def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
+                 num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
+                 width: int | None = None, num_images_per_prompt: int = 1, seed: int | None = None,
+                 latents: np.ndarray | None = None, scheduler: Any = None, image: Any = None, strength: float = 0.8,
+                 mask_image: Any = None, output_type: str = "pil", callback: StepCallback | None = None,
+                 generator: Any = None) -> PipelineOutput:
+        t_call = time.perf_counter()
+        timings = StageTimings()
+        steps, guidance, strength, per_prompt = check_call(
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, strength=strength,
+            num_images_per_prompt=num_images_per_prompt, output_type=output_type)
+        prompts, negatives = prompt_lists(prompt, negative_prompt)
+        images, masks = self._inputs(image, mask_image)
+        height, width = self._size(height, width, images, masks)
+        if generator is None:
+            seed = secrets.randbits(32) if seed is None else int(seed)
+            rng = np.random.default_rng(seed)
+        else:
+            seed, rng = None, generator  # the caller's generator: its seed is not ours to report
+        n = len(prompts) * per_prompt
+        cfg = guidance > 1.0
+        f, C = self.vae_scale_factor, self.latent_channels
+        h, w = height // f, width // f
+        noise = check_latents(latents, (n, C, h, w)) if latents is not None else None
+
+        with timings.measure("text_encoder"):
+            embeddings = self.encode_prompts(prompts, negatives, per_prompt, cfg)
+
+        sched = self.make_scheduler(scheduler)
+        sched.set_timesteps(steps)
+        timesteps = np.asarray(sched.timesteps)
+        if images:
+            begin, remaining = conditioning.start_index(steps, strength, sched.order)
+            if remaining < 1:
+                raise SdrtError(f"strength {strength} with {steps} steps leaves no denoising step: "
+                                f"raise the strength or the number of steps")
+            timesteps = timesteps[begin:]
+            if hasattr(sched, "set_begin_index"):
+                sched.set_begin_index(begin)
+
+        # -- initial latents and conditioning (diffusers' order of random draws) ------------------
+        mask_lat = masked_lat = image_lat = None
+        blend = bool(masks) and not self.inpainting_unet
+        pixels = imageio.images_to_array(images) if images else None
+        if masks:
+            mask_px = conditioning.tile_to(imageio.masks_to_array(masks), len(images), "mask")
+            mask_lat = conditioning.tile_to(conditioning.mask_latents(mask_px, f), n, "mask")
+        with timings.measure("vae_encoder"):
+            if images and (not masks or blend or strength < 1.0):
+                image_lat = conditioning.tile_to(self.encode_images(pixels, rng), n, "image")
+            if noise is None:
+                noise = rng.standard_normal((n, C, h, w), dtype=np.float32)
+            if self.inpainting_unet:
+                masked = conditioning.masked_pixels(pixels, mask_px)
+                masked_lat = conditioning.tile_to(self.encode_images(masked, rng), n, "image")
+        if image_lat is None or (masks and strength == 1.0):
+            x = noise * np.float32(sched.init_noise_sigma)
+        else:
+            x = sched.add_noise(image_lat, noise, np.repeat(timesteps[:1], n))
+        x = np.asarray(x, dtype=np.float32)
+
+        # -- the denoising loop: bound buffers, nothing allocated in the engines -------------------
+        unet = self.engine("unet")
+        batch = 2 * n if cfg else n
+        unet.prepare({"B": batch, "h": h, "w": w})
+        unet.set_input("encoder_hidden_states", embeddings)
+        model_in = np.zeros((batch, self.unet_in_channels, h, w), dtype=np.float32)
+        if masked_lat is not None:
+            halves = 2 if cfg else 1
+            model_in[:, C:C + 1] = np.concatenate([mask_lat] * halves)
+            model_in[:, C + 1:] = np.concatenate([masked_lat] * halves)
+        t_in = np.zeros((batch,), dtype=np.float32)
+        for i, t in enumerate(timesteps):
+            t0 = time.perf_counter()
+            scaled = sched.scale_model_input(x, t)
+            model_in[:n, :C] = scaled
+            if cfg:
+                model_in[n:, :C] = scaled
+            t_in.fill(t)
+            t1 = time.perf_counter()
+            out = unet.run({"sample": model_in, "timestep": t_in})["out_sample"]
+            t2 = time.perf_counter()
+            if cfg:
+                uncond, text = out[:n].astype(np.float32), out[n:].astype(np.float32)
+                noise_pred = uncond + guidance * (text - uncond)
+            else:
+                noise_pred = out.astype(np.float32)  # a copy: the engine overwrites `out` next step
+            x = sched.step(noise_pred, t, x, generator=rng).prev_sample
+            if blend:
+                proper = image_lat
+                if i < len(timesteps) - 1:
+                    proper = sched.add_noise(image_lat, noise, timesteps[i + 1:i + 2])
+                x = (1 - mask_lat) * proper + mask_lat * x
+            if callback is not None:
+                callback(i, t, x)
+            timings.unet_steps.append(t2 - t1)
+            timings.host_steps.append(time.perf_counter() - t0 - (t2 - t1))
+
+        with timings.measure("vae_decoder"):
+            result = self.decode(np.asarray(x, dtype=np.float32))
+        timings.total = time.perf_counter() - t_call
+        parameters = {
+            "mode": "inpaint" if masks else "img2img" if images else "txt2img",
+            "prompt": prompts, "negative_prompt": negatives, "steps": steps, "guidance_scale": guidance,
+            "scheduler": type(sched).__name__, "seed": seed, "height": height, "width": width,
+            "num_images_per_prompt": per_prompt, "backend": self.backend_name,
+            "model": self.manifest.data.get("source", {}).get("name") or str(self.manifest.folder),
+        }
+        if images:
+            parameters["strength"] = strength
+        images_out = imageio.to_pil(result) if output_type == "pil" else result
+        return PipelineOutput(images_out, seed, timings, parameters)
