@@ -1,0 +1,92 @@
+"""`sdrt build`: make the engines of an ONNX model folder ahead of time.
+
+TensorRT engines take seconds to minutes to build, so they are built once, here, and cached under
+DIR/engines/<backend>/. ONNX Runtime needs no build step (its sessions are created at load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from sdrt import spec
+
+BACKEND_CHOICES = ("tensorrt", "tensorrt_rtx", "ort-cpu", "ort-cuda")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="ONNX model folder (from `sdrt export`)")
+    parser.add_argument("--backend", default="tensorrt", choices=BACKEND_CHOICES,
+                        help="engine backend to build for (default: tensorrt)")
+    size = parser.add_argument_group("profile (static by default; any of --min-size/--max-size/--max-batch "
+                                     "makes it dynamic, optimized at --height/--width/--batch)")
+    size.add_argument("--batch", type=int, default=1, help="images per prompt (default: 1)")
+    size.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
+    size.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
+    size.add_argument("--min-size", type=int, help="smallest image side in pixels (dynamic profile)")
+    size.add_argument("--max-size", type=int, help="largest image side in pixels (dynamic profile)")
+    size.add_argument("--max-batch", type=int, help="most images per prompt (dynamic batch)")
+    size.add_argument("--no-guidance", action="store_true",
+                      help="build for guidance_scale <= 1 (UNet batch not doubled for classifier-free guidance)")
+    parser.add_argument("--components", nargs="+", choices=spec.COMPONENT_NAMES, metavar="NAME",
+                        help=f"components to build (default: all exported; {', '.join(spec.COMPONENT_NAMES)})")
+    parser.add_argument("--opt-level", type=int, choices=range(6), metavar="0-5",
+                        help="builder optimization level (TensorRT's default: 3)")
+    parser.add_argument("--workspace-gb", type=float, help="cap on the builder's workspace memory, in GiB")
+    parser.add_argument("--timing-cache", metavar="PATH",
+                        help="persistent tactic timing cache (default: one per GPU and TensorRT under "
+                             "DIR/engines/tensorrt/)")
+    parser.add_argument("--device-id", type=int, default=0, help="GPU to build on (default: 0)")
+    parser.add_argument("--force", action="store_true", help="rebuild even when an up-to-date engine exists")
+
+
+def _log(msg: str) -> None:
+    print(f"sdrt build: {msg}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.backend.startswith("ort"):
+        _log(f"{args.backend}: ONNX Runtime needs no build step (its sessions are created when the "
+             f"model is loaded); nothing to do")
+        return 0
+    from pathlib import Path
+
+    from sdrt.engines import trt_api, trt_build, trt_profiles
+    from sdrt.engines.tensorrt import open_toolkit, target_of
+    from sdrt.errors import SdrtError
+    from sdrt.manifest import Manifest
+
+    manifest = Manifest.load(args.model)
+    components = args.components or [c for c in spec.COMPONENT_NAMES if manifest.has(c)]
+    for name in components:
+        manifest.onnx_path(name)  # one-line error for a component the folder lacks
+    if args.workspace_gb is not None and args.workspace_gb <= 0:
+        raise SdrtError(f"--workspace-gb {args.workspace_gb} must be positive")
+    request = trt_profiles.ProfileRequest(
+        batch=args.batch, height=args.height, width=args.width, min_size=args.min_size,
+        max_size=args.max_size, max_batch=args.max_batch, guidance=not args.no_guidance)
+    for name in components:  # every profile checked before the first (long) build starts
+        trt_profiles.dim_range(name, request, manifest.sizes, manifest.default_image_size)
+
+    probe = trt_api.flavor(args.backend)
+    trt, features, cuda = open_toolkit(probe.name, need_gpu=probe.name == "tensorrt", device=args.device_id)
+    if cuda is not None:
+        cuda.set_device(args.device_id)
+    target = target_of(features, cuda, args.device_id)
+    if args.timing_cache and not features.timing_cache:
+        _log(f"{probe.label} ignores the timing cache (its engines are compiled for the GPU at load); "
+             f"--timing-cache not used")
+    options = trt_build.BuildOptions(opt_level=args.opt_level, workspace_gb=args.workspace_gb,
+                                     timing_cache=Path(args.timing_cache) if args.timing_cache else None,
+                                     force=args.force)
+    _log(f"{probe.label} {features.version} for {target}; {len(components)} component(s): "
+         f"{', '.join(components)}")
+    start = time.perf_counter()
+    for i, name in enumerate(components, 1):
+        _log(f"[{i}/{len(components)}] {name}")
+        trt_build.build_component(manifest, name, args.backend, request, options, trt=trt, features=features,
+                                  target=target, log=_log)
+    _log(f"done in {time.perf_counter() - start:.1f} s; engines under "
+         f"{Path(args.model) / 'engines' / args.backend}")
+    return 0

@@ -1,0 +1,164 @@
+"""The `tensorrt` and `tensorrt_rtx` backends: engines from `sdrt build`, loaded only when they match.
+
+A backend holds what its engines share (the TensorRT module, one Runtime, one CUDA stream, one
+activation block). `load(manifest, component)` finds the component's engines in the store; the
+engine picks the one whose profile covers the dims at `prepare(dims)`. An engine built from another
+ONNX, by another TensorRT or for another GPU is never loaded: the error says how to rebuild. With
+``auto_build=True`` a missing engine is built on the spot, static for the dims asked.
+
+TensorRT-RTX engines are portable across RTX GPUs (their kernels are compiled just in time on the
+user's GPU), so their identity records "portable" instead of one GPU, and `get_engine_validity`
+refuses one that cannot run here.
+
+UNVERIFIED ON A GPU: see trt_runtime. tensorrt, polygraphy and cuda-python are imported lazily.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from sdrt.engines import trt_api, trt_buffers, trt_cache, trt_profiles
+from sdrt.engines.base import Backend
+from sdrt.engines.trt_runtime import Cuda, Session, TensorRTEngine
+from sdrt.errors import SdrtError
+
+#: what a TensorRT-RTX engine's identity records instead of one GPU
+PORTABLE = "portable (TensorRT-RTX default compute capabilities)"
+
+
+def open_toolkit(flavor_name: str, need_gpu: bool, device: int = 0) -> tuple[Any, trt_api.Features, Cuda | None]:
+    """Import the TensorRT flavor (and cuda-python and a GPU when needed), or raise the one-line error."""
+    trt = trt_api.import_trt(flavor_name)
+    features = trt_api.detect(trt, flavor_name)
+    trt_api.require_runtime_api(features)
+    if not need_gpu:
+        return trt, features, None
+    cuda = Cuda(trt_api.import_cudart())
+    cuda.require_gpu(trt_api.FLAVORS[flavor_name].label, device)
+    return trt, features, cuda
+
+
+def target_of(features: trt_api.Features, cuda: Cuda | None, device: int = 0) -> str:
+    """The GPU part of an engine's identity: this GPU for TensorRT, portable for TensorRT-RTX."""
+    if not features.needs_gpu_to_build:
+        return PORTABLE
+    if cuda is None:
+        raise SdrtError("TensorRT needs a GPU to build and load engines")
+    return cuda.device_target(device)
+
+
+def guidance_of(component: str, dims: Mapping[str, int]) -> bool:
+    """An odd UNet batch can only be a run without classifier-free guidance."""
+    return not (component == "unet" and int(dims.get("B", 2)) % 2)
+
+
+def no_engine_error(folder: Path, backend: str, component: str, choice: trt_cache.Choice,
+                    dims: Mapping[str, int] | None, vae_scale_factor: int) -> SdrtError:
+    """Why no engine can be loaded, and the `sdrt build` command that makes one."""
+    root = trt_cache.store_root(folder, backend)
+    if dims:
+        guidance = guidance_of(component, dims)
+        request = trt_profiles.request_for(component, dims, vae_scale_factor, guidance)
+    else:
+        guidance, request = True, trt_profiles.ProfileRequest()
+    if choice.fresh and dims:
+        wanted = trt_profiles.describe(component, trt_profiles.DimRange(dict(dims), dict(dims), dict(dims)),
+                                       vae_scale_factor, guidance)
+        built = "; ".join(trt_profiles.describe(component, e.profile, vae_scale_factor, guidance)
+                          for e in choice.fresh)
+        cmd = trt_profiles.build_command(str(folder), backend, request, (component,))
+        return SdrtError(f"no {backend} engine for {component} covers {wanted} (built: {built}): "
+                         f"build one with `{cmd}`")
+    if choice.stale:
+        entry, reasons = choice.stale[0]
+        cmd = trt_profiles.build_command(str(folder), backend, request, (component,), force=True)
+        return SdrtError(f"the {backend} engine {entry.path.name} for {component} was built from "
+                         f"{', '.join(reasons)}; a stale engine is never loaded: rebuild with `{cmd}`")
+    cmd = trt_profiles.build_command(str(folder), backend, request, (component,))
+    return SdrtError(f"no {backend} engine for {component} in {root}: build it with `{cmd}`")
+
+
+def _stderr(msg: str) -> None:
+    print(f"sdrt: {msg}", file=sys.stderr, flush=True)
+
+
+class TensorRTBackend(Backend):
+    """TensorRT engines, one stream and one shared activation block for the whole pipeline."""
+
+    name = "tensorrt"
+
+    def __init__(self, *, cuda_graph: bool = False, enable_cuda_graph: bool = False, device_id: int = 0,
+                 share_activations: bool = True, auto_build: bool = False,
+                 build_options: Any = None, log: Callable[[str], None] | None = None, **_other_backends: Any):
+        # Options meant for other backends (threads, ...) are accepted and ignored: `auto` passes
+        # the same options to whichever backend it picks.
+        self.cuda_graph = bool(cuda_graph or enable_cuda_graph)
+        self.device_id = device_id
+        self.share_activations = share_activations
+        self.auto_build = auto_build
+        self.build_options = build_options
+        self.log = log or _stderr
+        self._session: Session | None = None
+        self._target: str | None = None
+
+    @classmethod
+    def check_available(cls) -> None:
+        open_toolkit(cls.name, need_gpu=True)
+
+    def session(self) -> Session:
+        if self._session is None:
+            trt, features, cuda = open_toolkit(self.name, need_gpu=True, device=self.device_id)
+            cuda.set_device(self.device_id)
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            shared = trt_buffers.SharedActivations(cuda.malloc, cuda.free) if self.share_activations else None
+            self._session = Session(trt, features, runtime, cuda, cuda.stream_create(), shared, self.log)
+            self._target = target_of(features, cuda, self.device_id)
+        return self._session
+
+    def load(self, manifest, component: str) -> TensorRTEngine:
+        s = self.session()
+        root = trt_cache.store_root(manifest.folder, self.name)
+        onnx_dir = manifest.onnx_path(component).parent
+        ident = trt_cache.identity(component, trt_cache.onnx_content_hash(onnx_dir, root.parent / trt_cache.HASH_MEMO),
+                                   s.features.library, self._target, manifest.precision(component))
+        f = manifest.sizes.vae_scale_factor
+        first = trt_cache.choose(trt_cache.read_entries(root, component), ident, {})
+        if not first.fresh and not self.auto_build:
+            raise no_engine_error(manifest.folder, self.name, component, first, None, f)
+        for entry, reasons in first.stale:
+            self.log(f"ignoring stale engine {entry.path.name} (built from {', '.join(reasons)})")
+
+        def find(dims: Mapping[str, int]) -> trt_cache.Entry:
+            choice = trt_cache.choose(trt_cache.read_entries(root, component), ident, dims)
+            if choice.entry is not None:
+                return choice.entry
+            if not self.auto_build:
+                raise no_engine_error(manifest.folder, self.name, component, choice, dims, f)
+            return self._build_for(manifest, component, dims)
+
+        return TensorRTEngine(component, manifest.values, manifest.precision(component), session=s, find=find,
+                              cuda_graph=self.cuda_graph and component == "unet")
+
+    def _build_for(self, manifest, component: str, dims: Mapping[str, int]) -> trt_cache.Entry:
+        from sdrt.engines import trt_build
+
+        s = self.session()
+        request = trt_profiles.request_for(component, dims, manifest.sizes.vae_scale_factor,
+                                           guidance_of(component, dims))
+        self.log(f"no {self.name} engine for {component} at {dict(dims)}: building one (once; it is cached)")
+        return trt_build.build_component(manifest, component, self.name, request,
+                                         self.build_options or trt_build.BuildOptions(), trt=s.trt,
+                                         features=s.features, target=self._target, log=self.log)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+class TensorRTRTXBackend(TensorRTBackend):
+    """TensorRT-RTX: the same code path; portable engines, validity checked before loading."""
+
+    name = "tensorrt_rtx"

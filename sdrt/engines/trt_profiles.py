@@ -1,0 +1,187 @@
+"""TensorRT optimization profiles derived from the component spec.
+
+A profile is a range of the dynamic symbols (``B``, ``h``, ``w``): ``min``/``opt``/``max`` dicts. It
+is static by default (min = opt = max: the requested batch and size), dynamic on request
+(``--min-size/--max-size/--max-batch``, ``opt`` at the requested size). Tensor shapes come from
+`sdrt.spec`, never spelled here. Sizes are checked against the model's size rule (the manifest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from sdrt import spec
+from sdrt.errors import SdrtError
+from sdrt.manifest import SizeRule
+
+#: Batch of each component per image, (smallest, largest), with and without classifier-free
+#: guidance. The UNet runs the unconditional and conditional halves together (2x); the text encoder
+#: may encode both prompts in one call or one at a time, so it accepts either.
+BATCH_PER_IMAGE: dict[bool, dict[str, tuple[int, int]]] = {
+    True: {"text_encoder": (1, 2), "unet": (2, 2), "vae_decoder": (1, 1), "vae_encoder": (1, 1)},
+    False: {"text_encoder": (1, 1), "unet": (1, 1), "vae_decoder": (1, 1), "vae_encoder": (1, 1)},
+}
+
+Dims = dict[str, int]
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    """What a user asks `sdrt build` for, in images and pixels."""
+
+    batch: int = 1                 # images per call (opt)
+    height: int | None = None      # pixels (opt); None: the model's default size
+    width: int | None = None
+    min_size: int | None = None    # pixels, both sides; dynamic profile when set
+    max_size: int | None = None
+    max_batch: int | None = None   # images; dynamic batch when set
+    guidance: bool = True          # classifier-free guidance doubles the UNet batch
+
+    @property
+    def dynamic(self) -> bool:
+        return self.min_size is not None or self.max_size is not None or self.max_batch is not None
+
+
+@dataclass(frozen=True)
+class DimRange:
+    """min / opt / max of the dynamic symbols one component uses."""
+
+    min: Dims
+    opt: Dims
+    max: Dims
+
+    def to_json(self) -> dict[str, Dims]:
+        return {"min": dict(self.min), "opt": dict(self.opt), "max": dict(self.max)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Mapping[str, int]]) -> "DimRange":
+        return cls(*(dict((k, int(v)) for k, v in data[key].items()) for key in ("min", "opt", "max")))
+
+    @property
+    def static(self) -> bool:
+        return self.min == self.max
+
+    def covers(self, dims: Mapping[str, int]) -> bool:
+        return all(self.min[s] <= int(dims[s]) <= self.max[s] for s in self.min)
+
+
+def used_symbols(component: str) -> tuple[str, ...]:
+    """The dynamic symbols a component's tensors use, in spec order (text encoder: only B)."""
+    found: list[str] = []
+    for t in spec.component(component).tensors:
+        for d in t.shape:
+            for s in spec.symbols_of(d):
+                if s in spec.DYNAMIC_SYMBOLS and s not in found:
+                    found.append(s)
+    return tuple(s for s in spec.DYNAMIC_SYMBOLS if s in found)
+
+
+def _positive(label: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or value <= 0):
+        raise SdrtError(f"{label} {value!r} must be a positive whole number")
+
+
+def image_range(request: ProfileRequest, rule: SizeRule, default_size: int) -> tuple[tuple[int, int], ...]:
+    """((min_h, min_w), (opt_h, opt_w), (max_h, max_w)) in pixels, checked against the size rule."""
+    height = request.height or default_size
+    width = request.width or default_size
+    rule.check_image_size(height, width)
+    if request.min_size is None and request.max_size is None:
+        return (height, width), (height, width), (height, width)
+    lo = request.min_size if request.min_size is not None else min(height, width)
+    hi = request.max_size if request.max_size is not None else max(height, width)
+    rule.check_image_size(lo, hi)
+    if lo > hi:
+        raise SdrtError(f"--min-size {lo} is larger than --max-size {hi}")
+    if not (lo <= min(height, width) and max(height, width) <= hi):
+        raise SdrtError(f"the requested size {height}x{width} is outside --min-size {lo} .. --max-size {hi}: "
+                        f"widen the range or pick a size inside it")
+    return (lo, lo), (height, width), (hi, hi)
+
+
+def batch_range(request: ProfileRequest) -> tuple[int, int, int]:
+    """(min, opt, max) images per call."""
+    _positive("batch", request.batch)
+    _positive("--max-batch", request.max_batch)
+    if request.max_batch is None:
+        return request.batch, request.batch, request.batch
+    if request.batch > request.max_batch:
+        raise SdrtError(f"batch {request.batch} is larger than --max-batch {request.max_batch}")
+    return 1, request.batch, request.max_batch
+
+
+def dim_range(component: str, request: ProfileRequest, rule: SizeRule, default_size: int) -> DimRange:
+    """The profile of one component for a build request."""
+    (h0, w0), (h1, w1), (h2, w2) = image_range(request, rule, default_size)
+    n0, n1, n2 = batch_range(request)
+    lo_factor, hi_factor = BATCH_PER_IMAGE[request.guidance][component]
+    f = rule.vae_scale_factor
+    full = {
+        "min": {"B": lo_factor * n0, "h": h0 // f, "w": w0 // f},
+        "opt": {"B": hi_factor * n1, "h": h1 // f, "w": w1 // f},
+        "max": {"B": hi_factor * n2, "h": h2 // f, "w": w2 // f},
+    }
+    keep = used_symbols(component)
+    return DimRange(*({s: full[k][s] for s in keep} for k in ("min", "opt", "max")))
+
+
+def input_shapes(component: str, model_values: Mapping[str, int],
+                 rng: DimRange) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """(min, opt, max) shape of every input tensor: what the builder's profile gets."""
+    comp = spec.component(component)
+    per_key = [spec.shapes(component, {**model_values, **dims}) for dims in (rng.min, rng.opt, rng.max)]
+    return {name: (per_key[0][name], per_key[1][name], per_key[2][name]) for name in comp.input_names}
+
+
+def max_shapes(component: str, model_values: Mapping[str, int], rng: DimRange,
+               include_optional: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape at the profile's max: what its device buffer is sized for."""
+    return spec.shapes(component, {**model_values, **rng.max}, include_optional=include_optional)
+
+
+def describe(component: str, rng: DimRange, vae_scale_factor: int, guidance: bool = True) -> str:
+    """A range in the user's units: 'batch 1 image(s), 512x512 px' or '... 256x256 .. 768x768 px'."""
+    _, per_image = BATCH_PER_IMAGE[guidance][component]
+    parts = []
+    b0, b1 = rng.min["B"], rng.max["B"]
+    parts.append(f"batch {b0}" + (f"..{b1}" if b1 != b0 else "") + f" ({component} batch; {per_image}x per image)")
+    if "h" in rng.min:
+        f = vae_scale_factor
+        lo = f"{rng.min['h'] * f}x{rng.min['w'] * f}"
+        hi = f"{rng.max['h'] * f}x{rng.max['w'] * f}"
+        parts.append(f"{lo} px" if lo == hi else f"{lo} .. {hi} px")
+    return ", ".join(parts)
+
+
+def request_for(component: str, dims: Mapping[str, int], vae_scale_factor: int,
+                guidance: bool = True) -> ProfileRequest:
+    """The smallest static build request whose profile covers these engine dims."""
+    _, per_image = BATCH_PER_IMAGE[guidance][component]
+    images = max(1, -(-int(dims["B"]) // per_image))
+    f = vae_scale_factor
+    height = int(dims["h"]) * f if "h" in dims else None
+    width = int(dims["w"]) * f if "w" in dims else None
+    return ProfileRequest(batch=images, height=height, width=width, guidance=guidance)
+
+
+def build_command(folder: str, backend: str, request: ProfileRequest, components: tuple[str, ...] = (),
+                  force: bool = False) -> str:
+    """The `sdrt build` command line that makes an engine for this request."""
+    words = ["sdrt build", f"--model {folder}", f"--backend {backend}"]
+    if request.height:
+        words.append(f"--height {request.height}")
+    if request.width:
+        words.append(f"--width {request.width}")
+    words.append(f"--batch {request.batch}")
+    for flag, value in (("--min-size", request.min_size), ("--max-size", request.max_size),
+                        ("--max-batch", request.max_batch)):
+        if value is not None:
+            words.append(f"{flag} {value}")
+    if not request.guidance:
+        words.append("--no-guidance")
+    if components:
+        words.append("--components " + " ".join(components))
+    if force:
+        words.append("--force")
+    return " ".join(words)

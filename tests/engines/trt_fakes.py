@@ -1,0 +1,257 @@
+"""Test doubles for the TensorRT backend: a model folder, a fake `tensorrt` module and a fake CUDA.
+
+The fakes keep TensorRT's attribute names, so `trt_api.detect` and the runtime take the same code
+path as with the real module; the fake device memory is a dict of bytearrays, so data really moves
+through the engine's buffers and a wrong copy shows up as a wrong number.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from sdrt.manifest import Manifest
+
+C, S, D, F = 4, 77, 8, 8
+
+
+def fake_unet_onnx(path: Path, elem: int = TensorProto.FLOAT16) -> None:
+    """out_sample = 2*sample + timestep + mean(encoder_hidden_states), per batch item (spec names)."""
+    f = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["two"], value=helper.make_tensor("two", elem, [], [2.0])),
+            helper.make_node("Constant", [], ["axes"], value=helper.make_tensor("a", TensorProto.INT64, [3], [1, 2, 3])),
+            helper.make_node("Constant", [], ["axes12"], value=helper.make_tensor("b", TensorProto.INT64, [2], [1, 2])),
+            helper.make_node("Constant", [], ["axis3"], value=helper.make_tensor("c", TensorProto.INT64, [1], [3])),
+            helper.make_node("Mul", ["sample", "two"], ["s2"]),
+            helper.make_node("Cast", ["timestep"], ["tc"], to=elem),
+            helper.make_node("Unsqueeze", ["tc", "axes"], ["t4"]),
+            helper.make_node("ReduceMean", ["encoder_hidden_states", "axes12"], ["m3"], keepdims=1),
+            helper.make_node("Unsqueeze", ["m3", "axis3"], ["m4"]),
+            helper.make_node("Add", ["s2", "t4"], ["a1"]),
+            helper.make_node("Add", ["a1", "m4"], ["out_sample"]),
+        ],
+        "fake_unet",
+        [f("sample", elem, ["B", C, "h", "w"]), f("timestep", TensorProto.FLOAT, ["B"]),
+         f("encoder_hidden_states", elem, ["B", S, D])],
+        [f("out_sample", elem, ["B", C, "h", "w"])],
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
+
+
+def model_folder(root: Path, precision: str = "fp16", components=("unet",)) -> Manifest:
+    """A minimal sdrt ONNX folder: latent sizes 1..64 (8..512 px), default 64 px."""
+    elem = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
+    entries = {}
+    for name in components:
+        fake_unet_onnx(root / name / "model.onnx", elem)
+        entries[name] = {"file": f"{name}/model.onnx", "precision": precision, "sha256": "unused"}
+    data = {
+        "format": "sdrt-onnx", "format_version": 1,
+        "pipeline": {"latent_channels": C, "unet_in_channels": C, "text_hidden_size": D,
+                     "vae_scale_factor": F, "token_length": S, "sample_size": 8},
+        "components": entries,
+        "sizes": {"latent_multiple": 1, "min_latent": 1, "max_latent": 64},
+    }
+    (root / "sdrt.json").write_text(json.dumps(data))
+    return Manifest.load(root)
+
+
+# -- a fake `tensorrt` module ----------------------------------------------------------------------
+class _Enum:
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return f"<{self.name}>"
+
+
+def _enum(*names):
+    return types.SimpleNamespace(**{n: _Enum(n) for n in names})
+
+
+class FakeContext:
+    def __init__(self, engine, strategy):
+        self.engine = engine
+        self.strategy = strategy
+        self.calls: list[tuple] = []
+        self.shapes: dict[str, tuple] = {}
+        self.addresses: dict[str, int] = {}
+        self.device_memory = None
+
+    def set_input_shape(self, name, shape):
+        self.calls.append(("set_input_shape", name, tuple(shape)))
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, ptr):
+        self.calls.append(("set_tensor_address", name, ptr))
+        self.addresses[name] = ptr
+        return True
+
+    def set_device_memory(self, ptr, size):
+        self.calls.append(("set_device_memory", ptr, size))
+        self.device_memory = (ptr, size)
+
+    def execute_async_v3(self, stream):
+        """out_sample = 2*sample + timestep + mean(encoder_hidden_states), on fake device memory."""
+        self.calls.append(("execute_async_v3", stream))
+        cuda = self.engine.cuda
+        if cuda.capturing:
+            cuda.captured.append(self.execute_async_v3_body)
+            return True
+        self.execute_async_v3_body()
+        return True
+
+    def execute_async_v3_body(self):
+        cuda, io = self.engine.cuda, self.engine.io
+        def read(name):
+            dtype = io[name][1]
+            n = int(np.prod(self.shapes.get(name) or self._out_shape()))
+            return np.frombuffer(bytes(cuda.mem[self.addresses[name]][: n * dtype.itemsize]), dtype).reshape(
+                self.shapes.get(name) or self._out_shape())
+        sample, t, ehs = read("sample"), read("timestep"), read("encoder_hidden_states")
+        out = (2 * sample.astype(np.float32) + t[:, None, None, None]
+               + ehs.astype(np.float32).mean(axis=(1, 2))[:, None, None, None]).astype(io["out_sample"][1])
+        cuda.mem[self.addresses["out_sample"]][: out.nbytes] = out.tobytes()
+
+    def _out_shape(self):
+        return self.shapes["sample"]
+
+
+class FakeEngine:
+    def __init__(self, cuda, io, memory=1 << 20):
+        self.cuda = cuda
+        self.io = io  # name -> (mode, numpy dtype)
+        self.num_io_tensors = len(io)
+        self.device_memory_size_v2 = memory
+        self.contexts: list[FakeContext] = []
+
+    def get_tensor_name(self, i):
+        return list(self.io)[i]
+
+    def get_tensor_mode(self, name):
+        return _Enum("INPUT" if self.io[name][0] == "input" else "OUTPUT")
+
+    def get_tensor_dtype(self, name):
+        return _Enum({"float16": "HALF", "float32": "FLOAT", "int32": "INT32"}[str(self.io[name][1])])
+
+    def create_execution_context(self, strategy=None):
+        ctx = FakeContext(self, strategy)
+        self.contexts.append(ctx)
+        return ctx
+
+
+UNET_IO = {"sample": ("input", np.dtype("float16")), "timestep": ("input", np.dtype("float32")),
+           "encoder_hidden_states": ("input", np.dtype("float16")), "out_sample": ("output", np.dtype("float16"))}
+
+
+class FakeRuntime:
+    def __init__(self, cuda, io=UNET_IO, valid=True):
+        self.cuda, self.io, self.valid = cuda, io, valid
+        self.deserialized = 0
+
+    def deserialize_cuda_engine(self, data):
+        self.deserialized += 1
+        return FakeEngine(self.cuda, self.io) if data.startswith(b"PLAN") else None
+
+    def get_engine_validity(self, data):
+        return (_Enum("VALID" if self.valid else "INVALID"), 0)
+
+
+def fake_trt(version="10.8.0.43", strongly_typed=True, fp16_flag=True, user_managed=True, rtx=False):
+    """A module-like object with TensorRT's names; flags remove what an older/other flavor lacks."""
+    creation = ["STRONGLY_TYPED"] if strongly_typed else []
+    builder = ["FP16", "TF32"] if fp16_flag else ["TF32"]
+    m = types.SimpleNamespace(
+        __version__=version,
+        NetworkDefinitionCreationFlag=_enum(*creation),
+        BuilderFlag=_enum(*builder),
+        ExecutionContextAllocationStrategy=_enum("STATIC", "ON_PROFILE_CHANGE", *(["USER_MANAGED"] if user_managed else [])),
+        ICudaEngine=types.SimpleNamespace(num_io_tensors=0, device_memory_size_v2=0),
+        IExecutionContext=types.SimpleNamespace(execute_async_v3=None),
+        IBuilderConfig=types.SimpleNamespace(create_timing_cache=None),
+        Runtime=types.SimpleNamespace(**({"get_engine_validity": None} if rtx else {})),
+        DataType=_enum("FLOAT", "HALF", "INT32", "INT64", "BOOL", "BF16"),
+        MemoryPoolType=_enum("WORKSPACE"),
+    )
+    return m
+
+
+# -- a fake CUDA -----------------------------------------------------------------------------------
+class FakeCuda:
+    """Device memory as bytearrays keyed by fake pointers; counts every allocation and copy."""
+
+    def __init__(self):
+        self.mem: dict[int, bytearray] = {}
+        self.host: dict[int, np.ndarray] = {}
+        self.next = 0x1000
+        self.mallocs = 0
+        self.frees = 0
+        self.copies: list[tuple[str, int, int]] = []
+        self.capturing = False
+        self.captured: list = []
+        self.graphs: dict[int, list] = {}
+        self.launches = 0
+
+    def _ptr(self, n):
+        self.next += (n + 0xFFF) & ~0xFFF
+        return self.next
+
+    def malloc(self, n):
+        self.mallocs += 1
+        p = self._ptr(n)
+        self.mem[p] = bytearray(n)
+        return p
+
+    def free(self, p):
+        self.frees += 1
+        del self.mem[p]
+
+    def host_alloc(self, n):
+        p = self._ptr(n)
+        self.host[p] = np.zeros(n, np.uint8)
+        return p, self.host[p]
+
+    def host_free(self, p):
+        del self.host[p]
+
+    def stream_create(self):
+        return 7
+
+    def stream_destroy(self, s):
+        pass
+
+    def h2d(self, dst, src, n, stream):
+        self.copies.append(("h2d", dst, n))
+        self.mem[dst][:n] = self.host[src][:n].tobytes()
+
+    def d2h(self, dst, src, n, stream):
+        self.copies.append(("d2h", src, n))
+        self.host[dst][:n] = np.frombuffer(bytes(self.mem[src][:n]), np.uint8)
+
+    def sync(self, stream):
+        pass
+
+    def capture(self, stream, work):
+        self.capturing, self.captured = True, []
+        work()
+        self.capturing = False
+        handle = len(self.graphs) + 1
+        self.graphs[handle] = list(self.captured)
+        return handle
+
+    def launch(self, graph, stream):
+        self.launches += 1
+        for body in self.graphs[graph]:
+            body()
+
+    def graph_destroy(self, graph):
+        self.graphs.pop(graph, None)
