@@ -138,9 +138,9 @@ def run_trajectory(
             res_ours = ours.step(out_ours, t_ours, sample_ours, noise=noise, **(our_step_kwargs or {}))
             assert box["draws"] <= 1, "diffusers drew noise twice in one step"
             report.note("prev_sample", rel_err(res_ours.prev_sample, res_ref.prev_sample))
-            pred_ref = getattr(res_ref, "pred_original_sample", None)
-            if pred_ref is not None and res_ours.pred_original_sample is not None:
-                report.note("pred_original_sample", rel_err(res_ours.pred_original_sample, pred_ref))
+            for key in ("pred_original_sample", "denoised"):
+                if getattr(res_ref, key, None) is not None and getattr(res_ours, key, None) is not None:
+                    report.note(key, rel_err(getattr(res_ours, key), getattr(res_ref, key)))
             sample_ref, sample_ours = res_ref.prev_sample, res_ours.prev_sample
             assert sample_ours.dtype == np.float32, f"prev_sample dtype {sample_ours.dtype}, want float32"
             report.steps_run += 1

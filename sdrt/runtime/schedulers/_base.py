@@ -149,6 +149,15 @@ def check_num_inference_steps(name: str, n: Any, num_train_timesteps: int) -> in
     return int(n)
 
 
+def check_timesteps_in_range(name: str, timesteps: np.ndarray, num_train_timesteps: int) -> None:
+    """A schedule that indexes alpha-bar must stay inside the training steps (steps_offset can push it out)."""
+    if timesteps.size and (timesteps.max() >= num_train_timesteps or timesteps.min() < 0):
+        raise SdrtError(
+            f"{name}: timestep {int(timesteps.max())} is outside 0..{num_train_timesteps - 1}; "
+            "use fewer inference steps or steps_offset 0"
+        )
+
+
 def check_same_shape(name: str, model_output: np.ndarray, sample: np.ndarray) -> None:
     if np.shape(model_output) != np.shape(sample):
         raise SdrtError(
@@ -293,3 +302,27 @@ class SchedulerMixin:
 
     def __len__(self) -> int:
         return self.config["num_train_timesteps"]
+
+
+# --------------------------------------------------------------------------------------------
+# x0 / epsilon from a model output (DDPM parameterisation: x_t = sqrt(a) x0 + sqrt(1 - a) eps)
+# --------------------------------------------------------------------------------------------
+
+
+def x0_and_eps(prediction_type: str, model_output: np.ndarray, sample: np.ndarray, alpha_prod_t) -> tuple:
+    """(x0, eps) from what the UNet predicts: eps, x0 itself, or v = sqrt(a) eps - sqrt(1 - a) x0."""
+    a = np.float32(alpha_prod_t) ** 0.5
+    b = (np.float32(1) - np.float32(alpha_prod_t)) ** 0.5
+    if prediction_type == "epsilon":
+        return (sample - b * model_output) / a, model_output
+    if prediction_type == "sample":
+        return model_output, (sample - a * model_output) / b
+    return a * sample - b * model_output, a * model_output + b * sample  # v_prediction
+
+
+def threshold_sample(sample: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
+    """Dynamic thresholding (Imagen, Saharia et al. 2022): clip x0 per sample at a percentile of |x0|."""
+    flat = sample.reshape(sample.shape[0], -1)
+    s = np.quantile(np.abs(flat), ratio, axis=1).astype(sample.dtype)
+    s = np.clip(s, 1, max_value)[:, None]
+    return (np.clip(flat, -s, s) / s).reshape(sample.shape).astype(sample.dtype)
