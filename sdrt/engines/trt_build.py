@@ -109,8 +109,9 @@ Builder = Callable[..., bytes]
 
 def build_component(manifest: Any, component: str, flavor_name: str, request: trt_profiles.ProfileRequest,
                     options: BuildOptions, *, trt: Any, features: trt_api.Features, target: str,
-                    log: Callable[[str], None] = print, builder: Builder = polygraphy_build) -> trt_cache.Entry:
+                    log: Callable[[str], None] = print, builder: Builder | None = None) -> trt_cache.Entry:
     """Build (or find up to date) one component's engine; returns its store entry."""
+    builder = builder or polygraphy_build
     onnx_path = manifest.onnx_path(component)
     root = trt_cache.store_root(manifest.folder, flavor_name)
     rng = trt_profiles.dim_range(component, request, manifest.sizes, manifest.default_image_size)

@@ -16,11 +16,12 @@ from sdrt.errors import SdrtError
 from sdrt.manifest import SizeRule
 
 #: Batch of each component per image, (smallest, largest), with and without classifier-free
-#: guidance. The UNet runs the unconditional and conditional halves together (2x); the text encoder
-#: may encode both prompts in one call or one at a time, so it accepts either.
+#: guidance. The UNet runs the unconditional and conditional halves together (2x). A smallest factor
+#: of 0 means "from a batch of 1": the text encoder sees one row per prompt (not per image) and the
+#: VAE encoder one per init image, so either may be smaller than the number of images.
 BATCH_PER_IMAGE: dict[bool, dict[str, tuple[int, int]]] = {
-    True: {"text_encoder": (1, 2), "unet": (2, 2), "vae_decoder": (1, 1), "vae_encoder": (1, 1)},
-    False: {"text_encoder": (1, 1), "unet": (1, 1), "vae_decoder": (1, 1), "vae_encoder": (1, 1)},
+    True: {"text_encoder": (0, 2), "unet": (2, 2), "vae_decoder": (1, 1), "vae_encoder": (0, 1)},
+    False: {"text_encoder": (0, 1), "unet": (1, 1), "vae_decoder": (1, 1), "vae_encoder": (0, 1)},
 }
 
 Dims = dict[str, int]
@@ -118,7 +119,7 @@ def dim_range(component: str, request: ProfileRequest, rule: SizeRule, default_s
     lo_factor, hi_factor = BATCH_PER_IMAGE[request.guidance][component]
     f = rule.vae_scale_factor
     full = {
-        "min": {"B": lo_factor * n0, "h": h0 // f, "w": w0 // f},
+        "min": {"B": max(1, lo_factor * n0), "h": h0 // f, "w": w0 // f},
         "opt": {"B": hi_factor * n1, "h": h1 // f, "w": w1 // f},
         "max": {"B": hi_factor * n2, "h": h2 // f, "w": w2 // f},
     }

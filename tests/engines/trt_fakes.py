@@ -223,6 +223,14 @@ class FakeCuda:
     def host_free(self, p):
         del self.host[p]
 
+    target = "Fake GPU (sm_89)"
+
+    def set_device(self, device):
+        pass
+
+    def device_target(self, device=0):
+        return self.target
+
     def stream_create(self):
         return 7
 

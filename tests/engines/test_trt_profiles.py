@@ -1,0 +1,102 @@
+"""Optimization profiles from the spec: static by default, dynamic on request, CFG doubles the UNet."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdrt.engines import trt_profiles as tp
+from sdrt.errors import SdrtError
+from sdrt.manifest import SizeRule
+
+RULE = SizeRule(latent_multiple=8, min_latent=32, max_latent=128, vae_scale_factor=8)  # 256..1024 px
+VALUES = {"C": 4, "Cin": 9, "S": 77, "D": 768, "f": 8}
+
+
+def rng(component, **kw):
+    return tp.dim_range(component, tp.ProfileRequest(**kw), RULE, default_size=512)
+
+
+def test_used_symbols_follow_the_spec():
+    assert tp.used_symbols("text_encoder") == ("B",)
+    assert tp.used_symbols("unet") == ("B", "h", "w")
+    assert tp.used_symbols("vae_decoder") == ("B", "h", "w")
+
+
+def test_static_by_default_at_the_models_size_with_cfg_doubling_the_unet():
+    r = rng("unet")
+    assert r.static and r.min == {"B": 2, "h": 64, "w": 64}
+    assert rng("vae_decoder").max == {"B": 1, "h": 64, "w": 64}
+    assert rng("unet", guidance=False).max["B"] == 1
+
+
+def test_text_encoder_takes_one_row_per_prompt_up_to_twice_the_images():
+    r = rng("text_encoder", batch=3)
+    assert r.min == {"B": 1} and r.opt == {"B": 6} and r.max == {"B": 6}
+    assert rng("text_encoder", batch=3, guidance=False).max == {"B": 3}
+
+
+def test_dynamic_profile_puts_opt_at_the_requested_size():
+    r = rng("unet", batch=2, height=768, width=512, min_size=256, max_size=1024, max_batch=4)
+    assert r.min == {"B": 2, "h": 32, "w": 32}
+    assert r.opt == {"B": 4, "h": 96, "w": 64}
+    assert r.max == {"B": 8, "h": 128, "w": 128}
+    assert not r.static
+
+
+def test_dynamic_range_defaults_to_the_requested_sides():
+    r = rng("vae_decoder", height=768, width=512, max_size=1024)
+    assert (r.min["h"], r.min["w"], r.max["h"], r.max["w"]) == (64, 64, 128, 128)
+    batch_only = rng("vae_decoder", height=768, width=512, max_batch=2)
+    assert batch_only.min == {"B": 1, "h": 96, "w": 64} and batch_only.max == {"B": 2, "h": 96, "w": 64}
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"height": 500}, "not a multiple of 64"),
+    ({"height": 2048}, "outside the sizes this model supports"),
+    ({"min_size": 128}, "outside the sizes"),
+    ({"min_size": 768, "max_size": 512}, "larger than --max-size"),
+    ({"height": 768, "max_size": 640}, "outside --min-size"),
+    ({"batch": 3, "max_batch": 2}, "larger than --max-batch"),
+    ({"batch": 0}, "positive whole number"),
+])
+def test_bad_requests_are_one_line_errors(kw, words):
+    with pytest.raises(SdrtError, match=words):
+        rng("unet", **kw)
+
+
+def test_input_shapes_come_from_the_spec():
+    shapes = tp.input_shapes("unet", VALUES, rng("unet", height=768, width=512, min_size=256, max_size=1024))
+    assert set(shapes) == {"sample", "timestep", "encoder_hidden_states"}
+    assert shapes["sample"] == ((2, 9, 32, 32), (2, 9, 96, 64), (2, 9, 128, 128))
+    assert shapes["timestep"] == ((2,), (2,), (2,))
+    assert shapes["encoder_hidden_states"][2] == (2, 77, 768)
+    vae = tp.input_shapes("vae_encoder", VALUES, rng("vae_encoder"))
+    assert vae["sample"][2] == (1, 3, 512, 512)
+    assert tp.max_shapes("text_encoder", VALUES, rng("text_encoder"))["pooler_output"] == (2, 768)
+
+
+def test_covers_and_json_round_trip():
+    r = rng("unet", min_size=256, max_size=768)
+    assert r.covers({"B": 2, "h": 32, "w": 96}) and not r.covers({"B": 2, "h": 32, "w": 97})
+    assert not r.covers({"B": 4, "h": 64, "w": 64})
+    assert tp.DimRange.from_json(r.to_json()) == r
+
+
+@pytest.mark.parametrize("component, dims", [
+    ("unet", {"B": 6, "h": 96, "w": 64}), ("unet", {"B": 3, "h": 40, "w": 40}),
+    ("text_encoder", {"B": 2}), ("vae_decoder", {"B": 2, "h": 48, "w": 128}),
+])
+def test_request_for_dims_builds_a_profile_that_covers_them(component, dims):
+    guidance = not (component == "unet" and dims["B"] % 2)
+    req = tp.request_for(component, dims, 8, guidance)
+    assert tp.dim_range(component, req, RULE, 512).covers(dims)
+
+
+def test_describe_and_build_command_speak_in_images_and_pixels():
+    r = rng("unet", batch=1, height=768, width=512, min_size=256, max_size=1024)
+    text = tp.describe("unet", r, 8)
+    assert "batch 2" in text and "256x256 .. 1024x1024 px" in text
+    cmd = tp.build_command("out/m", "tensorrt", tp.ProfileRequest(batch=2, height=768, width=512, max_size=1024),
+                           ("unet",), force=True)
+    assert cmd == ("sdrt build --model out/m --backend tensorrt --height 768 --width 512 --batch 2 "
+                   "--max-size 1024 --components unet --force")
