@@ -15,7 +15,9 @@ PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
 
 
 def write_chart(report: Report, path: str | Path) -> Path:
-    """Save the per-stage bar chart as PNG; returns its path."""
+    """Save the per-stage bar chart (or, for a soak, RSS over generations) as PNG; returns its path."""
+    if "soak" in report.extra:
+        return write_soak_chart(report, path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,6 +51,32 @@ def write_chart(report: Report, path: str | Path) -> Path:
                  f"{m.get('steps')} steps, batch {m.get('batch')} — {m.get('cpu_model') if m.get('device') == 'cpu' else m.get('gpu')}",
                  fontsize=10)
     axes[0].legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_soak_chart(report: Report, path: str | Path) -> Path:
+    """RSS after each generation, with the fitted slope in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    soak = report.extra["soak"]
+    series = soak["rss_mb"]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.plot(range(1, len(series) + 1), series, lw=1, color=PALETTE[0])
+    ax.set_xlabel("generation")
+    ax.set_ylabel("host RSS (MB)")
+    ax.set_title(f"sdrt soak: {soak['generations']} generations on {report.method.get('model')}, "
+                 f"slope {soak['slope_kb_per_generation']:.2f} KB/generation", fontsize=10)
+    lo, hi = min(series), max(series)
+    ax.set_ylim(lo - max(5.0, hi - lo), hi + max(5.0, hi - lo))
+    ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

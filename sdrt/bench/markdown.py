@@ -97,6 +97,12 @@ def render(report: Report) -> str:
         e2e = report.speedups()[run.name].get("end_to_end")
         psnr = f", PSNR {run.psnr_db:.1f} dB vs PyTorch" if run.psnr_db is not None else ""
         lines.append(f"**{run.name}**: {_x(e2e)} end to end against {ref.name}{psnr}.")
+    soak = report.extra.get("soak")
+    if soak:
+        lines.append(f"**soak**: RSS {soak['rss_first_mb']:.1f} MB after the first timed generation, "
+                     f"{soak['rss_last_mb']:.1f} MB after generation {soak['generations']} "
+                     f"(max {soak['rss_max_mb']:.1f}); least-squares slope "
+                     f"**{soak['slope_kb_per_generation']:.2f} KB/generation**.")
     lines += ["", *stage_table(report), "", "## Method", "", *method_lines(report.method)]
     notes = report.method.get("notes")
     if notes:

@@ -40,11 +40,11 @@ def _write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_report(report: Report, folder: str | Path) -> dict[str, Path]:
-    """Write JSON, markdown and PNG into ``folder``; returns their paths by kind."""
+def write_report(report: Report, folder: str | Path, stem: str = "result") -> dict[str, Path]:
+    """Write ``<stem>.json``, ``.md`` and ``.png`` into ``folder``; returns their paths by kind."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {kind: folder / name for kind, name in FILES.items()}
+    paths = {kind: folder / name.replace("result", stem) for kind, name in FILES.items()}
     _write_text(paths["json"], json.dumps(report.to_dict(), indent=2) + "\n")
     _write_text(paths["markdown"], render(report))
     if report.runs:

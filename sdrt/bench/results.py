@@ -28,24 +28,28 @@ PER_STEP = ("unet_step", "host_step")
 class CallTimes:
     """Stage timings of one pipeline call, in seconds.
 
-    ``loop_steps_s`` is the wall time of each denoising iteration; host time per step is that
-    minus the UNet's time (scheduler, guidance, copies).
+    Host time per step is the loop iteration's wall time minus the UNet's (scheduler, guidance,
+    copies); a pipeline may report it for fewer steps than the UNet (diffusers' callbacks only
+    bracket steps 2..n).
     """
 
     text_encoder_s: float
     unet_steps_s: list[float]
-    loop_steps_s: list[float]
+    host_steps_s: list[float]
     vae_decode_s: float
     end_to_end_s: float
 
     def __post_init__(self) -> None:
-        if len(self.unet_steps_s) != len(self.loop_steps_s):
-            raise ValueError(f"{len(self.unet_steps_s)} UNet timings for "
-                             f"{len(self.loop_steps_s)} loop steps")
+        if len(self.host_steps_s) > len(self.unet_steps_s):
+            raise ValueError(f"{len(self.host_steps_s)} host timings for "
+                             f"{len(self.unet_steps_s)} UNet steps")
 
-    @property
-    def host_steps_s(self) -> list[float]:
-        return [max(loop - unet, 0.0) for loop, unet in zip(self.loop_steps_s, self.unet_steps_s)]
+    @classmethod
+    def from_stage_timings(cls, timings: Any, end_to_end_s: float) -> "CallTimes":
+        """From `sdrt.runtime.timing.StageTimings` (what sdrt and the reference both return)."""
+        return cls(text_encoder_s=timings.text_encoder, unet_steps_s=list(timings.unet_steps),
+                   host_steps_s=[max(t, 0.0) for t in timings.host_steps],
+                   vae_decode_s=timings.vae_decoder, end_to_end_s=end_to_end_s)
 
 
 def summarize_calls(calls: list[CallTimes]) -> dict[str, Summary]:

@@ -11,7 +11,7 @@ from sdrt.bench.results import STAGES, CallTimes, Report, RunResult, summarize_c
 
 def _calls(scale: float, n: int = 3) -> list[CallTimes]:
     return [CallTimes(text_encoder_s=0.01 * scale, unet_steps_s=[0.1 * scale] * 4,
-                      loop_steps_s=[0.12 * scale] * 4, vae_decode_s=0.2 * scale,
+                      host_steps_s=[0.02 * scale] * 4, vae_decode_s=0.2 * scale,
                       end_to_end_s=(0.01 + 0.48 + 0.2) * scale + 0.001 * i) for i in range(n)]
 
 
@@ -34,9 +34,14 @@ def report() -> Report:
                         _run("diffusers (torch cpu, fp32)", "reference", 2.0)])
 
 
-def test_host_time_is_loop_minus_unet():
-    c = _calls(1.0)[0]
-    assert c.host_steps_s == pytest.approx([0.02] * 4)
+def test_call_times_from_stage_timings():
+    from sdrt.runtime.timing import StageTimings
+
+    t = StageTimings(text_encoder=0.1, unet_steps=[0.2, 0.3, 0.4], host_steps=[0.01, -1e-9],
+                     vae_decoder=0.5, total=1.5)
+    c = CallTimes.from_stage_timings(t, end_to_end_s=1.6)
+    assert c.unet_steps_s == [0.2, 0.3, 0.4] and c.host_steps_s == [0.01, 0.0]
+    assert (c.text_encoder_s, c.vae_decode_s, c.end_to_end_s) == (0.1, 0.5, 1.6)
     with pytest.raises(ValueError):
         CallTimes(0.0, [0.1], [0.1, 0.2], 0.0, 0.0)
 

@@ -1,0 +1,63 @@
+"""`sdrt bench`: sdrt against the PyTorch reference in one run, per stage, with a report and a chart.
+
+    sdrt bench --suite cpu-quick
+    sdrt bench --suite cpu-sd15 --onnx /work/sd15-onnx
+    sdrt bench --model out/tiny --backend ort-cpu --steps 10 --reps 3
+    sdrt bench --suite soak --generations 1000
+
+Heavy libraries (onnxruntime, torch, diffusers) are imported inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from sdrt.bench.suites import SUITES
+
+DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--suite", choices=list(SUITES), help="a predefined suite (benchmarks/README.md)")
+    what.add_argument("--model", help="an ONNX model folder, a diffusers folder or a preset name")
+    parser.add_argument("--onnx", help="an already exported ONNX folder of the suite's model (skips the export)")
+    parser.add_argument("--backend", action="append", help="sdrt backend(s) to measure (repeatable); default: the suite's")
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch", type=int, action="append", help="images per prompt (repeatable)")
+    parser.add_argument("--scheduler", help="scheduler class name (default: the model's own)")
+    parser.add_argument("--guidance-scale", type=float)
+    parser.add_argument("--reps", type=int, help="timed calls per contender")
+    parser.add_argument("--warmup", type=int, help="untimed calls before timing")
+    parser.add_argument("--generations", type=int, help="soak: number of timed generations")
+    parser.add_argument("--tuning", default=None, help="ONNX Runtime CPU tuning preset (sdrt/engines/ort_tuning.py)")
+    parser.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime (default: physical cores)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the injected initial latents")
+    parser.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdrt.bench.plan import plan_from_args, run_plan
+
+    plan = plan_from_args(args)
+    written = run_plan(plan, log=_log)
+    for paths in written:
+        print(f"wrote {paths['markdown']}")
+        print(Path(paths["markdown"]).read_text().split("\n## Method")[0].strip())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> Any:  # pragma: no cover - convenience for `python -m`
+    parser = argparse.ArgumentParser(prog="sdrt bench")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,127 @@
+"""From `sdrt bench`'s arguments to runs: which suite, which ONNX folder, which contenders, and
+where the results go. Refusals (no GPU for a GPU suite, a bad size) come here, before anything
+heavy is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sdrt.bench.suites import Suite, custom_suite, get_suite, require_gpu, with_overrides
+from sdrt.errors import SdrtError
+
+
+@dataclass
+class Plan:
+    suite: Suite
+    out: Path
+    onnx: str | None
+    prompt: str
+    seed: int
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    tuning: str | None = None
+
+
+def plan_from_args(args: Any) -> Plan:
+    """The suite with the command line's overrides; refuses what cannot run here."""
+    from sdrt.bench.output import DEFAULT_OUT
+
+    if args.suite:
+        suite = get_suite(args.suite)
+    else:
+        suite = custom_suite(args.model, gpu=any(b != "ort-cpu" for b in (args.backend or ["ort-cpu"])))
+    suite = with_overrides(
+        suite, height=args.height, width=args.width, steps=args.steps, scheduler=args.scheduler,
+        guidance_scale=args.guidance_scale, reps=args.reps, warmup=args.warmup,
+        soak_generations=args.generations,
+        backends=tuple(args.backend) if args.backend else None,
+        batches=tuple(args.batch) if args.batch else None,
+    )
+    for label, value, least in (("--steps", suite.steps, 1), ("--warmup", suite.warmup, 0)):
+        if value < least:
+            raise SdrtError(f"{label} {value} must be at least {least}")
+    if suite.soak_generations == 0 and suite.reps < 1:
+        raise SdrtError(f"--reps {suite.reps} must be at least 1")
+    if suite.soak_generations and suite.soak_generations < 2:
+        raise SdrtError(f"--generations {suite.soak_generations} must be at least 2 to fit a slope")
+    if any(b < 1 for b in suite.batches):
+        raise SdrtError(f"--batch {min(suite.batches)} must be at least 1")
+    require_gpu(suite)
+    options: dict[str, Any] = {}
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SdrtError(f"--threads {args.threads} must be at least 1")
+        options["intra_op_num_threads"] = args.threads
+    return Plan(suite=suite, out=Path(args.out) if args.out else DEFAULT_OUT, onnx=args.onnx,
+                prompt=args.prompt, seed=args.seed, backend_options=options, tuning=args.tuning)
+
+
+def _method(plan: Plan, manifest: Any, height: int, width: int, batch: int, latents: np.ndarray) -> dict[str, Any]:
+    from sdrt.bench.environment import describe_machine
+
+    suite = plan.suite
+    guidance = suite.guidance_scale > 1.0
+    return describe_machine() | {
+        "model": manifest.data.get("source", {}).get("name") or suite.model,
+        "onnx_folder": str(manifest.folder),
+        "exporter": manifest.data.get("exporter"),
+        "precision": {k: v.get("precision") for k, v in manifest.components.items()},
+        "reference_precision": suite.reference_precision,
+        "height": height, "width": width, "latent_shape": list(latents.shape), "batch": batch,
+        "unet_batch": 2 * batch if guidance else batch, "steps": suite.steps,
+        "scheduler": suite.scheduler, "guidance_scale": suite.guidance_scale,
+        "prompt": plan.prompt, "seed": plan.seed, "warmup": suite.warmup, "reps": suite.reps,
+        "date": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, Path]]:
+    """Run every batch of the suite (or the soak); write each report; return their paths."""
+    from sdrt.bench.contenders import Generation, ReferenceContender, SdrtContender
+    from sdrt.bench.models import onnx_folder
+    from sdrt.bench.output import result_dir, write_report
+    from sdrt.bench.runner import run_benchmark
+    from sdrt.bench.soak import run_soak
+    from sdrt.engines.ort_tuning import backend_options
+    from sdrt.manifest import Manifest
+
+    suite = plan.suite
+    folder = onnx_folder(suite.model, plan.onnx, log=log)
+    manifest = Manifest.load(folder)
+    height = suite.height or manifest.default_image_size
+    width = suite.width or manifest.default_image_size
+    manifest.sizes.check_image_size(height, width)
+    f, channels = manifest.pipeline["vae_scale_factor"], manifest.pipeline["latent_channels"]
+    out_dir = result_dir(plan.out, suite.name)
+    written = []
+    for batch in suite.batches:
+        latents = np.random.default_rng(plan.seed).standard_normal(
+            (batch, channels, height // f, width // f), dtype=np.float32)
+        gen = Generation(prompt=plan.prompt, steps=suite.steps, guidance_scale=suite.guidance_scale,
+                         height=height, width=width, batch=batch, scheduler=suite.scheduler, latents=latents)
+        method = _method(plan, manifest, height, width, batch, latents)
+        sdrt_runs = []
+        for backend in suite.backends:
+            options = backend_options(backend, plan.tuning, folder) | plan.backend_options
+            sdrt_runs.append(SdrtContender(folder, backend, options))
+        threads = {r.backend: r.options.get("intra_op_num_threads", "default (physical cores)") for r in sdrt_runs}
+        method["threads"] = ", ".join(f"{b} intra-op {t}" for b, t in threads.items())
+        method["tuning"] = plan.tuning
+        if suite.soak_generations:
+            log(f"soak: {suite.soak_generations} generations on {suite.model} ({suite.backends[0]})")
+            report = run_soak(sdrt_runs[0], gen, generations=suite.soak_generations, warmup=suite.warmup,
+                              method=method, log=log)
+        else:
+            log(f"{suite.name}: {suite.model} {height}x{width}, {suite.steps} steps, batch {batch}")
+            reference = ReferenceContender(folder, suite.reference_device, suite.reference_precision)
+            report = run_benchmark(suite.name, [*sdrt_runs, reference], gen, warmup=suite.warmup,
+                                   reps=suite.reps, method=method, log=log)
+            report.method["threads"] += f", torch {report.method.get('torch_threads')}"
+        stem = "result" if len(suite.batches) == 1 else f"result-b{batch}"
+        written.append(write_report(report, out_dir, stem=stem))
+    return written

@@ -1,0 +1,72 @@
+"""One benchmark: every contender on the same generation, measured the same way, in one process.
+
+sdrt's backends run first, before torch is imported (their memory numbers are their own), then
+the PyTorch reference; PSNR of each sdrt run against the reference's images goes next to its
+speed. Each contender: load (timed), warm-up calls, timed calls, host RSS (and GPU memory) sampled
+from the start of loading to the end of the last call.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any, Callable
+
+import numpy as np
+
+from sdrt.bench.contenders import Generation, psnr
+from sdrt.bench.memory import GpuPeakSampler, RssSampler
+from sdrt.bench.results import Report, RunResult, summarize_calls
+
+Log = Callable[[str], None]
+
+
+def measure(contender: Any, gen: Generation, *, warmup: int, reps: int, log: Log = print
+            ) -> tuple[RunResult, np.ndarray, dict[str, Any]]:
+    """Load, warm up and time one contender; its result, last images and call parameters."""
+    contender.prepare()
+    with RssSampler() as rss, GpuPeakSampler() as gpu:
+        start = time.perf_counter()
+        contender.load()
+        load_s = time.perf_counter() - start
+        log(f"  {contender.name}: loaded in {load_s:.2f} s")
+        for i in range(warmup):
+            _, times, _ = contender(gen)
+            log(f"  {contender.name}: warm-up {i + 1}/{warmup}: {times.end_to_end_s:.3f} s")
+        calls = []
+        for i in range(reps):
+            images, times, parameters = contender(gen)
+            calls.append(times)
+            log(f"  {contender.name}: call {i + 1}/{reps}: {times.end_to_end_s:.3f} s")
+    result = RunResult(
+        name=contender.name, kind=contender.kind, backend=contender.device_backend,
+        precision=contender.precision(), load_s=load_s, stages=summarize_calls(calls),
+        images_per_call=gen.batch, host_rss_peak_mb=rss.peak_mb, host_rss_growth_mb=rss.growth_mb,
+        gpu_peak_mb=gpu.peak_mb, options=dict(getattr(contender, "options", {}) or {}),
+    )
+    return result, images, parameters
+
+
+def run_benchmark(suite_name: str, contenders: list[Any], gen: Generation, *, warmup: int, reps: int,
+                  method: dict[str, Any], log: Log = print) -> Report:
+    """Measure every contender (sdrt ones first), then fill in PSNR against the reference."""
+    ordered = sorted(contenders, key=lambda c: c.kind == "reference")
+    runs, images, parameters = [], {}, {}
+    for contender in ordered:
+        log(f"{contender.name} ...")
+        try:
+            run, images[contender.name], params = measure(contender, gen, warmup=warmup, reps=reps, log=log)
+            if contender.kind == "reference" and hasattr(contender, "threads"):
+                method = method | {"torch_threads": contender.threads()}
+            else:
+                parameters = parameters or params
+        finally:
+            contender.close()
+        runs.append(run)
+    reference = next((r for r in runs if r.kind == "reference"), None)
+    for run in runs:
+        if reference is not None and run is not reference:
+            run.psnr_db = psnr(images[run.name], images[reference.name])
+    method = method | {"scheduler": parameters.get("scheduler", gen.scheduler)}
+    return Report(suite=suite_name, created=datetime.now().isoformat(timespec="seconds"),
+                  method=method, runs=runs)
