@@ -1,1 +1,113 @@
-"""numpy ports of diffusers' schedulers (filled in by the schedulers work)."""
+"""numpy ports of diffusers' schedulers, and the registry the pipeline picks them from.
+
+numpy only: `import sdrt.runtime.schedulers` never imports torch (a test checks it with torch blocked).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdrt.errors import SdrtError
+
+from ._base import SchedulerMixin, SchedulerOutput
+from .ddim import DDIMScheduler
+from .dpmsolver_multistep import DPMSolverMultistepScheduler
+from .euler_ancestral_discrete import EulerAncestralDiscreteScheduler
+from .euler_discrete import EulerDiscreteScheduler
+from .lcm import LCMScheduler
+from .lms_discrete import LMSDiscreteScheduler
+from .pndm import PNDMScheduler
+from .unipc_multistep import UniPCMultistepScheduler
+
+CLASSES: dict[str, type[SchedulerMixin]] = {
+    cls.__name__: cls
+    for cls in (
+        DDIMScheduler,
+        PNDMScheduler,
+        EulerDiscreteScheduler,
+        EulerAncestralDiscreteScheduler,
+        DPMSolverMultistepScheduler,
+        LMSDiscreteScheduler,
+        UniPCMultistepScheduler,
+        LCMScheduler,
+    )
+}
+
+# Common names (A1111 / diffusers docs) -> class + config overrides applied on top of the model's config.
+SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),  # PLMS, as SD pipelines run it
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "dpmpp_2m": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
+    ),
+    "dpmpp_2m_karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "dpmpp_sde": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
+    ),
+    "lms": (LMSDiscreteScheduler, {}),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "lcm": (LCMScheduler, {}),
+}
+
+
+def _full_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as a loaded diffusers scheduler reports it: its own class's defaults filled in.
+
+    `OtherScheduler.from_config(pipe.scheduler.config)` in diffusers sees those defaults too (e.g. a
+    PNDM config's implied timestep_spacing="leading"), so switching schedulers gives the same numbers.
+    """
+    cls = CLASSES.get(config.get("_class_name", ""))
+    return {**cls.defaults, **config} if cls else dict(config)
+
+
+def _class_for(config: dict[str, Any]) -> type[SchedulerMixin]:
+    name = config.get("_class_name")
+    if name not in CLASSES:
+        raise SdrtError(
+            f"scheduler config _class_name {name!r} is not supported; use one of {', '.join(CLASSES)} "
+            f"or a name: {', '.join(SCHEDULERS)}"
+        )
+    return CLASSES[name]
+
+
+def get_scheduler(name_or_config: str | dict[str, Any], base_config: dict[str, Any] | None = None) -> SchedulerMixin:
+    """A scheduler from a common name, a class name or a scheduler_config.json dict.
+
+    A name or class name is built on `base_config` (the model's scheduler_config.json: its betas,
+    prediction_type, steps_offset...), with the name's overrides on top; a dict stands on its own.
+    """
+    if isinstance(name_or_config, dict):
+        return _class_for(name_or_config).from_config(name_or_config)
+    base = _full_config(base_config or {})
+    key = str(name_or_config).strip()
+    if key in CLASSES:
+        return CLASSES[key].from_config(base)
+    normalized = key.lower().replace("-", "_").replace(" ", "_").replace("++", "pp")
+    if normalized not in SCHEDULERS:
+        raise SdrtError(f"unknown scheduler {key!r}; use one of {', '.join(SCHEDULERS)} (or a class name)")
+    cls, overrides = SCHEDULERS[normalized]
+    return cls.from_config({**base, **overrides})
+
+
+__all__ = [
+    "CLASSES",
+    "SCHEDULERS",
+    "DDIMScheduler",
+    "DPMSolverMultistepScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "LCMScheduler",
+    "LMSDiscreteScheduler",
+    "PNDMScheduler",
+    "SchedulerMixin",
+    "SchedulerOutput",
+    "UniPCMultistepScheduler",
+    "get_scheduler",
+]
