@@ -21,12 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="engine backend to build for (default: tensorrt)")
     size = parser.add_argument_group("profile (static by default; any of --min-size/--max-size/--max-batch "
                                      "makes it dynamic, optimized at --height/--width/--batch)")
-    size.add_argument("--batch", type=int, default=1, help="images per prompt (default: 1)")
+    size.add_argument("--batch", type=int, default=1, help="images per call: prompts x images per prompt (default: 1)")
     size.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
     size.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
     size.add_argument("--min-size", type=int, help="smallest image side in pixels (dynamic profile)")
     size.add_argument("--max-size", type=int, help="largest image side in pixels (dynamic profile)")
-    size.add_argument("--max-batch", type=int, help="most images per prompt (dynamic batch)")
+    size.add_argument("--max-batch", type=int, help="most images per call (dynamic batch)")
     size.add_argument("--no-guidance", action="store_true",
                       help="build for guidance_scale <= 1 (UNet batch not doubled for classifier-free guidance)")
     parser.add_argument("--components", nargs="+", choices=spec.COMPONENT_NAMES, metavar="NAME",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +59,6 @@ def classify_failure(component: str, error: BaseException, log_text: str, rng: t
 def _import_polygraphy(fl: trt_api.Flavor) -> Any:
     """polygraphy picks tensorrt or tensorrt_rtx once, at import, from POLYGRAPHY_USE_TENSORRT_RTX."""
     os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = fl.polygraphy_env
-    import importlib
-    import sys
-
     loaded = sys.modules.get("polygraphy.config")
     if loaded is not None and bool(loaded.USE_TENSORRT_RTX) != (fl.polygraphy_env == "1"):
         if "polygraphy.backend.trt" in sys.modules:
