@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -210,26 +210,49 @@ def _param_kind(module: Any, param_name: str) -> str:
     return "bias" if param_name == "bias" else "weight"
 
 
-def _fill_seeded(model: Any, generator: Any, preset: Preset, dtype: Any) -> None:
-    """Draw every parameter from ``generator`` in named order: weights N(0, 1/fan_in), norms ~1."""
+#: Size of the pool of normal draws the weights are cut from (2**26 floats = 256 MB): larger than
+#: any single tensor of SD 2.1, so no tensor repeats itself, while drawing 1.07G normals for sd15
+#: one by one would cost most of a minute on a 2-core CPU.
+POOL_SIZE = 2**26
+
+
+def _scaled(kind: str, shape: Any, std: dict[str, float]) -> tuple[float, float]:
+    """(scale, shift) of a parameter: weights N(0, 1/fan_in) keep activations O(1); norms ~1."""
+    if kind == "weight":
+        fan_in = 1
+        for d in shape[1:]:
+            fan_in *= int(d)
+        return fan_in**-0.5, 0.0
+    if kind == "norm_weight":
+        return std["norm"], 1.0
+    return std["norm" if kind == "norm_bias" else kind], 0.0
+
+
+def _fill_seeded(models: list[Any], seed: int, preset: Preset, dtype: Any) -> None:
+    """Give every (meta) parameter seeded values, in the models' named order.
+
+    Each tensor is a window, at a seeded offset, of one pool of normal draws, scaled per kind:
+    the same seed gives the same bits, and copying is ~10x cheaper than drawing.
+    """
     import torch
 
-    for module in model.modules():
-        for pname, param in list(module._parameters.items()):
-            if param is None:
-                continue
-            values = torch.empty(param.shape, dtype=torch.float32).normal_(generator=generator)
-            kind = _param_kind(module, pname)
-            if kind == "weight":
-                fan_in = max(1, param[0].numel()) if param.dim() > 1 else 1
-                values *= fan_in**-0.5
-            elif kind == "norm_weight":
-                values = values.mul_(preset.init_std["norm"]).add_(1.0)
-            elif kind == "norm_bias":
-                values *= preset.init_std["norm"]
-            else:
-                values *= preset.init_std[kind]
-            module._parameters[pname] = torch.nn.Parameter(values.to(dtype), requires_grad=False)
+    slots = [(m, n, p) for model in models for m in model.modules() for n, p in m._parameters.items() if p is not None]
+    total = sum(p.numel() for _, _, p in slots)
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.empty(min(POOL_SIZE, total), dtype=torch.float32).normal_(generator=generator)
+    offsets = torch.randint(len(pool), (len(slots),), generator=generator).tolist()
+    for (module, pname, param), offset in zip(slots, offsets):
+        scale, shift = _scaled(_param_kind(module, pname), param.shape, preset.init_std)
+        values = torch.empty(param.numel(), dtype=torch.float32)
+        done = 0
+        while done < len(values):  # wrap around the pool's end; copy and scale in one pass
+            k = min(len(values) - done, len(pool) - offset)
+            torch.mul(pool[offset : offset + k], scale, out=values[done : done + k])
+            done, offset = done + k, 0
+        if shift:
+            values += shift
+        values = values.reshape(param.shape).to(dtype)
+        module._parameters[pname] = torch.nn.Parameter(values, requires_grad=False)
 
 
 def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str = "cpu") -> dict[str, Any]:
@@ -250,10 +273,10 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
             "vae": diffusers.AutoencoderKL(**preset.vae),
         }
     if device != "meta":
-        generator = torch.Generator().manual_seed(seed)
-        for key in ("text_encoder", "unet", "vae"):  # fixed order: same seed, same bits
-            _fill_seeded(models[key], generator, preset, dtype)
-            models[key].eval()
+        # A fixed order: the same seed gives the same bits.
+        _fill_seeded([models["text_encoder"], models["unet"], models["vae"]], seed, preset, dtype)
+        for model in models.values():
+            model.eval()
     scheduler = getattr(diffusers, preset.scheduler_class)(**preset.scheduler)
     return {**models, "scheduler": scheduler, "tokenizer": build_clip_tokenizer(preset.pad_token)}
 
@@ -270,6 +293,8 @@ def build_pipeline(name: str, seed: int = 0, dtype: Any = None) -> Any:
 
 def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = False) -> Path:
     """Write the preset as an ordinary diffusers folder, atomically (temporary sibling, then rename)."""
+    from sdrt.export.tokenizer_files import write_tokenizer
+
     get_preset(name)
     out = Path(out)
     if out.exists() and not force:
@@ -277,9 +302,13 @@ def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = Fal
     if out.exists() and not out.is_dir():
         raise SdrtError(f"{out} is a file, not a folder: choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()  # mode from the umask, unlike mkdtemp's 0700
     try:
-        build_pipeline(name, seed=seed).save_pretrained(tmp)
+        pipeline = build_pipeline(name, seed=seed)
+        pipeline.save_pretrained(tmp)
+        # Also vocab.json / merges.txt, as released SD folders have them (older transformers read those).
+        write_tokenizer(pipeline.tokenizer, tmp / "tokenizer")
         if out.exists():
             old = tmp.with_suffix(".old")
             os.rename(out, old)
