@@ -1,0 +1,107 @@
+"""The export check: run each exported graph in ONNX Runtime (CPU) against its PyTorch module.
+
+Inputs are fresh random draws at shapes that differ from the trace (other batch sizes, non-square,
+odd latent sizes), so a graph that baked in its trace shape fails here. The reference is always
+the fp32 PyTorch module of the source (an fp16 graph is judged against fp32 truth, at a looser
+threshold), fed the very same input values.
+
+Error measure, per output: max |onnx - torch| (absolute) and that divided by max |torch|
+(relative to the output's scale: random-weight models have arbitrary output scales, and an
+element-wise ratio explodes near zero).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from sdrt import spec
+from sdrt.errors import SdrtError
+from sdrt.export.graphs import example_inputs, wrap
+
+#: Largest relative error a graph may have, per precision. fp32 graphs differ from PyTorch only by
+#: operation order and fused kernels (we measure ~1e-6); fp16 graphs carry fp16 rounding through
+#: every layer (we measure ~1e-3 on the presets).
+THRESHOLDS: dict[str, float] = {"fp32": 1e-3, "fp16": 3e-2}
+DEFINITION = "max_rel_error = max|onnx - torch| / max|torch| over every output, fp32 PyTorch reference"
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16}[precision]
+
+
+def ort_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # fp16 graphs on the CPU log every inserted Cast otherwise
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare(component: str, session: Any, reference: torch.nn.Module, dims: Mapping[str, int], *,
+            precision: str, vocab_size: int, seed: int) -> dict[str, Any]:
+    """Errors of one call at one shape: {"dims", "max_abs_error", "max_rel_error"}."""
+    inputs = example_inputs(component, dims, vocab_size=vocab_size, seed=seed, dtype=torch_dtype(precision))
+    feeds = {name: value.numpy() for name, value in inputs.items()}
+    graph_outputs = [o.name for o in session.get_outputs()]
+    got = dict(zip(graph_outputs, session.run(graph_outputs, feeds)))
+    with torch.no_grad():
+        # Same values, fp32 compute: fp16 input rounding is not counted as error.
+        want = reference(*(v.float() if v.is_floating_point() else v for v in inputs.values()))
+    want = want if isinstance(want, tuple) else (want,)
+    max_abs = max_rel = 0.0
+    for name, expected in zip(spec.component(component).output_names, want):
+        if name not in got:
+            continue
+        expected = expected.numpy().astype(np.float64)
+        actual = got[name].astype(np.float64)
+        if actual.shape != expected.shape:
+            raise SdrtError(f"{component} export check failed: output {name} has shape {actual.shape}, "
+                            f"PyTorch gives {expected.shape} at {_describe(dims)}")
+        err = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
+        err = err if np.isfinite(err) else float("inf")
+        scale = float(np.max(np.abs(expected))) or 1.0
+        max_abs, max_rel = max(max_abs, err), max(max_rel, err / scale)
+    return {"dims": {k: int(dims[k]) for k in ("B", "h", "w")}, "max_abs_error": max_abs, "max_rel_error": max_rel}
+
+
+def check_component(component: str, module: Any, path: Path, model_values: Mapping[str, int],
+                    shapes: list[dict[str, int]], *, precision: str, vocab_size: int) -> dict[str, Any]:
+    """Check one exported graph at several shapes; raise a one-line error above the threshold."""
+    session = ort_session(path)
+    reference = wrap(component, module)
+    threshold = THRESHOLDS[precision]
+    results = []
+    for i, shape in enumerate(shapes):
+        result = compare(component, session, reference, {**model_values, **shape}, precision=precision,
+                         vocab_size=vocab_size, seed=1000 + i)
+        if not result["max_rel_error"] <= threshold:
+            raise SdrtError(f"{component} export check failed: max relative error {result['max_rel_error']:.3g} "
+                            f"(max abs {result['max_abs_error']:.3g}) > {threshold:g} at {_describe(shape)} "
+                            f"against PyTorch: the exported graph is wrong, nothing was written")
+        results.append(result)
+    return {
+        "passed": True,
+        "max_abs_error": max(r["max_abs_error"] for r in results),
+        "max_rel_error": max(r["max_rel_error"] for r in results),
+        "threshold": {"max_rel": threshold, "definition": DEFINITION},
+        "shapes": results,
+    }
+
+
+def check_dims(component: str, trace: Mapping[str, int], size_rule: Mapping[str, int]) -> list[dict[str, int]]:
+    """Two shapes off the trace: batch 1 and 3 (the trace uses 2), non-square latent sizes that
+    the size rule admits but the trace did not use (odd ones where the rule allows)."""
+    m, low = size_rule["latent_multiple"], size_rule["min_latent"]
+    h, w = trace["h"], trace["w"]
+    if component == "text_encoder":  # only the batch varies
+        return [{"B": 1, "h": h, "w": w}, {"B": 3, "h": h, "w": w}]
+    return [{"B": 1, "h": max(3 * m, low), "w": max(5 * m, low)},
+            {"B": 3, "h": max(h // 2 // m * m + m, low), "w": max(w // 3 // m * m + 2 * m, low)}]
+
+
+def _describe(dims: Mapping[str, int]) -> str:
+    return f"batch {dims['B']}, latent {dims['h']}x{dims['w']}"

@@ -1,0 +1,48 @@
+"""`sdrt export --model SRC --out DIR`: a diffusers folder or a preset -> a checked ONNX model folder.
+
+Imports nothing heavy at module level: `sdrt --help` must not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sdrt import spec
+
+DEFAULT_OPSET = 23  # trace.DEFAULT_OPSET, spelled here so argparse needs no torch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="SRC",
+                        help="a local diffusers folder (with model_index.json) or a preset name (e.g. tiny, sd15)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the ONNX model folder to write")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET}; dynamo 18-23, torchscript 14-20)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
+                        help="graph precision; with fp16 the VAE stays fp32 when its config says force_upcast")
+    parser.add_argument("--components", nargs="+", metavar="NAME", choices=spec.COMPONENT_NAMES,
+                        help=f"export only these ({', '.join(spec.COMPONENT_NAMES)}); default all")
+    parser.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
+                        help="torch's dynamo exporter (default) or the older TorchScript one (opset <= 20)")
+    parser.add_argument("--force", action="store_true", help="replace DIR if it exists (only once all passed)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch a model hub
+    from sdrt.export.exporter import export_model
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    export_model(args.model, args.out, opset=args.opset, precision=args.precision, components=args.components,
+                 force=args.force, exporter=args.exporter, log=log)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from sdrt.cli import main
+
+    sys.exit(main(["export", *sys.argv[1:]]))

@@ -1,0 +1,90 @@
+"""Which latent sizes the exported UNet really supports: probed, not assumed.
+
+A UNet halves the latent `n` times on the way down and doubles it on the way up; a graph that
+baked in the trace's plain 2x upsampling only works at multiples of 2**n. The exporter traces
+the size-forwarding branch (see `graphs.UNetGraph.export_context`), which should work at every
+size; this module runs the exported graph against PyTorch at every latent size from 1 to 2**n + 1
+(as non-square pairs) and at the powers of two, and derives the rule from what passed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from sdrt.errors import SdrtError
+from sdrt.export.check import THRESHOLDS, compare, ort_session
+from sdrt.export.graphs import wrap
+
+#: A practical cap, not a graph limit: 256 latents = 2048 px at f = 8 (memory grows with h*w).
+MAX_LATENT_CAP = 256
+
+
+def probe_pairs(num_upsamplers: int) -> list[tuple[int, int]]:
+    """(h, w) pairs covering every size 1..2**n+1 on both axes, plus square powers of two."""
+    n = 2**num_upsamplers + 2
+    pairs = [(k, n - k) for k in range(1, n)]
+    pairs += [(2**i, 2**i) for i in range(num_upsamplers + 1)] + [(2**num_upsamplers, 2 ** (num_upsamplers + 1))]
+    return list(dict.fromkeys(pairs))
+
+
+def architectural_multiple(unet: Any) -> int:
+    """2**(number of upsamplers): what a plain trace supports; the rule when the UNet is not exported."""
+    return 2 ** int(unet.num_upsamplers)
+
+
+def probe(unet: Any, path: Path, model_values: Mapping[str, int], *, precision: str, vocab_size: int,
+          sample_size: int) -> dict[str, Any]:
+    """Run the exported UNet at the probe sizes (batch 1) and derive the manifest's `sizes`."""
+    n = int(unet.num_upsamplers)
+    session = ort_session(path)
+    reference = wrap("unet", unet)
+    threshold = THRESHOLDS[precision]
+    passed: dict[tuple[int, int], bool] = {}
+    for i, (h, w) in enumerate(probe_pairs(n)):
+        try:
+            result = compare("unet", session, reference, {**model_values, "B": 1, "h": h, "w": w},
+                             precision=precision, vocab_size=vocab_size, seed=2000 + i)
+        except ValueError:  # PyTorch itself refuses the size (GroupNorm over one value per group)
+            passed[(h, w)] = False
+            continue
+        passed[(h, w)] = result["max_rel_error"] <= threshold
+    found = admitted(passed, n)
+    if found is None:
+        raise SdrtError(f"unet export check failed: the graph is wrong at every probed latent size "
+                        f"({', '.join(f'{h}x{w}' for h, w in passed)}): nothing was written")
+    multiple, min_latent = found
+    max_latent = max(MAX_LATENT_CAP, 4 * sample_size) // multiple * multiple
+    failing = [f"{h}x{w}" for (h, w), ok in passed.items() if not ok]
+    rule = (f"latent height and width: any multiple of {multiple} from {min_latent} to {max_latent} "
+            f"(image = vae_scale_factor x latent). Probed against PyTorch at batch 1, latent sizes "
+            f"{', '.join(f'{h}x{w}' for h, w in passed)}: "
+            + (f"failed at {', '.join(failing)} (wrong output, or PyTorch itself refuses the size)" if failing
+               else "all within the check threshold")
+            + f"; the UNet halves the latent {n} times and its graph forwards the skip sizes to the "
+              f"upsamplers, so odd sizes round like diffusers. The upper bound is a practical cap "
+              f"(memory), not a graph limit.")
+    return {"latent_multiple": multiple, "min_latent": min_latent, "max_latent": max_latent, "rule": rule,
+            "probed": [{"h": h, "w": w, "passed": ok} for (h, w), ok in passed.items()]}
+
+
+def admitted(passed: dict[tuple[int, int], bool], num_upsamplers: int) -> tuple[int, int] | None:
+    """(multiple, min_latent): the smallest multiple, then the smallest minimum, such that every
+    probed pair of that multiple with both sides >= the minimum passed."""
+    for multiple in (2**i for i in range(num_upsamplers + 1)):
+        for low in range(multiple, 2**num_upsamplers + 1, multiple):
+            judged = [ok for (h, w), ok in passed.items() if h % multiple == 0 and w % multiple == 0
+                      and min(h, w) >= low]
+            if judged and all(judged):
+                return multiple, low
+    return None
+
+
+def unprobed(unet: Any, sample_size: int) -> dict[str, Any]:
+    """The rule when the UNet was not exported (--components without unet): the architecture's."""
+    multiple = architectural_multiple(unet)
+    max_latent = max(MAX_LATENT_CAP, 4 * sample_size) // multiple * multiple
+    return {"latent_multiple": multiple, "min_latent": multiple, "max_latent": max_latent,
+            "rule": f"unet not exported, sizes not probed: multiples of 2**{unet.num_upsamplers} = {multiple} "
+                    f"(the UNet's plain upsampling), up to a practical cap of {max_latent}",
+            "probed": []}

@@ -1,0 +1,200 @@
+"""Load what the exporter converts: a local diffusers folder or a preset, as one `Source`.
+
+Every way a source can be wrong is checked here, before any export work, and reported in one
+line that names the file or component: no folder, no `model_index.json`, a pipeline type sdrt
+does not export yet (SDXL, SD3, ...), a component of an unexpected class, missing weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdrt.errors import SdrtError
+
+#: Pipeline classes sdrt exports: all share the SD 1.x/2.x components (CLIP text encoder,
+#: UNet2DConditionModel, AutoencoderKL); inpainting differs only in the UNet's 9 input channels.
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+
+#: Well-known pipelines that are not SD 1.x/2.x, with the name users know them by.
+KNOWN_UNSUPPORTED = {
+    "StableDiffusionXLPipeline": "SDXL",
+    "StableDiffusionXLImg2ImgPipeline": "SDXL",
+    "StableDiffusionXLInpaintPipeline": "SDXL",
+    "StableDiffusion3Pipeline": "SD3",
+    "FluxPipeline": "Flux",
+    "PixArtAlphaPipeline": "PixArt-alpha",
+    "PixArtSigmaPipeline": "PixArt-sigma",
+    "LatentConsistencyModelPipeline": "LCM (use StableDiffusionPipeline with an LCM scheduler)",
+    "StableDiffusionUpscalePipeline": "the SD x4 upscaler",
+    "StableDiffusionDepth2ImgPipeline": "SD 2 depth-to-image",
+    "KandinskyV22Pipeline": "Kandinsky 2.2",
+    "StableCascadeCombinedPipeline": "Stable Cascade",
+}
+
+#: component folder -> (library, class the exporter knows how to wrap, weight file stems)
+COMPONENT_CLASSES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "text_encoder": ("transformers", "CLIPTextModel", ("model", "pytorch_model")),
+    "unet": ("diffusers", "UNet2DConditionModel", ("diffusion_pytorch_model",)),
+    "vae": ("diffusers", "AutoencoderKL", ("diffusion_pytorch_model",)),
+}
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+VARIANTS = (None, "fp16")
+
+
+@dataclass
+class Source:
+    """A loaded pipeline, in fp32, plus the facts the manifest records about where it came from."""
+
+    kind: str  # "preset" or "folder"
+    name: str
+    path: Path | None
+    class_name: str
+    model_index: dict[str, Any]
+    text_encoder: Any
+    unet: Any
+    vae: Any
+    tokenizer: Any
+    scheduler_config: dict[str, Any]
+    content_hash: str
+
+
+def resolve(model: str) -> tuple[str, str]:
+    """("folder", path) or ("preset", name); a one-line error when it is neither."""
+    from sdrt.export import presets
+
+    path = Path(model).expanduser()
+    if path.exists():
+        return "folder", str(path)
+    if model in presets.preset_names():
+        return "preset", model
+    if any(sep in model for sep in ("/", "\\")) or model.startswith((".", "~")):
+        raise SdrtError(f"model folder {model} does not exist: give a diffusers folder or a preset "
+                        f"({', '.join(presets.preset_names())})")
+    raise SdrtError(f"unknown preset {model!r} and no folder of that name: choose one of "
+                    f"{', '.join(presets.preset_names())} or give a diffusers folder")
+
+
+def check_folder(path: Path) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """Validate a diffusers folder without loading weights: its model index and each weight file.
+
+    Returns the model index and, per component, the weight variant to load (None or "fp16").
+    """
+    if not path.is_dir():
+        raise SdrtError(f"{path} is not a folder: give a diffusers pipeline folder (with model_index.json)")
+    index_path = path / "model_index.json"
+    if not index_path.is_file():
+        raise SdrtError(f"{path} is not a diffusers pipeline folder (no model_index.json): give the folder "
+                        f"written by save_pretrained or `sdrt preset`")
+    try:
+        index = json.loads(index_path.read_text())
+    except ValueError as e:
+        raise SdrtError(f"{index_path} is not valid JSON ({e}): fix or re-save the pipeline")
+    class_name = str(index.get("_class_name", "?"))
+    if class_name in KNOWN_UNSUPPORTED:
+        raise SdrtError(f"{class_name} ({KNOWN_UNSUPPORTED[class_name]}) is not supported yet: sdrt exports "
+                        f"Stable Diffusion 1.x/2.x pipelines ({', '.join(SUPPORTED_PIPELINES)})")
+    if class_name not in SUPPORTED_PIPELINES:
+        raise SdrtError(f"{class_name} is not supported yet: sdrt exports Stable Diffusion 1.x/2.x pipelines "
+                        f"({', '.join(SUPPORTED_PIPELINES)})")
+    variants: dict[str, str | None] = {}
+    for name, (library, cls, stems) in COMPONENT_CLASSES.items():
+        entry = index.get(name)
+        if not entry or entry[1] is None:
+            raise SdrtError(f"{index_path} has no {name}: a {class_name} needs {cls} weights in {path / name}")
+        if tuple(entry) != (library, cls):
+            raise SdrtError(f"{name} is a {entry[1]}, not supported yet (sdrt exports {cls})")
+        if not (path / name / "config.json").is_file():
+            raise SdrtError(f"{name} config missing: {path / name / 'config.json'} does not exist")
+        variants[name] = _weight_variant(path / name, stems)
+    if not (path / "tokenizer").is_dir():
+        raise SdrtError(f"tokenizer missing: {path / 'tokenizer'} does not exist")
+    if not (path / "scheduler" / "scheduler_config.json").is_file():
+        raise SdrtError(f"scheduler config missing: {path / 'scheduler' / 'scheduler_config.json'} does not exist")
+    return index, variants
+
+
+def _weight_variant(folder: Path, stems: tuple[str, ...]) -> str | None:
+    for variant in VARIANTS:
+        for stem in stems:
+            infix = f".{variant}" if variant else ""
+            for suffix in WEIGHT_SUFFIXES:
+                if (folder / f"{stem}{infix}{suffix}").is_file() or (folder / f"{stem}{infix}{suffix}.index.json").is_file():
+                    return variant
+    raise SdrtError(f"{folder.name} weights missing: no {stems[0]}.safetensors (or .bin, or an fp16 variant) "
+                    f"in {folder}")
+
+
+def load_folder(path: Path) -> Source:
+    """Load the three models in fp32, component by component (no safety checker, no hub)."""
+    import diffusers
+    import torch
+    import transformers
+
+    index, variants = check_folder(path)
+    models: dict[str, Any] = {}
+    for name, (library, cls, _) in COMPONENT_CLASSES.items():
+        module = diffusers if library == "diffusers" else transformers
+        dtype_key = "torch_dtype" if library == "diffusers" else "dtype"
+        try:
+            models[name] = getattr(module, cls).from_pretrained(
+                path / name, variant=variants[name], local_files_only=True, **{dtype_key: torch.float32}
+            ).eval()
+        except (OSError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SdrtError(f"cannot load {name} from {path / name}: {first}")
+    try:
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise SdrtError(f"cannot load the tokenizer from {path / 'tokenizer'}: {str(e).splitlines()[0]}")
+    scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    return Source("folder", path.name, path.resolve(), index["_class_name"], index,
+                  models["text_encoder"], models["unet"], models["vae"], tokenizer, scheduler_config,
+                  hash_folder(path))
+
+
+def load_preset(name: str) -> Source:
+    """Build a preset's seeded random-weight pipeline in memory (nothing written, nothing fetched)."""
+    from sdrt.export import presets
+
+    pipe = presets.build_pipeline(name, seed=0)
+    index = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(pipe.config).items()}
+    index["_class_name"] = type(pipe).__name__
+    modules = [pipe.text_encoder, pipe.unet, pipe.vae]
+    return Source("preset", name, None, type(pipe).__name__, index, pipe.text_encoder, pipe.unet, pipe.vae,
+                  pipe.tokenizer, json.loads(pipe.scheduler.to_json_string()), hash_modules(name, modules))
+
+
+def load(model: str) -> Source:
+    kind, value = resolve(model)
+    return load_preset(value) if kind == "preset" else load_folder(Path(value))
+
+
+def hash_folder(path: Path) -> str:
+    """sha256 over every file's relative path and bytes, in sorted order."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def hash_modules(name: str, modules: list[Any]) -> str:
+    """sha256 of a preset's name, configs and every weight's bytes: the content, not the recipe."""
+    import torch
+
+    digest = hashlib.sha256(name.encode())
+    for module in modules:
+        config = module.config
+        text = config.to_json_string() if hasattr(config, "to_json_string") else json.dumps(
+            dict(config), sort_keys=True, default=str)
+        digest.update(text.encode())
+        for key, tensor in module.state_dict().items():
+            digest.update(key.encode())
+            digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy())
+    return "sha256:" + digest.hexdigest()
