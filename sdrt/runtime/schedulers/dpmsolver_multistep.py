@@ -4,13 +4,14 @@ Notation of the paper: VP noise schedule alpha_t, sigma_t; half log-SNR lambda_t
 step size h = lambda_t - lambda_s; x0_s the data prediction at s. The scheduler keeps diffusers'
 variance-exploding `sigmas` (sigma_k = sigma_t / alpha_t) as its table, so lambda = -log(sigma_k).
 
-The scalar coefficients are computed in float32, in the same order of operations as diffusers, so a
-trajectory agrees with diffusers' to float32 rounding rather than drifting by its float32 noise.
+Scalar coefficients are float64 (diffusers' are float32, and some of them, like (1 - e^-2h - 2h)/(2h)^2,
+cancel catastrophically there for small h); the tensors stay float32, as in a torch pipeline.
 Also home of the multistep helpers UniPC shares (timestep spacing, model-output conversion).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -32,25 +33,32 @@ from sdrt.runtime.schedulers._base import (
     sigmas_from_alphas_cumprod,
 )
 
-F32 = np.float32
 BOOL = (False, True)
 
 # -- shared multistep helpers (UniPC imports these) ---------------------------------------------
 
 
 def multistep_timesteps(config: dict[str, Any], n: int, last_timestep: int | None = None) -> np.ndarray:
-    """Integer timesteps of the multistep solvers: n+1 points with the last (t=0) dropped, per spacing."""
+    """Integer timesteps of the multistep solvers: n+1 points with the last (t=0) dropped, per spacing.
+
+    A spacing that repeats a timestep (n close to the training steps) would make a zero-length step,
+    h = 0, on which the multistep formulas divide by zero (diffusers returns NaN): refused.
+    """
     train = config["num_train_timesteps"]
     last = train if last_timestep is None else last_timestep
     spacing = config["timestep_spacing"]
     if spacing == "linspace":
-        return np.linspace(0, last - 1, n + 1).round()[::-1][:-1].astype(np.int64)
-    if spacing == "leading":
+        timesteps = np.linspace(0, last - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+    elif spacing == "leading":
         ratio = last // (n + 1)
-        if ratio == 0:
-            raise SdrtError(f"timestep_spacing 'leading' gives {n} steps the same timestep; use at most {last - 1} steps")
-        return (np.arange(0, n + 1) * ratio).round()[::-1][:-1].astype(np.int64) + config["steps_offset"]
-    return np.arange(last, 0, -train / n).round().astype(np.int64) - 1  # trailing
+        timesteps = (np.arange(0, n + 1) * ratio).round()[::-1][:-1].astype(np.int64) + config["steps_offset"]
+    else:  # trailing
+        timesteps = np.arange(last, 0, -train / n).round().astype(np.int64) - 1
+    if np.any(timesteps[1:] == timesteps[:-1]):
+        raise SdrtError(
+            f"timestep_spacing {spacing!r} repeats timesteps at {n} steps; use fewer steps or timestep_spacing 'trailing'"
+        )
+    return timesteps
 
 
 def karras_schedule(train_sigmas: np.ndarray, n: int, sigma_min=None, sigma_max=None) -> tuple[np.ndarray, np.ndarray]:
@@ -61,17 +69,15 @@ def karras_schedule(train_sigmas: np.ndarray, n: int, sigma_min=None, sigma_max=
     return sigmas, sigma_to_t(sigmas, np.log(train_sigmas))
 
 
-def vp_alpha_sigma(sigma: np.float32) -> tuple[np.float32, np.float32]:
+def vp_alpha_sigma(sigma: float) -> tuple[float, float]:
     """VP (alpha_t, sigma_t) of a variance-exploding sigma: alpha = 1/sqrt(1+sigma^2), sigma_t = sigma * alpha."""
-    alpha = F32(1) / (sigma * sigma + F32(1)) ** F32(0.5)
-    return alpha, sigma * alpha
+    alpha = 1.0 / math.sqrt(float(sigma) ** 2 + 1.0)
+    return alpha, float(sigma) * alpha
 
 
-def half_log_snr(sigma: np.float32) -> np.float32:
-    """lambda_t = log(alpha_t) - log(sigma_t); +inf at sigma = 0 (the clean end of the schedule)."""
-    alpha, sigma_t = vp_alpha_sigma(sigma)
-    with np.errstate(divide="ignore"):
-        return np.log(alpha) - np.log(sigma_t)
+def half_log_snr(sigma: float) -> float:
+    """lambda_t = log(alpha_t / sigma_t) = -log(sigma); +inf at sigma = 0 (the clean end of the schedule)."""
+    return -math.log(sigma) if sigma > 0 else math.inf
 
 
 # model output -> data prediction x0 (DPM-Solver++ integrates x0) and -> noise prediction eps
@@ -103,20 +109,21 @@ def alias(config: dict[str, Any], key: str, aliases: dict[str, str]) -> dict[str
 
 # -- DPM-Solver++ coefficients ----------------------------------------------------------------------
 # x_t = X * x_s + C0 * D0 + C1 * D1 + C2 * D2 + N * z, with D0 = x0_s and D1, D2 the divided differences
-# of past x0 predictions (eqs. of DPM-Solver++(2M) and its 3M/SDE extensions). phi = e^-h - 1.
+# of past x0 predictions (DPM-Solver++(2M), its 3M and SDE extensions). h is a numpy float64: h = inf on
+# the step onto sigma = 0 and h = 0 on a zero-length step give inf/nan in the terms that step does not use.
 
 
 def _ode_coefficients(h, alpha_t, sigma_t, sigma_s0, solver_type):
-    phi = np.exp(-h) - F32(1)
-    c1 = {"midpoint": F32(-0.5) * (alpha_t * phi), "heun": alpha_t * (phi / h + F32(1))}[solver_type]
-    c2 = -(alpha_t * ((phi + h) / h**2 - F32(0.5)))
-    return sigma_t / sigma_s0, -(alpha_t * phi), c1, c2, F32(0)
+    phi = np.expm1(-h)  # e^-h - 1
+    c1 = {"midpoint": -0.5 * alpha_t * phi, "heun": alpha_t * (phi / h + 1)}[solver_type]
+    c2 = -alpha_t * ((phi + h) / h**2 - 0.5)
+    return sigma_t / sigma_s0, -alpha_t * phi, c1, c2, 0.0
 
 
 def _sde_coefficients(h, alpha_t, sigma_t, sigma_s0, solver_type):
-    psi = F32(1) - np.exp(F32(-2) * h)  # 1 - e^-2h
-    c1 = {"midpoint": F32(0.5) * (alpha_t * psi), "heun": alpha_t * (psi / (F32(-2) * h) + F32(1))}[solver_type]
-    c2 = alpha_t * ((psi - F32(2) * h) / (F32(2) * h) ** 2 - F32(0.5))
+    psi = -np.expm1(-2 * h)  # 1 - e^-2h
+    c1 = {"midpoint": 0.5 * alpha_t * psi, "heun": alpha_t * (psi / (-2 * h) + 1)}[solver_type]
+    c2 = alpha_t * ((psi - 2 * h) / (2 * h) ** 2 - 0.5)
     return sigma_t / sigma_s0 * np.exp(-h), alpha_t * psi, c1, c2, sigma_t * np.sqrt(psi)
 
 
@@ -178,7 +185,6 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
     }
 
     def __init__(self, **config: Any):
-        config = alias(config, "algorithm_type", {"deis": "dpmsolver++"})
         config = alias(config, "solver_type", {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"})
         super().__init__(**config)
 
@@ -204,11 +210,11 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         n = check_num_inference_steps(type(self).__name__, num_inference_steps, cfg["num_train_timesteps"])
         # lambda_min_clipped trims the low-noise end, where lambda of the cosine schedule blows up
         clipped = int(np.searchsorted(self.lambda_t[::-1], cfg["lambda_min_clipped"]))
-        timesteps = multistep_timesteps(cfg, n, cfg["num_train_timesteps"] - clipped)
-        if cfg["use_karras_sigmas"]:
+        if cfg["use_karras_sigmas"]:  # karras sigmas replace the spacing; their timesteps may repeat harmlessly
             sigmas, t = karras_schedule(self.train_sigmas, n)
             timesteps = (t if cfg["beta_schedule"] == "squaredcos_cap_v2" else t.round()).astype(np.int64)
         else:
+            timesteps = multistep_timesteps(cfg, n, cfg["num_train_timesteps"] - clipped)
             sigmas = np.interp(timesteps, np.arange(len(self.train_sigmas)), self.train_sigmas)
         acp0 = self.alphas_cumprod[0]
         last = {"zero": 0.0, "sigma_min": ((1 - acp0) / acp0) ** 0.5}[cfg["final_sigmas_type"]]
@@ -235,7 +241,10 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         cfg, i, n = self.config, self._step_index, len(self.timesteps)
         short = cfg["lower_order_final"] and n < 15
         first_order_end = i == n - 1 and (cfg["euler_at_final"] or short or cfg["final_sigmas_type"] == "zero")
-        if cfg["solver_order"] == 1 or self.lower_order_nums < 1 or first_order_end:
+        # a zero-length step (karras sigmas ending on sigma_min, then final_sigmas_type sigma_min) is the
+        # identity, which only the first-order formula computes: the others divide by h = 0 (NaN in diffusers)
+        zero_length = self.sigmas[i + 1] == self.sigmas[i]
+        if cfg["solver_order"] == 1 or self.lower_order_nums < 1 or first_order_end or zero_length:
             return 1
         if cfg["solver_order"] == 2 or self.lower_order_nums < 2 or (i == n - 2 and short):
             return 2
@@ -247,22 +256,21 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         alpha_t, sigma_t = vp_alpha_sigma(sig[i + 1])
         sigma_s0 = vp_alpha_sigma(sig[i])[1]
         lam = [half_log_snr(sig[i + 1 - k]) for k in range(order + 1)]  # lambda_t, lambda_s0, lambda_s1, ...
-        h = lam[0] - lam[1]
+        h = np.float64(lam[0] - lam[1])
         m = self.model_outputs[::-1][:order]  # x0 at s0, s1, s2
         solver_type = "heun" if order == 3 else self.config["solver_type"]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # h = inf on the step onto sigma = 0
-            c_x, c0, c1, c2, c_noise = _COEFFICIENTS[self.config["algorithm_type"]](
-                h, alpha_t, sigma_t, sigma_s0, solver_type
-            )
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            coefficients = _COEFFICIENTS[self.config["algorithm_type"]](h, alpha_t, sigma_t, sigma_s0, solver_type)
+        c_x, c0, c1, c2, c_noise = map(float, coefficients)  # python floats keep the tensors float32
         x_t = c_x * x + c0 * m[0]
         if order == 2:
-            r0 = (lam[1] - lam[2]) / h
-            x_t = x_t + c1 * ((F32(1) / r0) * (m[0] - m[1]))
+            r0 = float((lam[1] - lam[2]) / h)
+            x_t = x_t + c1 * ((1 / r0) * (m[0] - m[1]))
         if order == 3:
-            r0, r1 = (lam[1] - lam[2]) / h, (lam[2] - lam[3]) / h
-            d1_0, d1_1 = (F32(1) / r0) * (m[0] - m[1]), (F32(1) / r1) * (m[1] - m[2])
+            r0, r1 = float((lam[1] - lam[2]) / h), float((lam[2] - lam[3]) / h)
+            d1_0, d1_1 = (1 / r0) * (m[0] - m[1]), (1 / r1) * (m[1] - m[2])
             d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-            d2 = (F32(1) / (r0 + r1)) * (d1_0 - d1_1)
+            d2 = (1 / (r0 + r1)) * (d1_0 - d1_1)
             x_t = x_t + c1 * d1 + c2 * d2
         if noise is not None:
             x_t = x_t + c_noise * noise
@@ -281,6 +289,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self._check_step(model_output, timestep, sample)
         if self._step_index is None:
             self._init_step_index(timestep)
+        check_steps_left(self)
         sample = np.asarray(sample, dtype=np.float32)
         order = self._step_order()
         x0 = self._data_prediction(np.asarray(model_output, dtype=np.float32), sample)
@@ -297,6 +306,15 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
     def add_noise(self, original_samples: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:
         """alpha_t x0 + sigma_t noise at the given schedule timesteps (the VP forward process)."""
         return vp_add_noise(self, original_samples, noise, timesteps)
+
+
+def check_steps_left(sched: SchedulerMixin) -> None:
+    """A step past the end of the schedule (more steps than set, or a repeated first timestep) is refused."""
+    if sched.step_index >= len(sched.timesteps):
+        raise SdrtError(
+            f"{type(sched).__name__}.step: the {len(sched.timesteps)}-step schedule is used up (step index "
+            f"{sched.step_index}); call set_timesteps again, or set_begin_index(0) if the first timesteps repeat"
+        )
 
 
 def vp_add_noise(sched: SchedulerMixin, original: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:

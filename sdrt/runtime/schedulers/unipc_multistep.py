@@ -7,11 +7,12 @@ then predicts the next one with UniP; both are the paper's B(h) updates (Algorit
 
 with D_k = (m_{s_k} - m_s) / r_k, r_k = (lambda_{s_k} - lambda_s) / h and rho solving R rho = b
 (R the Vandermonde matrix of r_k, b_k = h phi_{k+1}(h) k! / B(h)). bh1: B(h) = h; bh2: B(h) = e^h - 1.
-Scalars are float32 in diffusers' order of operations, so trajectories agree to float32 rounding.
+Scalars (h, r_k, the solve for rho) are float64, the tensors float32, as in the DPM-Solver++ port.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,10 @@ from sdrt.runtime.schedulers._base import (
 )
 from sdrt.runtime.schedulers.dpmsolver_multistep import (
     BOOL,
-    F32,
     TO_EPS,
     TO_X0,
     alias,
+    check_steps_left,
     half_log_snr,
     karras_schedule,
     multistep_timesteps,
@@ -41,7 +42,7 @@ from sdrt.runtime.schedulers.dpmsolver_multistep import (
     vp_alpha_sigma,
 )
 
-_B_OF_H = {"bh1": lambda hh: hh, "bh2": np.expm1}
+_B_OF_H = {"bh1": lambda hh: hh, "bh2": math.expm1}
 
 
 class UniPCMultistepScheduler(SchedulerMixin):
@@ -130,12 +131,12 @@ class UniPCMultistepScheduler(SchedulerMixin):
         """Build the inference schedule; `device` is accepted for diffusers' call signature and ignored."""
         cfg = self.config
         n = check_num_inference_steps(type(self).__name__, num_inference_steps, cfg["num_train_timesteps"])
-        timesteps = multistep_timesteps(cfg, n)
-        if cfg["use_karras_sigmas"]:
+        if cfg["use_karras_sigmas"]:  # karras sigmas replace the spacing; their timesteps may repeat harmlessly
             sigmas, t = karras_schedule(self.train_sigmas, n, cfg["sigma_min"], cfg["sigma_max"])
             timesteps = t.round().astype(np.int64)
             sigma_min = sigmas[-1]
         else:
+            timesteps = multistep_timesteps(cfg, n)
             sigmas = np.interp(timesteps, np.arange(len(self.train_sigmas)), self.train_sigmas)
             acp0 = self.alphas_cumprod[0]
             sigma_min = ((1 - acp0) / acp0) ** 0.5
@@ -172,31 +173,31 @@ class UniPCMultistepScheduler(SchedulerMixin):
         lam_s0 = half_log_snr(sig[j])
         h = half_log_snr(sig[j + 1]) - lam_s0
         m0 = outs[-1]
-        rks = [(half_log_snr(sig[j - k]) - lam_s0) / h for k in range(1, order)] + [F32(1)]
+        rks = [(half_log_snr(sig[j - k]) - lam_s0) / h for k in range(1, order)] + [1.0]
         d1s = [(outs[-(k + 1)] - m0) / rks[k - 1] for k in range(1, order)]
 
         hh = -h if self.predict_x0 else h
-        h_phi_1 = np.expm1(hh)  # h phi_1(h) = e^h - 1
+        h_phi_1 = math.expm1(hh)  # h phi_1(h) = e^h - 1
         b_h = _B_OF_H[self.config["solver_type"]](hh)
-        h_phi_k, factorial, b = h_phi_1 / hh - F32(1), 1, []
-        for k in range(1, order + 1):
-            b.append(h_phi_k * F32(factorial) / b_h)
+        h_phi_k, factorial, b = h_phi_1 / hh - 1, 1, []
+        for k in range(1, order + 1):  # b_k = h phi_{k+1}(h) k! / B(h), phi by its recurrence
+            b.append(h_phi_k * factorial / b_h)
             factorial *= k + 1
-            h_phi_k = h_phi_k / hh - F32(1) / F32(factorial)
-        R = np.stack([np.asarray(rks, dtype=np.float32) ** (k - 1) for k in range(1, order + 1)])
-        b = np.asarray(b, dtype=np.float32)
+            h_phi_k = h_phi_k / hh - 1 / factorial
+        R = np.array([[r ** (k - 1) for r in rks] for k in range(1, order + 1)])
+        b = np.array(b)
 
         if model_t is None:  # predictor: rho_p from the first order-1 equations (1/2 at order 2)
-            rhos = {1: [], 2: [F32(0.5)]}.get(order) or list(np.linalg.solve(R[:-1, :-1], b[:-1]))
+            rhos = {1: [], 2: [0.5]}.get(order) or np.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
             terms = list(zip(rhos, d1s))
         else:  # corrector: all `order` equations, the last unknown weighs D_t = model_t - m0
-            rhos = [F32(0.5)] if order == 1 else list(np.linalg.solve(R, b))
+            rhos = [0.5] if order == 1 else np.linalg.solve(R, b).tolist()
             terms = list(zip(rhos[:-1], d1s)) + [(rhos[-1], model_t - m0)]
 
         if self.predict_x0:
-            x_t, scale = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0, alpha_t * b_h
+            x_t, scale = sigma_t / sigma_s0 * x - (alpha_t * h_phi_1) * m0, alpha_t * b_h
         else:
-            x_t, scale = alpha_t / alpha_s0 * x - sigma_t * h_phi_1 * m0, sigma_t * b_h
+            x_t, scale = alpha_t / alpha_s0 * x - (sigma_t * h_phi_1) * m0, sigma_t * b_h
         if terms:
             x_t = x_t - scale * sum(rho * d for rho, d in terms)
         return x_t
@@ -225,6 +226,7 @@ class UniPCMultistepScheduler(SchedulerMixin):
         self._check_step(model_output, timestep, sample)
         if self._step_index is None:
             self._init_step_index(timestep)
+        check_steps_left(self)
         i = self._step_index
         x = np.asarray(sample, dtype=np.float32)
         m = self._convert(np.asarray(model_output, dtype=np.float32), x)
@@ -239,6 +241,8 @@ class UniPCMultistepScheduler(SchedulerMixin):
         self.last_sample = x
         if self.sigmas[i + 1] == 0:
             prev_sample = self._onto_clean(x)
+        elif self.sigmas[i + 1] == self.sigmas[i]:  # zero-length step (karras + sigma_min at the end): identity
+            prev_sample = x
         else:
             prev_sample = self._bh_update(x, i, self.this_order)
         self.lower_order_nums = min(self.lower_order_nums + 1, self.config["solver_order"])
