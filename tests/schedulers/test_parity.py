@@ -140,8 +140,9 @@ def _cases():
         for config in COMMON + extra:
             if name == "PNDMScheduler" and config.get("prediction_type") == "sample":
                 continue
-            for n in (7, 25) if name != "PNDMScheduler" or config.get("skip_prk_steps") else (7,):
-                yield pytest.param(name, config, n, step_kwargs[-1], id=f"{name}-{_id(config)}-{n}-{step_kwargs[-1] or ''}")
+            # 25 steps with the deterministic step, 7 with the last (stochastic where the class has one)
+            for n, kw in ((25, step_kwargs[0]), (7, step_kwargs[-1])):
+                yield pytest.param(name, config, n, kw, id=f"{name}-{_id(config)}-{n}-{kw or ''}")
 
 
 def _check(report, rtol: float) -> None:

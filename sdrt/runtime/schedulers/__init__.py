@@ -57,16 +57,6 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
 }
 
 
-def _full_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as a loaded diffusers scheduler reports it: its own class's defaults filled in.
-
-    `OtherScheduler.from_config(pipe.scheduler.config)` in diffusers sees those defaults too (e.g. a
-    PNDM config's implied timestep_spacing="leading"), so switching schedulers gives the same numbers.
-    """
-    cls = CLASSES.get(config.get("_class_name", ""))
-    return {**cls.defaults, **config} if cls else dict(config)
-
-
 def _class_for(config: dict[str, Any]) -> type[SchedulerMixin]:
     name = config.get("_class_name")
     if name not in CLASSES:
@@ -85,7 +75,9 @@ def get_scheduler(name_or_config: str | dict[str, Any], base_config: dict[str, A
     """
     if isinstance(name_or_config, dict):
         return _class_for(name_or_config).from_config(name_or_config)
-    base = _full_config(base_config or {})
+    # Only the keys the model's config states carry over; the new class's defaults fill the rest.
+    # That is diffusers' `Cls.from_config(pipe.scheduler.config)` too: it drops `_use_default_values`.
+    base = dict(base_config or {})
     key = str(name_or_config).strip()
     if key in CLASSES:
         return CLASSES[key].from_config(base)
