@@ -89,7 +89,7 @@ class KDiffusionScheduler(SchedulerMixin):
         if self._step_index is None:
             self._init_step_index(timestep)
         sigma = self.sigmas[self._step_index]
-        return (sample / (sigma**2 + 1) ** 0.5).astype(np.float32)
+        return (sample / (sigma**2 + 1) ** 0.5).astype(np.float32, copy=False)
 
     def _begin_step(self, model_output: np.ndarray, timestep: Any, sample: np.ndarray) -> np.float32:
         """Validate, find the step index, return sigma at this step."""

@@ -106,7 +106,7 @@ class DDIMScheduler(SchedulerMixin):
         prev_sample = alpha_prod_prev**0.5 * x0 + direction
         if eta > 0:
             prev_sample = prev_sample + std_dev_t * draw_noise(sample.shape, generator, noise)
-        return SchedulerOutput(prev_sample=prev_sample.astype(np.float32), pred_original_sample=x0)
+        return SchedulerOutput(prev_sample=prev_sample.astype(np.float32, copy=False), pred_original_sample=x0)
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:
         return add_noise_alphas(self.alphas_cumprod, original, noise, timesteps)

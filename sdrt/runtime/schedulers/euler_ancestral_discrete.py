@@ -42,7 +42,7 @@ class EulerAncestralDiscreteScheduler(KDiffusionScheduler):
         """sigma_up = sqrt(s_to^2 (s_from^2 - s_to^2) / s_from^2), sigma_down = sqrt(s_to^2 - sigma_up^2)."""
         sigma = self._begin_step(model_output, timestep, sample)
         check_noise_shape(type(self).__name__, noise, sample)
-        sample = sample.astype(np.float32)
+        sample = sample.astype(np.float32, copy=False)
         x0 = denoised_from_output(self.config["prediction_type"], model_output, sample, sigma)
         sigma_to = self.sigmas[self._step_index + 1]
         sigma_up = (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5
@@ -51,4 +51,4 @@ class EulerAncestralDiscreteScheduler(KDiffusionScheduler):
         prev_sample = sample + derivative * (sigma_down - sigma)
         prev_sample = prev_sample + draw_noise(sample.shape, generator, noise) * sigma_up
         self._step_index += 1
-        return SchedulerOutput(prev_sample=prev_sample.astype(np.float32), pred_original_sample=x0)
+        return SchedulerOutput(prev_sample=prev_sample.astype(np.float32, copy=False), pred_original_sample=x0)

@@ -60,7 +60,7 @@ class EulerDiscreteScheduler(KDiffusionScheduler):
         """x_{i+1} = x_i + (sigma_{i+1} - sigma_hat) * (x_i - D(x_i)) / sigma_hat; churn raises sigma first."""
         sigma = self._begin_step(model_output, timestep, sample)
         check_noise_shape(type(self).__name__, noise, sample)
-        sample = sample.astype(np.float32)
+        sample = sample.astype(np.float32, copy=False)
         gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * np.float32(gamma + 1)
         if gamma > 0:
@@ -74,4 +74,4 @@ class EulerDiscreteScheduler(KDiffusionScheduler):
         dt = self.sigmas[self._step_index + 1] - sigma_hat
         prev_sample = sample + derivative * dt
         self._step_index += 1
-        return SchedulerOutput(prev_sample=prev_sample.astype(np.float32), pred_original_sample=x0)
+        return SchedulerOutput(prev_sample=prev_sample.astype(np.float32, copy=False), pred_original_sample=x0)

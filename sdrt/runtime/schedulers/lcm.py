@@ -139,7 +139,9 @@ class LCMScheduler(SchedulerMixin):
         else:
             prev_sample = denoised
         self._step_index += 1
-        return LCMSchedulerOutput(prev_sample=prev_sample.astype(np.float32), denoised=denoised.astype(np.float32))
+        return LCMSchedulerOutput(
+            prev_sample=prev_sample.astype(np.float32, copy=False), denoised=denoised.astype(np.float32, copy=False)
+        )
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:
         return add_noise_alphas(self.alphas_cumprod, original, noise, timesteps)

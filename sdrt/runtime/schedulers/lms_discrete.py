@@ -70,4 +70,4 @@ class LMSDiscreteScheduler(KDiffusionScheduler):
         coeffs = [self.get_lms_coefficient(order, self._step_index, j) for j in range(order)]
         prev_sample = sample + sum(c * d for c, d in zip(coeffs, reversed(self.derivatives)))
         self._step_index += 1
-        return SchedulerOutput(prev_sample=prev_sample.astype(np.float32), pred_original_sample=x0)
+        return SchedulerOutput(prev_sample=prev_sample.astype(np.float32, copy=False), pred_original_sample=x0)

@@ -106,7 +106,7 @@ class PNDMScheduler(SchedulerMixin):
         else:
             prev_sample = self._step_plms(model_output, t, sample)
         self.counter += 1
-        return SchedulerOutput(prev_sample=prev_sample.astype(np.float32))
+        return SchedulerOutput(prev_sample=prev_sample.astype(np.float32, copy=False))
 
     def _step_prk(self, model_output: np.ndarray, t: int, sample: np.ndarray) -> np.ndarray:
         stage = self.counter % 4
