@@ -100,13 +100,13 @@ class UniPCMultistepScheduler(SchedulerMixin):
 
     def __init__(self, **config: Any):
         config = alias(config, "solver_type", {"midpoint": "bh2", "heun": "bh2", "logrho": "bh2"})
-        super().__init__(**config)
-        order = self.config["solver_order"]
+        order = config.get("solver_order", 2)
         if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or order < 1:
             raise SdrtError(f"UniPCMultistepScheduler: solver_order={order!r} is invalid; use an integer >= 1 (2 is usual)")
-        skip = self.config["disable_corrector"]
+        skip = config.get("disable_corrector", [])
         if not isinstance(skip, (list, tuple)) or not all(isinstance(k, (int, np.integer)) for k in skip):
             raise SdrtError(f"UniPCMultistepScheduler: disable_corrector={skip!r} is invalid; use a list of step indices")
+        super().__init__(**config)
 
     def _setup(self) -> None:
         self.betas, acp = make_alphas_cumprod(self.config)
