@@ -30,7 +30,7 @@ from sdrt.errors import BackendUnavailable, SdrtError
 #: name -> (module, class, pip extra that installs it). "auto" tries them in this order.
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "tensorrt": ("sdrt.engines.tensorrt", "TensorRTBackend", "sdrt[tensorrt]"),
-    "tensorrt_rtx": ("sdrt.engines.tensorrt", "TensorRTRTXBackend", "sdrt[tensorrt]"),
+    "tensorrt_rtx": ("sdrt.engines.tensorrt", "TensorRTRTXBackend", "sdrt[tensorrt-rtx]"),
     "ort-cuda": ("sdrt.engines.ort", "OrtCudaBackend", "sdrt[gpu]"),
     "ort-cpu": ("sdrt.engines.ort", "OrtCpuBackend", "sdrt"),
 }

@@ -46,7 +46,7 @@ FLAVORS: dict[str, Flavor] = {
         "package server, which must be reachable)", "0"),
     "tensorrt_rtx": Flavor(
         "tensorrt_rtx", "tensorrt_rtx", "TensorRT-RTX",
-        "pip install tensorrt-rtx-cu13 polygraphy cuda-python (NVIDIA's TensorRT-RTX wheels)", "1"),
+        "pip install 'sdrt[tensorrt-rtx]' (NVIDIA's TensorRT-RTX wheels)", "1"),
 }
 
 #: The oldest TensorRT whose runtime API sdrt uses (named IO tensors, execute_async_v3).
