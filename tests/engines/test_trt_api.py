@@ -82,7 +82,7 @@ def test_engine_validity_only_where_the_api_has_it():
 
 @pytest.mark.parametrize("flavor, words", [
     ("tensorrt", r"TensorRT \(Python module tensorrt\) is not installed.*sdrt\[tensorrt\].*NVIDIA's package server"),
-    ("tensorrt_rtx", r"TensorRT-RTX .* is not installed.*tensorrt-rtx-cu13"),
+    ("tensorrt_rtx", r"TensorRT-RTX .* is not installed.*sdrt\[tensorrt-rtx\]"),
 ])
 def test_missing_module_names_the_extra(monkeypatch, flavor, words):
     monkeypatch.setitem(sys.modules, trt_api.FLAVORS[flavor].module, None)  # import fails even if installed
