@@ -31,6 +31,7 @@ from sdrt.runtime.schedulers._base import (
     make_alphas_cumprod,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
+    threshold_sample,
 )
 
 BOOL = (False, True)
@@ -91,13 +92,6 @@ TO_EPS: dict[str, Callable] = {
     "v_prediction": lambda out, x, alpha, sigma: alpha * out + sigma * x,
     "sample": lambda out, x, alpha, sigma: (x - alpha * out) / sigma,
 }
-
-
-def threshold_sample(x0: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
-    """Imagen's dynamic thresholding: clip x0 to the per-image `ratio` quantile s (1 <= s <= max) and divide by s."""
-    flat = x0.reshape(x0.shape[0], -1)
-    s = np.clip(np.quantile(np.abs(flat), ratio, axis=1), 1, max_value).astype(np.float32)[:, None]
-    return (np.clip(flat, -s, s) / s).reshape(x0.shape)
 
 
 def alias(config: dict[str, Any], key: str, aliases: dict[str, str]) -> dict[str, Any]:

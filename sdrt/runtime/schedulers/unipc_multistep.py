@@ -27,6 +27,7 @@ from sdrt.runtime.schedulers._base import (
     check_num_inference_steps,
     make_alphas_cumprod,
     sigmas_from_alphas_cumprod,
+    threshold_sample,
 )
 from sdrt.runtime.schedulers.dpmsolver_multistep import (
     BOOL,
@@ -37,7 +38,6 @@ from sdrt.runtime.schedulers.dpmsolver_multistep import (
     half_log_snr,
     karras_schedule,
     multistep_timesteps,
-    threshold_sample,
     vp_add_noise,
     vp_alpha_sigma,
 )
