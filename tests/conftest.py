@@ -1,0 +1,172 @@
+"""Shared test fixtures and markers for every area.
+
+Fixtures (all session-scoped; each returns a `pathlib.Path`):
+
+=====================  =======================================================================
+``tiny_src``           diffusers folder of the ``tiny`` preset (`sdrt preset tiny`), loadable by
+                       ``diffusers.StableDiffusionPipeline.from_pretrained``
+``tiny_sd21_src``      likewise, ``tiny-sd21`` (v-prediction, linear projection, per-block heads)
+``tiny_inpaint_src``   likewise, ``tiny-inpaint`` (StableDiffusionInpaintPipeline, 9-channel UNet)
+``tiny_onnx``          fp32 ONNX model folder exported from ``tiny_src`` (all four components)
+``tiny_sd21_onnx``     fp32 ONNX model folder exported from ``tiny_sd21_src``
+``tiny_inpaint_onnx``  fp32 ONNX model folder exported from ``tiny_inpaint_src``
+``onnx_export``        a function ``onnx_export(preset, precision="fp32", components=None) -> Path``
+                       for other variants (e.g. ``onnx_export("tiny", "fp16")``), cached likewise
+=====================  =======================================================================
+
+Treat the folders as read-only: they are shared by the whole session and, by default, cached
+between runs in ``.pytest_cache/d/sdrt-models/`` under a key that changes whenever the export
+code, the presets or the library versions change. ``SDRT_TEST_CACHE=0`` exports into a fresh
+temporary folder instead.
+
+Markers: ``@pytest.mark.gpu`` tests skip, with the reason, where no NVIDIA GPU is visible;
+``@pytest.mark.tensorrt`` tests also skip where the ``tensorrt`` (or ``tensorrt_rtx``) module is
+not installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Files whose change makes cached models stale.
+CACHE_INPUTS = ["sdrt/spec.py", "sdrt/manifest.py", *sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "sdrt" / "export").glob("*.py"))]
+CACHE_LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime", "tokenizers")
+
+
+# -- markers ---------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def nvidia_gpu() -> str | None:
+    """Name of the first NVIDIA GPU, or None (asks nvidia-smi: no torch, no CUDA library import)."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = [line for line in listing.stdout.splitlines() if line.startswith("GPU ")]
+    return lines[0] if listing.returncode == 0 and lines else None
+
+
+def tensorrt_module() -> str | None:
+    return next((m for m in ("tensorrt", "tensorrt_rtx") if importlib.util.find_spec(m) is not None), None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        needs_gpu = item.get_closest_marker("gpu") or item.get_closest_marker("tensorrt")
+        if needs_gpu and nvidia_gpu() is None:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU; nvidia-smi finds none here"))
+        elif item.get_closest_marker("tensorrt") and tensorrt_module() is None:
+            item.add_marker(pytest.mark.skip(reason="needs the TensorRT Python module (pip install 'sdrt[tensorrt]')"))
+
+
+# -- cached models -----------------------------------------------------------------------------
+def _cache_key(*parts: str) -> str:
+    digest = hashlib.sha256("\0".join(parts).encode())
+    for name in CACHE_INPUTS:
+        digest.update(name.encode() + (ROOT / name).read_bytes())
+    for lib in CACHE_LIBRARIES:
+        try:
+            digest.update(f"{lib}={importlib.metadata.version(lib)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def _model_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get("SDRT_TEST_CACHE", "1") == "0":
+        return tmp_path_factory.mktemp("sdrt-models")
+    return Path(request.config.cache.mkdir("sdrt-models"))
+
+
+def _cached(folder: Path, marker: str, make: Callable[[Path], object]) -> Path:
+    """`folder` if a complete one exists (its `marker` file), else made by `make`, atomically.
+
+    Two pytest processes may race: both write private temporary folders and the loser of the
+    final rename keeps the winner's folder.
+    """
+    if (folder / marker).is_file():
+        return folder
+    from sdrt.errors import SdrtError
+
+    if folder.exists():  # a broken leftover (its marker missing): replace it
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        make(folder)
+    except SdrtError:
+        if not (folder / marker).is_file():
+            raise
+    return folder
+
+
+@pytest.fixture(scope="session")
+def preset_source(_model_cache: Path) -> Callable[[str], Path]:
+    """preset name -> its diffusers folder (written once per cache key)."""
+
+    def source(name: str) -> Path:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sdrt.export.presets import write_preset
+
+        folder = _model_cache / f"src-{name}-{_cache_key('src', name)}"
+        return _cached(folder, "model_index.json", lambda out: write_preset(name, out))
+
+    return source
+
+
+@pytest.fixture(scope="session")
+def onnx_export(_model_cache: Path, preset_source: Callable[[str], Path]) -> Callable[..., Path]:
+    """(preset, precision, components) -> an ONNX model folder exported from the preset's folder."""
+
+    def export(name: str, precision: str = "fp32", components: tuple[str, ...] | None = None) -> Path:
+        from sdrt.export.exporter import export_model
+
+        src = preset_source(name)
+        tag = "-".join(components) if components else "all"
+        folder = _model_cache / f"onnx-{name}-{precision}-{tag}-{_cache_key('onnx', name, precision, tag)}"
+        return _cached(folder, "sdrt.json", lambda out: export_model(
+            str(src), out, precision=precision, components=components, log=lambda line: None))
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def tiny_src(preset_source: Callable[[str], Path]) -> Path:
+    return preset_source("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd21_src(preset_source: Callable[[str], Path]) -> Path:
+    return preset_source("tiny-sd21")
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_src(preset_source: Callable[[str], Path]) -> Path:
+    return preset_source("tiny-inpaint")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd21_onnx(onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export("tiny-sd21")
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_onnx(onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export("tiny-inpaint")
