@@ -12,6 +12,7 @@ meaningless near zero).
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,11 @@ def rel_err(ours: Any, ref: Any) -> float:
     ours = np.asarray(ours, dtype=np.float64)
     ref = np.asarray(ref.detach().cpu().numpy() if isinstance(ref, torch.Tensor) else ref, dtype=np.float64)
     assert ours.shape == ref.shape, f"shape {ours.shape} != reference {ref.shape}"
+    finite = np.isfinite(ref)
+    same_nonfinite = np.array_equal(ours[~finite], ref[~finite], equal_nan=True)
+    if not (same_nonfinite and np.isfinite(ours[finite]).all()):
+        return float("inf")  # a NaN or inf on one side only is a mismatch, never a pass
+    ours, ref = ours[finite], ref[finite]
     scale = max(np.abs(ref).max(initial=0.0), 1e-12)
     return float(np.abs(ours - ref).max(initial=0.0) / scale)
 
@@ -43,7 +49,11 @@ class Report:
     steps_run: int = 0
 
     def note(self, key: str, err: float) -> None:
-        self.errors[key] = max(self.errors.get(key, 0.0), err)
+        previous = self.errors.get(key, 0.0)
+        if math.isnan(previous) or math.isnan(err):
+            self.errors[key] = math.nan  # a NaN sticks: it must fail the bound, never hide
+        else:
+            self.errors[key] = max(previous, err)
 
     def assert_within(self, rtol: float) -> None:
         bad = {k: v for k, v in self.errors.items() if not v <= rtol}
