@@ -1,4 +1,4 @@
-"""Euler ancestral (k-diffusion's sample_euler_ancestral): an Euler step down to sigma_down, then fresh noise sigma_up."""
+"""Euler ancestral (k-diffusion's sample_euler_ancestral): Euler down to sigma_down, then fresh noise of sigma_up."""
 
 from __future__ import annotations
 

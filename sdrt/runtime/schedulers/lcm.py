@@ -36,7 +36,7 @@ class LCMSchedulerOutput(SchedulerOutput):
 
 
 class LCMScheduler(SchedulerMixin):
-    """diffusers' LCMScheduler in numpy. `timestep_spacing` and `steps_offset` are accepted and unused, as in diffusers."""
+    """diffusers' LCMScheduler in numpy; `timestep_spacing` and `steps_offset` are accepted and unused, as there."""
 
     defaults = {
         "num_train_timesteps": 1000,
