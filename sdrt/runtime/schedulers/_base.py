@@ -240,7 +240,7 @@ class SchedulerMixin:
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None = None, **overrides: Any) -> "SchedulerMixin":
-        """Build from a diffusers scheduler_config.json dict; keys this class does not take are ignored (as diffusers)."""
+        """Build from a scheduler_config.json dict; keys this class does not take are ignored, as diffusers does."""
         merged = {**(config or {}), **overrides}
         return cls(**{k: v for k, v in merged.items() if k in cls.defaults})
 
