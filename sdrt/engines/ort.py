@@ -73,7 +73,7 @@ class OrtEngine(Engine):
             raise SdrtError(f"{self.component}: the CUDA graph was captured for {self.dims}; it cannot run "
                             f"{dims}: create the backend again, or turn enable_cuda_graph off")
         ort = _import_ort()
-        shapes = self.shapes_for(dims)
+        shapes = spec.shapes(self.component, {**self.model_values, **dims}, include_optional=True)
         names = list(self.spec.input_names) + [n for n in self.spec.output_names if n in self._outputs]
         self._host, self._values = {}, {}
         binding = self.session.io_binding()

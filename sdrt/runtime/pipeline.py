@@ -35,6 +35,16 @@ from sdrt.runtime import conditioning, images as imageio
 from sdrt.runtime.arguments import check_call, check_latents, prompt_lists
 from sdrt.runtime.timing import StageTimings
 
+#: Scheduler config values each diffusers pipeline overrides in its __init__ (for old checkpoints'
+#: configs), by mode: key -> (is it outdated?, the value diffusers uses instead). They differ:
+#: the inpaint pipeline keeps clip_sample but forces skip_prk_steps.
+_STEPS_OFFSET = ("steps_offset", (lambda v: v != 1, 1))
+SCHEDULER_CONFIG_FIXES: dict[str, dict[str, tuple[Callable[[Any], bool], Any]]] = {
+    "txt2img": dict([_STEPS_OFFSET, ("clip_sample", (lambda v: v is True, False))]),
+    "img2img": dict([_STEPS_OFFSET, ("clip_sample", (lambda v: v is True, False))]),
+    "inpaint": dict([_STEPS_OFFSET, ("skip_prk_steps", (lambda v: v is False, True))]),
+}
+
 #: what a callback receives after each denoising step: (step index, timestep, latents [N, C, h, w])
 StepCallback = Callable[[int, Any, np.ndarray], None]
 
@@ -101,13 +111,18 @@ class Pipeline:
         self.engines.clear()
 
     # -- stages ----------------------------------------------------------------------------------
-    def make_scheduler(self, scheduler: Any = None) -> Any:
-        """A fresh scheduler: the folder's own, one by name (its config on top of the folder's) or a config."""
-        from sdrt.runtime.schedulers import get_scheduler
-
+    def make_scheduler(self, scheduler: Any = None, mode: str = "txt2img") -> Any:
+        """A fresh scheduler: the folder's own, one by name (its config on top of the folder's) or a config,
+        with the config fixes diffusers' pipeline of this mode applies."""
         if scheduler is not None and hasattr(scheduler, "set_timesteps"):
             return scheduler
-        return get_scheduler(self.scheduler_config if scheduler is None else scheduler, self.scheduler_config)
+        from sdrt.runtime.schedulers import get_scheduler
+
+        made = get_scheduler(self.scheduler_config if scheduler is None else scheduler, self.scheduler_config)
+        fixes = {key: value
+                 for key, (outdated, value) in SCHEDULER_CONFIG_FIXES[mode].items()
+                 if key in made.config and outdated(made.config[key])}
+        return type(made).from_config({**made.config, **fixes}) if fixes else made
 
     def encode_prompts(self, prompts: list[str], negatives: list[str], per_prompt: int, guidance: bool) -> np.ndarray:
         """[UNet batch, S, D] text embeddings: unconditional first under guidance, each repeated per image."""
@@ -188,7 +203,8 @@ class Pipeline:
         with timings.measure("text_encoder"):
             embeddings = self.encode_prompts(prompts, negatives, per_prompt, cfg)
 
-        sched = self.make_scheduler(scheduler)
+        mode = "inpaint" if masks else "img2img" if images else "txt2img"
+        sched = self.make_scheduler(scheduler, mode)
         sched.set_timesteps(steps)
         timesteps = np.asarray(sched.timesteps)
         if images:
@@ -262,7 +278,7 @@ class Pipeline:
             result = self.decode(np.asarray(x, dtype=np.float32))
         timings.total = time.perf_counter() - t_call
         parameters = {
-            "mode": "inpaint" if masks else "img2img" if images else "txt2img",
+            "mode": mode,
             "prompt": prompts, "negative_prompt": negatives, "steps": steps, "guidance_scale": guidance,
             "scheduler": type(sched).__name__, "seed": seed, "height": height, "width": width,
             "num_images_per_prompt": per_prompt, "backend": self.backend_name,

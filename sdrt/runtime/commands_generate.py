@@ -1,0 +1,98 @@
+"""`sdrt generate`: images from an ONNX model folder with the torch-free pipeline.
+
+One PNG per image, named `NNNNN-SEED-INDEX.png` (a running number, so nothing is overwritten), with
+the generation parameters in a PNG text chunk "parameters" written the way AUTOMATIC1111's web UI
+does (prompt, "Negative prompt: ...", then "Steps: .., Sampler: .., CFG scale: .., Seed: .., Size: ..")
+so image viewers and SD tools show them, plus the full call as JSON in a chunk "sdrt".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="ONNX model folder written by `sdrt export`")
+    p.add_argument("--prompt", required=True, help="what to draw")
+    p.add_argument("--negative-prompt", default=None, help="what to steer away from (needs --guidance-scale > 1)")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--guidance-scale", type=float, default=7.5,
+                   help="classifier-free guidance; <= 1 turns it off and halves the UNet work (default 7.5)")
+    p.add_argument("--height", type=int, default=None, help="pixels (default: the image's, else the model's)")
+    p.add_argument("--width", type=int, default=None, help="pixels (default: the image's, else the model's)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, written in the PNG)")
+    p.add_argument("--scheduler", default=None, help="sampler by diffusers class name (default: the model's)")
+    p.add_argument("--num-images", type=int, default=1, help="images to generate (default 1)")
+    p.add_argument("--image", default=None, help="start image: img2img, or inpainting with --mask")
+    p.add_argument("--strength", type=float, default=0.8, help="how much of --image to repaint, 0..1 (default 0.8)")
+    p.add_argument("--mask", default=None, help="inpainting mask: white = repaint, black = keep (needs --image)")
+    p.add_argument("--backend", default="auto", help="ort-cpu, ort-cuda, tensorrt, or auto (default)")
+    p.add_argument("--out", default="sdrt-out", help="output folder (default ./sdrt-out)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
+
+
+def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
+    """The "parameters" text of AUTOMATIC1111's PNGs, for one image of the call."""
+    fields = [("Steps", parameters["steps"]), ("Sampler", parameters["scheduler"]),
+              ("CFG scale", parameters["guidance_scale"]), ("Seed", parameters["seed"]),
+              ("Size", f"{parameters['width']}x{parameters['height']}"), ("Model", parameters["model"])]
+    if "strength" in parameters:
+        fields.append(("Denoising strength", parameters["strength"]))
+    fields += [("Batch index", index), ("Backend", parameters["backend"])]
+    prompts = parameters["prompt"]
+    per_prompt = parameters["num_images_per_prompt"]
+    k = index // per_prompt
+    lines = [prompts[k]]
+    if parameters["negative_prompt"][k]:
+        lines.append(f"Negative prompt: {parameters['negative_prompt'][k]}")
+    lines.append(", ".join(f"{name}: {value}" for name, value in fields))
+    return "\n".join(lines)
+
+
+def _next_number(folder: Path) -> int:
+    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"(\d{5})-", p.name))]
+    return max(numbers, default=0) + 1
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from sdrt import __version__
+    from sdrt.runtime import conditioning
+    from sdrt.runtime.images import save_png
+    from sdrt.runtime.pipeline import Pipeline
+
+    pipe = Pipeline.load(args.model, backend=args.backend)
+    expected = args.steps
+    if args.image is not None and isinstance(args.steps, int) and 0 <= args.strength <= 1:
+        expected = conditioning.start_index(args.steps, args.strength, 1)[1]
+    bar = tqdm(total=expected, unit="step", desc="denoising",
+               disable=args.quiet or not sys.stderr.isatty())
+    try:
+        result = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                      guidance_scale=args.guidance_scale, height=args.height, width=args.width,
+                      num_images_per_prompt=args.num_images, seed=args.seed, scheduler=args.scheduler,
+                      image=args.image, strength=args.strength, mask_image=args.mask,
+                      callback=lambda i, t, x: bar.update(1))
+    finally:
+        bar.close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    number = _next_number(out)
+    params = result.parameters
+    for index, image in enumerate(result.images):
+        path = out / f"{number:05d}-{result.seed}-{index}.png"
+        save_png(image, path, {"parameters": a1111_parameters(params, index),
+                               "sdrt": json.dumps({**params, "index": index, "sdrt_version": __version__})})
+        if not args.quiet:
+            print(path)
+    if not args.quiet:
+        t = result.timings
+        print(f"{params['mode']} on {params['backend']}: {t.total:.2f} s ({len(t.unet_steps)} steps, "
+              f"UNet {t.unet_per_step * 1000:.1f} ms/step)", file=sys.stderr)
+    return 0
