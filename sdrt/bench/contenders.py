@@ -111,6 +111,11 @@ class ReferenceContender:
     def load(self) -> None:
         import diffusers
         import torch
+        import transformers
+
+        for library in (diffusers, transformers):  # their progress bars and advice are noise here
+            library.utils.logging.set_verbosity_error()
+            library.utils.logging.disable_progress_bar()
 
         from sdrt.manifest import Manifest
         from sdrt.reference import Reference
@@ -119,7 +124,7 @@ class ReferenceContender:
         dtype = {"fp32": torch.float32, "fp16": torch.float16}[self.dtype_name]
         source = self.source
         cls = getattr(diffusers, manifest.pipeline.get("class_name") or "StableDiffusionPipeline")
-        pipe = cls.from_pretrained(source, torch_dtype=dtype, safety_checker=None,
+        pipe = cls.from_pretrained(source, dtype=dtype, safety_checker=None,
                                    requires_safety_checker=False, local_files_only=True)
         self.ref = Reference(pipe, manifest.folder, device=self.device)
 

@@ -31,12 +31,13 @@ def _is_onnx_folder(path: Path) -> bool:
 def onnx_folder(model: str, onnx: str | None = None, log: Callable[[str], None] = print) -> Path:
     """An exported ONNX folder for ``model`` (a preset, a diffusers folder or an ONNX folder).
 
-    ``onnx``: an existing export to use; its source must be ``model`` (no silent mismatch).
+    ``onnx``: an existing export to use; exported from a preset, it must be ``model``'s (no silent
+    mismatch); exported from a folder, the report names that folder as the model.
     """
     if onnx is not None:
         folder = Path(onnx)
         source = Manifest.load(folder).data.get("source", {})
-        if not Path(model).exists() and source.get("name") != model:
+        if source.get("kind") == "preset" and source.get("name") != model:
             raise SdrtError(f"--onnx {folder} was exported from {source.get('kind')} {source.get('name')!r}, "
                             f"not {model!r}: pass the matching folder or drop --onnx")
         return folder

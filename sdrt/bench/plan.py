@@ -52,6 +52,9 @@ def plan_from_args(args: Any) -> Plan:
     if any(b < 1 for b in suite.batches):
         raise SdrtError(f"--batch {min(suite.batches)} must be at least 1")
     require_gpu(suite)
+    from sdrt.engines.ort_tuning import backend_options
+
+    backend_options("ort-cpu", args.tuning)  # an unknown preset is refused here, before any work
     options: dict[str, Any] = {}
     if args.threads is not None:
         if args.threads < 1:
