@@ -15,6 +15,7 @@ order, with a scale that keeps activations in range (so fp16 exports and images 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import uuid
@@ -183,6 +184,7 @@ def _parameters_on_meta() -> Iterator[None]:
     """Build modules with parameters on the meta device (buffers stay real, e.g. CLIP's position ids).
 
     Skips the default per-module initialization, which costs minutes for the SD-size models.
+    It patches ``nn.Module.register_parameter`` while it is open: build in one thread at a time.
     """
     import torch
 
@@ -257,7 +259,8 @@ def _fill_seeded(models: list[Any], seed: int, preset: Preset, dtype: Any) -> No
 
 def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str = "cpu") -> dict[str, Any]:
     """The pipeline's parts, keyed as diffusers names them. ``device="meta"`` skips the weights
-    (configs and parameter counts of sd15/sd21 without 4 GB of memory)."""
+    (configs and parameter counts of sd15/sd21 without 4 GB of memory); weights are drawn on
+    the CPU, so another device gets the same bits."""
     import diffusers
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -267,17 +270,17 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
     preset = get_preset(name)
     dtype = dtype or torch.float32
     with _parameters_on_meta():
-        models = {
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**preset.text_encoder)),
-            "unet": diffusers.UNet2DConditionModel(**preset.unet),
-            "vae": diffusers.AutoencoderKL(**preset.vae),
+        models = {  # deep copies: a model's config must not share lists with the table
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**copy.deepcopy(preset.text_encoder))),
+            "unet": diffusers.UNet2DConditionModel(**copy.deepcopy(preset.unet)),
+            "vae": diffusers.AutoencoderKL(**copy.deepcopy(preset.vae)),
         }
     if device != "meta":
         # A fixed order: the same seed gives the same bits.
         _fill_seeded([models["text_encoder"], models["unet"], models["vae"]], seed, preset, dtype)
         for model in models.values():
-            model.eval()
-    scheduler = getattr(diffusers, preset.scheduler_class)(**preset.scheduler)
+            model.eval().to(device)
+    scheduler = getattr(diffusers, preset.scheduler_class)(**copy.deepcopy(preset.scheduler))
     return {**models, "scheduler": scheduler, "tokenizer": build_clip_tokenizer(preset.pad_token)}
 
 

@@ -150,3 +150,23 @@ def test_runtime_tokenizer_imports_neither_torch_nor_transformers(pair):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str([BOS, 320, 2368, EOS])
+
+
+@pytest.mark.parametrize("pad", [SD1_PAD, SD2_PAD], ids=["sd1-pad", "sd2-pad"])
+def test_a_released_style_folder_without_tokenizer_json(tmp_path, pad):
+    """SD repos ship vocab.json + merges.txt + configs only: export converts, the ids stay."""
+    source = tmp_path / "source"
+    write_tokenizer(build_clip_tokenizer(pad_token=pad), source)
+    (source / "tokenizer.json").unlink()
+    special = lambda t: {"content": t, "lstrip": False, "normalized": True, "rstrip": False,  # noqa: E731
+                         "single_word": False, "__type": "AddedToken"}
+    config = {"add_prefix_space": False, "bos_token": special("<|startoftext|>"), "do_lower_case": True,
+              "eos_token": special("<|endoftext|>"), "errors": "replace", "model_max_length": 77,
+              "pad_token": pad, "tokenizer_class": "CLIPTokenizer", "unk_token": special("<|endoftext|>")}
+    (source / "tokenizer_config.json").write_text(json.dumps(config))
+    user = transformers.CLIPTokenizer.from_pretrained(source)
+    runtime = ClipTokenizer.from_folder(write_tokenizer(user, tmp_path / "exported"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(runtime(PROMPTS), reference_ids(user, PROMPTS))
+    assert runtime.pad_token == pad
