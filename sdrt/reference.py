@@ -6,6 +6,7 @@ API::
 
     from sdrt.reference import load_reference, TorchReplay
     ref = load_reference("out/tiny")            # ONNX folder (or a Manifest); reads sdrt.json "source"
+                                                #   (source="path/to/diffusers" overrides it)
     out = ref("a cat", num_inference_steps=4, guidance_scale=7.5, latents=noise_np, scheduler="DDIMScheduler")
     out.images                                  # float32 [N, H, W, 3] in [0, 1] (diffusers' output_type="np")
     out.timings                                 # sdrt.runtime.StageTimings: text_encoder, unet_steps,
@@ -88,16 +89,19 @@ class _Timed:
         return out
 
 
-def load_source_pipeline(manifest: Manifest, dtype: Any = None) -> Any:
-    """The diffusers pipeline the ONNX folder was exported from (same weights)."""
+def load_source_pipeline(manifest: Manifest, dtype: Any = None, source: str | os.PathLike | None = None) -> Any:
+    """The diffusers pipeline the ONNX folder was exported from (same weights); `source` names a local
+    copy of the diffusers folder when the manifest's path is elsewhere."""
     import diffusers
 
-    source = manifest.data.get("source") or {}
-    kind, name, path = source.get("kind"), source.get("name"), source.get("path")
+    recorded = manifest.data.get("source") or {}
+    kind, name, path = recorded.get("kind"), recorded.get("name"), recorded.get("path")
+    if source is not None:
+        kind, path = "folder", str(source)
     if kind == "preset":
         from sdrt.export.presets import build_pipeline
 
-        return build_pipeline(name, seed=int(source.get("seed", 0)), dtype=dtype)
+        return build_pipeline(name, seed=int(recorded.get("seed", 0)), dtype=dtype)
     if kind == "folder" and path and Path(path).is_dir():
         cls = getattr(diffusers, manifest.pipeline.get("class_name", ""), diffusers.StableDiffusionPipeline)
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
@@ -202,7 +206,8 @@ class Reference:
         return ReferenceOutput(np.asarray(out.images, dtype=np.float32), timings)
 
 
-def load_reference(folder: str | os.PathLike | Manifest, device: str = "cpu", dtype: Any = None) -> Reference:
+def load_reference(folder: str | os.PathLike | Manifest, device: str = "cpu", dtype: Any = None,
+                   source: str | os.PathLike | None = None) -> Reference:
     """The PyTorch reference for an sdrt ONNX folder (fp32 on the CPU by default)."""
     manifest = folder if isinstance(folder, Manifest) else Manifest.load(folder)
-    return Reference(load_source_pipeline(manifest, dtype=dtype), manifest.folder, device=device)
+    return Reference(load_source_pipeline(manifest, dtype=dtype, source=source), manifest.folder, device=device)

@@ -101,3 +101,9 @@ def read_png_text(path: str | os.PathLike) -> dict[str, str]:
     with Image.open(path) as img:
         img.load()
         return dict(getattr(img, "text", {}))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two images in [0, 1] (inf when identical)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(1.0 / mse))

@@ -1,0 +1,170 @@
+"""`sdrt demo`: the whole product in one command, on an embedded preset, with nothing to download.
+
+Writes the preset as a diffusers folder, exports it to ONNX (reused when a previous export's
+manifest matches the folder's content hash), generates with the best backend installed, runs
+diffusers on the same weights and the same initial latents, and prints per-stage timings, the
+speedup over PyTorch and the PSNR between the two images. Everything lands in one folder
+(`./sdrt-demo/` by default): the image of each side and `report.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: what the demo needs exported (txt2img: no VAE encoder, which saves export time)
+DEMO_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="sdrt-demo", help="output folder (default ./sdrt-demo)")
+    p.add_argument("--preset", default="tiny", help="embedded preset: tiny (default, seconds), sd15, sd21, ...")
+    p.add_argument("--height", type=int, default=None, help="pixels (default: the preset's)")
+    p.add_argument("--width", type=int, default=None, help="pixels (default: the preset's)")
+    p.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
+    p.add_argument("--scheduler", default=None, help="sampler name (default: the preset's)")
+    p.add_argument("--backend", default="auto", help="sdrt backend (default: the fastest installed)")
+    p.add_argument("--prompt", default="a watercolor painting of a lighthouse at dawn", help="the prompt")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shared initial latents (default 0)")
+
+
+def log(text: str) -> None:
+    print(f"[demo] {text}", file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """The demo prints its own lines: silence diffusers' / transformers' progress bars and notices."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
+def prepare_model(preset: str, out: Path) -> tuple[Path, Path]:
+    """(diffusers folder, ONNX folder) in `out`, each made only when missing or stale."""
+    from sdrt.errors import SdrtError
+    from sdrt.export.exporter import export_model
+    from sdrt.export.presets import write_preset
+    from sdrt.export.source import hash_folder
+    from sdrt.manifest import Manifest
+
+    src, onnx = out / f"{preset}-diffusers", out / f"{preset}-onnx"
+    if not (src / "model_index.json").is_file():
+        started = time.perf_counter()
+        write_preset(preset, src, force=src.exists())
+        log(f"wrote the {preset} preset to {src} in {time.perf_counter() - started:.1f} s")
+    content_hash = hash_folder(src)
+    try:
+        manifest = Manifest.load(onnx)
+        stale = (manifest.data.get("source", {}).get("content_hash") != content_hash
+                 or any(not manifest.has(c) or manifest.precision(c) != "fp32" for c in DEMO_COMPONENTS))
+    except SdrtError:
+        stale = True
+    if stale:
+        started = time.perf_counter()
+        log(f"exporting {src} to ONNX (once; later runs reuse it)")
+        export_model(str(src), onnx, components=DEMO_COMPONENTS, force=onnx.exists(),
+                     log=lambda line: log("  " + line))
+        log(f"exported in {time.perf_counter() - started:.1f} s")
+    else:
+        log(f"reusing {onnx} (its manifest matches {src})")
+    return src, onnx
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def table(rows: list[tuple[str, float, float]], backend: str) -> list[str]:
+    lines = [f"| stage | sdrt ({backend}) | PyTorch (diffusers) | speedup |", "|---|---:|---:|---:|"]
+    for name, ours, theirs in rows:
+        speedup = f"{theirs / ours:.2f}x" if ours > 0 else "-"
+        lines.append(f"| {name} | {_ms(ours)} | {_ms(theirs)} | {speedup} |")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sdrt import __version__
+    from sdrt.reference import load_reference
+    from sdrt.runtime import Pipeline
+    from sdrt.runtime.images import psnr, to_pil
+
+    started = time.perf_counter()
+    quiet_libraries()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    src, onnx = prepare_model(args.preset, out)
+
+    pipe = Pipeline.load(onnx, backend=args.backend)
+    height = args.height or pipe.manifest.default_image_size
+    width = args.width or pipe.manifest.default_image_size
+    pipe.manifest.sizes.check_image_size(height, width)
+    f = pipe.vae_scale_factor
+    latents = np.random.default_rng(args.seed).standard_normal(
+        (1, pipe.latent_channels, height // f, width // f), dtype=np.float32)
+    call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, height=height, width=width,
+                latents=latents, scheduler=args.scheduler)
+    log(f"sdrt on {pipe.backend_name}: warm-up, then {args.steps} steps at {width}x{height}")
+    pipe(args.prompt, **{**call, "num_inference_steps": 1}, output_type="np")
+    ours = pipe(args.prompt, **call, output_type="np")
+
+    log("PyTorch reference (diffusers, fp32, CPU): warm-up, then the same call")
+    ref = load_reference(onnx, source=src)
+    ref(args.prompt, **{**call, "num_inference_steps": 1})
+    theirs = ref(args.prompt, **call)
+    quality = psnr(ours.images, theirs.images)
+
+    to_pil(ours.images)[0].save(out / "sdrt.png")
+    to_pil(theirs.images)[0].save(out / "pytorch.png")
+    a, b = ours.timings, theirs.timings
+    rows = [("text encoder", a.text_encoder, b.text_encoder), ("UNet per step (median)", a.unet_per_step, b.unet_per_step),
+            ("VAE decode", a.vae_decoder, b.vae_decoder), ("end to end", a.total, b.total)]
+    lines = table(rows, pipe.backend_name)
+    summary = (f"PSNR sdrt vs PyTorch: {quality:.1f} dB (>= 40 dB: the same image); "
+               f"end-to-end speedup {b.total / a.total:.2f}x")
+    print("\n".join(lines))
+    print(summary)
+    write_report(out, args, pipe, (width, height), lines, summary, ours, __version__)
+    log(f"wrote {out / 'sdrt.png'}, {out / 'pytorch.png'} and {out / 'report.md'} "
+        f"({time.perf_counter() - started:.1f} s in all)")
+    return 0
+
+
+def write_report(out: Path, args: argparse.Namespace, pipe: Any, size: tuple[int, int], lines: list[str],
+                 summary: str, ours: Any, version: str) -> None:
+    import numpy
+    import onnxruntime
+
+    method = (f"One process, after one warm-up call each; sdrt on `{pipe.backend_name}` (fp32 ONNX), PyTorch = "
+              f"diffusers StableDiffusionPipeline fp32 on the CPU, same weights, prompt, scheduler "
+              f"({ours.parameters['scheduler']}) and initial latents (seed {args.seed}). Single runs, not medians: "
+              f"use `sdrt bench` for measurements.")
+    text = [
+        f"# sdrt demo — {args.preset}, {size[0]}x{size[1]}, {args.steps} steps",
+        "",
+        f"Prompt: \"{args.prompt}\", guidance scale {args.guidance_scale}.",
+        "",
+        *lines,
+        "",
+        summary,
+        "",
+        "| sdrt | PyTorch |", "|---|---|", "| ![sdrt](sdrt.png) | ![PyTorch](pytorch.png) |",
+        "",
+        f"Method: {method}",
+        "",
+        f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}; Python "
+        f"{platform.python_version()}, sdrt {version}, onnxruntime {onnxruntime.__version__}, numpy "
+        f"{numpy.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}.",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(text))
