@@ -8,8 +8,9 @@ runwayml/stable-diffusion-v1-5, SD 2.1: stabilityai/stable-diffusion-2-1); keys 
 diffusers' defaults, which match those files.
 
 Weights are random but seeded: the modules are built with their parameters on the meta device
-(no per-module init), then every parameter is drawn once from one seeded generator, in a fixed
-order, with a scale that keeps activations in range (so fp16 exports and images stay finite).
+(no default init; that also gives sd15/sd21 skeletons for free, for tests), then every parameter
+is drawn once from one seeded generator, in a fixed order, with a scale that keeps activations
+in range (so fp16 exports and images stay finite). The global torch RNG is never touched.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def get_preset(name: str) -> Preset:
 def _parameters_on_meta() -> Iterator[None]:
     """Build modules with parameters on the meta device (buffers stay real, e.g. CLIP's position ids).
 
-    Skips the default per-module initialization, which costs minutes for the SD-size models.
+    The default initialization is skipped: its values would be overwritten anyway.
     It patches ``nn.Module.register_parameter`` while it is open: build in one thread at a time.
     """
     import torch
@@ -212,14 +213,8 @@ def _param_kind(module: Any, param_name: str) -> str:
     return "bias" if param_name == "bias" else "weight"
 
 
-#: Size of the pool of normal draws the weights are cut from (2**26 floats = 256 MB): larger than
-#: any single tensor of SD 2.1, so no tensor repeats itself, while drawing 1.07G normals for sd15
-#: one by one would cost most of a minute on a 2-core CPU.
-POOL_SIZE = 2**26
-
-
 def _scaled(kind: str, shape: Any, std: dict[str, float]) -> tuple[float, float]:
-    """(scale, shift) of a parameter: weights N(0, 1/fan_in) keep activations O(1); norms ~1."""
+    """(std, mean) of a parameter: weights N(0, 1/fan_in) keep activations O(1); norms ~1."""
     if kind == "weight":
         fan_in = 1
         for d in shape[1:]:
@@ -231,30 +226,18 @@ def _scaled(kind: str, shape: Any, std: dict[str, float]) -> tuple[float, float]
 
 
 def _fill_seeded(models: list[Any], seed: int, preset: Preset, dtype: Any) -> None:
-    """Give every (meta) parameter seeded values, in the models' named order.
-
-    Each tensor is a window, at a seeded offset, of one pool of normal draws, scaled per kind:
-    the same seed gives the same bits, and copying is ~10x cheaper than drawing.
-    """
+    """Draw every (meta) parameter from one seeded generator, in the models' named order."""
     import torch
 
-    slots = [(m, n, p) for model in models for m in model.modules() for n, p in m._parameters.items() if p is not None]
-    total = sum(p.numel() for _, _, p in slots)
     generator = torch.Generator().manual_seed(seed)
-    pool = torch.empty(min(POOL_SIZE, total), dtype=torch.float32).normal_(generator=generator)
-    offsets = torch.randint(len(pool), (len(slots),), generator=generator).tolist()
-    for (module, pname, param), offset in zip(slots, offsets):
-        scale, shift = _scaled(_param_kind(module, pname), param.shape, preset.init_std)
-        values = torch.empty(param.numel(), dtype=torch.float32)
-        done = 0
-        while done < len(values):  # wrap around the pool's end; copy and scale in one pass
-            k = min(len(values) - done, len(pool) - offset)
-            torch.mul(pool[offset : offset + k], scale, out=values[done : done + k])
-            done, offset = done + k, 0
-        if shift:
-            values += shift
-        values = values.reshape(param.shape).to(dtype)
-        module._parameters[pname] = torch.nn.Parameter(values, requires_grad=False)
+    for model in models:
+        for module in model.modules():
+            for pname, param in list(module._parameters.items()):
+                if param is None:
+                    continue
+                std, mean = _scaled(_param_kind(module, pname), param.shape, preset.init_std)
+                values = torch.empty(param.shape, dtype=torch.float32).normal_(mean, std, generator=generator)
+                module._parameters[pname] = torch.nn.Parameter(values.to(dtype), requires_grad=False)
 
 
 def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str = "cpu") -> dict[str, Any]:
