@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch a model hub
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # import-time advice (torchvision, ...)
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     from sdrt.export.exporter import export_model
 
     def log(line: str) -> None:

@@ -7,11 +7,12 @@ does not export yet (SDXL, SD3, ...), a component of an unexpected class, missin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sdrt.errors import SdrtError
 
@@ -170,7 +171,29 @@ def load_preset(name: str) -> Source:
 
 def load(model: str) -> Source:
     kind, value = resolve(model)
-    return load_preset(value) if kind == "preset" else load_folder(Path(value))
+    with quiet_libraries():
+        return load_preset(value) if kind == "preset" else load_folder(Path(value))
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """diffusers and transformers log advice (install accelerate, torchvision) while loading;
+    the export's own lines and one-line errors are what a user should see."""
+    import diffusers
+    import transformers
+
+    libraries = (diffusers.utils.logging, transformers.utils.logging)
+    saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
+    for lib in libraries:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, (verbosity, bars) in zip(libraries, saved):
+            lib.set_verbosity(verbosity)
+            if bars:
+                lib.enable_progress_bar()
 
 
 def hash_folder(path: Path) -> str:
