@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from sdrt import __version__
-    from sdrt.reference import load_reference
+    from sdrt.reference import TorchReplay, load_reference
     from sdrt.runtime import Pipeline
     from sdrt.runtime.images import psnr, to_pil
 
@@ -116,12 +116,13 @@ def run(args: argparse.Namespace) -> int:
                 latents=latents, scheduler=args.scheduler)
     log(f"sdrt on {pipe.backend_name}: warm-up, then {args.steps} steps at {width}x{height}")
     pipe(args.prompt, **{**call, "num_inference_steps": 1}, output_type="np")
-    ours = pipe(args.prompt, **call, output_type="np")
+    # the sampler's own draws (ancestral / SDE schedulers) replay torch's, so any --scheduler compares
+    ours = pipe(args.prompt, **call, generator=TorchReplay(args.seed), output_type="np")
 
     log("PyTorch reference (diffusers, fp32, CPU): warm-up, then the same call")
     ref = load_reference(onnx, source=src)
     ref(args.prompt, **{**call, "num_inference_steps": 1})
-    theirs = ref(args.prompt, **call)
+    theirs = ref(args.prompt, **call, seed=args.seed)
     quality = psnr(ours.images, theirs.images)
 
     to_pil(ours.images)[0].save(out / "sdrt.png")
