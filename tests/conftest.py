@@ -33,6 +33,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -102,6 +103,8 @@ def _cached(folder: Path, marker: str, make: Callable[[Path], object]) -> Path:
         return folder
     from sdrt.errors import SdrtError
 
+    _prune_stale(folder)
+
     if folder.exists():  # a broken leftover (its marker missing): replace it
         shutil.rmtree(folder, ignore_errors=True)
     try:
@@ -110,6 +113,16 @@ def _cached(folder: Path, marker: str, make: Callable[[Path], object]) -> Path:
         if not (folder / marker).is_file():
             raise
     return folder
+
+
+def _prune_stale(folder: Path, max_age_s: float = 3600.0) -> None:
+    """Drop cached folders of the same model under older keys (code or versions changed since),
+    once they are an hour old: a concurrent run of older code may still be reading a newer one."""
+    prefix = folder.name.rsplit("-", 1)[0] + "-"
+    now = time.time()
+    for old in folder.parent.glob(prefix + "*"):
+        if old != folder and old.name.rsplit("-", 1)[0] + "-" == prefix and now - old.stat().st_mtime > max_age_s:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

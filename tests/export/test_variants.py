@@ -66,3 +66,16 @@ def test_tiny_inpaint(tiny_inpaint_onnx: Path) -> None:
     assert model.graph.input[0].type.tensor_type.shape.dim[1].dim_value == 9
     assert model.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 4
     assert all(c["check"]["passed"] for c in m.components.values()) and len(m.components) == 4
+
+
+def test_torchscript_fallback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "ts"
+    code = main(["export", "--model", "tiny", "--out", str(out), "--components", "text_encoder",
+                 "--exporter", "torchscript", "--opset", "17"])
+    assert code == 0, capsys.readouterr().err
+    m = Manifest.load(out)
+    assert m.data["exporter"]["method"] == "torchscript" and m.data["exporter"]["opset"] == 17
+    opsets = {o.domain: o.version for o in onnx.load(str(out / "text_encoder" / "model.onnx")).opset_import}
+    assert opsets.get("", opsets.get("ai.onnx")) == 17
+    assert m.components["text_encoder"]["check"]["passed"]
+    assert input_types(out, "text_encoder")["input_ids"] == onnx.TensorProto.INT32
