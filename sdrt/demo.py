@@ -128,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
     to_pil(ours.images)[0].save(out / "sdrt.png")
     to_pil(theirs.images)[0].save(out / "pytorch.png")
     a, b = ours.timings, theirs.timings
-    rows = [("text encoder", a.text_encoder, b.text_encoder), ("UNet per step (median)", a.unet_per_step, b.unet_per_step),
-            ("VAE decode", a.vae_decoder, b.vae_decoder), ("end to end", a.total, b.total)]
+    rows = [("text encoder", a.text_encoder, b.text_encoder),
+            ("UNet per step (median)", a.unet_per_step, b.unet_per_step),
+            ("VAE decode", a.vae_decoder, b.vae_decoder),
+            ("end to end", a.total, b.total)]
     lines = table(rows, pipe.backend_name)
     summary = (f"PSNR sdrt vs PyTorch: {quality:.1f} dB (>= 40 dB: the same image); "
                f"end-to-end speedup {b.total / a.total:.2f}x")

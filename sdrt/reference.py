@@ -184,14 +184,15 @@ class Reference:
             return callback_kwargs
 
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        hooks = {
-            "text_encoder": (pipe.text_encoder, "forward", lambda s: setattr(timings, "text_encoder", timings.text_encoder + s)),
-            "unet": (pipe.unet, "forward", timings.unet_steps.append),
-            "vae_decoder": (pipe.vae, "decode", lambda s: setattr(timings, "vae_decoder", timings.vae_decoder + s)),
-            "vae_encoder": (pipe.vae, "encode", lambda s: setattr(timings, "vae_encoder", timings.vae_encoder + s)),
-        }
-        originals = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in hooks.values()]
-        for obj, attr, record in hooks.values():
+        def add_to(stage: str) -> Any:
+            return lambda seconds: setattr(timings, stage, getattr(timings, stage) + seconds)
+
+        hooks = [(pipe.text_encoder, "forward", add_to("text_encoder")),
+                 (pipe.unet, "forward", timings.unet_steps.append),
+                 (pipe.vae, "decode", add_to("vae_decoder")),
+                 (pipe.vae, "encode", add_to("vae_encoder"))]
+        originals = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in hooks]
+        for obj, attr, record in hooks:
             setattr(obj, attr, _Timed(getattr(obj, attr), record, sync))
         try:
             start = time.perf_counter()

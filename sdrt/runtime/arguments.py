@@ -12,7 +12,8 @@ from sdrt.errors import SdrtError
 OUTPUT_TYPES = ("pil", "np")
 
 
-def prompt_lists(prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
+def prompt_lists(prompt: str | Sequence[str],
+                 negative_prompt: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
     """(prompts, negative prompts of the same length); a single negative prompt serves every prompt."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or not all(isinstance(p, str) for p in prompts):
