@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: what the demo needs exported (txt2img: no VAE encoder, which saves export time)
-DEMO_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+#: exported components: all four, so the demo's folder also serves `sdrt generate --image/--mask`
+DEMO_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
