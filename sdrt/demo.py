@@ -19,6 +19,8 @@ from typing import Any
 
 #: exported components: all four, so the demo's folder also serves `sdrt generate --image/--mask`
 DEMO_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+#: quick calls are repeated (medians steady the numbers on a busy machine); slow ones run once
+QUICK_REPEAT, QUICK_CALL_S = 3, 10.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="sdrt backend (default: the fastest installed)")
     p.add_argument("--prompt", default="a watercolor painting of a lighthouse at dawn", help="the prompt")
     p.add_argument("--seed", type=int, default=0, help="seed of the shared initial latents (default 0)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help=f"timed calls per side, medians reported (default {QUICK_REPEAT} when a call takes "
+                        f"under {QUICK_CALL_S:g} s, else 1)")
 
 
 def log(text: str) -> None:
@@ -98,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.reference import TorchReplay, load_reference
     from sdrt.runtime import Pipeline
     from sdrt.runtime.images import psnr, to_pil
+    from sdrt.runtime.timing import merge
 
     started = time.perf_counter()
     quiet_libraries()
@@ -117,17 +123,22 @@ def run(args: argparse.Namespace) -> int:
     log(f"sdrt on {pipe.backend_name}: warm-up, then {args.steps} steps at {width}x{height}")
     pipe(args.prompt, **{**call, "num_inference_steps": 1}, output_type="np")
     # the sampler's own draws (ancestral / SDE schedulers) replay torch's, so any --scheduler compares
-    ours = pipe(args.prompt, **call, generator=TorchReplay(args.seed), output_type="np")
+    runs = [pipe(args.prompt, **call, generator=TorchReplay(args.seed), output_type="np")]
+    repeat = args.repeat or (QUICK_REPEAT if runs[0].timings.total < QUICK_CALL_S else 1)
+    runs += [pipe(args.prompt, **call, generator=TorchReplay(args.seed), output_type="np")
+             for _ in range(repeat - 1)]
+    ours = runs[0]
 
     log("PyTorch reference (diffusers, fp32, CPU): warm-up, then the same call")
     ref = load_reference(onnx, source=src)
     ref(args.prompt, **{**call, "num_inference_steps": 1})
     theirs = ref(args.prompt, **call, seed=args.seed)
+    ref_runs = [theirs] + [ref(args.prompt, **call, seed=args.seed) for _ in range(repeat - 1)]
     quality = psnr(ours.images, theirs.images)
 
     to_pil(ours.images)[0].save(out / "sdrt.png")
     to_pil(theirs.images)[0].save(out / "pytorch.png")
-    a, b = ours.timings, theirs.timings
+    a, b = merge([r.timings for r in runs]), merge([r.timings for r in ref_runs])
     rows = [("text encoder", a.text_encoder, b.text_encoder),
             ("UNet per step (median)", a.unet_per_step, b.unet_per_step),
             ("VAE decode", a.vae_decoder, b.vae_decoder),
@@ -137,21 +148,24 @@ def run(args: argparse.Namespace) -> int:
                f"end-to-end speedup {b.total / a.total:.2f}x")
     print("\n".join(lines))
     print(summary)
-    write_report(out, args, pipe, (width, height), lines, summary, ours, __version__)
+    write_report(out, args, pipe, (width, height), lines, summary, ours, __version__, repeat)
     log(f"wrote {out / 'sdrt.png'}, {out / 'pytorch.png'} and {out / 'report.md'} "
         f"({time.perf_counter() - started:.1f} s in all)")
     return 0
 
 
 def write_report(out: Path, args: argparse.Namespace, pipe: Any, size: tuple[int, int], lines: list[str],
-                 summary: str, ours: Any, version: str) -> None:
+                 summary: str, ours: Any, version: str, repeat: int) -> None:
+    import diffusers
     import numpy
     import onnxruntime
+    import torch
 
-    method = (f"One process, after one warm-up call each; sdrt on `{pipe.backend_name}` (fp32 ONNX), PyTorch = "
+    method = (f"One process, one warm-up call each, then {repeat} timed call(s) each (medians; UNet: median "
+              f"over all steps); sdrt on `{pipe.backend_name}` (fp32 ONNX), PyTorch = "
               f"diffusers StableDiffusionPipeline fp32 on the CPU, same weights, prompt, scheduler "
-              f"({ours.parameters['scheduler']}) and initial latents (seed {args.seed}). Single runs, not medians: "
-              f"use `sdrt bench` for measurements.")
+              f"({ours.parameters['scheduler']}) and initial latents (seed {args.seed}). A quick look, not a "
+              f"benchmark: use `sdrt bench` for measurements.")
     text = [
         f"# sdrt demo — {args.preset}, {size[0]}x{size[1]}, {args.steps} steps",
         "",
@@ -167,7 +181,8 @@ def write_report(out: Path, args: argparse.Namespace, pipe: Any, size: tuple[int
         "",
         f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}; Python "
         f"{platform.python_version()}, sdrt {version}, onnxruntime {onnxruntime.__version__}, numpy "
-        f"{numpy.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}.",
+        f"{numpy.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), diffusers "
+        f"{diffusers.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}.",
         "",
     ]
     (out / "report.md").write_text("\n".join(text))

@@ -55,3 +55,15 @@ class StageTimings:
             "vae_decoder_s": self.vae_decoder,
             "total_s": self.total,
         }
+
+
+def merge(runs: list[StageTimings]) -> StageTimings:
+    """Several calls' timings as one: per-call stages by their median, steps pooled (for medians)."""
+    def median(stage: str) -> float:
+        return statistics.median(getattr(r, stage) for r in runs)
+
+    return StageTimings(
+        text_encoder=median("text_encoder"), vae_encoder=median("vae_encoder"),
+        unet_steps=[s for r in runs for s in r.unet_steps], host_steps=[s for r in runs for s in r.host_steps],
+        vae_decoder=median("vae_decoder"), total=median("total"),
+    )
