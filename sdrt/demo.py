@@ -45,8 +45,15 @@ def log(text: str) -> None:
 
 def quiet_libraries() -> None:
     """The demo prints its own lines: silence diffusers' / transformers' progress bars and notices."""
-    import diffusers
-    import transformers
+    from sdrt.errors import SdrtError
+
+    try:
+        import diffusers
+        import torch  # noqa: F401
+        import transformers
+    except ImportError as e:
+        raise SdrtError(f"sdrt demo exports and runs PyTorch, which is not installed here ({e}): "
+                        f"pip install 'sdrt[export]'") from None
 
     for lib in (diffusers, transformers):
         lib.utils.logging.set_verbosity_error()
