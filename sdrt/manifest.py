@@ -124,7 +124,7 @@ class Manifest:
         if component not in self.components:
             raise SdrtError(f"{self.folder} has no {component} (exported: "
                             f"{', '.join(self.components) or 'none'}): export it with "
-                            f"`sdrt export --components ...{component}`")
+                            f"`sdrt export --model SRC --out {self.folder} --force` (without --components, or naming {component})")
         path = self.folder / self.components[component]["file"]
         if not path.is_file():
             raise SdrtError(f"{path} is missing: export the model again with --force")
