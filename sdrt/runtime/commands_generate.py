@@ -26,12 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=None, help="pixels (default: the image's, else the model's)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the image's, else the model's)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, written in the PNG)")
-    p.add_argument("--scheduler", default=None, help="sampler by diffusers class name (default: the model's)")
+    p.add_argument("--scheduler", default=None, help="sampler: ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, lms, unipc, lcm, "
+                        "or a diffusers class name (default: the model's)")
     p.add_argument("--num-images", type=int, default=1, help="images to generate (default 1)")
     p.add_argument("--image", default=None, help="start image: img2img, or inpainting with --mask")
     p.add_argument("--strength", type=float, default=0.8, help="how much of --image to repaint, 0..1 (default 0.8)")
     p.add_argument("--mask", default=None, help="inpainting mask: white = repaint, black = keep (needs --image)")
-    p.add_argument("--backend", default="auto", help="ort-cpu, ort-cuda, tensorrt, or auto (default)")
+    p.add_argument("--backend", default="auto", help="ort-cpu, ort-cuda, tensorrt, tensorrt_rtx, or auto (default: the fastest usable)")
     p.add_argument("--out", default="sdrt-out", help="output folder (default ./sdrt-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
 
