@@ -69,7 +69,9 @@ def reference_source(manifest: Manifest) -> Path:
         from sdrt.export.presets import write_preset
 
         seed = int(source.get("seed", 0))
-        folder = cache_root() / "bench" / "presets" / f"{name}-seed{seed}"
+        # keyed by the export's content hash: presets whose weights changed are written anew
+        digest = str(source.get("content_hash", "")).split(":")[-1][:12] or "unhashed"
+        folder = cache_root() / "bench" / "presets" / f"{name}-seed{seed}-{digest}"
         if not (folder / "model_index.json").is_file():
             write_preset(name, folder, seed=seed, force=folder.exists())
         return folder
