@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, default=0.8, help="how much of --image to repaint, 0..1 (default 0.8)")
     p.add_argument("--mask", default=None, help="inpainting mask: white = repaint, black = keep (needs --image)")
     p.add_argument("--backend", default="auto", help="ort-cpu, ort-cuda, tensorrt, tensorrt_rtx, or auto (default: the fastest usable)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay the UNet step as a CUDA graph (ort-cuda, tensorrt, tensorrt_rtx; one fixed shape)")
     p.add_argument("--out", default="sdrt-out", help="output folder (default ./sdrt-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
 
@@ -55,6 +57,23 @@ def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
     return "\n".join(lines)
 
 
+#: the backend option that turns CUDA-graph replay on, per backend that has it
+CUDA_GRAPH_OPTION = {"ort-cuda": "enable_cuda_graph", "tensorrt": "cuda_graph", "tensorrt_rtx": "cuda_graph"}
+
+
+def cuda_graph_options(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.cuda_graph:
+        return {}
+    from sdrt.engines import resolve_backend
+    from sdrt.errors import SdrtError
+
+    backend = resolve_backend(args.backend)
+    if backend not in CUDA_GRAPH_OPTION:
+        raise SdrtError(f"--cuda-graph needs a GPU backend ({', '.join(CUDA_GRAPH_OPTION)}); "
+                        f"{backend} has no CUDA graphs: drop --cuda-graph")
+    return {CUDA_GRAPH_OPTION[backend]: True}
+
+
 def _next_number(folder: Path) -> int:
     numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"(\d{5})-", p.name))]
     return max(numbers, default=0) + 1
@@ -68,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.runtime.images import save_png
     from sdrt.runtime.pipeline import Pipeline
 
-    pipe = Pipeline.load(args.model, backend=args.backend)
+    pipe = Pipeline.load(args.model, backend=args.backend, **cuda_graph_options(args))
     expected = args.steps
     if args.image is not None and isinstance(args.steps, int) and 0 <= args.strength <= 1:
         expected = conditioning.start_index(args.steps, args.strength, 1)[1]

@@ -81,3 +81,11 @@ def test_model_folder_without_manifest(tmp_path, capsys):
     rc = main(["generate", "--model", str(tmp_path), "--prompt", "x", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "no sdrt.json" in err
+
+
+def test_cuda_graph_needs_a_gpu_backend(tiny_onnx, tmp_path, capsys):
+    rc = _generate("--model", tiny_onnx, "--prompt", "x", "--backend", "ort-cpu", "--cuda-graph",
+                   "--out", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert rc == 2 and "--cuda-graph needs a GPU backend" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
