@@ -123,7 +123,8 @@ def _weight_variant(folder: Path, stems: tuple[str, ...]) -> str | None:
         for stem in stems:
             infix = f".{variant}" if variant else ""
             for suffix in WEIGHT_SUFFIXES:
-                if (folder / f"{stem}{infix}{suffix}").is_file() or (folder / f"{stem}{infix}{suffix}.index.json").is_file():
+                name = f"{stem}{infix}{suffix}"
+                if (folder / name).is_file() or (folder / f"{name}.index.json").is_file():  # sharded
                     return variant
     raise SdrtError(f"{folder.name} weights missing: no {stems[0]}.safetensors (or .bin, or an fp16 variant) "
                     f"in {folder}")
@@ -144,9 +145,9 @@ def load_folder(path: Path) -> Source:
             models[name] = getattr(module, cls).from_pretrained(
                 path / name, variant=variants[name], local_files_only=True, **{dtype_key: torch.float32}
             ).eval()
-        except (OSError, ValueError, RuntimeError) as e:
+        except Exception as e:  # corrupt or mismatched files: safetensors, torch and config errors alike
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SdrtError(f"cannot load {name} from {path / name}: {first}")
+            raise SdrtError(f"cannot load {name} from {path / name}: {first[:200]}") from None
     try:
         tokenizer = transformers.CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     except (OSError, ValueError) as e:

@@ -63,7 +63,8 @@ def test_fake_export_succeeds(tiny_onnx: Path, tiny_src: Path, tmp_path: Path, m
 
 @pytest.mark.parametrize("failure", ["disk_full", "ctrl_c", "sigterm"])
 def test_interrupted_or_disk_full_leaves_nothing(failure: str, tiny_onnx: Path, tiny_src: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
     def fail(component: str) -> None:
         if component != "vae_decoder":
             return

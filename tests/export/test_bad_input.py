@@ -91,3 +91,13 @@ def test_opset_the_exporter_cannot_produce(tmp_path: Path, capsys: pytest.Captur
                            "--exporter", exporter, "--opset", str(opset))
     assert_one_line_error(code, err, f"cannot produce opset {opset}", "--opset between")
     assert leftovers(tmp_path, "out") == []
+
+
+def test_corrupt_component_weights(tiny_src: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(tiny_src, src)
+    weights = src / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    code, err = run_export(capsys, "--model", str(src), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "cannot load unet from", str(src / "unet"))
+    assert leftovers(tmp_path, "out") == []
