@@ -126,7 +126,8 @@ class OrtCpuBackend(Backend):
                  graph_optimization_level: str = "all", execution_mode: str = "sequential",
                  enable_mem_pattern: bool = True, enable_cpu_mem_arena: bool = True,
                  optimized_model_cache: str | os.PathLike | None = None,
-                 session_config: Mapping[str, str] | None = None, log_severity_level: int = 3):
+                 session_config: Mapping[str, str] | None = None, log_severity_level: int = 3,
+                 graph_rewrites: tuple[str, ...] = ()):
         for label, value, table in (("graph_optimization_level", graph_optimization_level, OPT_LEVELS),
                                     ("execution_mode", execution_mode, EXECUTION_MODES)):
             if value not in table:
@@ -140,6 +141,8 @@ class OrtCpuBackend(Backend):
         self.optimized_model_cache = Path(optimized_model_cache) if optimized_model_cache else None
         self.session_config = dict(session_config or {})
         self.log_severity_level = log_severity_level
+        # CPU speed levers (sdrt.engines.ort_tuning): graphs rewritten once, cached under engines/
+        self.graph_rewrites = tuple(graph_rewrites)
 
     @classmethod
     def check_available(cls) -> None:
@@ -174,7 +177,8 @@ class OrtCpuBackend(Backend):
         ort = _import_ort()
         entry = manifest.components[component]
         key_text = "|".join([entry.get("sha256") or str(path.stat().st_mtime_ns), ort.__version__,
-                             self.name, self.providers_label, self.graph_optimization_level])
+                             self.name, self.providers_label, self.graph_optimization_level,
+                             *self.graph_rewrites])
         key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
         cached = self.optimized_model_cache / f"{component}-{key}.onnx"
         return cached, cached.is_file()
@@ -182,6 +186,10 @@ class OrtCpuBackend(Backend):
     def create_session(self, manifest, component: str):
         ort = _import_ort()
         path = manifest.onnx_path(component)
+        if self.graph_rewrites:
+            from sdrt.engines.ort_tuning import rewritten_model
+
+            path = rewritten_model(path, self.graph_rewrites, manifest.folder / "engines" / self.name)
         so = self.session_options()
         model = path
         if self.optimized_model_cache is not None:
