@@ -5,46 +5,21 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from sdrt.engines import base
 from sdrt.engines.ort import OrtCpuBackend, OrtCudaBackend
 from sdrt.errors import BackendUnavailable, SdrtError
 from sdrt.manifest import Manifest
+from tests.engines.trt_fakes import fake_unet_onnx
 
 C, S, D = 4, 77, 8
 
 
-def _fake_unet(path, elem=TensorProto.FLOAT):
-    """out_sample = 2*sample + timestep + mean(encoder_hidden_states), per batch item."""
-    f = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        [
-            helper.make_node("Constant", [], ["two"], value=helper.make_tensor("two", elem, [], [2.0])),
-            helper.make_node("Constant", [], ["axes123"], value=helper.make_tensor("a", TensorProto.INT64, [3], [1, 2, 3])),
-            helper.make_node("Constant", [], ["axes12"], value=helper.make_tensor("b", TensorProto.INT64, [2], [1, 2])),
-            helper.make_node("Constant", [], ["axis3"], value=helper.make_tensor("c", TensorProto.INT64, [1], [3])),
-            helper.make_node("Mul", ["sample", "two"], ["s2"]),
-            helper.make_node("Cast", ["timestep"], ["tc"], to=elem),
-            helper.make_node("Unsqueeze", ["tc", "axes123"], ["t4"]),
-            helper.make_node("ReduceMean", ["encoder_hidden_states", "axes12"], ["m3"], keepdims=1),
-            helper.make_node("Unsqueeze", ["m3", "axis3"], ["m4"]),
-            helper.make_node("Add", ["s2", "t4"], ["a1"]),
-            helper.make_node("Add", ["a1", "m4"], ["out_sample"]),
-        ],
-        "fake_unet",
-        [f("sample", elem, ["B", C, "h", "w"]), f("timestep", TensorProto.FLOAT, ["B"]),
-         f("encoder_hidden_states", elem, ["B", S, D])],
-        [f("out_sample", elem, ["B", C, "h", "w"])],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
-
-
 def _folder(tmp_path, precision="fp32"):
     (tmp_path / "unet").mkdir(parents=True)
-    _fake_unet(tmp_path / "unet" / "model.onnx", TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT)
+    fake_unet_onnx(tmp_path / "unet" / "model.onnx", TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT)
     data = {
         "format": "sdrt-onnx", "format_version": 1,
         "pipeline": {"latent_channels": C, "unet_in_channels": C, "text_hidden_size": D,

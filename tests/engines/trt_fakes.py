@@ -1,4 +1,4 @@
-"""Test doubles for the TensorRT backend: a model folder, a fake `tensorrt` module and a fake CUDA.
+"""Test doubles for the engine tests: a UNet-shaped ONNX graph (ORT uses it too), a model folder, a fake `tensorrt` module and a fake CUDA.
 
 The fakes keep TensorRT's attribute names, so `trt_api.detect` and the runtime take the same code
 path as with the real module; the fake device memory is a dict of bytearrays, so data really moves
