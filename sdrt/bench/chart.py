@@ -22,6 +22,7 @@ def write_chart(report: Report, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     path = Path(path)
     panels = [
@@ -43,6 +44,7 @@ def write_chart(report: Report, path: str | Path) -> Path:
             ax.bar_label(bars, labels=[f"{y:,.0f}" if y >= 10 else f"{y:.2g}" for y in ys],
                          fontsize=7, padding=2)
         ax.set_xticks(range(len(stages)), [STAGES[s] for s in stages])
+        ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
         ax.set_title(title, fontsize=10)
         ax.spines[["top", "right"]].set_visible(False)
         ax.margins(y=0.15)

@@ -69,7 +69,10 @@ def method_lines(method: dict[str, Any]) -> list[str]:
         ("device", m.get("gpu") or f"CPU only ({m.get('device', 'cpu')})"),
         ("CPU", f"{m.get('cpu_model')} — {m.get('physical_cores')} physical / "
                 f"{m.get('logical_cores')} logical cores, {', '.join(m.get('cpu_features', []))}"),
-        ("memory", f"{m.get('memory_gb')} GB; load average at start {m.get('load_average_at_start')}"),
+        ("memory", f"{m.get('memory_gb')} GB"),
+        ("machine load", f"1/5/15-min load average {m.get('load_average_at_start')} at start, "
+                         f"{m.get('load_average_at_end')} at end (the CPU is shared: a load above the "
+                         f"core count slows both contenders, PyTorch's OpenMP threads most)"),
         ("OS / Python", f"{m.get('os')} / Python {m.get('python')}"),
         ("versions", versions),
         ("model", f"{m.get('model')} (ONNX folder {m.get('onnx_folder')})"),

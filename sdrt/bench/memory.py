@@ -27,10 +27,12 @@ def rss_mb() -> float:
 class RssSampler:
     """Samples this process's RSS in a background thread; use as a context manager.
 
-    ``samples`` keeps (seconds since start, MB) pairs, so the soak run can fit a slope to them.
+    With ``keep_samples`` it also keeps (seconds since start, MB) pairs; off by default, since a
+    growing list would itself show up in a long run's RSS.
     """
 
     interval_s: float = 0.01
+    keep_samples: bool = False
     start_mb: float = 0.0
     peak_mb: float = 0.0
     samples: list[tuple[float, float]] = field(default_factory=list)
@@ -49,7 +51,8 @@ class RssSampler:
             while not self._stop.is_set():
                 value = proc.memory_info().rss / MB
                 self.peak_mb = max(self.peak_mb, value)
-                self.samples.append((time.perf_counter() - t0, value))
+                if self.keep_samples:
+                    self.samples.append((time.perf_counter() - t0, value))
                 self._stop.wait(self.interval_s)
 
         self._thread = threading.Thread(target=loop, name="sdrt-rss-sampler", daemon=True)

@@ -5,6 +5,7 @@ heavy is loaded.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -125,6 +126,8 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
             report = run_benchmark(suite.name, [*sdrt_runs, reference], gen, warmup=suite.warmup,
                                    reps=suite.reps, method=method, log=log)
             report.method["threads"] += f", torch {report.method.get('torch_threads')}"
+        # a load that rose during the run is visible next to the one at its start
+        report.method["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         stem = "result" if len(suite.batches) == 1 else f"result-b{batch}"
         written.append(write_report(report, out_dir, stem=stem))
     return written

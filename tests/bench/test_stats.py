@@ -58,7 +58,7 @@ def test_slope_per_item_recovers_a_linear_trend():
 
 
 def test_rss_sampler_sees_a_short_lived_allocation():
-    with RssSampler(interval_s=0.001) as rss:
+    with RssSampler(interval_s=0.001, keep_samples=True) as rss:
         block = np.ones(64 * 1024 * 1024 // 8)  # 64 MB, touched
         block += 1
         import time
