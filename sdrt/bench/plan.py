@@ -91,7 +91,7 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
     from sdrt.bench.output import result_dir, write_report
     from sdrt.bench.runner import run_benchmark
     from sdrt.bench.soak import run_soak
-    from sdrt.engines.ort_tuning import backend_options
+    from sdrt.engines.ort_tuning import DEFAULT_PRESET, backend_options
     from sdrt.manifest import Manifest
 
     suite = plan.suite
@@ -115,7 +115,7 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
             sdrt_runs.append(SdrtContender(folder, backend, options))
         threads = {r.backend: r.options.get("intra_op_num_threads", "default (physical cores)") for r in sdrt_runs}
         method["threads"] = ", ".join(f"{b} intra-op {t}" for b, t in threads.items())
-        method["tuning"] = plan.tuning
+        method["tuning"] = plan.tuning or DEFAULT_PRESET
         if suite.soak_generations:
             log(f"soak: {suite.soak_generations} generations on {suite.model} ({suite.backends[0]})")
             report = run_soak(sdrt_runs[0], gen, generations=suite.soak_generations, warmup=suite.warmup,
