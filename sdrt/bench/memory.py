@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 MB = 1024.0 * 1024.0
 
@@ -21,6 +22,27 @@ def rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / MB
+
+
+def start_poller(sample: Callable[[], None], stop: threading.Event, interval_s: float,
+                 name: str) -> threading.Thread:
+    """Call ``sample`` every ``interval_s`` in a daemon thread until ``stop`` is set."""
+    stop.clear()
+
+    def loop() -> None:
+        while not stop.is_set():
+            sample()
+            stop.wait(interval_s)
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_poller(thread: threading.Thread | None, stop: threading.Event) -> None:
+    stop.set()
+    if thread is not None:
+        thread.join()
 
 
 @dataclass
@@ -45,24 +67,18 @@ class RssSampler:
         proc = psutil.Process()
         self.start_mb = self.peak_mb = proc.memory_info().rss / MB
         t0 = time.perf_counter()
-        self._stop.clear()
 
-        def loop() -> None:
-            while not self._stop.is_set():
-                value = proc.memory_info().rss / MB
-                self.peak_mb = max(self.peak_mb, value)
-                if self.keep_samples:
-                    self.samples.append((time.perf_counter() - t0, value))
-                self._stop.wait(self.interval_s)
+        def sample() -> None:
+            value = proc.memory_info().rss / MB
+            self.peak_mb = max(self.peak_mb, value)
+            if self.keep_samples:
+                self.samples.append((time.perf_counter() - t0, value))
 
-        self._thread = threading.Thread(target=loop, name="sdrt-rss-sampler", daemon=True)
-        self._thread.start()
+        self._thread = start_poller(sample, self._stop, self.interval_s, "sdrt-rss-sampler")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        stop_poller(self._thread, self._stop)
         self.peak_mb = max(self.peak_mb, rss_mb())
 
     @property
@@ -103,23 +119,17 @@ class GpuPeakSampler:
         pid = os.getpid()
         if nvidia_smi_used_mb(pid) is None:
             return self
-        self._stop.clear()
 
-        def loop() -> None:
-            while not self._stop.is_set():
-                value = nvidia_smi_used_mb(pid)
-                if value is not None:
-                    self.peak_mb = max(self.peak_mb or 0.0, value)
-                self._stop.wait(self.interval_s)
+        def sample() -> None:
+            value = nvidia_smi_used_mb(pid)
+            if value is not None:
+                self.peak_mb = max(self.peak_mb or 0.0, value)
 
-        self._thread = threading.Thread(target=loop, name="sdrt-gpu-sampler", daemon=True)
-        self._thread.start()
+        self._thread = start_poller(sample, self._stop, self.interval_s, "sdrt-gpu-sampler")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        stop_poller(self._thread, self._stop)
 
 
 def slope_per_item(xs: list[float], ys: list[float]) -> float:

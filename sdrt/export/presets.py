@@ -39,6 +39,13 @@ SD21_SCHEDULER = {
 }
 SD_DOWN = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
 SD_UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+#: what SD 1.x and 2.x UNets share; each preset adds its size, cross-attention width and heads
+SD_UNET = {
+    "block_out_channels": [320, 640, 1280, 1280],
+    "down_block_types": SD_DOWN,
+    "up_block_types": SD_UP,
+    "layers_per_block": 2,
+}
 SD_VAE = {
     "block_out_channels": [128, 256, 512, 512],
     "down_block_types": ["DownEncoderBlock2D"] * 4,
@@ -130,15 +137,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "sd15",
             "the SD 1.5 architecture (860M-parameter UNet, CLIP ViT-L/14 text encoder, 512 px), random weights",
-            unet={
-                "sample_size": 64,
-                "block_out_channels": [320, 640, 1280, 1280],
-                "down_block_types": SD_DOWN,
-                "up_block_types": SD_UP,
-                "layers_per_block": 2,
-                "cross_attention_dim": 768,
-                "attention_head_dim": 8,
-            },
+            unet={**SD_UNET, "sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8},
             vae={**SD_VAE, "sample_size": 512},
             text_encoder={**CLIP_IDS, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
                           "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu"},
@@ -147,17 +146,8 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "sd21",
             "the SD 2.1 architecture (v-prediction, OpenCLIP-H text encoder, 768 px), random weights",
-            unet={
-                "sample_size": 96,
-                "block_out_channels": [320, 640, 1280, 1280],
-                "down_block_types": SD_DOWN,
-                "up_block_types": SD_UP,
-                "layers_per_block": 2,
-                "cross_attention_dim": 1024,
-                "attention_head_dim": [5, 10, 20, 20],
-                "use_linear_projection": True,
-                "upcast_attention": True,
-            },
+            unet={**SD_UNET, "sample_size": 96, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20],
+                  "use_linear_projection": True, "upcast_attention": True},
             vae={**SD_VAE, "sample_size": 768},
             text_encoder={**CLIP_IDS, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
                           "num_attention_heads": 16, "projection_dim": 512, "hidden_act": "gelu"},
