@@ -25,6 +25,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: top-level module of an optional dependency -> the pip extra that installs it
+EXTRA_FOR_MODULE: dict[str, str] = {
+    "torch": "export", "diffusers": "export", "transformers": "export", "onnx": "export",
+    "onnxscript": "export", "safetensors": "export", "psutil": "bench", "matplotlib": "bench",
+    "tensorrt": "tensorrt", "polygraphy": "tensorrt", "cuda": "tensorrt", "tensorrt_rtx": "tensorrt-rtx",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sdrt import __version__
 
@@ -58,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     except SdrtError as e:
         print(f"sdrt: error: {e}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        extra = EXTRA_FOR_MODULE.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"sdrt: error: sdrt {args.command} needs {e.name}, which is not installed here: "
+              f"pip install 'sdrt[{extra}]'", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("sdrt: interrupted", file=sys.stderr)
         return 130

@@ -113,6 +113,6 @@ def run(args: argparse.Namespace) -> int:
             print(path)
     if not args.quiet:
         t = result.timings
-        print(f"{params['mode']} on {params['backend']}: {t.total:.2f} s ({len(t.unet_steps)} steps, "
+        print(f"{params['mode']} on {params['backend']}: {t.total:.2f} s ({len(t.unet_steps)} UNet calls, "
               f"UNet {t.unet_per_step * 1000:.1f} ms/step)", file=sys.stderr)
     return 0
