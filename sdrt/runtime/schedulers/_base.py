@@ -76,6 +76,17 @@ def make_alphas_cumprod(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]
     return betas, cumprod32(1.0 - betas)
 
 
+def make_alphas_cumprod_finite(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """make_alphas_cumprod for the sigma-based schedulers: with zero-SNR rescaling the last alpha-bar is 2**-24.
+
+    Zero SNR exactly would make the first (variance-exploding) sigma infinite.
+    """
+    betas, alphas_cumprod = make_alphas_cumprod(config)
+    if config.get("rescale_betas_zero_snr"):
+        alphas_cumprod[-1] = 2.0**-24
+    return betas, alphas_cumprod
+
+
 # --------------------------------------------------------------------------------------------
 # Timestep spacing and sigmas
 # --------------------------------------------------------------------------------------------
@@ -287,6 +298,14 @@ class SchedulerMixin:
         check_same_shape(type(self).__name__, model_output, sample)
         self.index_for_timestep(timestep)
 
+    def _start_step(self, model_output: np.ndarray, timestep: Any, sample: np.ndarray, noise: Any = None) -> int:
+        """The prologue of `step`: `_check_step` (and the noise shape, when noise is given), then the step index."""
+        self._check_step(model_output, timestep, sample)
+        check_noise_shape(type(self).__name__, noise, sample)
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        return self._step_index
+
     def _add_noise_sigmas(self, original: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:
         """x0 + sigma * noise at the given schedule timesteps (k-diffusion's forward process)."""
         self._require_timesteps("add_noise")
@@ -302,6 +321,38 @@ class SchedulerMixin:
 
     def __len__(self) -> int:
         return self.config["num_train_timesteps"]
+
+
+class AlphaBarScheduler(SchedulerMixin):
+    """The DDPM-table samplers (DDIM, PNDM, LCM): alpha-bar indexed by integer timestep, final alpha-bar by
+    `set_alpha_to_one`, the sample fed to the UNet as is, and the q(x_t | x_0) forward process."""
+
+    def _setup(self) -> None:
+        self.betas, self.alphas_cumprod = make_alphas_cumprod(self.config)
+        self.final_alpha_cumprod = np.float32(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self.init_noise_sigma = 1.0
+        self.timesteps = np.arange(self.config["num_train_timesteps"])[::-1].astype(np.int64)
+
+    def _alpha_prod(self, t: int) -> np.float32:
+        """alpha-bar at training timestep t; before the first (t < 0), the final alpha-bar."""
+        return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod
+
+    def _clip_x0(self, x0: np.ndarray) -> np.ndarray:
+        """Dynamic thresholding when asked, else clipping to +-clip_sample_range when clip_sample is on."""
+        if self.config["thresholding"]:
+            return threshold_sample(x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"])
+        if self.config["clip_sample"]:
+            limit = self.config["clip_sample_range"]
+            return np.clip(x0, -limit, limit)
+        return x0
+
+    def scale_model_input(self, sample: np.ndarray, timestep: Any = None) -> np.ndarray:
+        """These samplers feed the UNet the sample as is."""
+        return sample
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:
+        """sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise at integer training timesteps."""
+        return add_noise_alphas(self.alphas_cumprod, original, noise, timesteps)
 
 
 # --------------------------------------------------------------------------------------------

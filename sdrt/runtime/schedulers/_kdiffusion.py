@@ -15,7 +15,7 @@ from ._base import (
     SchedulerMixin,
     check_num_inference_steps,
     karras_sigmas,
-    make_alphas_cumprod,
+    make_alphas_cumprod_finite,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
     spaced_timesteps,
@@ -36,9 +36,7 @@ class KDiffusionScheduler(SchedulerMixin):
     """Builds sigmas/timesteps from the config; subclasses add `step` (and their own keys)."""
 
     def _setup(self) -> None:
-        self.betas, alphas_cumprod = make_alphas_cumprod(self.config)
-        if self.config.get("rescale_betas_zero_snr"):
-            alphas_cumprod[-1] = 2**-24  # sigma must stay finite at the zero-SNR end
+        self.betas, alphas_cumprod = make_alphas_cumprod_finite(self.config)
         self.alphas_cumprod = alphas_cumprod
         train_sigmas = sigmas_from_alphas_cumprod(alphas_cumprod)
         self.sigmas = np.concatenate([train_sigmas[::-1], [0.0]]).astype(np.float32)
@@ -93,10 +91,7 @@ class KDiffusionScheduler(SchedulerMixin):
 
     def _begin_step(self, model_output: np.ndarray, timestep: Any, sample: np.ndarray) -> np.float32:
         """Validate, find the step index, return sigma at this step."""
-        self._check_step(model_output, timestep, sample)
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        return self.sigmas[self._step_index]
+        return self.sigmas[self._start_step(model_output, timestep, sample)]
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:
         return self._add_noise_sigmas(original, noise, timesteps)

@@ -10,22 +10,19 @@ from ._base import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
-    SchedulerMixin,
+    AlphaBarScheduler,
     SchedulerOutput,
-    add_noise_alphas,
     as_scalar_timestep,
     check_noise_shape,
     check_num_inference_steps,
     check_timesteps_in_range,
     draw_noise,
-    make_alphas_cumprod,
     spaced_timesteps,
-    threshold_sample,
     x0_and_eps,
 )
 
 
-class DDIMScheduler(SchedulerMixin):
+class DDIMScheduler(AlphaBarScheduler):
     """diffusers' DDIMScheduler in numpy; `eta` is a step() argument, as in diffusers."""
 
     defaults = {
@@ -51,12 +48,6 @@ class DDIMScheduler(SchedulerMixin):
         "timestep_spacing": TIMESTEP_SPACINGS,
     }
 
-    def _setup(self) -> None:
-        self.betas, self.alphas_cumprod = make_alphas_cumprod(self.config)
-        self.final_alpha_cumprod = np.float32(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
-        self.init_noise_sigma = 1.0
-        self.timesteps = np.arange(self.config["num_train_timesteps"])[::-1].astype(np.int64)
-
     def set_timesteps(self, num_inference_steps: int) -> None:
         T = self.config["num_train_timesteps"]
         n = check_num_inference_steps(type(self).__name__, num_inference_steps, T)
@@ -65,12 +56,6 @@ class DDIMScheduler(SchedulerMixin):
         self.timesteps = (timesteps.round() if spacing == "linspace" else timesteps).astype(np.int64)
         check_timesteps_in_range(type(self).__name__, self.timesteps, T)
         self.num_inference_steps = n
-
-    def scale_model_input(self, sample: np.ndarray, timestep: Any = None) -> np.ndarray:
-        return sample
-
-    def _alpha_prod(self, t: int) -> np.float32:
-        return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod
 
     def step(
         self,
@@ -92,11 +77,7 @@ class DDIMScheduler(SchedulerMixin):
         beta_prod_t, beta_prod_prev = 1 - alpha_prod_t, 1 - alpha_prod_prev
 
         x0, eps = x0_and_eps(self.config["prediction_type"], model_output, sample, alpha_prod_t)
-        if self.config["thresholding"]:
-            x0 = threshold_sample(x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"])
-        elif self.config["clip_sample"]:
-            limit = self.config["clip_sample_range"]
-            x0 = np.clip(x0, -limit, limit)
+        x0 = self._clip_x0(x0)
         if use_clipped_model_output:
             eps = (sample - alpha_prod_t**0.5 * x0) / beta_prod_t**0.5
 
@@ -107,6 +88,3 @@ class DDIMScheduler(SchedulerMixin):
         if eta > 0:
             prev_sample = prev_sample + std_dev_t * draw_noise(sample.shape, generator, noise)
         return SchedulerOutput(prev_sample=prev_sample.astype(np.float32, copy=False), pred_original_sample=x0)
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:
-        return add_noise_alphas(self.alphas_cumprod, original, noise, timesteps)

@@ -13,15 +13,11 @@ from ._base import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
-    SchedulerMixin,
+    AlphaBarScheduler,
     SchedulerOutput,
-    add_noise_alphas,
     as_scalar_timestep,
-    check_noise_shape,
     check_num_inference_steps,
     draw_noise,
-    make_alphas_cumprod,
-    threshold_sample,
     x0_and_eps,
 )
 
@@ -35,7 +31,7 @@ class LCMSchedulerOutput(SchedulerOutput):
     denoised: np.ndarray | None = None
 
 
-class LCMScheduler(SchedulerMixin):
+class LCMScheduler(AlphaBarScheduler):
     """diffusers' LCMScheduler in numpy; `timestep_spacing` and `steps_offset` are accepted and unused, as there."""
 
     defaults = {
@@ -63,12 +59,6 @@ class LCMScheduler(SchedulerMixin):
         "timestep_spacing": TIMESTEP_SPACINGS,
     }
 
-    def _setup(self) -> None:
-        self.betas, self.alphas_cumprod = make_alphas_cumprod(self.config)
-        self.final_alpha_cumprod = np.float32(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
-        self.init_noise_sigma = 1.0
-        self.timesteps = np.arange(self.config["num_train_timesteps"])[::-1].astype(np.int64)
-
     def set_timesteps(
         self, num_inference_steps: int, *, original_inference_steps: int | None = None, strength: float = 1.0
     ) -> None:
@@ -95,9 +85,6 @@ class LCMScheduler(SchedulerMixin):
         self._step_index = None
         self._begin_index = None
 
-    def scale_model_input(self, sample: np.ndarray, timestep: Any = None) -> np.ndarray:
-        return sample
-
     def get_scalings_for_boundary_condition_discrete(self, timestep: int) -> tuple[np.float32, np.float32]:
         """c_skip, c_out so that f(x, t) = c_skip x + c_out x0 is the identity at t = 0 (consistency boundary)."""
         scaled = np.float32(timestep) * np.float32(self.config["timestep_scaling"])
@@ -115,22 +102,14 @@ class LCMScheduler(SchedulerMixin):
         noise: np.ndarray | None = None,
     ) -> LCMSchedulerOutput:
         """denoised = c_out x0 + c_skip x; then x_prev = sqrt(a_prev) denoised + sqrt(1 - a_prev) noise, except last."""
-        self._check_step(model_output, timestep, sample)
-        check_noise_shape(type(self).__name__, noise, sample)
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        next_index = self._start_step(model_output, timestep, sample, noise) + 1
         t = int(as_scalar_timestep(timestep))
-        next_index = self._step_index + 1
         prev_t = int(self.timesteps[next_index]) if next_index < len(self.timesteps) else t
-        alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        alpha_prod_t, alpha_prod_prev = self.alphas_cumprod[t], self._alpha_prod(prev_t)
 
         c_skip, c_out = self.get_scalings_for_boundary_condition_discrete(t)
         x0, _ = x0_and_eps(self.config["prediction_type"], model_output, sample, alpha_prod_t)
-        if self.config["thresholding"]:
-            x0 = threshold_sample(x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"])
-        elif self.config["clip_sample"]:
-            x0 = np.clip(x0, -self.config["clip_sample_range"], self.config["clip_sample_range"])
+        x0 = self._clip_x0(x0)
         denoised = c_out * x0 + c_skip * sample
 
         if self._step_index != self.num_inference_steps - 1:
@@ -142,6 +121,3 @@ class LCMScheduler(SchedulerMixin):
         return LCMSchedulerOutput(
             prev_sample=prev_sample.astype(np.float32, copy=False), denoised=denoised.astype(np.float32, copy=False)
         )
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:
-        return add_noise_alphas(self.alphas_cumprod, original, noise, timesteps)

@@ -11,13 +11,11 @@ from sdrt.errors import SdrtError
 from ._base import (
     BETA_SCHEDULES,
     TIMESTEP_SPACINGS,
-    SchedulerMixin,
+    AlphaBarScheduler,
     SchedulerOutput,
-    add_noise_alphas,
     as_scalar_timestep,
     check_num_inference_steps,
     check_timesteps_in_range,
-    make_alphas_cumprod,
     spaced_timesteps,
 )
 
@@ -26,7 +24,7 @@ PLMS_WEIGHTS = {2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24,
 PRK_WEIGHTS = (1 / 6, 1 / 3, 1 / 3, 1 / 6)  # classic RK4 over the four PRK sub-steps
 
 
-class PNDMScheduler(SchedulerMixin):
+class PNDMScheduler(AlphaBarScheduler):
     """diffusers' PNDMScheduler in numpy (SD 1.x ships it with skip_prk_steps=True)."""
 
     defaults = {
@@ -49,10 +47,7 @@ class PNDMScheduler(SchedulerMixin):
     pndm_order = 4
 
     def _setup(self) -> None:
-        self.betas, self.alphas_cumprod = make_alphas_cumprod(self.config)
-        self.final_alpha_cumprod = np.float32(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
-        self.init_noise_sigma = 1.0
-        self.timesteps = np.arange(self.config["num_train_timesteps"])[::-1].astype(np.int64)
+        super()._setup()
         self._reset()
 
     def _reset(self) -> None:
@@ -145,13 +140,10 @@ class PNDMScheduler(SchedulerMixin):
     def _get_prev_sample(self, sample: np.ndarray, t: int, prev_t: int, model_output: np.ndarray) -> np.ndarray:
         """PNDM eq. 11: the DDIM transfer phi(x_t, eps, t, t-delta) written for step sizes."""
         alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        alpha_prod_prev = self._alpha_prod(prev_t)
         beta_prod_t, beta_prod_prev = 1 - alpha_prod_t, 1 - alpha_prod_prev
         if self.config["prediction_type"] == "v_prediction":
             model_output = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
         sample_coeff = (alpha_prod_prev / alpha_prod_t) ** 0.5
         denom = alpha_prod_t * beta_prod_prev**0.5 + (alpha_prod_t * beta_prod_t * alpha_prod_prev) ** 0.5
         return sample_coeff * sample - (alpha_prod_prev - alpha_prod_t) * model_output / denom
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:
-        return add_noise_alphas(self.alphas_cumprod, original, noise, timesteps)

@@ -18,34 +18,21 @@ from typing import Any
 import numpy as np
 
 from sdrt.errors import SdrtError
-from sdrt.runtime.schedulers._base import (
-    BETA_SCHEDULES,
-    PREDICTION_TYPES,
-    TIMESTEP_SPACINGS,
-    SchedulerMixin,
-    SchedulerOutput,
-    check_num_inference_steps,
-    make_alphas_cumprod,
-    sigmas_from_alphas_cumprod,
-    threshold_sample,
-)
-from sdrt.runtime.schedulers.dpmsolver_multistep import (
+from sdrt.runtime.schedulers._base import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SPACINGS, SchedulerOutput
+from sdrt.runtime.schedulers._multistep import (
     BOOL,
     TO_EPS,
-    TO_X0,
+    VPMultistepScheduler,
     alias,
-    check_steps_left,
     half_log_snr,
     karras_schedule,
-    multistep_timesteps,
-    vp_add_noise,
     vp_alpha_sigma,
 )
 
 _B_OF_H = {"bh1": lambda hh: hh, "bh2": math.expm1}
 
 
-class UniPCMultistepScheduler(SchedulerMixin):
+class UniPCMultistepScheduler(VPMultistepScheduler):
     """UniPC-p with the B(h) variants bh1 / bh2, on data (`predict_x0`) or noise prediction."""
 
     defaults = {
@@ -108,59 +95,26 @@ class UniPCMultistepScheduler(SchedulerMixin):
             raise SdrtError(f"UniPCMultistepScheduler: disable_corrector={skip!r} is invalid; use a list of step indices")
         super().__init__(**config)
 
-    def _setup(self) -> None:
-        self.betas, acp = make_alphas_cumprod(self.config)
-        if self.config["rescale_betas_zero_snr"]:
-            acp[-1] = 2.0**-24  # zero SNR exactly would make the first sigma infinite
-        self.alphas_cumprod = acp
-        self.train_sigmas = sigmas_from_alphas_cumprod(acp)
-        self.init_noise_sigma = 1.0
+    def _setup_extra(self) -> None:
         self.predict_x0 = bool(self.config["predict_x0"])
         self.disable_corrector = list(self.config["disable_corrector"])
-        self.sigmas = self.train_sigmas
-        self.timesteps = np.arange(self.config["num_train_timesteps"])[::-1].astype(np.int64)
-        self._reset_history()
 
     def _reset_history(self) -> None:
-        self.model_outputs: list[np.ndarray | None] = [None] * self.config["solver_order"]
-        self.lower_order_nums = 0
+        super()._reset_history()
         self.last_sample: np.ndarray | None = None
         self.this_order = 1
 
-    def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
-        """Build the inference schedule; `device` is accepted for diffusers' call signature and ignored."""
-        cfg = self.config
-        n = check_num_inference_steps(type(self).__name__, num_inference_steps, cfg["num_train_timesteps"])
-        if cfg["use_karras_sigmas"]:  # karras sigmas replace the spacing; their timesteps may repeat harmlessly
-            sigmas, t = karras_schedule(self.train_sigmas, n, cfg["sigma_min"], cfg["sigma_max"])
-            timesteps = t.round().astype(np.int64)
-            sigma_min = sigmas[-1]
-        else:
-            timesteps = multistep_timesteps(cfg, n)
-            sigmas = np.interp(timesteps, np.arange(len(self.train_sigmas)), self.train_sigmas)
-            acp0 = self.alphas_cumprod[0]
-            sigma_min = ((1 - acp0) / acp0) ** 0.5
-        last = {"zero": 0.0, "sigma_min": sigma_min}[cfg["final_sigmas_type"]]
-        self.sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)
-        self.timesteps = timesteps
-        self.num_inference_steps = len(timesteps)
-        self._reset_history()
-        self._step_index = None
-        self._begin_index = None
-
-    def scale_model_input(self, sample: np.ndarray, timestep: Any = None) -> np.ndarray:
-        """The multistep solvers feed the UNet the sample as is."""
-        return sample
+    def _karras_schedule(self, n: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Karras sigmas between the config's sigma_min/sigma_max (training extremes when unset), ending there."""
+        sigmas, t = karras_schedule(self.train_sigmas, n, self.config["sigma_min"], self.config["sigma_max"])
+        return sigmas, t.round().astype(np.int64), sigmas[-1]
 
     def _convert(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
         """The quantity UniPC integrates: the data prediction x0, or the noise prediction when predict_x0 is off."""
         alpha, sigma = vp_alpha_sigma(self.sigmas[self._step_index])
         if not self.predict_x0:
             return TO_EPS[self.config["prediction_type"]](model_output, sample, alpha, sigma)
-        x0 = TO_X0[self.config["prediction_type"]](model_output, sample, alpha, sigma)
-        if self.config["thresholding"]:
-            x0 = threshold_sample(x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"])
-        return x0
+        return self._x0_prediction(model_output, sample, alpha, sigma)
 
     def _bh_update(self, x: np.ndarray, j: int, order: int, model_t: np.ndarray | None = None) -> np.ndarray:
         """B(h) update from sigmas[j] to sigmas[j+1] over the last `order` stored outputs.
@@ -223,11 +177,7 @@ class UniPCMultistepScheduler(SchedulerMixin):
         noise: np.ndarray | None = None,
     ) -> SchedulerOutput:
         """Correct the current sample (UniC), then predict the next (UniP). Deterministic: generator/noise unused."""
-        self._check_step(model_output, timestep, sample)
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        check_steps_left(self)
-        i = self._step_index
+        i = self._start_multistep(model_output, timestep, sample)
         x = np.asarray(sample, dtype=np.float32)
         m = self._convert(np.asarray(model_output, dtype=np.float32), x)
         if i > 0 and (i - 1) not in self.disable_corrector and self.last_sample is not None:
@@ -248,7 +198,3 @@ class UniPCMultistepScheduler(SchedulerMixin):
         self.lower_order_nums = min(self.lower_order_nums + 1, self.config["solver_order"])
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev_sample.astype(np.float32, copy=False))
-
-    def add_noise(self, original_samples: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:
-        """alpha_t x0 + sigma_t noise at the given schedule timesteps (the VP forward process)."""
-        return vp_add_noise(self, original_samples, noise, timesteps)
