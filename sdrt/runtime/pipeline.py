@@ -258,8 +258,9 @@ class Pipeline:
             t1 = time.perf_counter()
             out = unet.run({"sample": model_in, "timestep": t_in})["out_sample"]
             t2 = time.perf_counter()
-            if cfg:
-                uncond, text = out[:n].astype(np.float32), out[n:].astype(np.float32)
+            if cfg:  # views (no copy for fp32 engines); the guidance formula makes a new array
+                uncond = out[:n].astype(np.float32, copy=False)
+                text = out[n:].astype(np.float32, copy=False)
                 noise_pred = uncond + guidance * (text - uncond)
             else:
                 noise_pred = out.astype(np.float32)  # a copy: the engine overwrites `out` next step
