@@ -1,4 +1,4 @@
-"""`sdrt` command line: preset / export / build / generate / bench / demo / info.
+"""`sdrt` command line: preset / export / build / generate / bench / demo / info / serve / batch.
 
 Each subcommand lives with its job: the table below names the module that adds its arguments
 (``add_arguments(parser)``) and runs it (``run(args) -> int``). Modules are imported lazily, so
@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("sdrt.bench.commands_bench", "benchmark sdrt against the PyTorch reference in one run"),
     "demo": ("sdrt.demo", "export the tiny preset, generate, and compare with PyTorch"),
     "info": ("sdrt.info", "show versions, backends usable here, and an ONNX folder's manifest"),
+    "serve": ("sdrt.serve.commands_serve", "serve images over HTTP (AUTOMATIC1111- and OpenAI-compatible APIs)"),
+    "batch": ("sdrt.serve.commands_batch", "generate a JSONL file of requests offline, resumably (--ray: on Ray Data)"),
 }
 
 
@@ -30,6 +32,7 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "torch": "export", "diffusers": "export", "transformers": "export", "onnx": "export",
     "onnxscript": "export", "safetensors": "export", "psutil": "bench", "matplotlib": "bench",
     "tensorrt": "tensorrt", "polygraphy": "tensorrt", "cuda": "tensorrt", "tensorrt_rtx": "tensorrt-rtx",
+    "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "starlette": "serve", "ray": "ray",
 }
 
 

@@ -1,0 +1,127 @@
+"""`sdrt serve`: the image service (A1111- and OpenAI-compatible) on uvicorn, or on Ray Serve with --ray."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+
+from sdrt.errors import SdrtError
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
+                   help="ONNX model folder to serve (repeat for several; NAME defaults to the folder's name)")
+    p.add_argument("--backend", default="auto", help="engine backend, as for `sdrt generate` (default auto)")
+    p.add_argument("--cuda-graph", action="store_true", help="CUDA-graph replay on GPU backends, as for generate")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860, A1111's)")
+    p.add_argument("--api-key", default=os.environ.get("SDRT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $SDRT_API_KEY); needed off loopback")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without --api-key (anyone who reaches it can use it)")
+    p.add_argument("--queue-size", type=int, default=64, help="jobs waiting per model before 429 (default 64)")
+    p.add_argument("--max-batch", type=int, default=4,
+                   help="images of compatible requests run in one UNet batch (default 4; 1 turns batching off)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits for compatible requests to join (default 10 ms)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take, queue included (default 600)")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body (default 32 MB)")
+    p.add_argument("--max-pixels", type=int, default=1536 * 1536, help="largest width x height (default 1536x1536)")
+    p.add_argument("--max-steps", type=int, default=150, help="most denoising steps per request (default 150)")
+    p.add_argument("--max-images", type=int, default=8, help="most images per request (default 8)")
+    p.add_argument("--max-prompt-chars", type=int, default=4000, help="longest prompt (default 4000 characters)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from ORIGIN (repeat; default: CORS off)")
+    p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (pip install 'sdrt[ray]')")
+    p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas, each holding the pipelines (default 1)")
+    p.add_argument("--max-replicas", type=int, default=None,
+                   help="Ray Serve autoscaling: grow up to this many replicas under load (default: fixed --replicas)")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per Ray Serve replica (default 0)")
+    p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
+    """A server reachable from other machines needs a key, or an explicit --insecure."""
+    if not is_loopback(host) and not api_key and not insecure:
+        raise SdrtError(f"--host {host} is reachable from other machines: pass --api-key KEY (or set "
+                        f"SDRT_API_KEY), or --insecure to serve without one on purpose")
+
+
+def model_folders(specs: list[str]) -> dict[str, Path]:
+    """["[NAME=]DIR", ...] -> {name: folder}; names must be unique."""
+    folders: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        path = Path(folder if sep else spec)
+        name = name if sep else path.resolve().name
+        if not (path / "sdrt.json").is_file():
+            raise SdrtError(f"--model {spec}: {path} is not an ONNX model folder (no sdrt.json): run sdrt export")
+        if name in folders:
+            raise SdrtError(f"--model {spec}: the name {name!r} is taken: use NAME=DIR to name it")
+        folders[name] = path
+    return folders
+
+
+def limits_from(args: argparse.Namespace) -> Any:
+    from sdrt.serve.limits import Limits
+
+    for flag in ("queue_size", "max_batch", "max_pixels", "max_steps", "max_images", "max_prompt_chars"):
+        if getattr(args, flag) < 1:
+            raise SdrtError(f"--{flag.replace('_', '-')} must be >= 1")
+    return Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=args.max_pixels,
+                  max_steps=args.max_steps, max_images=args.max_images, max_prompt_chars=args.max_prompt_chars)
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    from sdrt.runtime.commands_generate import cuda_graph_options
+
+    return cuda_graph_options(args)
+
+
+def build_service(args: argparse.Namespace) -> Any:
+    """Load every model (only these are ever served) and start their workers."""
+    from sdrt.runtime.pipeline import Pipeline
+    from sdrt.serve.metrics import Metrics
+    from sdrt.serve.service import Service
+
+    folders = model_folders(args.model)
+    options = backend_options(args)
+    pipelines = {name: Pipeline.load(folder, backend=args.backend, **options) for name, folder in folders.items()}
+    return Service(pipelines, limits=limits_from(args), queue_size=args.queue_size, max_batch=args.max_batch,
+                   batch_wait_s=args.batch_wait_ms / 1000.0, timeout_s=args.timeout, metrics=Metrics())
+
+
+def run(args: argparse.Namespace) -> int:
+    check_exposure(args.host, args.api_key, args.insecure)
+    limits_from(args)
+    if args.ray:
+        from sdrt.serve.ray_serve import run_ray_serve
+
+        return run_ray_serve(args)
+    import uvicorn
+
+    from sdrt.serve.app import create_app
+
+    service = build_service(args)
+    app = create_app(service, api_key=args.api_key, cors_origins=tuple(args.cors_origin))
+    print(f"sdrt serve: {', '.join(service.pipelines)} on http://{args.host}:{args.port}/ "
+          f"({'API key required' if args.api_key else 'no API key'})", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        service.close()
+    return 0

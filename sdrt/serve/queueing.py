@@ -1,0 +1,132 @@
+"""The bounded job queue and the dynamic batcher: what a model's worker thread pulls its batches from.
+
+A job waits in its model's queue until the worker takes it. The worker takes the oldest job, then,
+for up to `batch_wait_s`, gathers every queued job with the same batch key (same mode, size,
+steps, sampler, guidance, strength) until the batch holds `max_batch` images; other jobs keep their
+place in line. A full queue refuses new jobs at once (the HTTP layer answers 429); cancelled jobs
+(client gone, timed out) are dropped when they come up.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class QueueFull(Exception):
+    """The queue holds `maxsize` jobs already: try again later."""
+
+
+class JobCancelled(Exception):
+    """The job's client went away or its time ran out before it ran."""
+
+
+@dataclass
+class GenerationRequest:
+    """One request, normalized from whichever API it came through (all seeds resolved)."""
+
+    model: str
+    prompt: str
+    negative_prompt: str = ""
+    n: int = 1
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    sampler: str | None = None  # sdrt scheduler name; None: the model's own
+    guidance_scale: float = 7.5
+    seed: int = 0  # image i uses seed + i
+    strength: float = 0.75
+    init_image: Any = None  # PIL image (img2img / inpainting)
+    mask: Any = None  # PIL image (inpainting; white = repaint)
+
+    @property
+    def mode(self) -> str:
+        return "inpaint" if self.mask is not None else "img2img" if self.init_image is not None else "txt2img"
+
+    @property
+    def seeds(self) -> list[int]:
+        return [(self.seed + i) % 2**32 for i in range(self.n)]
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys run in one UNet batch."""
+        strength = self.strength if self.init_image is not None else None
+        return (self.model, self.mode, self.width, self.height, self.steps, self.sampler,
+                self.guidance_scale, strength)
+
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Job:
+    request: GenerationRequest
+    future: Future = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued: float = field(default_factory=time.monotonic)
+    id: int = field(default_factory=lambda: next(_ids))
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class JobQueue:
+    """A bounded FIFO of jobs whose consumer may take compatible jobs out of order."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def put(self, job: Job) -> None:
+        with self._cond:
+            if self._closed:
+                raise QueueFull("the server is shutting down")
+            if len(self._jobs) >= self.maxsize:
+                raise QueueFull(f"the queue holds {self.maxsize} jobs")
+            self._jobs.append(job)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _drop_cancelled(self) -> None:
+        for job in [j for j in self._jobs if j.cancelled.is_set()]:
+            self._jobs.remove(job)
+            job.future.set_exception(JobCancelled())
+
+    def take_batch(self, max_images: int, wait_s: float) -> list[Job]:
+        """Block for the next job, then gather compatible ones; [] once closed and empty."""
+        with self._cond:
+            while True:
+                self._drop_cancelled()
+                if self._jobs:
+                    break
+                if self._closed:
+                    return []
+                self._cond.wait(0.5)
+            first = self._jobs.popleft()
+            batch, images, key = [first], first.request.n, first.request.batch_key()
+            deadline = time.monotonic() + wait_s
+            while images < max_images:
+                self._drop_cancelled()
+                for job in list(self._jobs):
+                    if job.request.batch_key() == key and images + job.request.n <= max_images:
+                        self._jobs.remove(job)
+                        batch.append(job)
+                        images += job.request.n
+                left = deadline - time.monotonic()
+                if images >= max_images or left <= 0 or self._closed:
+                    break
+                self._cond.wait(left)
+            return batch

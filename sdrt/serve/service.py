@@ -1,0 +1,205 @@
+"""The models a server holds, one worker thread each, and the call that turns a batch of jobs into images.
+
+Each loaded model has one `ModelWorker`: a thread that takes batches from the model's bounded
+`JobQueue` and runs each batch as one pipeline call, so calls into one Pipeline never overlap and
+compatible requests share their UNet batch. Every image keeps its own seed (image i of a request
+with seed s uses s + i), so an image does not depend on what it was batched with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sdrt.errors import SdrtError
+from sdrt.serve.queueing import GenerationRequest, Job, JobCancelled, JobQueue, QueueFull
+
+
+@dataclass
+class JobResult:
+    images: list  # PIL images, one per seed
+    seeds: list[int]
+    parameters: dict[str, Any]  # the pipeline's parameters of the call, with this job's prompt and seeds
+    batch_images: int  # images in the UNet batch this job ran in
+    seconds: float
+
+
+class BatchCancelled(Exception):
+    """Every job of the running batch was cancelled: the denoising loop stops early."""
+
+
+def pipeline_takes_seed_lists(pipe: Any) -> bool:
+    """Whether `pipe(seed=[...])` gives each image its own generator (the reliability issue's API)."""
+    seed = inspect.signature(type(pipe).__call__).parameters.get("seed")
+    annotation = str(seed.annotation) if seed is not None else ""
+    return "Sequence" in annotation or "list" in annotation
+
+
+def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None,
+              seed_lists: bool = True) -> list[JobResult]:
+    """One pipeline call for compatible jobs: prompts repeated per image, one seed per image.
+
+    Without `seed_lists` (a pipeline whose one generator serves the whole call) each image runs alone,
+    so that image i of a request still is the image of seed s + i."""
+    if not seed_lists and (len(jobs) > 1 or jobs[0].request.n > 1):
+        results = []
+        for job in jobs:
+            parts = [run_batch(pipe, [Job(dataclasses.replace(job.request, seed=s, n=1))], callback)[0]
+                     for s in job.request.seeds]
+            results.append(JobResult([p.images[0] for p in parts], job.request.seeds,
+                                     {**parts[0].parameters, "seed": job.request.seed,
+                                      "num_images_per_prompt": job.request.n}, 1, sum(p.seconds for p in parts)))
+        return results
+    first = jobs[0].request
+    prompts = [j.request.prompt for j in jobs for _ in range(j.request.n)]
+    negatives = [j.request.negative_prompt for j in jobs for _ in range(j.request.n)]
+    seeds = [s for j in jobs for s in j.request.seeds]
+    images = [j.request.init_image for j in jobs for _ in range(j.request.n)] if first.init_image else None
+    masks = [j.request.mask for j in jobs for _ in range(j.request.n)] if first.mask else None
+    t0 = time.perf_counter()
+    out = pipe(prompts, negative_prompt=negatives, num_inference_steps=first.steps,
+               guidance_scale=first.guidance_scale, height=first.height, width=first.width,
+               num_images_per_prompt=1, seed=seeds if len(seeds) > 1 else seeds[0], scheduler=first.sampler,
+               image=images, strength=first.strength, mask_image=masks, callback=callback)
+    seconds = time.perf_counter() - t0
+    results, start = [], 0
+    for job in jobs:
+        n = job.request.n
+        params = {**out.parameters, "prompt": [job.request.prompt], "negative_prompt": [job.request.negative_prompt],
+                  "seed": job.request.seed, "num_images_per_prompt": n}
+        results.append(JobResult(list(out.images[start:start + n]), job.request.seeds, params, len(seeds), seconds))
+        start += n
+    return results
+
+
+@dataclass
+class Progress:
+    """What /sdapi/v1/progress reports: the batch a worker is denoising."""
+
+    job_ids: tuple[int, ...] = ()
+    step: int = 0
+    steps: int = 0
+    started: float = 0.0
+
+
+class ModelWorker:
+    """One thread per model: batches from the queue -> one pipeline call each -> the jobs' futures."""
+
+    def __init__(self, name: str, pipe: Any, queue_size: int, max_batch: int, batch_wait_s: float,
+                 metrics: Any = None):
+        self.name, self.pipe, self.metrics = name, pipe, metrics
+        self.queue = JobQueue(queue_size)
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        # Until the pipeline gives each image its own generator, a batch would change the images: run jobs alone.
+        self.seed_lists = pipeline_takes_seed_lists(pipe)
+        self.batching = max_batch > 1 and self.seed_lists
+        self.progress = Progress()
+        self._thread = threading.Thread(target=self._loop, name=f"sdrt-worker-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, request: GenerationRequest) -> Job:
+        job = Job(request)
+        self.queue.put(job)  # QueueFull propagates
+        if self.metrics:
+            self.metrics.queue_depth.labels(self.name).set(len(self.queue))
+        return job
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.queue.close()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self.queue.take_batch(self.max_batch if self.batching else 1, self.batch_wait_s)
+            if self.metrics:
+                self.metrics.queue_depth.labels(self.name).set(len(self.queue))
+            if not batch:
+                return
+            self._run(batch)
+
+    def _run(self, batch: list[Job]) -> None:
+        request = batch[0].request
+        steps = request.steps
+        self.progress = Progress(tuple(j.id for j in batch), 0, steps, time.monotonic())
+
+        def on_step(i: int, t: Any, x: Any) -> None:
+            self.progress.step, self.progress.steps = i + 1, max(self.progress.steps, i + 1)
+            if all(j.cancelled.is_set() for j in batch):
+                raise BatchCancelled()
+
+        try:
+            results = run_batch(self.pipe, batch, on_step, self.seed_lists)
+        except BatchCancelled:
+            for job in batch:
+                job.future.set_exception(JobCancelled())
+            return
+        except SdrtError as e:  # a bad combination the pipeline caught (e.g. strength leaves no step)
+            for job in batch:
+                job.future.set_exception(e)
+            return
+        except Exception as e:  # noqa: BLE001 - the worker must survive; the HTTP layer answers 500
+            for job in batch:
+                job.future.set_exception(e)
+            return
+        finally:
+            self.progress = Progress()
+        if self.metrics:
+            self.metrics.batch_images.labels(self.name).observe(sum(j.request.n for j in batch))
+            self.metrics.images.labels(self.name).inc(sum(j.request.n for j in batch if not j.cancelled.is_set()))
+        for job, result in zip(batch, results):
+            if job.cancelled.is_set():
+                job.future.set_exception(JobCancelled())
+            else:
+                job.future.set_result(result)
+
+
+class Service:
+    """The loaded models (only these may be asked for), their workers and the request limits."""
+
+    def __init__(self, pipelines: dict[str, Any], *, limits: Any, queue_size: int = 64, max_batch: int = 4,
+                 batch_wait_s: float = 0.01, timeout_s: float = 600.0, metrics: Any = None):
+        if not pipelines:
+            raise SdrtError("no model to serve: pass --model DIR")
+        self.limits, self.timeout_s, self.metrics = limits, timeout_s, metrics
+        self.pipelines = dict(pipelines)
+        self.workers = {name: ModelWorker(name, pipe, queue_size, max_batch, batch_wait_s, metrics)
+                        for name, pipe in self.pipelines.items()}
+        self.default_model = next(iter(self.pipelines))
+
+    @property
+    def ready(self) -> bool:
+        return all(w.alive for w in self.workers.values())
+
+    def model_name(self, requested: str | None) -> str:
+        """A requested model name (None: the first loaded) -> the loaded model's name."""
+        if not requested:
+            return self.default_model
+        name = requested.split(" [", 1)[0]  # A1111 titles carry " [hash]"
+        if name not in self.pipelines:
+            from sdrt.serve.limits import RequestRejected
+
+            raise RequestRejected(f"model {requested!r} is not loaded here: use one of "
+                                  f"{', '.join(self.pipelines)}", 404)
+        return name
+
+    def submit(self, request: GenerationRequest) -> Job:
+        return self.workers[request.model].submit(request)
+
+    def queue_depth(self) -> int:
+        return sum(len(w.queue) for w in self.workers.values())
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
+
+
+__all__ = ["Service", "ModelWorker", "JobResult", "run_batch", "QueueFull", "JobCancelled", "GenerationRequest"]
