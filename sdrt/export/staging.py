@@ -11,12 +11,12 @@ import contextlib
 import errno
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from pathlib import Path
 from typing import Iterator
 
+from sdrt import atomic
+from sdrt.atomic import Interrupted  # noqa: F401 - re-exported for callers of the export
 from sdrt.errors import SdrtError
 
 TMP_SUFFIX = ".sdrt-tmp"
@@ -32,27 +32,9 @@ def check_target(out: Path, force: bool) -> None:
         raise SdrtError(f"{out.parent} is not a folder: choose another --out")
 
 
-class Interrupted(SdrtError):
-    """SIGTERM during an export: unwinds like Ctrl-C so the temporary folder is removed."""
-
-    exit_code = 130
-
-
-@contextlib.contextmanager
-def terminate_as_exception() -> Iterator[None]:
-    """Turn SIGTERM into an exception (main thread only), so `finally` blocks clean up."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise Interrupted("export interrupted (SIGTERM): nothing was written")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def terminate_as_exception() -> contextlib.AbstractContextManager:
+    """SIGTERM during an export unwinds like Ctrl-C, so the temporary folder is removed."""
+    return atomic.terminate_as_exception("export interrupted (SIGTERM): nothing was written")
 
 
 @contextlib.contextmanager

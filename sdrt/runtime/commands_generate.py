@@ -1,6 +1,7 @@
 """`sdrt generate`: images from an ONNX model folder with the torch-free pipeline.
 
-One PNG per image, named `NNNNN-SEED-INDEX.png` (a running number, so nothing is overwritten), with
+One PNG per image, named `NNNNN-SEED-INDEX.png` (a running number, so nothing is overwritten; SEED is
+that image's own seed: `--seed S` gives image i the seed S + i, and `--seed S+i` alone redraws it), with
 the generation parameters in a PNG text chunk "parameters" written the way AUTOMATIC1111's web UI
 does (prompt, "Negative prompt: ...", then "Steps: .., Sampler: .., CFG scale: .., Seed: .., Size: ..")
 so image viewers and SD tools show them, plus the full call as JSON in a chunk "sdrt".
@@ -10,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from pathlib import Path
 from typing import Any
 
 
@@ -25,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance; <= 1 turns it off and halves the UNet work (default 7.5)")
     p.add_argument("--height", type=int, default=None, help="pixels (default: the image's, else the model's)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the image's, else the model's)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, written in the PNG)")
+    p.add_argument("--seed", type=int, default=None, help="random seed; image i uses seed + i (AUTOMATIC1111's convention). "
+                   "-1 or none: a fresh one, printed and written in each PNG")
     p.add_argument("--scheduler", default=None, help="sampler: ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, lms, unipc, lcm, "
                         "or a diffusers class name (default: the model's)")
     p.add_argument("--num-images", type=int, default=1, help="images to generate (default 1)")
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
     """The "parameters" text of AUTOMATIC1111's PNGs, for one image of the call."""
     fields = [("Steps", parameters["steps"]), ("Sampler", parameters["scheduler"]),
-              ("CFG scale", parameters["guidance_scale"]), ("Seed", parameters["seed"]),
+              ("CFG scale", parameters["guidance_scale"]), ("Seed", image_seed(parameters, index)),
               ("Size", f"{parameters['width']}x{parameters['height']}"), ("Model", parameters["model"])]
     if "strength" in parameters:
         fields.append(("Denoising strength", parameters["strength"]))
@@ -55,6 +55,12 @@ def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
         lines.append(f"Negative prompt: {parameters['negative_prompt'][k]}")
     lines.append(", ".join(f"{name}: {value}" for name, value in fields))
     return "\n".join(lines)
+
+
+def image_seed(parameters: dict[str, Any], index: int) -> Any:
+    """The seed that regenerates image `index` alone."""
+    seeds = parameters.get("seeds")
+    return seeds[index] if seeds else parameters["seed"]
 
 
 #: the backend option that turns CUDA-graph replay on, per backend that has it
@@ -74,43 +80,44 @@ def cuda_graph_options(args: argparse.Namespace) -> dict[str, Any]:
     return {CUDA_GRAPH_OPTION[backend]: True}
 
 
-def _next_number(folder: Path) -> int:
-    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"(\d{5})-", p.name))]
-    return max(numbers, default=0) + 1
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sdrt import __version__
-    from sdrt.runtime import conditioning
+    from sdrt.atomic import terminate_as_exception
+    from sdrt.runtime import conditioning, outputs
     from sdrt.runtime.images import save_png
     from sdrt.runtime.pipeline import Pipeline
 
-    pipe = Pipeline.load(args.model, backend=args.backend, **cuda_graph_options(args))
+    options = cuda_graph_options(args)
+    out = outputs.check_writable(args.out)  # before any work: an unwritable --out is found in a second
+    pipe = Pipeline.load(args.model, backend=args.backend, **options)
     expected = args.steps
     if args.image is not None and isinstance(args.steps, int) and 0 <= args.strength <= 1:
         expected = conditioning.start_index(args.steps, args.strength, 1)[1]
     bar = tqdm(total=expected, unit="step", desc="denoising",
                disable=args.quiet or not sys.stderr.isatty())
-    try:
-        result = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                      guidance_scale=args.guidance_scale, height=args.height, width=args.width,
-                      num_images_per_prompt=args.num_images, seed=args.seed, scheduler=args.scheduler,
-                      image=args.image, strength=args.strength, mask_image=args.mask,
-                      callback=lambda i, t, x: bar.update(1))
-    finally:
-        bar.close()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    number = _next_number(out)
-    params = result.parameters
-    for index, image in enumerate(result.images):
-        path = out / f"{number:05d}-{result.seed}-{index}.png"
-        save_png(image, path, {"parameters": a1111_parameters(params, index),
-                               "sdrt": json.dumps({**params, "index": index, "sdrt_version": __version__})})
-        if not args.quiet:
-            print(path)
+    interrupted = "generate interrupted (SIGTERM): the images listed above are complete, no partial file was left"
+    with terminate_as_exception(interrupted), outputs.reserved_number(out) as number:
+        try:
+            result = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                          guidance_scale=args.guidance_scale, height=args.height, width=args.width,
+                          num_images_per_prompt=args.num_images, seed=args.seed, scheduler=args.scheduler,
+                          image=args.image, strength=args.strength, mask_image=args.mask,
+                          callback=lambda i, t, x: bar.update(1))
+        finally:
+            bar.close()
+        params = result.parameters
+        if args.seed is None or args.seed == -1:  # printed even with --quiet: it is the only way back
+            print(f"seed {result.seed} (random; image i used seed {result.seed} + i)", file=sys.stderr)
+        for index, image in enumerate(result.images):
+            seed = image_seed(params, index)
+            path = out / f"{number:05d}-{seed}-{index}.png"
+            save_png(image, path, {"parameters": a1111_parameters(params, index),
+                                   "sdrt": json.dumps({**params, "seed": seed, "index": index,
+                                                       "sdrt_version": __version__})})
+            if not args.quiet:
+                print(path)
     if not args.quiet:
         t = result.timings
         print(f"{params['mode']} on {params['backend']}: {t.total:.2f} s ({len(t.unet_steps)} UNet calls, "

@@ -14,6 +14,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from sdrt.atomic import replacing
 from sdrt.errors import SdrtError
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -93,7 +94,8 @@ def save_png(image: Image.Image, path: str | os.PathLike, text: dict[str, Any] |
     for key, value in (text or {}).items():
         info.add_text(key, str(value))
     path = Path(path)
-    image.save(path, format="PNG", pnginfo=info)
+    with replacing(path) as tmp:  # whole or not at all: a full disk or Ctrl-C leaves no truncated PNG
+        image.save(tmp, format="PNG", pnginfo=info)
     return path
 
 

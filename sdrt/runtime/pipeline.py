@@ -10,17 +10,26 @@ same scheduler maths, same pre- and post-processing), with numpy around the engi
 - classifier-free guidance (guidance_scale > 1) runs the unconditional half first in one batch;
 - latent channels, VAE scale factor, scaling factor and the default size come from `sdrt.json`.
 
-Randomness comes from one generator per call (numpy's, seeded by `seed`), drawn in diffusers' order
-(VAE sample of the image, the initial noise, VAE sample of the masked image, then the sampler's own
-draws), so an object with numpy's `standard_normal(size, dtype=)` that replays torch's draws gives
-diffusers' result with a torch generator of the same seed (how the parity tests work).
+Randomness: with `seed` (an int s, or one int per image) each image i has its own numpy generator
+(seed s + i, see `seeds.py`) for all of its draws, so any image of a batch is reproduced by a
+one-image call with its seed. With `generator=` one caller-supplied generator serves the whole
+call, drawn in diffusers' order (VAE sample of the image, the initial noise, VAE sample of the
+masked image, then the sampler's own draws): an object with numpy's `standard_normal(size, dtype=)`
+that replays torch's draws gives diffusers' result with a torch generator of the same seed (how the
+parity tests work).
+
+Threads: a Pipeline may be called from many threads at once. Its engines own one set of bound
+buffers each (allocated per shape, reused across calls), so calls are serialized by a per-Pipeline
+lock; every call then gets exactly the result it would get alone. Parallel calls on one GPU would
+need per-call buffers or a pool of engine contexts per thread -- future work (it multiplies device
+memory, and one CPU call already uses every core through ONNX Runtime's intra-op threads).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +42,7 @@ from sdrt.errors import SdrtError
 from sdrt.manifest import Manifest
 from sdrt.runtime import conditioning, images as imageio
 from sdrt.runtime.arguments import check_call, check_latents, prompt_lists
+from sdrt.runtime.seeds import PerImageGenerator, image_seeds
 from sdrt.runtime.timing import StageTimings
 
 #: Scheduler config values each diffusers pipeline overrides in its __init__ (for old checkpoints'
@@ -51,12 +61,15 @@ StepCallback = Callable[[int, Any, np.ndarray], None]
 
 @dataclass
 class PipelineOutput:
-    """`images`: PIL images, or float32 [N, H, W, 3] in [0, 1] for output_type="np"."""
+    """`images`: PIL images, or float32 [N, H, W, 3] in [0, 1] for output_type="np".
+
+    `seeds[i]` regenerates image i alone; `seed` is the first (None when a generator was passed)."""
 
     images: Any
     seed: int | None
     timings: StageTimings
     parameters: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] | None = None
 
 
 class Pipeline:
@@ -74,6 +87,7 @@ class Pipeline:
         self.latent_channels = int(p["latent_channels"])
         self.unet_in_channels = int(p["unet_in_channels"])
         self.engines: dict[str, Engine] = {}
+        self._lock = threading.RLock()  # one call at a time: the engines' bound buffers are shared
         for component in ("text_encoder", "unet", "vae_decoder"):  # fail early on a broken folder
             self.engine(component)
 
@@ -134,11 +148,14 @@ class Pipeline:
         return np.repeat(hidden, per_prompt, axis=0)
 
     def encode_images(self, pixels: np.ndarray, rng: Any) -> np.ndarray:
-        """[k, 3, H, W] in [-1, 1] -> sampled, scaled latents [k, C, h, w]."""
+        """[k, 3, H, W] in [-1, 1] -> sampled, scaled latents [k, C, h, w] ([n, ...] for n per-image
+        generators: each image samples its copy of the encoding from its own generator)."""
         engine = self.engine("vae_encoder")
         f = self.vae_scale_factor
         engine.prepare({"B": pixels.shape[0], "h": pixels.shape[2] // f, "w": pixels.shape[3] // f})
         parameters = engine.run({"sample": pixels})["latent_parameters"]
+        if isinstance(rng, PerImageGenerator):
+            parameters = conditioning.tile_to(parameters, len(rng), "image")
         return self.scaling_factor * (conditioning.sample_latents(parameters, rng) - self.shift_factor)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -177,10 +194,22 @@ class Pipeline:
 
     def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
-                 width: int | None = None, num_images_per_prompt: int = 1, seed: int | None = None,
+                 width: int | None = None, num_images_per_prompt: int = 1, seed: int | Sequence[int] | None = None,
                  latents: np.ndarray | None = None, scheduler: Any = None, image: Any = None, strength: float = 0.8,
                  mask_image: Any = None, output_type: str = "pil", callback: StepCallback | None = None,
                  generator: Any = None) -> PipelineOutput:
+        """Generate; safe from many threads (calls run one at a time, see the module docstring).
+
+        `seed`: an int s (image i uses s + i), one int per image, or None / -1 for a random one."""
+        with self._lock:
+            return self._generate(
+                prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
+                num_images_per_prompt, seed, latents, scheduler, image, strength, mask_image, output_type,
+                callback, generator)
+
+    def _generate(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
+                  num_images_per_prompt, seed, latents, scheduler, image, strength, mask_image, output_type,
+                  callback, generator) -> PipelineOutput:
         t_call = time.perf_counter()
         timings = StageTimings()
         steps, guidance, strength, per_prompt = check_call(
@@ -189,12 +218,12 @@ class Pipeline:
         prompts, negatives = prompt_lists(prompt, negative_prompt)
         images, masks = self._inputs(image, mask_image)
         height, width = self._size(height, width, images, masks)
-        if generator is None:
-            seed = secrets.randbits(32) if seed is None else int(seed)
-            rng = np.random.default_rng(seed)
-        else:
-            seed, rng = None, generator  # the caller's generator: its seed is not ours to report
         n = len(prompts) * per_prompt
+        if generator is None:
+            seeds = image_seeds(seed, n)
+            seed, rng = seeds[0], PerImageGenerator(seeds)
+        else:
+            seeds, seed, rng = None, None, generator  # the caller's generator: its seed is not ours to report
         cfg = guidance > 1.0
         f, C = self.vae_scale_factor, self.latent_channels
         h, w = height // f, width // f
@@ -281,11 +310,11 @@ class Pipeline:
         parameters = {
             "mode": mode,
             "prompt": prompts, "negative_prompt": negatives, "steps": steps, "guidance_scale": guidance,
-            "scheduler": type(sched).__name__, "seed": seed, "height": height, "width": width,
+            "scheduler": type(sched).__name__, "seed": seed, "seeds": seeds, "height": height, "width": width,
             "num_images_per_prompt": per_prompt, "backend": self.backend_name,
             "model": self.manifest.data.get("source", {}).get("name") or str(self.manifest.folder),
         }
         if images:
             parameters["strength"] = strength
         images_out = imageio.to_pil(result) if output_type == "pil" else result
-        return PipelineOutput(images_out, seed, timings, parameters)
+        return PipelineOutput(images_out, seed, timings, parameters, seeds)

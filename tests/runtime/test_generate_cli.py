@@ -22,14 +22,14 @@ def test_txt2img_writes_one_png_per_image_with_parameters(tiny_onnx, tmp_path):
                    "--seed", 42, "--num-images", 2, "--scheduler", "euler", "--out", out)
     assert rc == 0
     files = sorted(out.glob("*.png"))
-    assert [f.name for f in files] == ["00001-42-0.png", "00001-42-1.png"]
+    assert [f.name for f in files] == ["00001-42-0.png", "00001-43-1.png"]  # image i: seed + i
     text = read_png_text(files[1])
     lines = text["parameters"].splitlines()
     assert lines[0] == "a red bicycle" and lines[1] == "Negative prompt: blurry"
-    assert "Steps: 2, Sampler: EulerDiscreteScheduler, CFG scale: 7.5, Seed: 42, Size: 32x32" in lines[2]
+    assert "Steps: 2, Sampler: EulerDiscreteScheduler, CFG scale: 7.5, Seed: 43, Size: 32x32" in lines[2]
     assert "Batch index: 1" in lines[2]
     meta = json.loads(text["sdrt"])
-    assert meta["seed"] == 42 and meta["index"] == 1 and meta["backend"] == "ort-cpu"
+    assert meta["seed"] == 43 and meta["seeds"] == [42, 43] and meta["index"] == 1 and meta["backend"] == "ort-cpu"
     # a second run numbers its files after the first: nothing is overwritten
     assert _generate("--model", tiny_onnx, "--prompt", "x", "--seed", 42, "--out", out) == 0
     assert (out / "00002-42-0.png").is_file()
