@@ -91,6 +91,27 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> P
 
 
 @contextlib.contextmanager
+def staged_files(folder: str | os.PathLike, last: str | None = None) -> Iterator[Path]:
+    """Yield a temporary folder inside `folder` for a writer that makes several files (a model and its
+    external data); on success each is renamed into `folder`, `last` after all others (readers test
+    for it, so they never see it without its companions). On failure nothing appears."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staged.", suffix=TMP_SUFFIX, dir=folder))
+    try:
+        yield tmp
+        for name in sorted((p.name for p in tmp.iterdir() if p.is_file()), key=lambda n: n == last):
+            os.replace(tmp / name, folder / name)
+    except OSError as e:
+        friendly = disk_error(folder / (last or "."), e)
+        if friendly is not None:
+            raise friendly from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def terminate_as_exception(what: str = "interrupted (SIGTERM): nothing partial was written") -> Iterator[None]:
     """Turn SIGTERM into `Interrupted(what)` inside the block (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():

@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     from sdrt import __version__
     from sdrt.reference import TorchReplay, load_reference
     from sdrt.runtime import Pipeline
-    from sdrt.runtime.images import psnr, to_pil
+    from sdrt.atomic import write_text
+    from sdrt.runtime.images import psnr, save_png, to_pil
     from sdrt.runtime.timing import merge
 
     started = time.perf_counter()
@@ -143,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     ref_runs = [theirs] + [ref(args.prompt, **call, seed=args.seed) for _ in range(repeat - 1)]
     quality = psnr(ours.images, theirs.images)
 
-    to_pil(ours.images)[0].save(out / "sdrt.png")
-    to_pil(theirs.images)[0].save(out / "pytorch.png")
+    save_png(to_pil(ours.images)[0], out / "sdrt.png")
+    save_png(to_pil(theirs.images)[0], out / "pytorch.png")
     a, b = merge([r.timings for r in runs]), merge([r.timings for r in ref_runs])
     rows = [("text encoder", a.text_encoder, b.text_encoder),
             ("UNet per step (median)", a.unet_per_step, b.unet_per_step),
@@ -192,4 +193,4 @@ def write_report(out: Path, args: argparse.Namespace, pipe: Any, size: tuple[int
         f"{diffusers.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}.",
         "",
     ]
-    (out / "report.md").write_text("\n".join(text))
+    write_text(out / "report.md", "\n".join(text))

@@ -153,8 +153,6 @@ class Manifest:
 
 def write_manifest(folder: str | os.PathLike, data: dict[str, Any]) -> Path:
     """Write `sdrt.json` atomically (temp file, then rename)."""
-    path = Path(folder) / MANIFEST_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    from sdrt.atomic import write_text
+
+    return write_text(Path(folder) / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -54,10 +54,7 @@ def write_chart(report: Report, path: str | Path) -> Path:
                  fontsize=10)
     axes[0].legend(fontsize=8, frameon=False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_soak_chart(report: Report, path: str | Path) -> Path:
@@ -80,7 +77,19 @@ def write_soak_chart(report: Report, path: str | Path) -> Path:
     ax.set_ylim(lo - max(5.0, hi - lo), hi + max(5.0, hi - lo))
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Write the figure atomically (a temporary sibling renamed into place), then free it."""
+    import matplotlib.pyplot as plt
+
+    from sdrt.atomic import replacing
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -5,11 +5,10 @@ and ``result.png`` — the JSON is the record, the other two are rendered from i
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import date
 from pathlib import Path
 
+from sdrt.atomic import write_text
 from sdrt.bench.chart import write_chart
 from sdrt.bench.markdown import render
 from sdrt.bench.results import Report
@@ -28,25 +27,13 @@ def result_dir(out: str | Path, suite: str, day: date | None = None) -> Path:
     return candidate
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary sibling so an interrupted run leaves no half file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: Report, folder: str | Path, stem: str = "result") -> dict[str, Path]:
     """Write ``<stem>.json``, ``.md`` and ``.png`` into ``folder``; returns their paths by kind."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {kind: folder / name.replace("result", stem) for kind, name in FILES.items()}
-    _write_text(paths["json"], json.dumps(report.to_dict(), indent=2) + "\n")
-    _write_text(paths["markdown"], render(report))
+    write_text(paths["json"], json.dumps(report.to_dict(), indent=2) + "\n")
+    write_text(paths["markdown"], render(report))
     if report.runs:
         write_chart(report, paths["chart"])
     else:

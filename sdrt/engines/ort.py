@@ -11,6 +11,7 @@ onnxruntime is imported lazily, inside the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -19,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sdrt import spec
+from sdrt import atomic, spec
 from sdrt.engines.base import Backend, Engine
 from sdrt.errors import BackendUnavailable, SdrtError
 
@@ -192,22 +193,23 @@ class OrtCpuBackend(Backend):
             path = rewritten_model(path, self.graph_rewrites, manifest.folder / "engines" / self.name)
         so = self.session_options()
         model = path
-        if self.optimized_model_cache is not None:
-            cached, hit = self._cached_model(manifest, component, path)
-            if hit:
-                model = cached
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            else:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                so.optimized_model_filepath = str(cached)
-                if manifest.components[component].get("external_data"):
-                    so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                                cached.name + ".data")
-        try:
-            return ort.InferenceSession(str(model), sess_options=so, providers=self.providers())
-        except Exception as e:  # onnxruntime raises its own pybind classes for bad files
-            raise SdrtError(f"{model} could not be loaded by onnxruntime ({_one_line(e)}): "
-                            f"export the model again with --force") from None
+        with contextlib.ExitStack() as stack:
+            if self.optimized_model_cache is not None:
+                cached, hit = self._cached_model(manifest, component, path)
+                if hit:
+                    model = cached
+                    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+                else:  # ORT writes the cache entry into a staging folder: it appears whole or not at all
+                    stage = stack.enter_context(atomic.staged_files(cached.parent, last=cached.name))
+                    so.optimized_model_filepath = str(stage / cached.name)
+                    if manifest.components[component].get("external_data"):
+                        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                                    cached.name + ".data")
+            try:
+                return ort.InferenceSession(str(model), sess_options=so, providers=self.providers())
+            except Exception as e:  # onnxruntime raises its own pybind classes for bad files
+                raise SdrtError(f"{model} could not be loaded by onnxruntime ({_one_line(e)}): "
+                                f"export the model again with --force") from None
 
     def load(self, manifest, component: str) -> OrtEngine:
         session = self.create_session(manifest, component)

@@ -113,8 +113,11 @@ def rewritten_model(path: str | os.PathLike, rewrites: Sequence[str], cache_dir:
             onnx.save(model, str(tmp / path.name))
         else:
             (tmp / "unchanged").write_text("no rewrite matched this graph\n")
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not folder.is_dir():  # not a race with another process that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; ours is dropped after a lost race
     return target if changed else path

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from sdrt import atomic
 from sdrt.engines.trt_profiles import DimRange
+from sdrt.errors import SdrtError
 
 KEY_FORMAT = 1
 ENGINE_FILE = "engine.plan"
@@ -72,10 +74,8 @@ def onnx_content_hash(component_dir: Path, memo_path: Path | None = None) -> str
     if changed and memo_path is not None:
         try:
             memo_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(memo, indent=1))
-            os.replace(tmp, memo_path)
-        except OSError:
+            atomic.write_text(memo_path, json.dumps(memo, indent=1))
+        except (OSError, SdrtError):
             pass  # a read-only model folder: hash again next time
     return "sha256:" + total.hexdigest()
 

@@ -93,3 +93,23 @@ def test_presets():
     assert set(CPU_PRESETS) >= {"default", "fast"}
     with pytest.raises(SdrtError, match="tuning preset 'nope'"):
         backend_options("ort-cpu", "nope")
+
+
+def test_rewritten_model_survives_losing_a_race(tiny_onnx, tmp_path, monkeypatch):
+    """Another process wrote the same rewrite first: ours is dropped, theirs is used, no temp is left."""
+    import os
+    import shutil
+
+    from sdrt.engines import ort_tuning
+
+    path = tiny_onnx / "unet" / "model.onnx"
+    real_replace = os.replace
+
+    def other_process_first(src, dst):
+        shutil.copytree(src, dst)  # the other writer's identical result lands just before ours
+        return real_replace(src, dst)  # -> OSError: the target is a non-empty folder
+
+    monkeypatch.setattr(ort_tuning.os, "replace", other_process_first)
+    first = rewritten_model(path, REWRITES, tmp_path)
+    assert first.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [first.parent.name]

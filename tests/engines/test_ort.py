@@ -177,3 +177,24 @@ def test_ort_cuda_matches_cpu(tmp_path, cuda_graph):
         out = engine.run({"sample": sample, "timestep": t, "encoder_hidden_states": ehs})["out_sample"]
         np.testing.assert_allclose(out, _expected(sample, t, ehs), rtol=1e-4, atol=1e-4)
         assert all(engine.buffers[k] is v for k, v in bound.items())
+
+
+def test_optimized_model_cache_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A session that fails after ORT wrote its optimized model leaves no cache entry to be 'hit' later."""
+    import onnxruntime as ort
+
+    manifest = _folder(tmp_path / "m")
+    cache = tmp_path / "cache"
+    real = ort.InferenceSession
+
+    def write_then_fail(model, sess_options=None, providers=None):
+        real(model, sess_options=sess_options, providers=providers)  # writes optimized_model_filepath
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(ort, "InferenceSession", write_then_fail)
+    with pytest.raises(SdrtError):
+        OrtCpuBackend(optimized_model_cache=cache).load(manifest, "unet")
+    assert list(cache.iterdir()) == []
+    monkeypatch.setattr(ort, "InferenceSession", real)
+    OrtCpuBackend(optimized_model_cache=cache).load(manifest, "unet")
+    assert [p.suffix for p in cache.iterdir()] == [".onnx"]
