@@ -1,0 +1,199 @@
+"""`sdrt batch`: many requests from a JSONL file, written as PNGs plus `results.jsonl` beside them, resumably.
+
+One request per line (`prompt`, optional `id`, `negative_prompt`, `width`, `height`, `steps`,
+`guidance_scale`, `seed`, `sampler`, `n`). A request without a seed gets `--seed + line index`,
+so a rerun makes the same images. Each image is written to a temporary name and renamed; a
+request's line is appended to `results.jsonl` (flushed and fsynced) only after all its images are
+in place. On restart the ids already in `results.jsonl` are skipped: an interrupted run continues
+where it stopped and no request is answered twice. A request whose images were written but whose
+line was not is simply made again (same seed, same file names, same pixels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sdrt.errors import SdrtError
+from sdrt.serve.queueing import GenerationRequest
+
+RESULTS = "results.jsonl"
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+FIELDS = {"id", "prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "sampler", "n",
+          "model"}
+
+
+@dataclass
+class BatchItem:
+    id: str
+    line: int
+    request: GenerationRequest
+
+
+def read_requests(path: str | os.PathLike, *, model: str, default_size: int, default_steps: int,
+                  seed_base: int) -> list[BatchItem]:
+    """Parse and check every line first: a bad line stops the run before anything is generated."""
+    from sdrt.serve import samplers
+
+    path = Path(path)
+    if not path.is_file():
+        raise SdrtError(f"{path} does not exist: pass a JSONL file with one request per line")
+    items: list[BatchItem] = []
+    seen: set[str] = set()
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not text.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SdrtError(f"{where} is not JSON ({e.msg}): write one JSON object per line") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise SdrtError(f"{where} needs a \"prompt\" string")
+        unknown = set(obj) - FIELDS
+        if unknown:
+            raise SdrtError(f"{where} has unknown fields {sorted(unknown)}: use {sorted(FIELDS)}")
+        item_id = str(obj.get("id", f"line{number:06d}"))
+        if not ID_PATTERN.fullmatch(item_id):
+            raise SdrtError(f"{where}: id {item_id!r} must be 1-100 letters, digits, '.', '_' or '-' "
+                            f"(it names the image files)")
+        if item_id in seen:
+            raise SdrtError(f"{where}: id {item_id!r} appears twice: give each request its own id")
+        seen.add(item_id)
+        sampler = obj.get("sampler")
+        if sampler in samplers.SAMPLERS:  # an A1111 name; else an sdrt or diffusers name, checked by the pipeline
+            sampler = samplers.resolve(sampler)
+        try:
+            request = GenerationRequest(
+                model=model, prompt=obj["prompt"], negative_prompt=str(obj.get("negative_prompt", "")),
+                n=int(obj.get("n", 1)), width=int(obj.get("width", default_size)),
+                height=int(obj.get("height", default_size)), steps=int(obj.get("steps", default_steps)),
+                sampler=sampler,
+                guidance_scale=float(obj.get("guidance_scale", 7.5)),
+                seed=int(obj.get("seed", seed_base + number - 1)) % 2**32)
+        except (TypeError, ValueError) as e:
+            raise SdrtError(f"{where}: {e}") from None
+        if request.n < 1 or request.steps < 1:
+            raise SdrtError(f"{where}: n and steps must be >= 1")
+        items.append(BatchItem(item_id, number, request))
+    if not items:
+        raise SdrtError(f"{path} has no requests")
+    return items
+
+
+def finished_ids(out: Path) -> set[str]:
+    """Ids already answered in out/results.jsonl (a torn last line, from a kill mid-write, is ignored)."""
+    path = out / RESULTS
+    if not path.is_file():
+        return set()
+    done = set()
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            done.add(json.loads(text)["id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return done
+
+
+def image_names(item_id: str, n: int) -> list[str]:
+    return [f"{item_id}-{i}.png" for i in range(n)]
+
+
+def write_images(out: Path, item: BatchItem, images: list, parameters: dict[str, Any]) -> list[str]:
+    """Each image to a temporary name, fsynced, then renamed into place."""
+    from sdrt.runtime.commands_generate import a1111_parameters
+    from sdrt.runtime.images import save_png
+
+    names = image_names(item.id, item.request.n)
+    for index, (name, image) in enumerate(zip(names, images)):
+        final = out / name
+        tmp = out / f".{name}.{os.getpid()}.tmp"
+        save_png(image, tmp, {"parameters": a1111_parameters({**parameters, "seed": item.request.seeds[index]}, index)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    return names
+
+
+def result_line(item: BatchItem, names: list[str], parameters: dict[str, Any], seconds: float,
+                batch_images: int) -> dict[str, Any]:
+    r = item.request
+    return {"id": item.id, "line": item.line, "images": names, "seeds": r.seeds, "prompt": r.prompt,
+            "negative_prompt": r.negative_prompt, "width": r.width, "height": r.height, "steps": r.steps,
+            "guidance_scale": r.guidance_scale, "scheduler": parameters.get("scheduler"),
+            "backend": parameters.get("backend"), "seconds": round(seconds, 4), "batch_images": batch_images}
+
+
+class ResultsWriter:
+    """Appends one line per finished request, durably, in the order requests finish."""
+
+    def __init__(self, out: Path):
+        self.path = out / RESULTS
+        self._repair()
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def _repair(self) -> None:
+        """Cut a torn last line (no newline: the previous run was killed while writing it)."""
+        if self.path.is_file() and self.path.stat().st_size:
+            data = self.path.read_bytes()
+            if not data.endswith(b"\n"):
+                keep = data[:data.rfind(b"\n") + 1]
+                tmp = self.path.with_name(f".{RESULTS}.tmp")
+                tmp.write_bytes(keep)
+                os.replace(tmp, self.path)
+
+    def write(self, line: dict[str, Any]) -> None:
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def group(items: Iterable[BatchItem], max_images: int) -> Iterator[list[BatchItem]]:
+    """Consecutive runs of compatible requests, up to `max_images` images each."""
+    batch: list[BatchItem] = []
+    for item in items:
+        if batch and (item.request.batch_key() != batch[0].request.batch_key()
+                      or sum(b.request.n for b in batch) + item.request.n > max_images):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def generate_group(pipe: Any, out: Path, batch: list[BatchItem], seed_lists: bool) -> list[dict[str, Any]]:
+    """Run one batch on a pipeline, write its images; the result lines (not yet written)."""
+    from sdrt.serve.queueing import Job
+    from sdrt.serve.service import run_batch
+
+    results = run_batch(pipe, [Job(item.request) for item in batch], seed_lists=seed_lists)
+    lines = []
+    for item, result in zip(batch, results):
+        names = write_images(out, item, result.images, result.parameters)
+        lines.append(result_line(item, names, result.parameters, result.seconds, result.batch_images))
+    return lines
+
+
+def run_local(pipe: Any, items: list[BatchItem], out: Path, max_batch: int, log: Any = print) -> int:
+    """Generate the pending items in this process; returns how many requests were made now."""
+    from sdrt.serve.service import pipeline_takes_seed_lists
+
+    seed_lists = pipeline_takes_seed_lists(pipe)
+    writer = ResultsWriter(out)
+    made = 0
+    try:
+        for batch in group(items, max_batch if seed_lists else 1):
+            for line in generate_group(pipe, out, batch, seed_lists):
+                writer.write(line)
+                made += 1
+            log(f"{made}/{len(items)} requests")
+    finally:
+        writer.close()
+    return made
