@@ -183,7 +183,9 @@ def create_app(service: Any, *, api_key: str | None = None, cors_origins: tuple[
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         ready = service.ready
-        return JSONResponse({"ready": ready, "models": list(service.pipelines)}, status_code=200 if ready else 503)
+        batching = {name: w.batching for name, w in service.workers.items()}
+        return JSONResponse({"ready": ready, "models": list(service.pipelines), "batching": batching},
+                            status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
