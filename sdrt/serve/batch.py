@@ -112,7 +112,7 @@ def write_images(out: Path, item: BatchItem, images: list, parameters: dict[str,
     for index, (name, image) in enumerate(zip(names, images)):
         final = out / name
         tmp = out / f".{name}.{os.getpid()}.tmp"
-        save_png(image, tmp, {"parameters": a1111_parameters({**parameters, "seed": item.request.seeds[index]}, index)})
+        save_png(image, tmp, {"parameters": a1111_parameters(parameters, index)})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -168,12 +168,12 @@ def group(items: Iterable[BatchItem], max_images: int) -> Iterator[list[BatchIte
         yield batch
 
 
-def generate_group(pipe: Any, out: Path, batch: list[BatchItem], seed_lists: bool) -> list[dict[str, Any]]:
+def generate_group(pipe: Any, out: Path, batch: list[BatchItem]) -> list[dict[str, Any]]:
     """Run one batch on a pipeline, write its images; the result lines (not yet written)."""
     from sdrt.serve.queueing import Job
     from sdrt.serve.service import run_batch
 
-    results = run_batch(pipe, [Job(item.request) for item in batch], seed_lists=seed_lists)
+    results = run_batch(pipe, [Job(item.request) for item in batch])
     lines = []
     for item, result in zip(batch, results):
         names = write_images(out, item, result.images, result.parameters)
@@ -183,14 +183,11 @@ def generate_group(pipe: Any, out: Path, batch: list[BatchItem], seed_lists: boo
 
 def run_local(pipe: Any, items: list[BatchItem], out: Path, max_batch: int, log: Any = print) -> int:
     """Generate the pending items in this process; returns how many requests were made now."""
-    from sdrt.serve.service import pipeline_takes_seed_lists
-
-    seed_lists = pipeline_takes_seed_lists(pipe)
     writer = ResultsWriter(out)
     made = 0
     try:
-        for batch in group(items, max_batch if seed_lists else 1):
-            for line in generate_group(pipe, out, batch, seed_lists):
+        for batch in group(items, max_batch):
+            for line in generate_group(pipe, out, batch):
                 writer.write(line)
                 made += 1
             log(f"{made}/{len(items)} requests")

@@ -36,18 +36,16 @@ class PipelineActor:
 
     def __init__(self, model: str, backend: str, out: str, max_batch: int):
         from sdrt.runtime.pipeline import Pipeline
-        from sdrt.serve.service import pipeline_takes_seed_lists
 
         self.pipe = Pipeline.load(model, backend=backend)
         self.out = Path(out)
-        self.seed_lists = pipeline_takes_seed_lists(self.pipe)
-        self.max_batch = max_batch if self.seed_lists else 1
+        self.max_batch = max_batch
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [decode(str(text)) for text in rows["item"]]
         lines = []
         for group in batch.group(items, self.max_batch):
-            lines += batch.generate_group(self.pipe, self.out, group, self.seed_lists)
+            lines += batch.generate_group(self.pipe, self.out, group)
         for line in lines:
             line["worker_pid"] = os.getpid()
         return {"result": np.array([json.dumps(line) for line in lines], dtype=object)}

@@ -8,8 +8,6 @@ with seed s uses s + i), so an image does not depend on what it was batched with
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import threading
 import time
 from dataclasses import dataclass
@@ -32,28 +30,8 @@ class BatchCancelled(Exception):
     """Every job of the running batch was cancelled: the denoising loop stops early."""
 
 
-def pipeline_takes_seed_lists(pipe: Any) -> bool:
-    """Whether `pipe(seed=[...])` gives each image its own generator (the reliability issue's API)."""
-    seed = inspect.signature(type(pipe).__call__).parameters.get("seed")
-    annotation = str(seed.annotation) if seed is not None else ""
-    return "Sequence" in annotation or "list" in annotation
-
-
-def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None,
-              seed_lists: bool = True) -> list[JobResult]:
-    """One pipeline call for compatible jobs: prompts repeated per image, one seed per image.
-
-    Without `seed_lists` (a pipeline whose one generator serves the whole call) each image runs alone,
-    so that image i of a request still is the image of seed s + i."""
-    if not seed_lists and (len(jobs) > 1 or jobs[0].request.n > 1):
-        results = []
-        for job in jobs:
-            parts = [run_batch(pipe, [Job(dataclasses.replace(job.request, seed=s, n=1))], callback)[0]
-                     for s in job.request.seeds]
-            results.append(JobResult([p.images[0] for p in parts], job.request.seeds,
-                                     {**parts[0].parameters, "seed": job.request.seed,
-                                      "num_images_per_prompt": job.request.n}, 1, sum(p.seconds for p in parts)))
-        return results
+def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> list[JobResult]:
+    """One pipeline call for compatible jobs: prompts repeated per image, one seed per image."""
     first = jobs[0].request
     prompts = [j.request.prompt for j in jobs for _ in range(j.request.n)]
     negatives = [j.request.negative_prompt for j in jobs for _ in range(j.request.n)]
@@ -63,14 +41,14 @@ def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None,
     t0 = time.perf_counter()
     out = pipe(prompts, negative_prompt=negatives, num_inference_steps=first.steps,
                guidance_scale=first.guidance_scale, height=first.height, width=first.width,
-               num_images_per_prompt=1, seed=seeds if len(seeds) > 1 else seeds[0], scheduler=first.sampler,
+               num_images_per_prompt=1, seed=seeds, scheduler=first.sampler,
                image=images, strength=first.strength, mask_image=masks, callback=callback)
     seconds = time.perf_counter() - t0
     results, start = [], 0
     for job in jobs:
         n = job.request.n
         params = {**out.parameters, "prompt": [job.request.prompt], "negative_prompt": [job.request.negative_prompt],
-                  "seed": job.request.seed, "num_images_per_prompt": n}
+                  "seed": job.request.seed, "seeds": job.request.seeds, "num_images_per_prompt": n}
         results.append(JobResult(list(out.images[start:start + n]), job.request.seeds, params, len(seeds), seconds))
         start += n
     return results
@@ -95,9 +73,7 @@ class ModelWorker:
         self.queue = JobQueue(queue_size)
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
-        # Until the pipeline gives each image its own generator, a batch would change the images: run jobs alone.
-        self.seed_lists = pipeline_takes_seed_lists(pipe)
-        self.batching = max_batch > 1 and self.seed_lists
+        self.batching = max_batch > 1
         self.progress = Progress()
         self._thread = threading.Thread(target=self._loop, name=f"sdrt-worker-{name}", daemon=True)
         self._thread.start()
@@ -137,7 +113,7 @@ class ModelWorker:
                 raise BatchCancelled()
 
         try:
-            results = run_batch(self.pipe, batch, on_step, self.seed_lists)
+            results = run_batch(self.pipe, batch, on_step)
         except BatchCancelled:
             for job in batch:
                 job.future.set_exception(JobCancelled())

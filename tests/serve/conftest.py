@@ -43,21 +43,9 @@ class FakePipe:
         images = [Image.new("RGB", (width, height), (s % 256, 0, 0)) for s in seeds]
         params = {"mode": "txt2img", "prompt": prompts, "negative_prompt": list(negative_prompt or [""] * len(prompts)),
                   "steps": num_inference_steps, "guidance_scale": guidance_scale, "scheduler": "PNDMScheduler",
-                  "seed": seed, "height": height, "width": width, "num_images_per_prompt": 1,
+                  "seed": seeds[0], "seeds": seeds, "height": height, "width": width, "num_images_per_prompt": 1,
                   "backend": "fake", "model": "fake"}
         return SimpleNamespace(images=images, seed=seed, parameters=params)
-
-
-class FakePipeOneGenerator(FakePipe):
-    """A pipeline of the older API: one generator per call, `seed` an int."""
-
-    def __call__(self, prompt: Any, negative_prompt: Any = None, num_inference_steps: int = 50,
-                 guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
-                 num_images_per_prompt: int = 1, seed: int | None = None, scheduler: Any = None,
-                 image: Any = None, strength: float = 0.8, mask_image: Any = None, callback: Any = None) -> Any:
-        assert isinstance(seed, int)
-        return super().__call__(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                                num_images_per_prompt, seed, scheduler, image, strength, mask_image, callback)
 
 
 def make_service(pipes: dict, **kwargs: Any):

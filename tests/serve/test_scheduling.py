@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from sdrt.serve.queueing import GenerationRequest, Job, JobQueue, QueueFull
-from tests.serve.conftest import FakePipeOneGenerator, live_server, wait_for
+from tests.serve.conftest import live_server, wait_for
 
 
 def request(**kw):
@@ -72,13 +72,6 @@ def test_image_i_of_a_request_uses_seed_plus_i(fake_service):
     result = service.submit(request(seed=2**32 - 1, n=3)).future.result(10)
     assert result.seeds == [2**32 - 1, 0, 1]
     assert pipe.calls[0]["seeds"] == [2**32 - 1, 0, 1]
-
-
-def test_without_seed_lists_each_image_runs_alone(fake_service):
-    service, pipe = fake_service(max_batch=4, pipe=FakePipeOneGenerator())
-    result = service.submit(request(seed=5, n=2)).future.result(10)
-    assert [c["seeds"] for c in pipe.calls] == [[5], [6]]
-    assert result.seeds == [5, 6] and len(result.images) == 2
 
 
 def test_max_batch_one_turns_batching_off(fake_service):
@@ -147,3 +140,23 @@ def test_client_that_disconnects_is_cancelled(fake_service):
         pipe.hold.set()
         assert wait_for(lambda: len(worker.queue) == 0)
     assert all(99 not in c["seeds"] for c in pipe.calls)
+
+
+@pytest.mark.parametrize("sampler,img2img", [("euler_a", False), ("ddim", True)])
+def test_a_batched_image_equals_the_image_made_alone(tiny_pipeline, sampler, img2img):
+    """The real pipeline: three requests in one UNet batch give each the images of its own runs."""
+    import numpy as np
+    from PIL import Image
+
+    from sdrt.serve.service import run_batch
+
+    start = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)) if img2img else None
+    jobs = [Job(request(prompt=p, seed=s, n=n, sampler=sampler, init_image=start, strength=0.6))
+            for p, s, n in (("a cat", 3, 2), ("a dog", 50, 1), ("a boat", 7, 1))]
+    results = run_batch(tiny_pipeline, jobs)
+    assert [r.batch_images for r in results] == [4, 4, 4]
+    for job, result in zip(jobs, results):
+        for image, seed in zip(result.images, job.request.seeds):
+            alone = tiny_pipeline(job.request.prompt, num_inference_steps=3, height=64, width=64, seed=seed,
+                                  scheduler=sampler, image=start, strength=0.6).images[0]
+            assert np.array_equal(np.asarray(image), np.asarray(alone)), (job.request.prompt, seed)
