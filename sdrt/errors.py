@@ -13,3 +13,7 @@ class SdrtError(Exception):
 
 class BackendUnavailable(SdrtError):
     """An engine backend is not installed or cannot run here (no GPU, missing library)."""
+
+
+class EngineMissing(SdrtError):
+    """No built engine (or only a stale one) for a component: `sdrt build` makes it; `auto` falls back."""

@@ -19,9 +19,10 @@ between runs in ``.pytest_cache/d/sdrt-models/`` under a key that changes whenev
 code, the presets or the library versions change. ``SDRT_TEST_CACHE=0`` exports into a fresh
 temporary folder instead.
 
-Markers: ``@pytest.mark.gpu`` tests skip, with the reason, where no NVIDIA GPU is visible;
-``@pytest.mark.tensorrt`` tests also skip where the ``tensorrt`` (or ``tensorrt_rtx``) module is
-not installed.
+Markers (independent; a test that needs both carries both): ``@pytest.mark.gpu`` tests skip, with
+the reason, where no NVIDIA GPU is visible; ``@pytest.mark.tensorrt`` tests skip where neither the
+``tensorrt`` nor the ``tensorrt_rtx`` module is installed. So a TensorRT-RTX build test (no GPU
+needed) is marked ``tensorrt`` only and runs on CPU machines.
 """
 
 from __future__ import annotations
@@ -64,13 +65,20 @@ def tensorrt_module() -> str | None:
     return next((m for m in ("tensorrt", "tensorrt_rtx") if importlib.util.find_spec(m) is not None), None)
 
 
+def skip_reason(markers: set[str], gpu: Callable[[], str | None], module: Callable[[], str | None]) -> str | None:
+    """Why a test with these markers cannot run here (None: it runs). Each marker asks for one thing."""
+    if "gpu" in markers and gpu() is None:
+        return "needs an NVIDIA GPU; nvidia-smi finds none here"
+    if "tensorrt" in markers and module() is None:
+        return "needs the TensorRT or TensorRT-RTX Python module (pip install 'sdrt[tensorrt-rtx]')"
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        needs_gpu = item.get_closest_marker("gpu") or item.get_closest_marker("tensorrt")
-        if needs_gpu and nvidia_gpu() is None:
-            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU; nvidia-smi finds none here"))
-        elif item.get_closest_marker("tensorrt") and tensorrt_module() is None:
-            item.add_marker(pytest.mark.skip(reason="needs the TensorRT Python module (pip install 'sdrt[tensorrt]')"))
+        reason = skip_reason({m.name for m in item.iter_markers()}, nvidia_gpu, tensorrt_module)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 # -- cached models -----------------------------------------------------------------------------

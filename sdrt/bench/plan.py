@@ -91,6 +91,7 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
     from sdrt.bench.output import result_dir, write_report
     from sdrt.bench.runner import run_benchmark
     from sdrt.bench.soak import run_soak
+    from sdrt.engines.base import backend_class
     from sdrt.engines.ort_tuning import DEFAULT_PRESET, backend_options
     from sdrt.manifest import Manifest
 
@@ -111,7 +112,9 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
         method = _method(plan, manifest, height, width, batch, latents)
         sdrt_runs = []
         for backend in suite.backends:
-            options = backend_options(backend, plan.tuning, folder) | plan.backend_options
+            # --threads is an ONNX Runtime option: only the backends that declare it get it
+            options = backend_options(backend, plan.tuning, folder) | {
+                k: v for k, v in plan.backend_options.items() if k in backend_class(backend).options}
             sdrt_runs.append(SdrtContender(folder, backend, options))
         threads = {r.backend: r.options.get("intra_op_num_threads", "default (physical cores)") for r in sdrt_runs}
         method["threads"] = ", ".join(f"{b} intra-op {t}" for b, t in threads.items())

@@ -13,6 +13,11 @@ One engine runs one component (text_encoder, unet, vae_decoder, vae_encoder). It
 4. ``buffers`` — the bound buffer objects by tensor name (tests check they are the same objects
    on every step), ``close()`` frees them.
 
+Backend options are one vocabulary: each backend declares the keywords it takes in ``options``
+(name -> what it does), the same word means the same thing everywhere (``cuda_graph``,
+``device_id``), and an option a backend does not take is a one-line error naming the ones it does.
+With ``auto``, options narrow the choice to the usable backends that take all of them.
+
 Backends are imported lazily, each only with its own library.
 """
 
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -79,18 +84,41 @@ class Engine(abc.ABC):
         pass
 
 
+#: what the options shared by several backends mean (a backend's own table reuses these words)
+SHARED_OPTIONS: dict[str, str] = {
+    "cuda_graph": "replay the UNet step as a CUDA graph (one fixed shape per capture)",
+    "device_id": "the CUDA device to run on (default 0)",
+}
+
+
 class Backend(abc.ABC):
-    """Creates engines for a model folder. One instance per pipeline."""
+    """Creates engines for a model folder. One instance per pipeline; ``close()`` frees what it shares."""
 
     name: str
+    #: the keyword options the constructor takes -> what each does (see SHARED_OPTIONS)
+    options: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     @abc.abstractmethod
     def check_available(cls) -> None:
         """Raise BackendUnavailable (one line, naming the pip extra) when it cannot run here."""
 
+    @classmethod
+    def check_options(cls, given: Mapping[str, Any]) -> None:
+        """One line naming the valid options when ``given`` holds one this backend does not take."""
+        unknown = [k for k in given if k not in cls.options]
+        if unknown:
+            others = offering(unknown[0])
+            where = f" ({unknown[0]} is an option of {', '.join(others)})" if others else ""
+            raise SdrtError(f"backend {cls.name} has no option {unknown[0]!r}{where}; its options: "
+                            f"{', '.join(cls.options) or 'none'}")
+
     @abc.abstractmethod
-    def load(self, manifest, component: str) -> Engine: ...
+    def load(self, manifest, component: str) -> Engine:
+        """The component's engine, ready to prepare: a broken or missing engine fails here, not later."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free what the backend's engines share (streams, memory); engines are closed by their owner."""
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -116,18 +144,47 @@ def available_backends() -> list[str]:
     return found
 
 
-def resolve_backend(name: str = "auto") -> str:
-    """'auto' -> the fastest usable backend; a named one is checked and returned."""
-    if name == "auto":
-        found = available_backends()
-        if not found:
-            raise BackendUnavailable("no engine backend is usable here: pip install sdrt (onnxruntime)")
-        return found[0]
-    backend_class(name).check_available()
-    return name
+def offering(option: str) -> list[str]:
+    """The backends that take an option (by their declared tables; a backend whose module cannot be
+    imported here is left out)."""
+    found = []
+    for name in BACKENDS:
+        try:
+            if option in backend_class(name).options:
+                found.append(name)
+        except SdrtError:
+            continue
+    return found
+
+
+def candidates(name: str = "auto", options: Mapping[str, Any] | None = None) -> list[str]:
+    """The backends to try, in order: a named one (checked), or for 'auto' every usable one that
+    takes all the options (the caller falls back along the list when one has no engine)."""
+    options = dict(options or {})
+    if name != "auto":
+        cls = backend_class(name)
+        cls.check_options(options)
+        cls.check_available()
+        return [name]
+    found = available_backends()
+    if not found:
+        raise BackendUnavailable("no engine backend is usable here: pip install sdrt (onnxruntime)")
+    fitting = [b for b in found if all(k in backend_class(b).options for k in options)]
+    if not fitting:
+        missing = next(k for k in options if not all(k in backend_class(b).options for b in found))
+        offered = offering(missing)
+        where = f"it is an option of {', '.join(offered)}" if offered else "no backend has it"
+        raise BackendUnavailable(f"no backend usable here takes the option {missing!r} ({where}; usable "
+                                 f"here: {', '.join(found)}): drop the option or install a backend that has it")
+    return fitting
+
+
+def resolve_backend(name: str = "auto", options: Mapping[str, Any] | None = None) -> str:
+    """'auto' -> the fastest usable backend that takes the options; a named one is checked and returned."""
+    return candidates(name, options)[0]
 
 
 def create_backend(name: str = "auto", **options: Any) -> Backend:
-    """A backend instance; options go to its constructor (threads, CUDA graph, ...)."""
-    resolved = resolve_backend(name)
+    """A backend instance; options (its declared ones only) go to its constructor."""
+    resolved = resolve_backend(name, options)
     return backend_class(resolved)(**options)

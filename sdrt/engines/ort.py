@@ -4,7 +4,10 @@ Why IO binding on the CPU too: `session.run(feeds)` copies every input and alloc
 each call; binding preallocated `OrtValue`s lets a denoising loop write the new latents into the same
 memory and read `out_sample` from the same memory on every step. On the CPU the `OrtValue`s wrap our
 own numpy arrays (no copy at all); on CUDA they live on the device, inputs are overwritten in place
-(`update_inplace`) and an optional CUDA graph replays the whole UNet for a fixed shape.
+(`update_inplace`), outputs are copied into preallocated host arrays (sdrt.engines.cuda_driver: no
+`OrtValue.numpy()`, which allocates per call), and an optional CUDA graph (``cuda_graph=True``)
+replays the UNet for a fixed shape. Only the UNet session gets the graph: a CPU-fallback node in
+the text encoder or the VAE would break the capture, and they run once per image anyway.
 
 onnxruntime is imported lazily, inside the functions that need it.
 """
@@ -12,7 +15,6 @@ onnxruntime is imported lazily, inside the functions that need it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 from pathlib import Path
@@ -21,7 +23,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from sdrt import atomic, spec
-from sdrt.engines.base import Backend, Engine
+from sdrt.engines import cuda_driver
+from sdrt.engines.base import SHARED_OPTIONS, Backend, Engine
 from sdrt.errors import BackendUnavailable, SdrtError
 
 #: names accepted for `graph_optimization_level`, mapped to onnxruntime's enum member names.
@@ -54,12 +57,16 @@ class OrtEngine(Engine):
     """One component on one ONNX Runtime session, bound once per shape set."""
 
     def __init__(self, session, component: str, model_values: Mapping[str, int], precision: str,
-                 *, device: str = "cpu", device_id: int = 0, cuda_graph: bool = False):
+                 *, device: str = "cpu", device_id: int = 0, cuda_graph: bool = False,
+                 to_host: cuda_driver.DeviceToHost | None = None):
         super().__init__(component, model_values, precision)
         self.session = session
         self.device = device
         self.device_id = device_id
         self.cuda_graph = cuda_graph
+        if device != "cpu" and to_host is None:
+            to_host = cuda_driver.DeviceToHost(device_id)
+        self.to_host = to_host
         self._outputs = [o.name for o in session.get_outputs()]
         self._host: dict[str, np.ndarray] = {}
         self._values: dict[str, Any] = {}
@@ -72,7 +79,7 @@ class OrtEngine(Engine):
             return
         if self.cuda_graph and self.dims is not None:
             raise SdrtError(f"{self.component}: the CUDA graph was captured for {self.dims}; it cannot run "
-                            f"{dims}: create the backend again, or turn enable_cuda_graph off")
+                            f"{dims}: create the backend again, or turn cuda_graph off")
         ort = _import_ort()
         shapes = spec.shapes(self.component, {**self.model_values, **dims}, include_optional=True)
         names = list(self.spec.input_names) + [n for n in self.spec.output_names if n in self._outputs]
@@ -104,8 +111,8 @@ class OrtEngine(Engine):
         self.session.run_with_iobinding(self._binding)
         outputs = {n: self._host[n] for n in self.spec.output_names if n in self._host}
         if self.device != "cpu":
-            for name, host in outputs.items():
-                np.copyto(host, self._values[name].numpy())
+            for name, host in outputs.items():  # into our host array: nothing allocated per call
+                self.to_host.copy(host, self._values[name].data_ptr())
         return outputs
 
     @property
@@ -122,6 +129,18 @@ class OrtCpuBackend(Backend):
 
     name = "ort-cpu"
     providers_label = "cpu"
+    options = {
+        "intra_op_num_threads": "threads inside one operator (default: onnxruntime's, the physical cores)",
+        "inter_op_num_threads": "threads across operators (parallel execution mode)",
+        "graph_optimization_level": f"one of {', '.join(OPT_LEVELS)} (default all)",
+        "execution_mode": f"one of {', '.join(EXECUTION_MODES)} (default sequential)",
+        "enable_mem_pattern": "onnxruntime's memory pattern planner (default on)",
+        "enable_cpu_mem_arena": "onnxruntime's CPU memory arena (default on)",
+        "optimized_model_cache": "folder for optimized graphs, written once and loaded later",
+        "session_config": "extra session config entries (key -> value)",
+        "log_severity_level": "onnxruntime's log level (default 3: errors)",
+        "graph_rewrites": "CPU graph rewrites by name (sdrt.engines.ort_tuning)",
+    }
 
     def __init__(self, *, intra_op_num_threads: int | None = None, inter_op_num_threads: int | None = None,
                  graph_optimization_level: str = "all", execution_mode: str = "sequential",
@@ -150,10 +169,10 @@ class OrtCpuBackend(Backend):
         _import_ort()
 
     # -- what a subclass changes -----------------------------------------------------------------
-    def providers(self) -> list:
+    def providers(self, component: str) -> list:
         return ["CPUExecutionProvider"]
 
-    def engine_kwargs(self) -> dict[str, Any]:
+    def engine_kwargs(self, component: str) -> dict[str, Any]:
         return {"device": "cpu"}
 
     # -- sessions --------------------------------------------------------------------------------
@@ -206,7 +225,7 @@ class OrtCpuBackend(Backend):
                         so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                                     cached.name + ".data")
             try:
-                return ort.InferenceSession(str(model), sess_options=so, providers=self.providers())
+                return ort.InferenceSession(str(model), sess_options=so, providers=self.providers(component))
             except Exception as e:  # onnxruntime raises its own pybind classes for bad files
                 raise SdrtError(f"{model} could not be loaded by onnxruntime ({_one_line(e)}): "
                                 f"export the model again with --force") from None
@@ -219,19 +238,7 @@ class OrtCpuBackend(Backend):
             raise SdrtError(f"{manifest.onnx_path(component)} has inputs {sorted(got)}, expected "
                             f"{sorted(spec_inputs)}: export the model again with sdrt")
         return OrtEngine(session, component, manifest.values, manifest.precision(component),
-                         **self.engine_kwargs())
-
-
-def _cuda_device_count() -> int:
-    """Number of CUDA devices the driver sees (0 without a driver), without any CUDA Python package."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0
-    count = ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
+                         **self.engine_kwargs(component))
 
 
 class OrtCudaBackend(OrtCpuBackend):
@@ -239,13 +246,22 @@ class OrtCudaBackend(OrtCpuBackend):
 
     name = "ort-cuda"
     providers_label = "cuda"
+    #: the component whose session may be captured as a CUDA graph (the one run once per step)
+    GRAPHED = "unet"
+    options = {
+        **OrtCpuBackend.options,
+        "cuda_graph": SHARED_OPTIONS["cuda_graph"] + "; the UNet session only",
+        "device_id": SHARED_OPTIONS["device_id"],
+        "cuda_provider_options": "extra CUDA execution provider options (key -> value)",
+    }
 
-    def __init__(self, *, device_id: int = 0, enable_cuda_graph: bool = False,
+    def __init__(self, *, device_id: int = 0, cuda_graph: bool = False,
                  cuda_provider_options: Mapping[str, Any] | None = None, **session_options: Any):
         super().__init__(**session_options)
         self.device_id = int(device_id)
-        self.enable_cuda_graph = bool(enable_cuda_graph)
+        self.cuda_graph = bool(cuda_graph)
         self.cuda_provider_options = dict(cuda_provider_options or {})
+        self._to_host: cuda_driver.DeviceToHost | None = None
 
     @classmethod
     def check_available(cls) -> None:
@@ -253,15 +269,21 @@ class OrtCudaBackend(OrtCpuBackend):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailable("backend ort-cuda needs onnxruntime-gpu (this onnxruntime has no CUDA "
                                      "execution provider): pip uninstall onnxruntime && pip install 'sdrt[gpu]'")
-        if _cuda_device_count() < 1:
+        if cuda_driver.device_count() < 1:
             raise BackendUnavailable("backend ort-cuda: no CUDA GPU is visible here (no driver or no device): "
                                      "use --backend ort-cpu")
 
-    def providers(self) -> list:
+    def graphed(self, component: str) -> bool:
+        return self.cuda_graph and component == self.GRAPHED
+
+    def providers(self, component: str) -> list:
         options = {"device_id": str(self.device_id), **{k: str(v) for k, v in self.cuda_provider_options.items()}}
-        if self.enable_cuda_graph:
+        if self.graphed(component):
             options["enable_cuda_graph"] = "1"
         return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
 
-    def engine_kwargs(self) -> dict[str, Any]:
-        return {"device": "cuda", "device_id": self.device_id, "cuda_graph": self.enable_cuda_graph}
+    def engine_kwargs(self, component: str) -> dict[str, Any]:
+        if self._to_host is None:
+            self._to_host = cuda_driver.DeviceToHost(self.device_id)
+        return {"device": "cuda", "device_id": self.device_id, "cuda_graph": self.graphed(component),
+                "to_host": self._to_host}

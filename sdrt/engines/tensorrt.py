@@ -1,8 +1,9 @@
 """The `tensorrt` and `tensorrt_rtx` backends: engines from `sdrt build`, loaded only when they match.
 
 A backend holds what its engines share (the TensorRT module, one Runtime, one CUDA stream, one
-activation block). `load(manifest, component)` finds the component's engines in the store; the
-engine picks the one whose profile covers the dims at `prepare(dims)`. An engine built from another
+activation block). `load(manifest, component)` finds the component's engines in the store and
+deserializes one at once (a corrupt engine fails at load, not mid-call); `prepare(dims)` switches
+to another stored engine when that one's profile does not cover the dims. An engine built from another
 ONNX, by another TensorRT or for another GPU is never loaded: the error says how to rebuild. With
 ``auto_build=True`` a missing engine is built on the spot, static for the dims asked.
 
@@ -20,9 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from sdrt.engines import trt_api, trt_buffers, trt_cache, trt_profiles
-from sdrt.engines.base import Backend
+from sdrt.engines.base import SHARED_OPTIONS, Backend
 from sdrt.engines.trt_runtime import Cuda, Session, TensorRTEngine
-from sdrt.errors import SdrtError
+from sdrt.errors import EngineMissing, SdrtError
 
 #: what a TensorRT-RTX engine's identity records instead of one GPU
 PORTABLE = "portable (TensorRT-RTX default compute capabilities)"
@@ -55,7 +56,7 @@ def guidance_of(component: str, dims: Mapping[str, int]) -> bool:
 
 
 def no_engine_error(folder: Path, backend: str, component: str, choice: trt_cache.Choice,
-                    dims: Mapping[str, int] | None, vae_scale_factor: int) -> SdrtError:
+                    dims: Mapping[str, int] | None, vae_scale_factor: int) -> EngineMissing:
     """Why no engine can be loaded, and the `sdrt build` command that makes one."""
     root = trt_cache.store_root(folder, backend)
     if dims:
@@ -69,15 +70,28 @@ def no_engine_error(folder: Path, backend: str, component: str, choice: trt_cach
         built = "; ".join(trt_profiles.describe(component, e.profile, vae_scale_factor, guidance)
                           for e in choice.fresh)
         cmd = trt_profiles.build_command(str(folder), backend, request, (component,))
-        return SdrtError(f"no {backend} engine for {component} covers {wanted} (built: {built}): "
+        return EngineMissing(f"no {backend} engine for {component} covers {wanted} (built: {built}): "
                          f"build one with `{cmd}`")
     if choice.stale:
         entry, reasons = choice.stale[0]
         cmd = trt_profiles.build_command(str(folder), backend, request, (component,), force=True)
-        return SdrtError(f"the {backend} engine {entry.path.name} for {component} was built from "
+        return EngineMissing(f"the {backend} engine {entry.path.name} for {component} was built from "
                          f"{', '.join(reasons)}; a stale engine is never loaded: rebuild with `{cmd}`")
     cmd = trt_profiles.build_command(str(folder), backend, request, (component,))
-    return SdrtError(f"no {backend} engine for {component} in {root}: build it with `{cmd}`")
+    return EngineMissing(f"no {backend} engine for {component} in {root}: build it with `{cmd}`")
+
+
+def initial_entry(manifest, component: str, fresh: tuple[trt_cache.Entry, ...]) -> trt_cache.Entry | None:
+    """The engine deserialized at load: the one covering the model's default call (one image at its
+    default size, with guidance), else the widest; None when nothing is built yet (auto_build)."""
+    if not fresh:
+        return None
+    default = trt_profiles.dim_range(component, trt_profiles.ProfileRequest(), manifest.sizes,
+                                     manifest.default_image_size).opt
+    covering = trt_cache.choose(list(fresh), dict(fresh[0].identity), default).entry
+    if covering is not None:
+        return covering
+    return max(fresh, key=lambda e: tuple(e.profile.max[k] - e.profile.min[k] for k in sorted(e.profile.max)))
 
 
 def _stderr(msg: str) -> None:
@@ -88,13 +102,18 @@ class TensorRTBackend(Backend):
     """TensorRT engines, one stream and one shared activation block for the whole pipeline."""
 
     name = "tensorrt"
+    options = {
+        "cuda_graph": SHARED_OPTIONS["cuda_graph"],
+        "device_id": SHARED_OPTIONS["device_id"],
+        "share_activations": "one activation block for all engines, sized to the largest (default on)",
+        "auto_build": "build a missing engine on the spot, static for the dims asked (default off)",
+        "build_options": "trt_build.BuildOptions for auto_build (optimization level, workspace)",
+        "log": "callable receiving one-line progress messages (default: stderr)",
+    }
 
-    def __init__(self, *, cuda_graph: bool = False, enable_cuda_graph: bool = False, device_id: int = 0,
-                 share_activations: bool = True, auto_build: bool = False,
-                 build_options: Any = None, log: Callable[[str], None] | None = None, **_other_backends: Any):
-        # Options meant for other backends (threads, ...) are accepted and ignored: `auto` passes
-        # the same options to whichever backend it picks.
-        self.cuda_graph = bool(cuda_graph or enable_cuda_graph)
+    def __init__(self, *, cuda_graph: bool = False, device_id: int = 0, share_activations: bool = True,
+                 auto_build: bool = False, build_options: Any = None, log: Callable[[str], None] | None = None):
+        self.cuda_graph = bool(cuda_graph)
         self.device_id = device_id
         self.share_activations = share_activations
         self.auto_build = auto_build
@@ -129,6 +148,7 @@ class TensorRTBackend(Backend):
             raise no_engine_error(manifest.folder, self.name, component, first, None, f)
         for entry, reasons in first.stale:
             self.log(f"ignoring stale engine {entry.path.name} (built from {', '.join(reasons)})")
+        initial = initial_entry(manifest, component, first.fresh)
 
         def find(dims: Mapping[str, int]) -> trt_cache.Entry:
             choice = trt_cache.choose(trt_cache.read_entries(root, component), ident, dims)
@@ -139,7 +159,7 @@ class TensorRTBackend(Backend):
             return self._build_for(manifest, component, dims)
 
         return TensorRTEngine(component, manifest.values, manifest.precision(component), session=s, find=find,
-                              cuda_graph=self.cuda_graph and component == "unet")
+                              cuda_graph=self.cuda_graph and component == "unet", entry=initial)
 
     def _build_for(self, manifest, component: str, dims: Mapping[str, int]) -> trt_cache.Entry:
         from sdrt.engines import trt_build

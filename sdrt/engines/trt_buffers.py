@@ -80,6 +80,9 @@ class SharedActivations:
 
     Engines register their context and the size it needs; when a larger one arrives the block is
     replaced and every registered context is pointed at the new one (the old address is dead).
+    Pointing a context again is not enough for work recorded earlier: a CUDA graph captured on the
+    old block replays the old address. So each user also registers ``on_move``, called whenever the
+    block it runs on moved, and drops (then re-captures) its graphs there.
     `malloc`/`free` are injected so this logic runs in tests without a GPU.
     """
 
@@ -88,21 +91,26 @@ class SharedActivations:
         self._free = free
         self.ptr = 0
         self.size = 0
-        self._users: dict[int, tuple[Any, int]] = {}
+        self._users: dict[int, tuple[Any, int, Callable[[], None] | None]] = {}
         self.allocations = 0
 
-    def attach(self, context: Any, nbytes: int) -> None:
-        """Give a context the shared block (growing it first if this context needs more)."""
+    def attach(self, context: Any, nbytes: int, on_move: Callable[[], None] | None = None) -> None:
+        """Give a context the shared block (growing it first if this context needs more).
+
+        ``on_move`` is called each time the block this context runs on is replaced later.
+        """
         nbytes = aligned(nbytes)
-        self._users[id(context)] = (context, nbytes)
+        self._users[id(context)] = (context, nbytes, on_move)
         if nbytes > self.size:
             if self.ptr:
                 self._free(self.ptr)
             self.ptr = self._malloc(nbytes)
             self.size = nbytes
             self.allocations += 1
-            for ctx, need in self._users.values():
+            for ctx, need, moved in list(self._users.values()):
                 self._point(ctx, need)
+                if moved is not None and ctx is not context:
+                    moved()
         else:
             self._point(context, nbytes)
 

@@ -2,9 +2,11 @@
 
 Per loaded engine: one execution context, one device buffer per tensor sized for the profile's max
 shape (allocated once, addresses set once), pinned host staging buffers, `set_input_shape` only
-when the dims change, `execute_async_v3` on the backend's one stream. Inputs are copied host->device
-only when they were set since the last run (text embeddings stay bound for the whole loop). With
-``cuda_graph=True`` the enqueue is captured once per shape (after one warm-up run) and replayed.
+when the dims change (its result checked), `execute_async_v3` on the backend's one stream. Inputs
+are copied host->device only when they were set since the last run (text embeddings stay bound for
+the whole loop). With ``cuda_graph=True`` the enqueue is captured once per shape (after one warm-up
+run) and replayed; the graph is dropped, and captured again, whenever memory it recorded moves: new
+dims, another engine, or the shared activation block growing for a larger engine loaded later.
 
 UNVERIFIED ON A GPU: this module was written against the documented TensorRT 10/11, TensorRT-RTX and
 cuda-python APIs and tested only with fakes (tests/engines/test_trt_runtime.py) on a CPU machine.
@@ -151,7 +153,9 @@ class TensorRTEngine(Engine):
     """One component on one TensorRT engine; buffers bound once, reused across timesteps."""
 
     def __init__(self, component: str, model_values: Mapping[str, int], precision: str, *,
-                 session: Session, find: Callable[[Mapping[str, int]], Entry], cuda_graph: bool = False):
+                 session: Session, find: Callable[[Mapping[str, int]], Entry], cuda_graph: bool = False,
+                 entry: Entry | None = None):
+        """``entry``: the engine to deserialize now (fail at load); else the first `prepare` finds one."""
         super().__init__(component, model_values, precision)
         self.session = session
         self.find = find
@@ -165,6 +169,9 @@ class TensorRTEngine(Engine):
         self._outputs: tuple[str, ...] = ()
         self._graph = None
         self._warm = False
+        self.graph_captures = 0
+        if entry is not None:
+            self._load(entry)
 
     # -- loading -----------------------------------------------------------------------------------
     def _rebuild_hint(self, entry: Entry) -> str:
@@ -192,7 +199,7 @@ class TensorRTEngine(Engine):
         shared = s.shared is not None and trt_api.shares_memory(engine, s.features)
         context = trt_api.create_context(s.trt, engine, s.features, shared)
         if shared:
-            s.shared.attach(context, trt_api.device_memory_size(engine, s.features))
+            s.shared.attach(context, trt_api.device_memory_size(engine, s.features), on_move=self._drop_graph)
         max_shapes = {k: v for k, v in spec.shapes(self.component, {**self.model_values, **entry.profile.max},
                                                    include_optional=True).items() if k in io}
         sizes = trt_buffers.plan(max_shapes, {k: io[k][1] for k in max_shapes})
@@ -212,7 +219,10 @@ class TensorRTEngine(Engine):
             self._load(self.find(dims))
         shapes = spec.shapes(self.component, {**self.model_values, **dims}, include_optional=True)
         for name in self.spec.input_names:
-            self._context.set_input_shape(name, shapes[name])
+            if not self._context.set_input_shape(name, shapes[name]):
+                raise SdrtError(f"TensorRT refused shape {shapes[name]} for the {self.component} input {name} "
+                                f"(engine {self.entry.path.name}): rebuild it with `sdrt build --force` for a "
+                                f"profile that covers these dims ({dims})")
         self._views = {}
         for name, buf in self._buffers.items():
             dtype = self.dtype(name)
@@ -257,6 +267,7 @@ class TensorRTEngine(Engine):
             self._warm = True
         else:
             self._graph = s.cuda.capture(s.stream, self._enqueue)
+            self.graph_captures += 1
             s.cuda.launch(self._graph, s.stream)
         for name in self._outputs:
             buf = self._buffers[name]

@@ -63,21 +63,17 @@ def image_seed(parameters: dict[str, Any], index: int) -> Any:
     return seeds[index] if seeds else parameters["seed"]
 
 
-#: the backend option that turns CUDA-graph replay on, per backend that has it
-CUDA_GRAPH_OPTION = {"ort-cuda": "enable_cuda_graph", "tensorrt": "cuda_graph", "tensorrt_rtx": "cuda_graph"}
-
-
 def cuda_graph_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--cuda-graph -> the backends' one option for it; a backend without CUDA graphs says so."""
     if not args.cuda_graph:
         return {}
-    from sdrt.engines import resolve_backend
+    from sdrt.engines.base import backend_class, offering
     from sdrt.errors import SdrtError
 
-    backend = resolve_backend(args.backend)
-    if backend not in CUDA_GRAPH_OPTION:
-        raise SdrtError(f"--cuda-graph needs a GPU backend ({', '.join(CUDA_GRAPH_OPTION)}); "
-                        f"{backend} has no CUDA graphs: drop --cuda-graph")
-    return {CUDA_GRAPH_OPTION[backend]: True}
+    if args.backend != "auto" and "cuda_graph" not in backend_class(args.backend).options:
+        raise SdrtError(f"--cuda-graph needs a GPU backend ({', '.join(offering('cuda_graph'))}); "
+                        f"{args.backend} has no CUDA graphs: drop --cuda-graph")
+    return {"cuda_graph": True}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sdrt.engines.base import Backend, Engine, create_backend
-from sdrt.errors import SdrtError
+from sdrt.engines.base import Backend, Engine, backend_class, candidates
+from sdrt.errors import EngineMissing, SdrtError
 from sdrt.manifest import Manifest
 from sdrt.runtime import conditioning, images as imageio
 from sdrt.runtime.arguments import check_call, check_latents, prompt_lists
@@ -88,12 +89,21 @@ class Pipeline:
         self.unet_in_channels = int(p["unet_in_channels"])
         self.engines: dict[str, Engine] = {}
         self._lock = threading.RLock()  # one call at a time: the engines' bound buffers are shared
-        for component in ("text_encoder", "unet", "vae_decoder"):  # fail early on a broken folder
-            self.engine(component)
+        try:
+            for component in ("text_encoder", "unet", "vae_decoder"):  # fail early on a broken folder
+                self.engine(component)
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def load(cls, folder: str | os.PathLike, backend: str = "auto", **backend_options: Any) -> "Pipeline":
-        """Open an exported folder on a backend ("auto": the fastest usable one); options go to the backend."""
+        """Open an exported folder on a backend; options go to the backend (its declared ones only).
+
+        "auto" tries the usable backends that take the options, fastest first; one without a built
+        engine for this folder (TensorRT before `sdrt build`, unless auto_build=True) is skipped
+        with a one-line note on stderr.
+        """
         from sdrt.runtime.tokenizer import ClipTokenizer
 
         manifest = Manifest.load(folder)
@@ -103,7 +113,15 @@ class Pipeline:
         except (OSError, ValueError) as e:
             raise SdrtError(f"{config_path} is missing or unreadable ({e}): export the model again with --force")
         tokenizer = ClipTokenizer.from_folder(Path(folder) / "tokenizer")
-        return cls(manifest, create_backend(backend, **backend_options), tokenizer, scheduler_config)
+        names = candidates(backend, backend_options)
+        for i, name in enumerate(names):
+            try:
+                return cls(manifest, backend_class(name)(**backend_options), tokenizer, scheduler_config)
+            except EngineMissing as e:
+                if i + 1 == len(names):
+                    raise
+                print(f"sdrt: backend auto: not {name} ({e}); using {names[i + 1]}", file=sys.stderr, flush=True)
+        raise AssertionError("unreachable: candidates() returns at least one backend")
 
     @property
     def backend_name(self) -> str:
@@ -120,9 +138,11 @@ class Pipeline:
         return self.engines[component]
 
     def close(self) -> None:
+        """Free the engines, then what the backend shares (TensorRT's stream and activation block)."""
         for engine in self.engines.values():
             engine.close()
         self.engines.clear()
+        self.backend.close()
 
     # -- stages ----------------------------------------------------------------------------------
     def make_scheduler(self, scheduler: Any = None, mode: str = "txt2img") -> Any:

@@ -168,7 +168,7 @@ def test_ort_cuda_matches_cpu(tmp_path, cuda_graph):
     reason = _cuda_missing_reason()
     if reason is not None:
         pytest.skip(reason)
-    engine = OrtCudaBackend(enable_cuda_graph=cuda_graph).load(_folder(tmp_path), "unet")
+    engine = OrtCudaBackend(cuda_graph=cuda_graph).load(_folder(tmp_path), "unet")
     engine.prepare({"B": 2, "h": 4, "w": 4})
     bound = engine.buffers
     rng = np.random.default_rng(5)

@@ -43,7 +43,7 @@ def test_built_engine_loads_and_runs(tmp_path, fakes):
     trt, features, cuda = fakes
     manifest = model_folder(tmp_path)
     _build(manifest, trt, features, cuda.target)
-    backend = tensorrt.TensorRTBackend(cuda_graph=True, intra_op_num_threads=2, log=lambda m: None)
+    backend = tensorrt.TensorRTBackend(cuda_graph=True, log=lambda m: None)
     engine = backend.load(manifest, "unet")
     assert engine.cuda_graph
     engine.prepare({"B": 2, "h": 16, "w": 8})

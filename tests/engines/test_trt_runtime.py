@@ -16,7 +16,7 @@ from sdrt.engines import trt_api, trt_buffers, trt_cache
 from sdrt.engines.trt_profiles import DimRange
 from sdrt.engines.trt_runtime import Cuda, Session, TensorRTEngine
 from sdrt.errors import BackendUnavailable, SdrtError
-from tests.engines.trt_fakes import FakeCuda, FakeRuntime, fake_trt
+from tests.engines.trt_fakes import FakeCuda, FakeIllegalAddress, FakeRuntime, fake_plan, fake_trt
 
 VALUES = {"C": 4, "Cin": 4, "S": 77, "D": 8, "f": 8}
 SMALL = DimRange({"B": 2, "h": 8, "w": 8}, {"B": 2, "h": 8, "w": 8}, {"B": 2, "h": 16, "w": 16})
@@ -24,11 +24,11 @@ LARGE = DimRange({"B": 2, "h": 8, "w": 8}, {"B": 4, "h": 16, "w": 16}, {"B": 4, 
 IDENT = trt_cache.identity("unet", "sha256:aa", "tensorrt 10.8.0", "GPU (sm_89)", "fp16")
 
 
-def setup(tmp_path, *, cuda_graph=False, plan=b"PLAN", rtx=False, valid=True, profiles=(SMALL,)):
+def setup(tmp_path, *, cuda_graph=False, plan=b"PLAN", rtx=False, valid=True, profiles=(SMALL,), max_shape=None):
     flavor = "tensorrt_rtx" if rtx else "tensorrt"
     trt = fake_trt(rtx=rtx)
     cuda = FakeCuda()
-    runtime = FakeRuntime(cuda, valid=valid)
+    runtime = FakeRuntime(cuda, valid=valid, max_shape=max_shape)
     session = Session(trt, trt_api.detect(trt, flavor), runtime, cuda, cuda.stream_create(),
                       trt_buffers.SharedActivations(cuda.malloc, cuda.free))
     entries = [trt_cache.write_entry(tmp_path, f"unet-{i}", plan, IDENT, p, {}) for i, p in enumerate(profiles)]
@@ -131,6 +131,60 @@ def test_cuda_graph_is_captured_after_a_warm_up_and_replayed(tmp_path):
     assert cuda.launches == 3 and len(cuda.graphs) == 1
     engine.prepare({"B": 2, "h": 16, "w": 16})  # a new shape drops the graph
     assert not cuda.graphs
+
+
+def test_graph_is_captured_again_when_a_larger_engine_moves_the_activation_block(tmp_path):
+    """A later, larger engine (the VAE decoder loaded after the loop, an img2img VAE encoder)
+    replaces the shared block; the UNet graph captured on the old block must not replay."""
+    engine, cuda, _, _ = setup(tmp_path / "unet", cuda_graph=True, plan=fake_plan(1 << 20))
+    engine.prepare({"B": 2, "h": 8, "w": 8})
+    engine.set_input("encoder_hidden_states", np.zeros((2, 77, 8), np.float32))
+    feeds = {"sample": np.ones((2, 4, 8, 8), np.float32), "timestep": np.zeros(2, np.float32)}
+    for _ in range(3):  # warm-up, capture, replay
+        engine.run(feeds)
+    assert cuda.launches == 2 and len(cuda.graphs) == 1
+    old_block = engine.session.shared.ptr
+    big = trt_cache.write_entry(tmp_path / "big", "unet-big", fake_plan(8 << 20), IDENT, SMALL, {})
+    later = TensorRTEngine("unet", VALUES, "fp16", session=engine.session, find=lambda dims: big)
+    later.prepare({"B": 2, "h": 8, "w": 8})
+    assert engine.session.shared.ptr != old_block and old_block not in cuda.mem  # the block moved
+    for step in range(3):  # replaying the old graph would touch the freed block
+        feeds["sample"] = np.full((2, 4, 8, 8), float(step), np.float32)
+        np.testing.assert_allclose(engine.run(feeds)["out_sample"], 2.0 * step)
+    assert engine.graph_captures == 2 and len(cuda.graphs) == 1  # the stale graph is gone
+
+
+def test_fake_graph_replay_into_freed_memory_fails(tmp_path):
+    """The fake models captured addresses: the check above can fail."""
+    engine, cuda, _, _ = setup(tmp_path, cuda_graph=True)
+    engine.prepare({"B": 2, "h": 8, "w": 8})
+    feeds = {"sample": np.ones((2, 4, 8, 8), np.float32), "timestep": np.zeros(2, np.float32),
+             "encoder_hidden_states": np.zeros((2, 77, 8), np.float32)}
+    engine.run(feeds)
+    engine.run(feeds)  # captured
+    shared = engine.session.shared
+    cuda.free(shared.ptr)
+    shared.ptr = cuda.malloc(shared.size)
+    with pytest.raises(FakeIllegalAddress, match="activation memory"):
+        cuda.launch(engine._graph, 7)
+
+
+def test_a_shape_tensorrt_refuses_is_a_one_line_error(tmp_path):
+    engine, *_ = setup(tmp_path, max_shape={"sample": (2, 4, 8, 8)})
+    engine.prepare({"B": 2, "h": 8, "w": 8})
+    with pytest.raises(SdrtError, match=r"TensorRT refused shape \(2, 4, 16, 16\) for the unet input sample.*"
+                                        r"sdrt build --force"):
+        engine.prepare({"B": 2, "h": 16, "w": 16})
+
+
+def test_engine_given_at_construction_is_deserialized_at_once(tmp_path):
+    engine, _, runtime, finds = setup(tmp_path)
+    entry = trt_cache.write_entry(tmp_path / "bad", "unet-bad", b"JUNK", IDENT, SMALL, {})
+    with pytest.raises(SdrtError, match="corrupt"):
+        TensorRTEngine("unet", VALUES, "fp16", session=engine.session, find=lambda dims: entry, entry=entry)
+    good = trt_cache.write_entry(tmp_path / "good", "unet-good", b"PLAN", IDENT, SMALL, {})
+    loaded = TensorRTEngine("unet", VALUES, "fp16", session=engine.session, find=lambda dims: good, entry=good)
+    assert loaded.entry == good and runtime.deserialized == 2  # the junk one was tried, then this one
 
 
 @pytest.mark.parametrize("kw", [{"plan": b"JUNK"}, {"rtx": True, "valid": False}])

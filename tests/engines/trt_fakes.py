@@ -3,6 +3,12 @@
 The fakes keep TensorRT's attribute names, so `trt_api.detect` and the runtime take the same code
 path as with the real module; the fake device memory is a dict of bytearrays, so data really moves
 through the engine's buffers and a wrong copy shows up as a wrong number.
+
+Like a real CUDA graph, a captured fake enqueue keeps the addresses it was recorded with (tensor
+addresses and the activation block); replaying it after any of them was freed raises
+`FakeIllegalAddress` (what the GPU would answer with cudaErrorIllegalAddress, or silently corrupt).
+A context that must run on user-managed activation memory fails the same way without a live block
+of the engine's size. `set_input_shape` returns False outside the engine's profile (``max_shape``).
 """
 
 from __future__ import annotations
@@ -77,6 +83,10 @@ def _enum(*names):
     return types.SimpleNamespace(**{n: _Enum(n) for n in names})
 
 
+class FakeIllegalAddress(RuntimeError):
+    """The fake GPU touched memory that is not (or no longer) allocated."""
+
+
 class FakeContext:
     def __init__(self, engine, strategy):
         self.engine = engine
@@ -88,6 +98,9 @@ class FakeContext:
 
     def set_input_shape(self, name, shape):
         self.calls.append(("set_input_shape", name, tuple(shape)))
+        limit = self.engine.max_shape.get(name)
+        if limit is not None and any(d > m for d, m in zip(shape, limit)):
+            return False  # TensorRT: outside the optimization profile
         self.shapes[name] = tuple(shape)
         return True
 
@@ -101,37 +114,48 @@ class FakeContext:
         self.device_memory = (ptr, size)
 
     def execute_async_v3(self, stream):
-        """out_sample = 2*sample + timestep + mean(encoder_hidden_states), on fake device memory."""
+        """out_sample = 2*sample + timestep + mean(encoder_hidden_states), on fake device memory.
+
+        While the stream is captured nothing runs: the work is recorded with today's addresses.
+        """
         self.calls.append(("execute_async_v3", stream))
         cuda = self.engine.cuda
+        recorded = (dict(self.addresses), dict(self.shapes), self.device_memory)
         if cuda.capturing:
-            cuda.captured.append(self.execute_async_v3_body)
+            cuda.captured.append(lambda: self.execute_async_v3_body(*recorded))
             return True
-        self.execute_async_v3_body()
+        self.execute_async_v3_body(*recorded)
         return True
 
-    def execute_async_v3_body(self):
+    def execute_async_v3_body(self, addresses, shapes, device_memory):
         cuda, io = self.engine.cuda, self.engine.io
+        if self.strategy is not None and self.strategy.name == "USER_MANAGED":
+            ptr, size = device_memory or (0, 0)
+            if ptr not in cuda.mem or size < self.engine.device_memory_size_v2:
+                raise FakeIllegalAddress(f"activation memory {ptr:#x} ({size} bytes) is not allocated "
+                                         f"(the engine needs {self.engine.device_memory_size_v2})")
+            cuda.mem[ptr][:8] = b"scratch!"  # the engine really uses its activation block
+        for name, ptr in addresses.items():
+            if ptr not in cuda.mem:
+                raise FakeIllegalAddress(f"tensor {name} at {ptr:#x} is not allocated")
+
         def read(name):
-            dtype = io[name][1]
-            n = int(np.prod(self.shapes.get(name) or self._out_shape()))
-            return np.frombuffer(bytes(cuda.mem[self.addresses[name]][: n * dtype.itemsize]), dtype).reshape(
-                self.shapes.get(name) or self._out_shape())
+            dtype, shape = io[name][1], shapes.get(name) or shapes["sample"]
+            n = int(np.prod(shape))
+            return np.frombuffer(bytes(cuda.mem[addresses[name]][: n * dtype.itemsize]), dtype).reshape(shape)
         sample, t, ehs = read("sample"), read("timestep"), read("encoder_hidden_states")
         out = (2 * sample.astype(np.float32) + t[:, None, None, None]
                + ehs.astype(np.float32).mean(axis=(1, 2))[:, None, None, None]).astype(io["out_sample"][1])
-        cuda.mem[self.addresses["out_sample"]][: out.nbytes] = out.tobytes()
-
-    def _out_shape(self):
-        return self.shapes["sample"]
+        cuda.mem[addresses["out_sample"]][: out.nbytes] = out.tobytes()
 
 
 class FakeEngine:
-    def __init__(self, cuda, io, memory=1 << 20):
+    def __init__(self, cuda, io, memory=1 << 20, max_shape=None):
         self.cuda = cuda
         self.io = io  # name -> (mode, numpy dtype)
         self.num_io_tensors = len(io)
         self.device_memory_size_v2 = memory
+        self.max_shape = dict(max_shape or {})  # input name -> largest shape its profile accepts
         self.contexts: list[FakeContext] = []
 
     def get_tensor_name(self, i):
@@ -153,14 +177,22 @@ UNET_IO = {"sample": ("input", np.dtype("float16")), "timestep": ("input", np.dt
            "encoder_hidden_states": ("input", np.dtype("float16")), "out_sample": ("output", np.dtype("float16"))}
 
 
+def fake_plan(memory: int = 1 << 20) -> bytes:
+    """A plan the fake runtime deserializes into an engine needing `memory` bytes of activations."""
+    return b"PLAN" + str(int(memory)).encode()
+
+
 class FakeRuntime:
-    def __init__(self, cuda, io=UNET_IO, valid=True):
-        self.cuda, self.io, self.valid = cuda, io, valid
+    def __init__(self, cuda, io=UNET_IO, valid=True, max_shape=None):
+        self.cuda, self.io, self.valid, self.max_shape = cuda, io, valid, max_shape
         self.deserialized = 0
 
     def deserialize_cuda_engine(self, data):
         self.deserialized += 1
-        return FakeEngine(self.cuda, self.io) if data.startswith(b"PLAN") else None
+        if not data.startswith(b"PLAN"):
+            return None
+        memory = int(data[4:]) if data[4:].isdigit() else 1 << 20
+        return FakeEngine(self.cuda, self.io, memory, self.max_shape)
 
     def get_engine_validity(self, data):
         return (_Enum("VALID" if self.valid else "INVALID"), 0)
