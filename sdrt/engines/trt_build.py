@@ -5,6 +5,14 @@ One component at a time: its profile from the spec (trt_profiles), its key from 
 typed where the library has it, the FP16 flag where it does not), builds with the optimization level,
 workspace limit and persistent timing cache asked for, and the plan is stored atomically. The build
 log is kept beside the store, and read to tell an out-of-memory failure from others.
+
+Attention: the exporter writes SDPA as the ONNX `Attention` op, which TensorRT parses into an
+attention layer that must run on a fused kernel unless marked decomposable. CLIP's causal, masked
+attention has none in TensorRT-RTX 1.7 (the text encoder failed to build: "Myelin ... CHECK
+(composite_op->is_decomposable()) failed"), so every attention layer is marked decomposable before
+the build: TensorRT still fuses where it has a kernel and decomposes into primitive ops only where it
+has none. The export stays as it is (ONNX Runtime runs the same graph); what the build did is
+recorded in the engine's key.json ("network": attention layers found and marked).
 """
 
 from __future__ import annotations
@@ -68,9 +76,38 @@ def _import_polygraphy(fl: trt_api.Flavor) -> Any:
     return trt_api.import_module("polygraphy.backend.trt", "polygraphy", "pip install 'sdrt[tensorrt]'")
 
 
+@dataclass(frozen=True)
+class Built:
+    """A serialized plan and what the build changed in the parsed network (recorded in key.json)."""
+
+    plan: bytes
+    network: dict[str, Any]
+
+
+def allow_attention_decomposition(trt: Any, network: Any) -> int:
+    """Mark every attention of a parsed network decomposable; returns how many there were.
+
+    A TensorRT without attention layers (older than 10.14) has nothing to mark.
+    """
+    kinds = {getattr(trt.LayerType, name, None): getattr(trt, cls, None)
+             for name, cls in (("ATTENTION_INPUT", "IAttentionInputLayer"), ("ATTENTION_OUTPUT", "IAttentionOutputLayer"))}
+    kinds.pop(None, None)
+    marked: dict[str, Any] = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        cls = kinds.get(layer.type)
+        if cls is None:
+            continue
+        layer.__class__ = cls  # get_layer returns the ILayer base; the subclass exposes .attention
+        attention = layer.attention
+        attention.decomposable = True
+        marked[attention.name] = attention
+    return len(marked)
+
+
 def polygraphy_build(trt: Any, onnx_path: Path, shapes: Mapping[str, tuple], net_typing: trt_api.Typing,
                      features: trt_api.Features, options: BuildOptions, timing_cache: Path | None,
-                     log_path: Path, rng: trt_profiles.DimRange, component: str) -> bytes:
+                     log_path: Path, rng: trt_profiles.DimRange, component: str) -> Built:
     """Parse, configure and build with polygraphy; returns the serialized plan."""
     pg = _import_polygraphy(trt_api.FLAVORS[features.flavor])
     from polygraphy.logger import G_LOGGER
@@ -91,7 +128,8 @@ def polygraphy_build(trt: Any, onnx_path: Path, shapes: Mapping[str, tuple], net
     log_path.parent.mkdir(parents=True, exist_ok=True)
     G_LOGGER.log_file = str(log_path)
     try:
-        network = pg.network_from_onnx_path(str(onnx_path), **network_kwargs)
+        network = pg.network_from_onnx_path(str(onnx_path), **network_kwargs)  # (builder, network, parser)
+        attention = allow_attention_decomposition(trt, network[1])
         plan = pg.engine_bytes_from_network(network, config=pg.CreateConfig(**config),
                                             save_timing_cache=str(timing_cache) if timing_cache else None)
     except Exception as e:  # polygraphy raises its own exception; TensorRT's reason is in the log
@@ -99,10 +137,10 @@ def polygraphy_build(trt: Any, onnx_path: Path, shapes: Mapping[str, tuple], net
         log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
         raise classify_failure(component, e, log_text, rng, log_path) from None
     G_LOGGER.log_file = None
-    return bytes(plan)
+    return Built(bytes(plan), {"attention_layers_marked_decomposable": attention})
 
 
-Builder = Callable[..., bytes]
+Builder = Callable[..., "Built | bytes"]
 
 
 def build_component(manifest: Any, component: str, flavor_name: str, request: trt_profiles.ProfileRequest,
@@ -132,12 +170,14 @@ def build_component(manifest: Any, component: str, flavor_name: str, request: tr
         f"{'strongly typed' if net_typing.strongly_typed else 'FP16 flag' if net_typing.fp16_flag else 'fp32'}, "
         f"{described}...")
     start = time.perf_counter()
-    plan = builder(trt, onnx_path, shapes, net_typing, features, options, timing,
-                   root / f"build-{component}.log", rng, component)
+    built = builder(trt, onnx_path, shapes, net_typing, features, options, timing,
+                    root / f"build-{component}.log", rng, component)
+    plan, network = (built.plan, built.network) if isinstance(built, Built) else (bytes(built), {})
     seconds = time.perf_counter() - start
     extra = {"built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
              "seconds": round(seconds, 2), "typing": dataclasses.asdict(net_typing),
-             "input_shapes": {k: " / ".join("x".join(map(str, s)) for s in v) for k, v in shapes.items()}}
+             "input_shapes": {k: " / ".join("x".join(map(str, s)) for s in v) for k, v in shapes.items()},
+             "network": network}
     entry = trt_cache.write_entry(root, key, plan, ident, rng, options.key_fields(), extra)
     log(f"{component}: built in {seconds:.1f} s -> {entry.engine_file} ({len(plan) / 2**20:.1f} MiB)")
     return entry

@@ -1,0 +1,86 @@
+"""Real TensorRT-RTX engines from real sdrt exports, built on a CPU (TensorRT-RTX needs no GPU to build).
+
+`sdrt build --backend tensorrt_rtx` on the tiny presets' fp16 exports, every component, with a
+static and a dynamic profile; nothing is monkeypatched (polygraphy and TensorRT-RTX do the build).
+Loading or running an engine needs a GPU: that is tests/engines/test_tensorrt_integration.py (gpu).
+
+Why this test exists: before attention layers were marked decomposable (sdrt.engines.trt_build),
+the text encoder failed with "Myelin ... CHECK(composite_op->is_decomposable()) failed" (CLIP's
+causal, masked attention has no fused TensorRT-RTX kernel), so `sdrt build` failed on every model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+
+from sdrt import cli, spec
+from sdrt.engines import trt_cache
+from sdrt.manifest import Manifest
+
+pytestmark = [
+    pytest.mark.tensorrt,
+    pytest.mark.skipif(not (importlib.util.find_spec("tensorrt_rtx") and importlib.util.find_spec("polygraphy")),
+                       reason="needs tensorrt_rtx and polygraphy: pip install 'sdrt[tensorrt-rtx-build]'"),
+]
+
+#: profile -> `sdrt build` flags (static: the model's default size, one image; dynamic: ranges)
+PROFILES = {"static": [], "dynamic": ["--min-size", "32", "--max-size", "128", "--max-batch", "2"]}
+
+
+@pytest.fixture
+def tiny_fp16(onnx_export, tmp_path):
+    """A private copy of the tiny fp16 export (the cached one is shared and read-only)."""
+    folder = tmp_path / "tiny-fp16"
+    shutil.copytree(onnx_export("tiny", "fp16"), folder, ignore=shutil.ignore_patterns("engines"))
+    return folder
+
+
+def _entries(folder, component):
+    return trt_cache.read_entries(trt_cache.store_root(folder, "tensorrt_rtx"), component)
+
+
+def _attention_ops(folder, component) -> int:
+    import onnx
+
+    model = onnx.load(str(folder / component / "model.onnx"), load_external_data=False)
+    return sum(node.op_type == "Attention" for node in model.graph.node)
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_every_component_of_the_tiny_fp16_export_builds(tiny_fp16, profile, capsys):
+    import tensorrt_rtx
+
+    argv = ["build", "--model", str(tiny_fp16), "--backend", "tensorrt_rtx", *PROFILES[profile]]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    components = [c for c in spec.COMPONENT_NAMES if (tiny_fp16 / c / "model.onnx").is_file()]
+    assert set(components) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    for component in components:
+        built = _entries(tiny_fp16, component)
+        assert len(built) == 1, component
+        entry = built[0]
+        assert entry.engine_file.stat().st_size > 100_000  # a real serialized plan, not a stub
+        assert entry.identity["library"] == f"tensorrt_rtx {tensorrt_rtx.__version__}"
+        # what the engine needed: every ONNX attention marked decomposable (CLIP's text encoder has 2)
+        assert entry.info["network"]["attention_layers_marked_decomposable"] == _attention_ops(tiny_fp16, component)
+        print(f"{profile} {component}: {entry.info['seconds']} s, {entry.engine_file.stat().st_size / 2**20:.1f} MiB")
+    assert _attention_ops(tiny_fp16, "text_encoder") > 0  # the case that failed before
+    if profile == "static":
+        assert _entries(tiny_fp16, "unet")[0].profile.static
+    else:
+        unet = _entries(tiny_fp16, "unet")[0]
+        f = Manifest.load(tiny_fp16).sizes.vae_scale_factor
+        assert unet.profile.min == {"B": 2, "h": 32 // f, "w": 32 // f}
+        assert unet.profile.max == {"B": 4, "h": 128 // f, "w": 128 // f}
+    assert cli.main(argv) == 0 and capsys.readouterr().err.count("up to date") == len(components)
+
+
+def test_the_build_log_and_key_say_what_was_built(tiny_fp16, capsys):
+    assert cli.main(["build", "--model", str(tiny_fp16), "--backend", "tensorrt_rtx",
+                     "--components", "text_encoder"]) == 0
+    key = json.loads((_entries(tiny_fp16, "text_encoder")[0].path / trt_cache.KEY_FILE).read_text())
+    assert key["typing"] == {"strongly_typed": True, "fp16_flag": False}
+    assert key["identity"]["precision"] == "fp16" and key["input_shapes"]["input_ids"] == "1x77 / 2x77 / 2x77"
