@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from sdrt.errors import SdrtError
+from sdrt.errors import SdrtError, print_warnings_one_line
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    print_warnings_one_line()
     if not args.command:
         parser.print_help()
         return 2

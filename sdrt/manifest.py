@@ -58,8 +58,12 @@ class SizeRule:
             if not isinstance(value, int) or value <= 0:
                 raise SdrtError(f"{label} {value!r} is not a positive whole number of pixels")
             if value % self.image_multiple:
-                lo = value // self.image_multiple * self.image_multiple
-                hint = f"use {lo} or {lo + self.image_multiple}" if lo else f"use {self.image_multiple}"
+                m = self.image_multiple
+                first = -(-self.min_latent * f // m) * m  # the smallest and largest sizes that run
+                last = self.max_latent * f // m * m
+                lo = value // m * m
+                near = sorted({min(max(v, first), last) for v in (lo, lo + m)})
+                hint = "use " + " or ".join(map(str, near))
                 raise SdrtError(
                     f"{label} {value} is not a multiple of {self.image_multiple} "
                     f"(this model's UNet needs latent sizes that are multiples of "

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sdrt.errors import SdrtError
+from sdrt.errors import SdrtError, warn
 
 OUTPUT_TYPES = ("pil", "np")
 
@@ -18,13 +18,33 @@ def prompt_lists(prompt: str | Sequence[str],
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise SdrtError("prompt must be a string or a non-empty list of strings")
+    for p in prompts:
+        _check_text("prompt", p)
     if negative_prompt is None:
         return prompts, [""] * len(prompts)
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
         raise SdrtError(f"{len(negatives)} negative prompts for {len(prompts)} prompts: pass one negative "
                         f"prompt for all, or exactly one per prompt")
+    for n in negatives:
+        _check_text("negative prompt", n)
     return prompts, negatives
+
+
+def _check_text(label: str, text: str) -> None:
+    """Text must be encodable as UTF-8: bytes that were not UTF-8 reach Python's argv as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start].encode("utf-8", "surrogateescape")
+        raise SdrtError(f"{label} is not valid UTF-8 (byte {bad!r} at character {e.start}): pass the text in "
+                        f"UTF-8 (check the terminal's or the file's encoding)") from None
+
+
+def warn_unused_negative(negatives: list[str], guidance: float) -> None:
+    if guidance <= 1.0 and any(negatives):
+        warn(f"the negative prompt is ignored: guidance_scale {guidance:g} <= 1 turns classifier-free guidance "
+             f"off; pass --guidance-scale > 1 (e.g. 7.5) to use it")
 
 
 def _whole(label: str, value: Any, minimum: int) -> int:

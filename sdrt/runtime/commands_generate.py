@@ -41,12 +41,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
     """The "parameters" text of AUTOMATIC1111's PNGs, for one image of the call."""
-    fields = [("Steps", parameters["steps"]), ("Sampler", parameters["scheduler"]),
-              ("CFG scale", parameters["guidance_scale"]), ("Seed", image_seed(parameters, index)),
-              ("Size", f"{parameters['width']}x{parameters['height']}"), ("Model", parameters["model"])]
+    fields = [("Steps", parameters["steps"]), ("Sampler", parameters.get("sampler") or parameters["scheduler"]),
+              ("CFG scale", parameters["guidance_scale"]), ("Seed", parameters["seed"]),
+              ("Size", f"{parameters['width']}x{parameters['height']}")]
+    if parameters.get("model_hash"):
+        fields.append(("Model hash", parameters["model_hash"]))
+    fields.append(("Model", parameters["model"]))
     if "strength" in parameters:
         fields.append(("Denoising strength", parameters["strength"]))
     fields += [("Batch index", index), ("Backend", parameters["backend"])]
+    if parameters.get("precision"):
+        fields.append(("Precision", parameters["precision"].get("unet")))
     prompts = parameters["prompt"]
     per_prompt = parameters["num_images_per_prompt"]
     k = index // per_prompt
@@ -109,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         for index, image in enumerate(result.images):
             seed = image_seed(params, index)
             path = out / f"{number:05d}-{seed}-{index}.png"
-            save_png(image, path, {"parameters": a1111_parameters(params, index),
+            save_png(image, path, {"parameters": a1111_parameters({**params, "seed": seed}, index),
                                    "sdrt": json.dumps({**params, "seed": seed, "index": index,
                                                        "sdrt_version": __version__})})
             if not args.quiet:

@@ -8,6 +8,7 @@ inputs give the same numbers as a diffusers pipeline. Every input goes through P
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -21,34 +22,66 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
 def _array_to_pil(array: np.ndarray, label: str) -> Image.Image:
-    """HxW or HxWxC arrays: uint8 as is, floats taken as [0, 1] (rounded to uint8 like diffusers' output)."""
+    """HxW or HxWxC arrays: uint8 as is, uint16 scaled, floats taken as [0, 1] (rounded like diffusers' output)."""
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
         raise SdrtError(f"{label} array has shape {a.shape}: pass HxW, HxWx3 or HxWx4 (values in [0, 1] or uint8)")
+    if a.dtype == np.uint16:  # 16-bit pixels: scale, never clip to white
+        a = a.astype(np.float32) / 65535.0
+    elif a.dtype.kind in "iu" and a.dtype != np.uint8:
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise SdrtError(f"{label} array of {a.dtype} has values outside 0..255: pass uint8, uint16 or "
+                            f"floats in [0, 1]")
+        a = a.astype(np.uint8)
     if a.dtype != np.uint8:
         a = (np.clip(a.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
     return Image.fromarray(a)
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer grayscale (PNG "I;16", "I") scaled to 8 bits, float ("F") taken as
+    [0, 1]; a plain `convert("RGB")` would clip them to white. Other modes (palette, RGBA, CMYK...)
+    are left to PIL's own conversion, which maps them correctly."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        a = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(a / 65535.0 * 255.0), 0, 255).astype(np.uint8), "L")
+    if image.mode == "F":
+        a = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8), "L")
+    return image
+
+
+def _open(path: Path, label: str) -> Image.Image:
+    """Read a file; a decompression bomb (more pixels than PIL's MAX_IMAGE_PIXELS) is refused in one line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()
+                return opened.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise SdrtError(f"{label} {path} is too large to open safely ({e}; the limit is PIL's "
+                        f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): pass a smaller image") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise SdrtError(f"{label} {path} is not a readable image ({e}): pass a PNG or JPEG file") from None
+
+
 def load_image(image: ImageInput, label: str = "image") -> Image.Image:
     """A PIL image from a path, a PIL image or an array; one-line errors for missing or unreadable files."""
     if isinstance(image, Image.Image):
-        return image
+        return to_8bit(image)
     if isinstance(image, np.ndarray):
         return _array_to_pil(image, label)
     if not isinstance(image, (str, os.PathLike)):
         raise SdrtError(f"{label} must be a file path, a PIL image or a numpy array, not {type(image).__name__}")
     path = Path(image)
+    if path.is_dir():
+        raise SdrtError(f"{label} {path} is a folder, not an image file: pass the path of a PNG or JPEG file")
     if not path.is_file():
         raise SdrtError(f"{label} {path} does not exist: check the path")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise SdrtError(f"{label} {path} is not a readable image ({e}): pass a PNG or JPEG file") from None
+    return to_8bit(_open(path, label))
 
 
 def load_images(images: ImageInput | Sequence[ImageInput], label: str) -> list[Image.Image]:

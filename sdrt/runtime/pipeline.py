@@ -41,8 +41,8 @@ import numpy as np
 from sdrt.engines.base import Backend, Engine, backend_class, candidates
 from sdrt.errors import EngineMissing, SdrtError
 from sdrt.manifest import Manifest
-from sdrt.runtime import conditioning, images as imageio
-from sdrt.runtime.arguments import check_call, check_latents, prompt_lists
+from sdrt.runtime import conditioning, images as imageio, metadata
+from sdrt.runtime.arguments import check_call, check_latents, prompt_lists, warn_unused_negative
 from sdrt.runtime.seeds import PerImageGenerator, image_seeds
 from sdrt.runtime.timing import StageTimings
 
@@ -236,6 +236,7 @@ class Pipeline:
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, strength=strength,
             num_images_per_prompt=num_images_per_prompt, output_type=output_type)
         prompts, negatives = prompt_lists(prompt, negative_prompt)
+        warn_unused_negative(negatives, guidance)
         images, masks = self._inputs(image, mask_image)
         height, width = self._size(height, width, images, masks)
         n = len(prompts) * per_prompt
@@ -334,6 +335,7 @@ class Pipeline:
             "num_images_per_prompt": per_prompt, "backend": self.backend_name,
             "model": self.manifest.data.get("source", {}).get("name") or str(self.manifest.folder),
         }
+        parameters.update(metadata.describe(self.manifest, sched, images, masks))
         if images:
             parameters["strength"] = strength
         images_out = imageio.to_pil(result) if output_type == "pil" else result

@@ -8,13 +8,12 @@ max_length=77, truncation=True)``: BOS, the prompt's tokens, EOS, then the pad t
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from sdrt.errors import SdrtError
+from sdrt.errors import SdrtError, warn
 from sdrt.spec import TOKEN_LENGTH
 
 #: Where a tokenizer folder may name its pad token and length, first match wins (transformers' order).
@@ -89,10 +88,8 @@ class ClipTokenizer:
             if dropped > 0:
                 # diffusers' convention: say what was cut; the ids between the kept ones and EOS.
                 text = self._full.decode(full.ids[self.model_max_length - 1 : -1]).replace("</w>", " ").strip()
-                warnings.warn(
-                    f"prompt {i} was truncated: CLIP reads at most {self.model_max_length} tokens, "
-                    f"{dropped} tokens were dropped: {text!r}",
-                    stacklevel=2,
-                )
+                shown = text if len(text) <= 60 else text[:57] + "..."
+                warn(f"prompt {i} was truncated: CLIP reads at most {self.model_max_length} tokens, "
+                     f"{dropped} tokens were dropped: {shown!r}")
         ids = [e.ids for e in self._fixed.encode_batch(batch)]
         return np.asarray(ids, dtype=np.int32).reshape(len(batch), self.model_max_length)

@@ -26,7 +26,7 @@ def test_txt2img_writes_one_png_per_image_with_parameters(tiny_onnx, tmp_path):
     text = read_png_text(files[1])
     lines = text["parameters"].splitlines()
     assert lines[0] == "a red bicycle" and lines[1] == "Negative prompt: blurry"
-    assert "Steps: 2, Sampler: EulerDiscreteScheduler, CFG scale: 7.5, Seed: 43, Size: 32x32" in lines[2]
+    assert "Steps: 2, Sampler: Euler, CFG scale: 7.5, Seed: 43, Size: 32x32" in lines[2]
     assert "Batch index: 1" in lines[2]
     meta = json.loads(text["sdrt"])
     assert meta["seed"] == 43 and meta["seeds"] == [42, 43] and meta["index"] == 1 and meta["backend"] == "ort-cpu"

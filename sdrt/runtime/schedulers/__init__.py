@@ -57,6 +57,22 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
 }
 
 
+#: registry name -> AUTOMATIC1111's sampler name (what its PNG infotexts say)
+A1111_NAMES: dict[str, str] = {
+    "ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras", "dpmpp_sde": "DPM++ 2M SDE", "lms": "LMS", "unipc": "UniPC",
+    "lcm": "LCM",
+}
+
+
+def registry_name(scheduler: SchedulerMixin) -> str | None:
+    """The registry name whose class and overrides this scheduler's config has (the most specific one),
+    or None when none fits (e.g. a PNDM with PRK steps): metadata then gives the class name."""
+    fits = [(len(overrides), name) for name, (cls, overrides) in SCHEDULERS.items()
+            if type(scheduler) is cls and all(scheduler.config.get(k) == v for k, v in overrides.items())]
+    return max(fits)[1] if fits else None
+
+
 def _class_for(config: dict[str, Any]) -> type[SchedulerMixin]:
     name = config.get("_class_name")
     if name not in CLASSES:
@@ -91,6 +107,7 @@ def get_scheduler(name_or_config: str | dict[str, Any], base_config: dict[str, A
 __all__ = [
     "CLASSES",
     "SCHEDULERS",
+    "A1111_NAMES",
     "DDIMScheduler",
     "DPMSolverMultistepScheduler",
     "EulerAncestralDiscreteScheduler",
@@ -102,4 +119,5 @@ __all__ = [
     "SchedulerOutput",
     "UniPCMultistepScheduler",
     "get_scheduler",
+    "registry_name",
 ]
