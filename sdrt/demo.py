@@ -109,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
     from sdrt import __version__
     from sdrt.reference import TorchReplay, load_reference
     from sdrt.runtime import Pipeline
-    from sdrt.atomic import write_text
     from sdrt.runtime.images import psnr, save_png, to_pil
     from sdrt.runtime.timing import merge
 
@@ -193,4 +192,6 @@ def write_report(out: Path, args: argparse.Namespace, pipe: Any, size: tuple[int
         f"{diffusers.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}.",
         "",
     ]
+    from sdrt.atomic import write_text
+
     write_text(out / "report.md", "\n".join(text))

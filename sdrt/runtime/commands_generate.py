@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
     """The "parameters" text of AUTOMATIC1111's PNGs, for one image of the call."""
     fields = [("Steps", parameters["steps"]), ("Sampler", parameters.get("sampler") or parameters["scheduler"]),
-              ("CFG scale", parameters["guidance_scale"]), ("Seed", parameters["seed"]),
+              ("CFG scale", parameters["guidance_scale"]), ("Seed", image_seed(parameters, index)),
               ("Size", f"{parameters['width']}x{parameters['height']}")]
     if parameters.get("model_hash"):
         fields.append(("Model hash", parameters["model_hash"]))
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         for index, image in enumerate(result.images):
             seed = image_seed(params, index)
             path = out / f"{number:05d}-{seed}-{index}.png"
-            save_png(image, path, {"parameters": a1111_parameters({**params, "seed": seed}, index),
+            save_png(image, path, {"parameters": a1111_parameters(params, index),
                                    "sdrt": json.dumps({**params, "seed": seed, "index": index,
                                                        "sdrt_version": __version__})})
             if not args.quiet:
