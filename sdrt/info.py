@@ -11,7 +11,7 @@ from sdrt.errors import SdrtError
 
 #: distributions whose versions matter for a bug report or a benchmark's method
 PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "tokenizers", "pillow", "onnx", "torch",
-            "diffusers", "transformers", "tensorrt", "tensorrt-rtx", "polygraphy", "cuda-python")
+            "diffusers", "transformers", "openvino", "tensorrt", "tensorrt-rtx", "polygraphy", "cuda-python")
 
 
 def versions() -> dict[str, str | None]:

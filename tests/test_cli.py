@@ -19,7 +19,7 @@ def test_info_lists_backends():
     import json
     report = json.loads(r.stdout)
     assert report["versions"]["sdrt"]
-    assert set(report["backends"]) == {"tensorrt", "tensorrt_rtx", "ort-cuda", "ort-cpu"}
+    assert set(report["backends"]) == {"tensorrt", "tensorrt_rtx", "ort-cuda", "ort-cpu", "openvino"}
 
 
 def test_info_on_a_missing_folder_is_one_line(tmp_path):

@@ -15,7 +15,8 @@ from typing import Any
 
 #: distributions whose version goes into every report
 VERSIONED = ("sdrt", "onnxruntime", "onnxruntime-gpu", "torch", "diffusers", "transformers",
-             "numpy", "tokenizers", "tensorrt")
+             "numpy", "tokenizers", "tensorrt", "openvino", "openvino-genai",
+             "openvino-tokenizers")
 
 
 def versions() -> dict[str, str | None]:
@@ -56,7 +57,8 @@ def gpu_names() -> list[str]:
 
 def cpu_features() -> list[str]:
     """The vector extensions that decide which CPU kernels the libraries pick."""
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_tile",
+              "amx_bf16", "amx_int8")
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -38,8 +38,12 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "tensorrt_rtx": ("sdrt.engines.tensorrt", "TensorRTRTXBackend", "sdrt[tensorrt-rtx]"),
     "ort-cuda": ("sdrt.engines.ort", "OrtCudaBackend", "sdrt[gpu]"),
     "ort-cpu": ("sdrt.engines.ort", "OrtCpuBackend", "sdrt"),
+    "openvino": ("sdrt.engines.openvino", "OpenVinoBackend", "sdrt[openvino]"),
 }
-AUTO_ORDER = ("tensorrt", "tensorrt_rtx", "ort-cuda", "ort-cpu")
+#: GPU backends first; the CPU backends' order comes from sdrt.engines.auto (a measured table)
+AUTO_ORDER = ("tensorrt", "tensorrt_rtx", "ort-cuda", "ort-cpu", "openvino")
+#: runtime precisions ("f32": the exported graph's own arithmetic; bf16/f16 converted at compile)
+RUNTIME_PRECISIONS = ("f32", "bf16", "f16")
 
 
 class Engine(abc.ABC):
@@ -98,6 +102,11 @@ class Backend(abc.ABC):
     #: the keyword options the constructor takes -> what each does (see SHARED_OPTIONS)
     options: ClassVar[Mapping[str, str]] = {}
 
+    @property
+    def runtime_precision(self) -> str | None:
+        """The precision it computes in, when it converts at run time (None: the exported graph's)."""
+        return None
+
     @classmethod
     @abc.abstractmethod
     def check_available(cls) -> None:
@@ -133,9 +142,12 @@ def backend_class(name: str) -> type[Backend]:
 
 
 def available_backends() -> list[str]:
-    """Backends that are installed and usable on this machine, fastest first."""
+    """Backends that are installed and usable on this machine, fastest first (the CPU ones in the
+    order sdrt.engines.auto measured)."""
+    from sdrt.engines.auto import cpu_order
+
     found = []
-    for name in AUTO_ORDER:
+    for name in [n for n in AUTO_ORDER if n not in ("ort-cpu", "openvino")] + cpu_order():
         try:
             backend_class(name).check_available()
         except SdrtError:
@@ -184,7 +196,22 @@ def resolve_backend(name: str = "auto", options: Mapping[str, Any] | None = None
     return candidates(name, options)[0]
 
 
-def create_backend(name: str = "auto", **options: Any) -> Backend:
+def with_precision(precision: str | None, options: Mapping[str, Any],
+                   cls: type[Backend] | None = None) -> dict[str, Any]:
+    """Backend options with the run-time precision (f32 | bf16 | f16) in them where it belongs.
+
+    bf16/f16 are an option of the backends that convert at run time (openvino), so 'auto' picks
+    among those and a backend without it refuses in one line; f32 runs everywhere, and is passed
+    only to a backend (``cls``) that takes the option."""
+    if precision is not None and precision not in RUNTIME_PRECISIONS:
+        raise SdrtError(f"precision {precision!r} is not one of: {', '.join(RUNTIME_PRECISIONS)}")
+    if precision in ("bf16", "f16") or (precision == "f32" and cls is not None and "precision" in cls.options):
+        return {**options, "precision": precision}
+    return dict(options)
+
+
+def create_backend(name: str = "auto", precision: str | None = None, **options: Any) -> Backend:
     """A backend instance; options (its declared ones only) go to its constructor."""
-    resolved = resolve_backend(name, options)
-    return backend_class(resolved)(**options)
+    options = with_precision(precision, options)
+    cls = backend_class(resolve_backend(name, options))
+    return cls(**with_precision(precision, options, cls))

@@ -32,7 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=None, help="start image: img2img, or inpainting with --mask")
     p.add_argument("--strength", type=float, default=0.8, help="how much of --image to repaint, 0..1 (default 0.8)")
     p.add_argument("--mask", default=None, help="inpainting mask: white = repaint, black = keep (needs --image)")
-    p.add_argument("--backend", default="auto", help="ort-cpu, ort-cuda, tensorrt, tensorrt_rtx, or auto (default: the fastest usable)")
+    p.add_argument("--backend", default="auto", help="ort-cpu, openvino, ort-cuda, tensorrt, tensorrt_rtx, or auto (default: the fastest usable)")
+    p.add_argument("--precision", default=None, choices=("f32", "bf16", "f16"),
+                   help="run-time precision (default: the exported one); bf16/f16 need --backend openvino "
+                        "(bf16: a CPU with AVX512-BF16 or AMX)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="replay the UNet step as a CUDA graph (ort-cuda, tensorrt, tensorrt_rtx; one fixed shape)")
     p.add_argument("--out", default="sdrt-out", help="output folder (default ./sdrt-out)")
@@ -51,7 +54,7 @@ def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
         fields.append(("Denoising strength", parameters["strength"]))
     fields += [("Batch index", index), ("Backend", parameters["backend"])]
     if parameters.get("precision"):
-        fields.append(("Precision", parameters["precision"].get("unet")))
+        fields.append(("Precision", parameters.get("runtime_precision") or parameters["precision"].get("unet")))
     prompts = parameters["prompt"]
     per_prompt = parameters["num_images_per_prompt"]
     k = index // per_prompt
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = cuda_graph_options(args)
     out = outputs.check_writable(args.out)  # before any work: an unwritable --out is found in a second
-    pipe = Pipeline.load(args.model, backend=args.backend, **options)
+    pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, **options)
     expected = args.steps
     if args.image is not None and isinstance(args.steps, int) and 0 <= args.strength <= 1:
         expected = conditioning.start_index(args.steps, args.strength, 1)[1]

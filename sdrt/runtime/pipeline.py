@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sdrt.engines.base import Backend, Engine, backend_class, candidates
+from sdrt.engines.base import Backend, Engine, backend_class, candidates, with_precision
 from sdrt.errors import EngineMissing, SdrtError
 from sdrt.manifest import Manifest
 from sdrt.runtime import conditioning, images as imageio, metadata
@@ -97,8 +97,10 @@ class Pipeline:
             raise
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, backend: str = "auto", **backend_options: Any) -> "Pipeline":
+    def load(cls, folder: str | os.PathLike, backend: str = "auto", precision: str | None = None,
+             **backend_options: Any) -> "Pipeline":
         """Open an exported folder on a backend; options go to the backend (its declared ones only).
+        ``precision``: f32 | bf16 | f16, the run-time precision (bf16/f16: openvino only).
 
         "auto" tries the usable backends that take the options, fastest first; one without a built
         engine for this folder (TensorRT before `sdrt build`, unless auto_build=True) is skipped
@@ -113,10 +115,12 @@ class Pipeline:
         except (OSError, ValueError) as e:
             raise SdrtError(f"{config_path} is missing or unreadable ({e}): export the model again with --force")
         tokenizer = ClipTokenizer.from_folder(Path(folder) / "tokenizer")
+        backend_options = with_precision(precision, backend_options)
         names = candidates(backend, backend_options)
         for i, name in enumerate(names):
             try:
-                return cls(manifest, backend_class(name)(**backend_options), tokenizer, scheduler_config)
+                options = with_precision(precision, backend_options, backend_class(name))
+                return cls(manifest, backend_class(name)(**options), tokenizer, scheduler_config)
             except EngineMissing as e:
                 if i + 1 == len(names):
                     raise
@@ -333,6 +337,8 @@ class Pipeline:
             "prompt": prompts, "negative_prompt": negatives, "steps": steps, "guidance_scale": guidance,
             "scheduler": type(sched).__name__, "seed": seed, "seeds": seeds, "height": height, "width": width,
             "num_images_per_prompt": per_prompt, "backend": self.backend_name,
+            # what the UNet computes in: the backend's run-time precision, else the exported one
+            "runtime_precision": self.backend.runtime_precision or self.manifest.precision("unet"),
             "model": self.manifest.data.get("source", {}).get("name") or str(self.manifest.folder),
         }
         parameters.update(metadata.describe(self.manifest, sched, images, masks))

@@ -1,0 +1,291 @@
+"""OpenVINO engines: the exported ONNX compiled per component for a device, at a runtime precision.
+
+- **Precision** is the CPU plugin's ``INFERENCE_PRECISION_HINT``: ``f32`` (the default; the same
+  numbers as the ONNX graph), ``bf16`` (CPUs with AVX512-BF16 or AMX), ``f16`` (devices that list
+  FP16). The graph's inputs and outputs stay float32: only the arithmetic inside changes.
+- **Buffers**: one numpy array per tensor and shape set, wrapped without a copy in an ``ov.Tensor``
+  (``shared_memory=True``) and bound to the infer request once (``set_tensor``); a step copies the
+  latents into the bound array, ``infer()`` writes ``out_sample`` into its bound array. Nothing is
+  allocated per step.
+- **Shapes**: ``dynamic`` (default; one compile serves every size) or ``static`` (the graph is
+  reshaped to the prepared dims and compiled for exactly them; a new size compiles again).
+- **Cache**: OpenVINO's own compiled-model cache (``CACHE_DIR``), one folder per key under
+  ``engines/openvino/`` (see ``openvino_cache``): a second load imports the blob instead of
+  compiling.
+
+openvino is imported lazily; devices other than CPU (GPU, NPU, AUTO) are passed through to
+OpenVINO unverified (the development machine has only a CPU).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from sdrt.engines import openvino_cache as cache
+from sdrt.engines.base import Backend, Engine
+from sdrt.errors import BackendUnavailable, SdrtError
+
+EXTRA = "sdrt[openvino]"
+#: sdrt's precision names -> OpenVINO's INFERENCE_PRECISION_HINT, and the capability a device lists
+PRECISIONS = {"f32": ("f32", "FP32"), "bf16": ("bf16", "BF16"), "f16": ("f16", "FP16")}
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+SHAPE_POLICIES = ("dynamic", "static")
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError as e:
+        raise BackendUnavailable(f"backend openvino is not installed ({e}): pip install '{EXTRA}'") from None
+    return openvino
+
+
+def _one_line(error: BaseException, limit: int = 240) -> str:
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip() and not ln.strip().startswith("Check ")]
+    text = " ".join(lines) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def device_capabilities(core, device: str) -> list[str]:
+    try:
+        return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+    except Exception:  # AUTO/HETERO have none of their own
+        return []
+
+
+def check_device(core, device: str) -> None:
+    """A device OpenVINO does not see is an error that lists the ones it does."""
+    present = list(core.available_devices)
+    base = device.split(":", 1)[0].split(".", 1)[0]
+    if base in ("AUTO", "HETERO", "MULTI") or device in present:
+        return
+    raise SdrtError(f"OpenVINO device {device!r} is not present here; present: {', '.join(present) or 'none'}: "
+                    f"pass --device {present[0] if present else 'CPU'}")
+
+
+def check_precision(core, device: str, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise SdrtError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if device.startswith(("AUTO", "HETERO", "MULTI")):
+        return
+    capability = PRECISIONS[precision][1]
+    caps = device_capabilities(core, device)
+    if caps and capability not in caps:
+        raise SdrtError(f"OpenVINO {device} has no {precision} support on this machine (it lists "
+                        f"{', '.join(caps)}): use --precision f32")
+
+
+class OpenVinoEngine(Engine):
+    """One component on one compiled model and one infer request, bound once per shape set."""
+
+    def __init__(self, backend: "OpenVinoBackend", manifest, component: str):
+        super().__init__(component, manifest.values, manifest.precision(component))
+        self.backend = backend
+        self.manifest = manifest
+        self.compiled = None
+        self.request = None
+        self.loaded_from_cache: bool | None = None
+        self.compile_seconds: float | None = None
+        self._host: dict[str, np.ndarray] = {}
+        self._tensors: dict[str, Any] = {}
+        self._outputs: list[str] = []
+        if backend.shapes == "dynamic":
+            self._compile(None)
+
+    def _compile(self, dims: Mapping[str, int] | None) -> None:
+        self.request = None
+        self.compiled, self.loaded_from_cache, self.compile_seconds = self.backend.compile(
+            self.manifest, self.component, None if dims is None else self.shapes_for(dims))
+        self._outputs = [n for o in self.compiled.outputs for n in o.get_names()]
+        self.request = self.compiled.create_infer_request()
+
+    # -- buffers ---------------------------------------------------------------------------------
+    def prepare(self, dims: Mapping[str, int]) -> None:
+        dims = {k: int(v) for k, v in dims.items()}
+        if self.dims == dims:
+            return
+        if self.backend.shapes == "static":
+            self._compile(dims)
+        ov = import_openvino()
+        from sdrt import spec
+
+        shapes = spec.shapes(self.component, {**self.model_values, **dims}, include_optional=True)
+        names = list(self.spec.input_names) + [n for n in self.spec.output_names if n in self._outputs]
+        self._host, self._tensors = {}, {}
+        for name in names:
+            host = np.zeros(shapes[name], dtype=self.dtype(name))
+            tensor = ov.Tensor(host, shared_memory=True)  # wraps `host`: OpenVINO reads/writes it in place
+            self.request.set_tensor(name, tensor)
+            self._host[name], self._tensors[name] = host, tensor
+        self.dims = dims
+
+    def set_input(self, name: str, array: np.ndarray) -> None:
+        host = self._host[name]
+        if np.shape(array) != host.shape:
+            raise ValueError(f"{self.component}.{name}: got shape {np.shape(array)}, bound {host.shape}")
+        np.copyto(host, array, casting="same_kind")
+
+    def execute(self) -> dict[str, np.ndarray]:
+        if self.dims is None:
+            raise RuntimeError(f"{self.component}: prepare(dims) before execute()")
+        self.request.infer()
+        return {n: self._host[n] for n in self.spec.output_names if n in self._host}
+
+    @property
+    def buffers(self) -> Mapping[str, Any]:
+        """Bound ``ov.Tensor``s by tensor name (each wraps the engine's host array)."""
+        return dict(self._tensors)
+
+    def close(self) -> None:
+        self.request, self.compiled, self._tensors, self._host, self.dims = None, None, {}, {}, None
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO on one device. ``precision``: f32 | bf16 | f16; ``shapes``: dynamic | static;
+    ``num_threads`` / ``num_streams`` / ``performance_hint``: the plugin's own properties
+    (None keeps OpenVINO's default); ``cache``: keep compiled models under engines/openvino/;
+    ``config``: any further OpenVINO properties, passed as they are."""
+
+    name = "openvino"
+    options = {
+        "device": "OpenVINO device: CPU (default), GPU, NPU, AUTO (only CPU verified)",
+        "precision": f"run-time precision, one of {', '.join(PRECISIONS)} (default f32; bf16 needs AVX512-BF16 or AMX)",
+        "shapes": f"one of {', '.join(SHAPE_POLICIES)}: one compile for every size, or one per prepared size",
+        "num_threads": "INFERENCE_NUM_THREADS (default: OpenVINO's, the physical cores)",
+        "num_streams": "NUM_STREAMS (default: OpenVINO's for the hint)",
+        "performance_hint": f"one of {', '.join(PERFORMANCE_HINTS)} (default LATENCY)",
+        "cache": "keep compiled models under engines/openvino/ (default on)",
+        "config": "further OpenVINO properties, passed as they are (key -> value)",
+        "log": "where cache messages go (default: stderr)",
+    }
+
+    def __init__(self, *, device: str = "CPU", precision: str = "f32", shapes: str = "dynamic",
+                 num_threads: int | None = None, num_streams: int | None = None,
+                 performance_hint: str | None = "LATENCY", cache: bool = True,
+                 config: Mapping[str, Any] | None = None, log=None):
+        if shapes not in SHAPE_POLICIES:
+            raise SdrtError(f"shapes {shapes!r} is not one of: {', '.join(SHAPE_POLICIES)}")
+        if performance_hint is not None and performance_hint not in PERFORMANCE_HINTS:
+            raise SdrtError(f"performance_hint {performance_hint!r} is not one of: {', '.join(PERFORMANCE_HINTS)}")
+        ov = import_openvino()
+        self.core = ov.Core()
+        self.device = str(device).upper()
+        check_device(self.core, self.device)
+        check_precision(self.core, self.device, precision)
+        self.precision = precision
+        self.shapes = shapes
+        self.num_threads = num_threads
+        self.num_streams = num_streams
+        self.performance_hint = performance_hint
+        self.cache = bool(cache)
+        self.extra_config = {str(k): v for k, v in (config or {}).items()}
+        self.log = log or (lambda line: print(line, file=sys.stderr))
+        self.library = ov.get_version()
+
+    @classmethod
+    def check_available(cls) -> None:
+        import_openvino()
+
+    @property
+    def runtime_precision(self) -> str:
+        return self.precision
+
+    def properties(self) -> dict[str, Any]:
+        """The compile properties (what goes into the cache key, with the device and precision)."""
+        props: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[self.precision][0]}
+        if self.performance_hint is not None:
+            props["PERFORMANCE_HINT"] = self.performance_hint
+        if self.num_threads is not None:
+            props["INFERENCE_NUM_THREADS"] = int(self.num_threads)
+        if self.num_streams is not None:
+            props["NUM_STREAMS"] = int(self.num_streams)
+        props.update(self.extra_config)
+        if self.device.startswith(("AUTO", "HETERO", "MULTI")):
+            props.pop("INFERENCE_PRECISION_HINT", None)
+        return props
+
+    def identity(self, manifest, component: str, shapes: Mapping[str, tuple[int, ...]] | None) -> dict[str, Any]:
+        entry = manifest.components[component]
+        path = manifest.onnx_path(component)
+        onnx_hash = entry.get("sha256") or f"mtime:{path.stat().st_mtime_ns}:{path.stat().st_size}"
+        try:
+            device_name = str(self.core.get_property(self.device, "FULL_DEVICE_NAME"))
+        except Exception:
+            device_name = self.device
+        policy = "dynamic" if shapes is None else "static:" + ";".join(
+            f"{k}={'x'.join(map(str, v))}" for k, v in sorted(shapes.items()))
+        return cache.identity(component, onnx_hash, self.library, self.device, device_name, self.precision,
+                              policy, {k: str(v) for k, v in self.properties().items()})
+
+    def compile(self, manifest, component: str, shapes: Mapping[str, tuple[int, ...]] | None):
+        """(compiled model, whether it came from the cache, seconds) for one component."""
+        ov = import_openvino()
+        path = manifest.onnx_path(component)
+        props = self.properties()
+        entry = None
+        if self.cache:
+            entry = cache.entry_dir(manifest.folder, self.identity(manifest, component, shapes))
+            try:
+                entry.mkdir(parents=True, exist_ok=True)
+                props["CACHE_DIR"] = str(entry)
+            except OSError:
+                entry = None  # a read-only model folder: compile without a cache
+        was_complete = entry is not None and cache.is_complete(entry)
+        start = time.perf_counter()
+        try:
+            compiled = self._compile_once(ov, path, shapes, props)
+        except Exception as e:
+            if not was_complete:
+                raise SdrtError(f"OpenVINO could not compile {path} for {self.device} ({_one_line(e)}): "
+                                f"export the model again with --force, or try --precision f32") from None
+            self.log(f"openvino: the cached compiled model {entry} could not be loaded ({_one_line(e, 120)}); "
+                     f"rebuilding it")
+            cache.discard(entry)
+            entry.mkdir(parents=True, exist_ok=True)
+            compiled = self._compile_once(ov, path, shapes, props)
+            was_complete = False
+        seconds = time.perf_counter() - start
+        from_cache = _loaded_from_cache(compiled)
+        if entry is not None:
+            if was_complete and from_cache is False:
+                self.log(f"openvino: the cached compiled model in {entry} was unreadable; rebuilt it")
+            if not was_complete or from_cache is False:
+                cache.mark_complete(entry, self.identity(manifest, component, shapes),
+                                    {"compile_seconds": round(seconds, 3)})
+        return compiled, from_cache, seconds
+
+    def _compile_once(self, ov, path: Path, shapes, props: dict[str, Any]):
+        if shapes is None:  # from the file: on a cache hit OpenVINO skips reading the ONNX at all
+            return self.core.compile_model(str(path), self.device, props)
+        model = self.core.read_model(str(path))
+        wanted = {}
+        for port in model.inputs:
+            name = next((n for n in port.get_names() if n in shapes), None)
+            if name is not None:
+                wanted[port] = ov.PartialShape(list(shapes[name]))
+        model.reshape(wanted)
+        return self.core.compile_model(model, self.device, props)
+
+    def load(self, manifest, component: str) -> OpenVinoEngine:
+        from sdrt import spec
+
+        engine = OpenVinoEngine(self, manifest, component)
+        if engine.compiled is not None:
+            got = {n for port in engine.compiled.inputs for n in port.get_names()}
+            want = set(spec.component(component).input_names)
+            if not want <= got:
+                raise SdrtError(f"{manifest.onnx_path(component)} has inputs {sorted(got)}, expected "
+                                f"{sorted(want)}: export the model again with sdrt")
+        return engine
+
+
+def _loaded_from_cache(compiled) -> bool | None:
+    try:
+        return bool(compiled.get_property("LOADED_FROM_CACHE"))
+    except Exception:
+        return None
