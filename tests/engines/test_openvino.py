@@ -3,17 +3,14 @@ cache and its keys, and bad input (no export needed)."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
 import pytest
-from onnx import TensorProto
 
 from sdrt.engines import base, openvino_cache
 from sdrt.errors import BackendUnavailable, SdrtError
-from sdrt.manifest import Manifest
-from tests.engines.trt_fakes import fake_unet_onnx
+from tests.engines.trt_fakes import model_folder
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'sdrt[openvino]')")
 from sdrt.engines import openvino as ovb  # noqa: E402
@@ -22,17 +19,9 @@ C, S, D = 4, 77, 8
 
 
 def _folder(tmp_path, sha="abc"):
-    (tmp_path / "unet").mkdir(parents=True, exist_ok=True)
-    fake_unet_onnx(tmp_path / "unet" / "model.onnx", TensorProto.FLOAT)
-    data = {
-        "format": "sdrt-onnx", "format_version": 1,
-        "pipeline": {"latent_channels": C, "unet_in_channels": C, "text_hidden_size": D,
-                     "vae_scale_factor": 8, "token_length": S, "sample_size": 8},
-        "components": {"unet": {"file": "unet/model.onnx", "precision": "fp32", "sha256": sha}},
-        "sizes": {"latent_multiple": 1, "min_latent": 1, "max_latent": 64},
-    }
-    (tmp_path / "sdrt.json").write_text(json.dumps(data))
-    return Manifest.load(tmp_path)
+    manifest = model_folder(tmp_path, "fp32")
+    manifest.components["unet"]["sha256"] = sha  # what the cache key reads as the ONNX content
+    return manifest
 
 
 def _expected(sample, t, ehs):
