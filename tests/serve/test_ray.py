@@ -160,3 +160,18 @@ def with_group_killed(process: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     process.wait(30)
+
+
+def test_serve_run_target_builds_the_application(tiny_onnx):
+    from sdrt.errors import SdrtError
+    from sdrt.serve import ray_serve
+
+    application = ray_serve.app_builder({"model": f"tiny={tiny_onnx}", "replicas": "1", "max_replicas": "3",
+                                         "backend": "ort-cpu"})
+    assert application is not None
+    options = ray_serve.deployment_options(argparse.Namespace(**{**ray_serve.BUILDER_DEFAULTS, "replicas": 1,
+                                                                 "max_replicas": 3, "num_gpus": 1.0}))
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4}
+    assert options["ray_actor_options"]["num_gpus"] == 1.0
+    with pytest.raises(SdrtError, match="unknown option"):
+        ray_serve.app_builder({"model": str(tiny_onnx), "colour": "red"})
