@@ -173,7 +173,10 @@ def markdown(report: dict) -> str:
     lines = [f"# sdrt serve load test ({report['date']})", "",
              f"{m['clients']} concurrent clients x {m['requests_per_client']} requests, txt2img {m['size']}x{m['size']}, "
              f"{m['steps']} steps, CFG 7 (UNet batch 2 per image), tiny preset on ort-cpu, loopback, "
-             f"queue size {m['queue_size']}.", "",
+             f"queue size {m['queue_size']}. Each client stops after its requests or at the mode's deadline of "
+             f"{m.get('deadline_s')} s, whichever comes first (`sent` < planned means the deadline ended it); "
+             f"warm-up requests are not counted. `lost` = answered with anything but an image or a 429 with "
+             f"Retry-After, or not answered. RSS: the server process, sampled every 0.5 s.", "",
              f"Machine: {m['machine']}, {m['cores']} cores; load average before / after: "
              f"{m['load_before']} / {m['load_after']} (shared machine: other jobs were running).", "",
              "| mode | sent | 200 | 429 | lost | images/s | p50 ms | p95 ms | p99 ms | RSS start → end MB | "
@@ -192,6 +195,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rewrite(folder: Path) -> None:
+    """Re-render result.md from result.json (after a change of wording; no new measurement)."""
+    report = json.loads((folder / "result.json").read_text())
+    (folder / "result.md").write_text(markdown(report))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="tiny ONNX folder")
@@ -206,7 +215,7 @@ def main() -> int:
     args = parser.parse_args()
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "method": {
         "clients": args.clients, "requests_per_client": args.requests, "size": args.size, "steps": args.steps,
-        "queue_size": args.queue_size, "machine": platform.processor() or platform.machine(),
+        "queue_size": args.queue_size, "deadline_s": args.deadline_s, "machine": platform.processor() or platform.machine(),
         "cores": os.cpu_count(), "load_before": [round(v, 2) for v in os.getloadavg()],
         "python": platform.python_version()}, "modes": {}}
     report["modes"]["batching on"] = run_mode(args, args.max_batch)
