@@ -123,8 +123,8 @@ def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
 
 def _answer(body: Txt2ImgRequest, request: GenerationRequest, result: Any, service: Any) -> dict[str, Any]:
     params = {**result.parameters, "model": request.model}
-    sampler = samplers.a1111_name(request.sampler, params["scheduler"])
-    infotexts = [a1111_parameters({**params, "scheduler": sampler}, index) for index in range(len(result.seeds))]
+    sampler = params.get("sampler") or params["scheduler"]  # A1111's name for what ran (a class name if none fits)
+    infotexts = [a1111_parameters(params, index) for index in range(len(result.seeds))]
     n = request.n
     info = {
         "prompt": request.prompt, "all_prompts": [request.prompt] * n,

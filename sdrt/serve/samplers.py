@@ -7,33 +7,22 @@ the pairs sdrt runs are listed; anything else is refused with the list, never si
 
 from __future__ import annotations
 
+from sdrt.runtime.schedulers import A1111_NAMES
 from sdrt.serve.limits import RequestRejected
 
-#: A1111 sampler name -> (sdrt scheduler name, aliases A1111 lists for it)
-SAMPLERS: dict[str, tuple[str, list[str]]] = {
-    "Euler a": ("euler_a", ["k_euler_a", "k_euler_ancestral"]),
-    "Euler": ("euler", ["k_euler"]),
-    "LMS": ("lms", ["k_lms"]),
-    "DPM++ 2M": ("dpmpp_2m", ["k_dpmpp_2m"]),
-    "DPM++ 2M Karras": ("dpmpp_2m_karras", ["k_dpmpp_2m_ka"]),
-    "DPM++ 2M SDE": ("dpmpp_sde", ["k_dpmpp_2m_sde"]),
-    "DDIM": ("ddim", []),
-    "PLMS": ("pndm", []),
-    "UniPC": ("unipc", []),
-    "LCM": ("lcm", ["k_lcm"]),
+#: aliases A1111 lists for its samplers (GET /sdapi/v1/samplers), by A1111 name
+ALIASES: dict[str, list[str]] = {
+    "Euler a": ["k_euler_a", "k_euler_ancestral"], "Euler": ["k_euler"], "LMS": ["k_lms"],
+    "DPM++ 2M": ["k_dpmpp_2m"], "DPM++ 2M Karras": ["k_dpmpp_2m_ka"], "DPM++ 2M SDE": ["k_dpmpp_2m_sde"],
+    "LCM": ["k_lcm"],
 }
+#: A1111 sampler name -> (sdrt scheduler name, aliases): the runtime's own table, turned around
+SAMPLERS: dict[str, tuple[str, list[str]]] = {
+    a1111: (sdrt_name, ALIASES.get(a1111, [])) for sdrt_name, a1111 in A1111_NAMES.items()}
 
 #: A1111 `scheduler` values accepted with each sampler; "Karras" turns DPM++ 2M into its Karras form
 SCHEDULE_NAMES = ("automatic", "")
 KARRAS = {"dpmpp_2m": "dpmpp_2m_karras"}
-
-#: sdrt scheduler (or diffusers class) name -> A1111 sampler name, for infotexts
-A1111_NAME = {sdrt_name: name for name, (sdrt_name, _) in SAMPLERS.items()}
-CLASS_TO_A1111 = {
-    "DDIMScheduler": "DDIM", "PNDMScheduler": "PLMS", "EulerDiscreteScheduler": "Euler",
-    "EulerAncestralDiscreteScheduler": "Euler a", "LMSDiscreteScheduler": "LMS",
-    "UniPCMultistepScheduler": "UniPC", "LCMScheduler": "LCM", "DPMSolverMultistepScheduler": "DPM++ 2M",
-}
 
 
 def resolve(sampler_name: str | None, schedule: str | None = None) -> str | None:
@@ -53,13 +42,6 @@ def resolve(sampler_name: str | None, schedule: str | None = None) -> str | None
         raise RequestRejected(f"scheduler {schedule!r} is not available with sampler {name!r}: use "
                               f"'Automatic'" + (" or 'Karras'" if sdrt_name in KARRAS else ""))
     return sdrt_name
-
-
-def a1111_name(sdrt_name: str | None, class_name: str) -> str:
-    """The A1111 spelling of what ran: the requested name, else the model's scheduler class."""
-    if sdrt_name in A1111_NAME:
-        return A1111_NAME[sdrt_name]
-    return CLASS_TO_A1111.get(class_name, class_name)
 
 
 def listing() -> list[dict]:

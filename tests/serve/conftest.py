@@ -32,6 +32,8 @@ class FakePipe:
                  image: Any = None, strength: float = 0.8, mask_image: Any = None, callback: Any = None) -> Any:
         from PIL import Image
 
+        from sdrt.runtime.schedulers import A1111_NAMES
+
         self.entered.set()
         assert self.hold.wait(30), "test never released the fake pipeline"
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -43,6 +45,7 @@ class FakePipe:
         images = [Image.new("RGB", (width, height), (s % 256, 0, 0)) for s in seeds]
         params = {"mode": "txt2img", "prompt": prompts, "negative_prompt": list(negative_prompt or [""] * len(prompts)),
                   "steps": num_inference_steps, "guidance_scale": guidance_scale, "scheduler": "PNDMScheduler",
+                  "sampler": A1111_NAMES.get(scheduler, "PLMS"),
                   "seed": seeds[0], "seeds": seeds, "height": height, "width": width, "num_images_per_prompt": 1,
                   "backend": "fake", "model": "fake"}
         return SimpleNamespace(images=images, seed=seed, parameters=params)
