@@ -12,6 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="ONNX model folder written by `sdrt export`")
     p.add_argument("--out", required=True, help="output folder: the PNGs and results.jsonl (reused to resume)")
     p.add_argument("--backend", default="auto", help="engine backend, as for `sdrt generate` (default auto)")
+    p.add_argument("--precision", default=None, choices=("f32", "bf16", "f16"),
+                   help="run-time precision, as for `sdrt generate` (default: the exported one)")
     p.add_argument("--steps", type=int, default=20, help="steps for requests that do not say (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of requests without one: SEED + line index (default 0)")
     p.add_argument("--max-batch", type=int, default=4, help="images of compatible requests per UNet batch (default 4)")
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             from sdrt.runtime.pipeline import Pipeline
 
-            pipe = Pipeline.load(args.model, backend=args.backend)
+            pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision)
             batch.run_local(pipe, pending, out, args.max_batch, log)
     missing = [item.id for item in items if item.id not in batch.finished_ids(out)]
     if missing:

@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
                    help="ONNX model folder to serve (repeat for several; NAME defaults to the folder's name)")
     p.add_argument("--backend", default="auto", help="engine backend, as for `sdrt generate` (default auto)")
+    p.add_argument("--precision", default=None, choices=("f32", "bf16", "f16"),
+                   help="run-time precision, as for `sdrt generate` (default: the exported one)")
     p.add_argument("--cuda-graph", action="store_true", help="CUDA-graph replay on GPU backends, as for generate")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860, A1111's)")
@@ -100,7 +102,8 @@ def build_service(args: argparse.Namespace) -> Any:
 
     folders = model_folders(args.model)
     options = backend_options(args)
-    pipelines = {name: Pipeline.load(folder, backend=args.backend, **options) for name, folder in folders.items()}
+    pipelines = {name: Pipeline.load(folder, backend=args.backend, precision=args.precision, **options)
+                 for name, folder in folders.items()}
     return Service(pipelines, limits=limits_from(args), queue_size=args.queue_size, max_batch=args.max_batch,
                    batch_wait_s=args.batch_wait_ms / 1000.0, timeout_s=args.timeout, metrics=Metrics())
 

@@ -34,10 +34,10 @@ def decode(text: str) -> batch.BatchItem:
 class PipelineActor:
     """A Ray Data actor: one pipeline, loaded once; blocks of encoded requests in, result lines out."""
 
-    def __init__(self, model: str, backend: str, out: str, max_batch: int):
+    def __init__(self, model: str, backend: str, precision: str | None, out: str, max_batch: int):
         from sdrt.runtime.pipeline import Pipeline
 
-        self.pipe = Pipeline.load(model, backend=backend)
+        self.pipe = Pipeline.load(model, backend=backend, precision=precision)
         self.out = Path(out)
         self.max_batch = max_batch
 
@@ -69,7 +69,7 @@ def run_ray(args: Any, pending: list[batch.BatchItem], out: Path, log: Any) -> i
     try:
         dataset = ray.data.from_items([{"item": encode(item)} for item in pending])
         results = dataset.map_batches(
-            PipelineActor, fn_constructor_args=(str(Path(args.model).resolve()), args.backend,
+            PipelineActor, fn_constructor_args=(str(Path(args.model).resolve()), args.backend, args.precision,
                                                 str(out.resolve()), args.max_batch),
             batch_size=args.max_batch, concurrency=args.ray_actors, num_cpus=1)
         writer = batch.ResultsWriter(out)

@@ -19,7 +19,7 @@ from typing import Any
 
 #: serve-run keys (key=value on Ray's CLI) -> default, for app_builder
 BUILDER_DEFAULTS: dict[str, Any] = {
-    "model": None, "backend": "auto", "cuda_graph": False, "api_key": None, "queue_size": 64, "max_batch": 4,
+    "model": None, "backend": "auto", "precision": None, "cuda_graph": False, "api_key": None, "queue_size": 64, "max_batch": 4,
     "batch_wait_ms": 10.0, "timeout": 600.0, "max_body_mb": 32.0, "max_pixels": 1536 * 1536, "max_steps": 150,
     "max_images": 8, "max_prompt_chars": 4000, "cors_origin": [], "replicas": 1, "max_replicas": None,
     "num_gpus": 0.0,
