@@ -25,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--suite", choices=list(SUITES), help="a predefined suite (benchmarks/README.md)")
     what.add_argument("--model", help="an ONNX model folder, a diffusers folder or a preset name")
     parser.add_argument("--onnx", help="an already exported ONNX folder of the suite's model (skips the export)")
-    parser.add_argument("--backend", action="append", help="sdrt backend(s) to measure (repeatable); default: the suite's")
+    parser.add_argument("--backend", action="append",
+                        help="sdrt backend(s) to measure, BACKEND or BACKEND:PRECISION (openvino:bf16; repeatable); "
+                             "default: the suite's")
+    parser.add_argument("--peer", action="append",
+                        help="other runtimes on the same weights (repeatable): diffusers:bf16, openvino-genai:f32, "
+                             "openvino-genai:bf16, or none; default: the suite's")
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--steps", type=int)

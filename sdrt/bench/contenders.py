@@ -45,7 +45,8 @@ class SdrtContender:
 
     @property
     def name(self) -> str:
-        return f"sdrt {self.backend}"
+        precision = self.options.get("precision")
+        return f"sdrt {self.backend}" + (f" {precision}" if precision else "")
 
     @property
     def device_backend(self) -> str:
@@ -54,7 +55,7 @@ class SdrtContender:
     def precision(self) -> str:
         from sdrt.manifest import Manifest
 
-        return Manifest.load(self.folder).precision("unet")
+        return self.options.get("precision") or Manifest.load(self.folder).precision("unet")
 
     def prepare(self) -> None:
         """Nothing to fetch: the ONNX folder is there."""
@@ -90,9 +91,16 @@ class ReferenceContender:
     ref: Any = None
     source: Path | None = None
 
+    uses_torch = True
+
+    def __post_init__(self) -> None:
+        if self.dtype_name == "bf16":  # fp32 weights under torch.autocast(bfloat16): a peer of sdrt's bf16
+            self.kind = "peer"
+
     @property
     def name(self) -> str:
-        return f"diffusers (torch {self.device}, {self.dtype_name})"
+        how = "bf16 autocast" if self.dtype_name == "bf16" else self.dtype_name
+        return f"diffusers (torch {self.device}, {how})"
 
     @property
     def device_backend(self) -> str:
@@ -121,7 +129,7 @@ class ReferenceContender:
         from sdrt.reference import Reference
 
         manifest = Manifest.load(self.folder)
-        dtype = {"fp32": torch.float32, "fp16": torch.float16}[self.dtype_name]
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.float32}[self.dtype_name]
         source = self.source
         cls = getattr(diffusers, manifest.pipeline.get("class_name") or "StableDiffusionPipeline")
         pipe = cls.from_pretrained(source, dtype=dtype, safety_checker=None,
@@ -129,10 +137,17 @@ class ReferenceContender:
         self.ref = Reference(pipe, manifest.folder, device=self.device)
 
     def __call__(self, gen: Generation) -> tuple[np.ndarray, CallTimes, dict[str, Any]]:
+        import contextlib
+
+        import torch
+
+        autocast = (torch.autocast(self.device, dtype=torch.bfloat16) if self.dtype_name == "bf16"
+                    else contextlib.nullcontext())
         start = time.perf_counter()
-        out = self.ref(gen.prompt, num_inference_steps=gen.steps, guidance_scale=gen.guidance_scale,
-                       height=gen.height, width=gen.width, num_images_per_prompt=gen.batch,
-                       latents=gen.latents, scheduler=gen.scheduler, seed=0)
+        with autocast:
+            out = self.ref(gen.prompt, num_inference_steps=gen.steps, guidance_scale=gen.guidance_scale,
+                           height=gen.height, width=gen.width, num_images_per_prompt=gen.batch,
+                           latents=gen.latents, scheduler=gen.scheduler, seed=0)
         elapsed = time.perf_counter() - start
         return np.asarray(out.images), CallTimes.from_stage_timings(out.timings, elapsed), {}
 

@@ -56,6 +56,10 @@ def stage_table(report: Report) -> list[str]:
             ["" for _ in contenders])
     row("PSNR vs PyTorch (dB)", [f"{r.psnr_db:.1f}" if r.psnr_db is not None else "–" for r in runs],
         ["" for _ in contenders])
+    if any(r.psnr_bf16_db is not None for r in runs):
+        row("PSNR vs diffusers bf16 (dB)",
+            [f"{r.psnr_bf16_db:.1f}" if r.psnr_bf16_db is not None else "–" for r in runs],
+            ["" for _ in contenders])
     return lines
 
 

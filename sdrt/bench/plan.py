@@ -35,13 +35,15 @@ def plan_from_args(args: Any) -> Plan:
     if args.suite:
         suite = get_suite(args.suite)
     else:
-        suite = custom_suite(args.model, gpu=any(b != "ort-cpu" for b in (args.backend or ["ort-cpu"])))
+        cpu = ("ort-cpu", "openvino")
+        suite = custom_suite(args.model, gpu=any(b.partition(":")[0] not in cpu for b in (args.backend or cpu)))
     suite = with_overrides(
         suite, height=args.height, width=args.width, steps=args.steps, scheduler=args.scheduler,
         guidance_scale=args.guidance_scale, reps=args.reps, warmup=args.warmup,
         soak_generations=args.generations,
         backends=tuple(args.backend) if args.backend else None,
         batches=tuple(args.batch) if args.batch else None,
+        peers=tuple(p for p in args.peer if p != "none") if getattr(args, "peer", None) else None,
     )
     for label, value, least in (("--steps", suite.steps, 1), ("--warmup", suite.warmup, 0)):
         if value < least:
@@ -84,15 +86,47 @@ def _method(plan: Plan, manifest: Any, height: int, width: int, batch: int, late
     }
 
 
+def sdrt_contender(folder: Path, spec: str, plan: Plan) -> Any:
+    """``backend`` or ``backend:precision`` (openvino:bf16) -> an sdrt contender with its options."""
+    from sdrt.bench.contenders import SdrtContender
+    from sdrt.engines.ort_tuning import backend_options
+
+    from sdrt.engines.base import backend_class
+
+    backend, _, precision = spec.partition(":")
+    given = dict(plan.backend_options)
+    if backend == "openvino" and "intra_op_num_threads" in given:  # --threads, in OpenVINO's words
+        given["num_threads"] = given.pop("intra_op_num_threads")
+    # only the options the backend declares (--threads is ONNX Runtime's and OpenVINO's)
+    options = backend_options(backend, plan.tuning, folder) | {
+        k: v for k, v in given.items() if k in backend_class(backend).options}
+    if precision:
+        options["precision"] = precision
+    return SdrtContender(folder, backend, options)
+
+
+def peer_contender(folder: Path, spec: str, suite: Suite) -> Any:
+    """``diffusers:bf16`` or ``openvino-genai:PRECISION`` -> the peer's contender."""
+    from sdrt.bench.contenders import ReferenceContender
+
+    kind, _, precision = spec.partition(":")
+    if kind == "diffusers":
+        return ReferenceContender(folder, suite.reference_device, precision or "bf16")
+    if kind == "openvino-genai":
+        from sdrt.bench.genai_peer import GenaiContender
+
+        return GenaiContender(folder, precision or "f32")
+    raise SdrtError(f"unknown benchmark peer {spec!r}: use diffusers:bf16 or openvino-genai:f32|bf16")
+
+
 def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, Path]]:
     """Run every batch of the suite (or the soak); write each report; return their paths."""
-    from sdrt.bench.contenders import Generation, ReferenceContender, SdrtContender
+    from sdrt.bench.contenders import Generation, ReferenceContender
     from sdrt.bench.models import onnx_folder
     from sdrt.bench.output import result_dir, write_report
     from sdrt.bench.runner import run_benchmark
     from sdrt.bench.soak import run_soak
-    from sdrt.engines.base import backend_class
-    from sdrt.engines.ort_tuning import DEFAULT_PRESET, backend_options
+    from sdrt.engines.ort_tuning import DEFAULT_PRESET
     from sdrt.manifest import Manifest
 
     suite = plan.suite
@@ -110,13 +144,9 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
         gen = Generation(prompt=plan.prompt, steps=suite.steps, guidance_scale=suite.guidance_scale,
                          height=height, width=width, batch=batch, scheduler=suite.scheduler, latents=latents)
         method = _method(plan, manifest, height, width, batch, latents)
-        sdrt_runs = []
-        for backend in suite.backends:
-            # --threads is an ONNX Runtime option: only the backends that declare it get it
-            options = backend_options(backend, plan.tuning, folder) | {
-                k: v for k, v in plan.backend_options.items() if k in backend_class(backend).options}
-            sdrt_runs.append(SdrtContender(folder, backend, options))
-        threads = {r.backend: r.options.get("intra_op_num_threads", "default (physical cores)") for r in sdrt_runs}
+        sdrt_runs = [sdrt_contender(folder, spec, plan) for spec in suite.backends]
+        threads = {r.backend: r.options.get("intra_op_num_threads", r.options.get("num_threads", "default"))
+                   for r in sdrt_runs}
         method["threads"] = ", ".join(f"{b} intra-op {t}" for b, t in threads.items())
         method["tuning"] = plan.tuning or DEFAULT_PRESET
         if suite.soak_generations:
@@ -126,7 +156,8 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
         else:
             log(f"{suite.name}: {suite.model} {height}x{width}, {suite.steps} steps, batch {batch}")
             reference = ReferenceContender(folder, suite.reference_device, suite.reference_precision)
-            report = run_benchmark(suite.name, [*sdrt_runs, reference], gen, warmup=suite.warmup,
+            peers = [peer_contender(folder, spec, suite) for spec in suite.peers]
+            report = run_benchmark(suite.name, [*sdrt_runs, *peers, reference], gen, warmup=suite.warmup,
                                    reps=suite.reps, method=method, log=log)
             report.method["threads"] += f", torch {report.method.get('torch_threads')}"
         # a load that rose during the run is visible next to the one at its start

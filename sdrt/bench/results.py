@@ -81,6 +81,7 @@ class RunResult:
     host_rss_growth_mb: float
     gpu_peak_mb: float | None = None
     psnr_db: float | None = None  # against the reference's images (sdrt runs only)
+    psnr_bf16_db: float | None = None  # bf16 runs: against diffusers' own bf16 (autocast) images
     options: dict[str, Any] = field(default_factory=dict)  # backend options, tuning levers
 
     @property

@@ -50,13 +50,13 @@ def measure(contender: Any, gen: Generation, *, warmup: int, reps: int, log: Log
 def run_benchmark(suite_name: str, contenders: list[Any], gen: Generation, *, warmup: int, reps: int,
                   method: dict[str, Any], log: Log = print) -> Report:
     """Measure every contender (sdrt ones first), then fill in PSNR against the reference."""
-    ordered = sorted(contenders, key=lambda c: c.kind == "reference")
+    ordered = sorted(contenders, key=lambda c: bool(getattr(c, "uses_torch", c.kind == "reference")))
     runs, images, parameters = [], {}, {}
     for contender in ordered:
         log(f"{contender.name} ...")
         try:
             run, images[contender.name], params = measure(contender, gen, warmup=warmup, reps=reps, log=log)
-            if contender.kind == "reference" and hasattr(contender, "threads"):
+            if getattr(contender, "uses_torch", False) and hasattr(contender, "threads"):
                 method = method | {"torch_threads": contender.threads()}
             else:
                 parameters = parameters or params
@@ -64,9 +64,13 @@ def run_benchmark(suite_name: str, contenders: list[Any], gen: Generation, *, wa
             contender.close()
         runs.append(run)
     reference = next((r for r in runs if r.kind == "reference"), None)
+    bf16_reference = next((r for r in runs if r.kind != "sdrt" and r.backend.startswith("torch")
+                           and r.precision == "bf16"), None)
     for run in runs:
         if reference is not None and run is not reference:
             run.psnr_db = psnr(images[run.name], images[reference.name])
+        if bf16_reference is not None and run is not bf16_reference and run.precision == "bf16":
+            run.psnr_bf16_db = psnr(images[run.name], images[bf16_reference.name])
     method = method | {"scheduler": parameters.get("scheduler", gen.scheduler)}
     return Report(suite=suite_name, created=datetime.now().isoformat(timespec="seconds"),
                   method=method, runs=runs)

@@ -26,6 +26,8 @@ class Suite:
     scheduler: str | None = None  # None: the model's own scheduler config
     guidance_scale: float = 7.5
     soak_generations: int = 0  # > 0: a soak run (sdrt only, RSS sampled per generation)
+    #: other runtimes on the same weights: "diffusers:bf16" (autocast), "openvino-genai:f32|bf16"
+    peers: tuple[str, ...] = ()
     about: str = ""
 
 
@@ -33,9 +35,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("cpu-quick", "tiny", None, None, steps=4, batches=(1,), backends=("ort-cpu",),
           reference_device="cpu", reference_precision="fp32", warmup=1, reps=5, needs_gpu=False,
           about="tiny preset on the CPU: seconds; checks the machinery end to end"),
-    Suite("cpu-sd15", "sd15", 256, 256, steps=10, batches=(1,), backends=("ort-cpu",),
+    Suite("cpu-sd15", "sd15", 256, 256, steps=10, batches=(1,), backends=("ort-cpu", "openvino", "openvino:bf16"),
           reference_device="cpu", reference_precision="fp32", warmup=1, reps=3, needs_gpu=False,
-          about="the real SD 1.5 architecture at 256x256: what a 2-core CPU can afford"),
+          peers=("openvino-genai:f32", "openvino-genai:bf16", "diffusers:bf16"),
+          about="the real SD 1.5 architecture at 256x256: what a 2-core CPU can afford; sdrt ort-cpu and "
+                "openvino f32/bf16 against diffusers fp32/bf16 and OpenVINO GenAI f32/bf16"),
     Suite("gpu-sd15", "sd15", 512, 512, steps=50, batches=(1, 4), backends=("ort-cuda",),
           reference_device="cuda", reference_precision="fp16", warmup=2, reps=5, needs_gpu=True,
           about="SD 1.5 at 512x512, 50 steps: ort-cuda against diffusers fp16"),
