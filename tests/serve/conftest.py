@@ -24,6 +24,7 @@ class FakePipe:
         self.hold = threading.Event()
         self.hold.set()
         self.entered = threading.Event()
+        self.steps_run = 0
         self.manifest = SimpleNamespace(default_image_size=64)
 
     def __call__(self, prompt: Any, negative_prompt: Any = None, num_inference_steps: int = 50,
@@ -42,6 +43,7 @@ class FakePipe:
         for i in range(num_inference_steps):
             if callback is not None:
                 callback(i, i, None)
+            self.steps_run += 1
         images = [Image.new("RGB", (width, height), (s % 256, 0, 0)) for s in seeds]
         params = {"mode": "txt2img", "prompt": prompts, "negative_prompt": list(negative_prompt or [""] * len(prompts)),
                   "steps": num_inference_steps, "guidance_scale": guidance_scale, "scheduler": "PNDMScheduler",

@@ -74,6 +74,20 @@ def test_image_i_of_a_request_uses_seed_plus_i(fake_service):
     assert pipe.calls[0]["seeds"] == [2**32 - 1, 0, 1]
 
 
+def test_a_running_batch_whose_clients_all_left_stops_at_the_next_step(fake_service):
+    from sdrt.serve.queueing import JobCancelled
+
+    service, pipe = fake_service(max_batch=4)
+    pipe.hold.clear()
+    job = service.submit(request(seed=1, steps=50))
+    assert pipe.entered.wait(10)
+    job.cancel()
+    pipe.hold.set()
+    with pytest.raises(JobCancelled):
+        job.future.result(10)
+    assert pipe.steps_run == 0  # the first step's callback stopped the loop
+
+
 def test_max_batch_one_turns_batching_off(fake_service):
     service, pipe = fake_service(max_batch=1)
     pipe.hold.clear()
