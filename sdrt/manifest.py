@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdrt import spec
+from sdrt import manifest_schema, spec
 from sdrt.errors import SdrtError
 
 MANIFEST_NAME = "sdrt.json"
@@ -98,6 +98,8 @@ class Manifest:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise SdrtError(f"{path} is unreadable ({e}): export the model again with --force")
+        if not isinstance(data, dict):
+            manifest_schema.validate(data, path)
         if data.get("format") != FORMAT:
             raise SdrtError(f"{path} is not an sdrt manifest (format {data.get('format')!r})")
         if data.get("format_version", 0) > FORMAT_VERSION:
@@ -106,7 +108,12 @@ class Manifest:
         for key in ("pipeline", "components", "sizes"):
             if key not in data:
                 raise SdrtError(f"{path} lacks the '{key}' section: export the model again with --force")
+        manifest_schema.validate(data, path)
         return cls(folder, data)
+
+    def verify(self) -> None:
+        """Every component's file still has the sha256 export recorded (one line naming the first that differs)."""
+        manifest_schema.verify(self.folder, self.components)
 
     # -- facts about the model ---------------------------------------------------------------
     @property

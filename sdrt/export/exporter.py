@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from sdrt.errors import SdrtError
 from sdrt.export import check, sizes, source, staging, trace
 from sdrt.export.graphs import GRAPHS, example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
+from sdrt.manifest_schema import component_sha256
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -104,7 +104,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                 "file": f"{component}/model.onnx",
                 "external_data": data.exists(),
                 "precision": component_precision,
-                "sha256": file_hash([path, data]),
+                "sha256": component_sha256([path, data]),
                 "precision_note": note,
                 "export_seconds": round(exported_s, 1),
                 "check": result,
@@ -198,16 +198,6 @@ def save_config(module: Any, folder: Path) -> None:
         module.config.save_pretrained(folder)
     else:
         module.save_config(folder)
-
-
-def file_hash(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        if path.exists():
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -82,6 +82,9 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.scheduler_config = scheduler_config
         p = manifest.pipeline
+        if p.get("scaling_factor") is None:
+            raise SdrtError(f"{manifest.folder}/sdrt.json lacks pipeline.scaling_factor: export the model again "
+                            f"with --force")
         self.scaling_factor = float(p["scaling_factor"])
         self.shift_factor = float(p.get("shift_factor") or 0.0)
         self.vae_scale_factor = int(p["vae_scale_factor"])
@@ -98,17 +101,21 @@ class Pipeline:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, backend: str = "auto", precision: str | None = None,
+             verify: bool = False,
              **backend_options: Any) -> "Pipeline":
         """Open an exported folder on a backend; options go to the backend (its declared ones only).
         ``precision``: f32 | bf16 | f16, the run-time precision (bf16/f16: openvino only).
 
         "auto" tries the usable backends that take the options, fastest first; one without a built
         engine for this folder (TensorRT before `sdrt build`, unless auto_build=True) is skipped
-        with a one-line note on stderr.
+        with a one-line note on stderr. `verify=True` first checks every component's sha256 against
+        the one export recorded (reads every weight once; a changed file is one line naming it).
         """
         from sdrt.runtime.tokenizer import ClipTokenizer
 
         manifest = Manifest.load(folder)
+        if verify:
+            manifest.verify()
         config_path = Path(folder) / "scheduler" / "scheduler_config.json"
         try:
             scheduler_config = json.loads(config_path.read_text())

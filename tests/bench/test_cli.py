@@ -74,6 +74,9 @@ def test_onnx_folder_of_another_preset_is_refused(tmp_path, capsys):
     folder.mkdir()
     (folder / "sdrt.json").write_text(json.dumps({
         "format": "sdrt-onnx", "format_version": 1, "source": {"kind": "preset", "name": "tiny"},
-        "pipeline": {}, "components": {}, "sizes": {}}))
+        "pipeline": {"latent_channels": 4, "unet_in_channels": 4, "text_hidden_size": 32, "vae_scale_factor": 2,
+                     "token_length": 77, "sample_size": 32},
+        "components": {"unet": {"file": "unet/model.onnx", "precision": "fp32"}},
+        "sizes": {"latent_multiple": 1, "min_latent": 3, "max_latent": 256}}))
     assert main(["bench", "--suite", "cpu-sd15", "--onnx", str(folder), "--out", str(tmp_path / "o")]) == 2
     assert "not 'sd15'" in capsys.readouterr().err
