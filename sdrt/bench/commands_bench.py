@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--model", help="an ONNX model folder, a diffusers folder or a preset name")
     parser.add_argument("--onnx", help="an already exported ONNX folder of the suite's model (skips the export)")
     parser.add_argument("--backend", action="append",
-                        help="sdrt backend(s) to measure, BACKEND or BACKEND:PRECISION (openvino:bf16; repeatable); "
+                        help="sdrt backend(s) to measure, BACKEND, BACKEND:PRECISION (openvino:bf16) or BACKEND:OPTION "
+                             "(ort-cuda:cuda_graph, a boolean option on); repeatable; "
                              "default: the suite's")
     parser.add_argument("--peer", action="append",
                         help="other runtimes on the same weights (repeatable): diffusers:bf16, openvino-genai:f32, "

@@ -42,9 +42,12 @@ class SdrtContender:
     options: dict[str, Any] = field(default_factory=dict)
     kind: str = "sdrt"
     pipe: Any = None
+    label: str | None = None  # how the suite named it ("ort-cuda:cuda_graph"); default: the backend
 
     @property
     def name(self) -> str:
+        if self.label:
+            return f"sdrt {self.label}"
         precision = self.options.get("precision")
         return f"sdrt {self.backend}" + (f" {precision}" if precision else "")
 

@@ -28,6 +28,25 @@ class Plan:
     tuning: str | None = None
 
 
+def split_contender(label: str) -> tuple[str, dict[str, Any]]:
+    """``BACKEND[:WORD[,WORD]]`` -> (backend, options). A word that names one of the backend's options
+    turns it on (``ort-cuda:cuda_graph``); otherwise it is the precision of a backend that has one
+    (``openvino:bf16``). So one suite times a backend with and without an option."""
+    from sdrt.engines.base import backend_class
+
+    backend, _, words = label.partition(":")
+    cls = backend_class(backend)
+    options: dict[str, Any] = {}
+    for word in filter(None, words.split(",")):
+        if word in cls.options:
+            options[word] = True
+        elif "precision" in cls.options and "precision" not in options:
+            options["precision"] = word
+        else:
+            cls.check_options({word: True})  # one line naming the options it has
+    return backend, options
+
+
 def plan_from_args(args: Any) -> Plan:
     """The suite with the command line's overrides; refuses what cannot run here."""
     from sdrt.bench.output import DEFAULT_OUT
@@ -54,6 +73,8 @@ def plan_from_args(args: Any) -> Plan:
         raise SdrtError(f"--generations {suite.soak_generations} must be at least 2 to fit a slope")
     if any(b < 1 for b in suite.batches):
         raise SdrtError(f"--batch {min(suite.batches)} must be at least 1")
+    for label in suite.backends:
+        split_contender(label)
     require_gpu(suite)
     from sdrt.engines.ort_tuning import backend_options
 
@@ -87,22 +108,22 @@ def _method(plan: Plan, manifest: Any, height: int, width: int, batch: int, late
 
 
 def sdrt_contender(folder: Path, spec: str, plan: Plan) -> Any:
-    """``backend`` or ``backend:precision`` (openvino:bf16) -> an sdrt contender with its options."""
+    """``backend``, ``backend:precision`` (openvino:bf16) or ``backend:option`` (ort-cuda:cuda_graph) -> an sdrt
+    contender with its options."""
     from sdrt.bench.contenders import SdrtContender
     from sdrt.engines.ort_tuning import backend_options
 
     from sdrt.engines.base import backend_class
 
-    backend, _, precision = spec.partition(":")
+    backend, words = split_contender(spec)
     given = dict(plan.backend_options)
     if backend == "openvino" and "intra_op_num_threads" in given:  # --threads, in OpenVINO's words
         given["num_threads"] = given.pop("intra_op_num_threads")
     # only the options the backend declares (--threads is ONNX Runtime's and OpenVINO's)
     options = backend_options(backend, plan.tuning, folder) | {
         k: v for k, v in given.items() if k in backend_class(backend).options}
-    if precision:
-        options["precision"] = precision
-    return SdrtContender(folder, backend, options)
+    flags = [k for k, v in words.items() if k != "precision"]
+    return SdrtContender(folder, backend, options | words, label=spec if flags else None)
 
 
 def peer_contender(folder: Path, spec: str, suite: Suite) -> Any:

@@ -40,9 +40,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           peers=("openvino-genai:f32", "openvino-genai:bf16", "diffusers:bf16"),
           about="the real SD 1.5 architecture at 256x256: what a 2-core CPU can afford; sdrt ort-cpu and "
                 "openvino f32/bf16 against diffusers fp32/bf16 and OpenVINO GenAI f32/bf16"),
-    Suite("gpu-sd15", "sd15", 512, 512, steps=50, batches=(1, 4), backends=("ort-cuda",),
+    Suite("gpu-sd15", "sd15", 512, 512, steps=50, batches=(1, 4), backends=("ort-cuda", "ort-cuda:cuda_graph"),
           reference_device="cuda", reference_precision="fp16", warmup=2, reps=5, needs_gpu=True,
-          about="SD 1.5 at 512x512, 50 steps: ort-cuda against diffusers fp16"),
+          about="SD 1.5 at 512x512, 50 steps: ort-cuda without and with CUDA graph, against diffusers fp16"),
     Suite("gpu-sd21", "sd21", 768, 768, steps=50, batches=(1, 4), backends=("ort-cuda",),
           reference_device="cuda", reference_precision="fp16", warmup=2, reps=5, needs_gpu=True,
           about="SD 2.1 (v-prediction) at 768x768, 50 steps: ort-cuda against diffusers fp16"),

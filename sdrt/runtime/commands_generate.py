@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(bf16: a CPU with AVX512-BF16 or AMX)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="replay the UNet step as a CUDA graph (ort-cuda, tensorrt, tensorrt_rtx; one fixed shape)")
+    p.add_argument("--auto-build", action="store_true",
+                   help="TensorRT: build a missing engine on the spot (static, for this call's size) instead of "
+                        "using the next backend (auto) or failing (a named TensorRT backend)")
     p.add_argument("--out", default="sdrt-out", help="output folder (default ./sdrt-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
 
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.runtime.images import save_png
     from sdrt.runtime.pipeline import Pipeline
 
-    options = cuda_graph_options(args)
+    options = cuda_graph_options(args) | ({"auto_build": True} if args.auto_build else {})
     out = outputs.check_writable(args.out)  # before any work: an unwritable --out is found in a second
     pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, **options)
     expected = args.steps

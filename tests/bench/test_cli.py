@@ -62,6 +62,7 @@ def test_gpu_suites_refuse_without_a_gpu(suite, tmp_path, capsys):
     (["--suite", "soak", "--generations", "1"], "--generations 1"),
     (["--suite", "cpu-quick", "--threads", "0"], "--threads 0"),
     (["--suite", "cpu-quick", "--tuning", "warp"], "tuning preset 'warp'"),
+    (["--suite", "cpu-quick", "--backend", "ort-cpu:cuda_graph"], "backend ort-cpu has no option 'cuda_graph'"),
 ])
 def test_bad_arguments_are_one_line_errors(args, message, tiny_onnx, tmp_path, capsys):
     assert main(["bench", *args, "--onnx", str(tiny_onnx), "--out", str(tmp_path)]) == 2
@@ -80,3 +81,12 @@ def test_onnx_folder_of_another_preset_is_refused(tmp_path, capsys):
         "sizes": {"latent_multiple": 1, "min_latent": 3, "max_latent": 256}}))
     assert main(["bench", "--suite", "cpu-sd15", "--onnx", str(folder), "--out", str(tmp_path / "o")]) == 2
     assert "not 'sd15'" in capsys.readouterr().err
+
+
+def test_a_backend_can_be_timed_with_an_option_on():
+    from sdrt.bench.plan import split_contender
+    from sdrt.bench.suites import get_suite
+
+    assert split_contender("ort-cuda:cuda_graph") == ("ort-cuda", {"cuda_graph": True})
+    assert split_contender("ort-cpu") == ("ort-cpu", {})
+    assert get_suite("gpu-sd15").backends == ("ort-cuda", "ort-cuda:cuda_graph")

@@ -159,3 +159,18 @@ def test_tensorrt_deserializes_at_load_so_a_corrupt_engine_fails_there(tmp_path,
         backend.load(manifest, "unet")
     backend.close()
     assert not cuda.mem
+
+
+@pytest.mark.parametrize("backend, message", [
+    ("ort-cpu", "backend ort-cpu has no option 'auto_build' (auto_build is an option of tensorrt, tensorrt_rtx)"),
+    ("auto", "no backend usable here takes the option 'auto_build' (it is an option of tensorrt, tensorrt_rtx;"),
+])
+def test_generate_auto_build_is_refused_in_one_line_where_no_tensorrt_takes_it(tiny_onnx, tmp_path, capsys,
+                                                                              monkeypatch, backend, message):
+    from sdrt.cli import main
+
+    monkeypatch.setattr(base, "available_backends", lambda: ["ort-cpu"])
+    rc = main(["generate", "--model", str(tiny_onnx), "--prompt", "x", "--steps", "1", "--backend", backend,
+               "--auto-build", "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1, err
