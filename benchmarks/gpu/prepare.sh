@@ -8,6 +8,8 @@
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
+# the shared kit writes .git/info/exclude: run this in the checkout the device tool sends (not a worktree)
+[[ -d .git ]] || { echo "prepare.sh: run it in the main checkout (the one the device tool sends; .git is not a folder here)" >&2; exit 2; }
 kit=${SDRT_DEVICE_KIT:-}
 for candidate in ../shared/device/prepare.sh ../../shared/device/prepare.sh /work/shared/device/prepare.sh; do
   [[ -z $kit && -f $candidate ]] && kit=$candidate
