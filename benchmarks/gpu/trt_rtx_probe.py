@@ -34,9 +34,13 @@ def raw_answers(folder: Path) -> dict:
         def log(self, severity, msg):
             self.lines.append(f"{getattr(severity, 'name', severity)}: {msg}")
 
-    from cuda.bindings import runtime as cudart
+    try:
+        from cuda.bindings import runtime as cudart
 
-    report = {"tensorrt_rtx": trt.__version__, "gpu": _gpu(cudart), "engines": {}}
+        gpu = _gpu(cudart)
+    except Exception as e:  # still ask TensorRT-RTX: its answer is the point
+        gpu = {"error": f"{type(e).__name__}: {e}"}
+    report = {"tensorrt_rtx": trt.__version__, "gpu": gpu, "engines": {}}
     logger = Recorder()
     runtime = trt.Runtime(logger)
     for plan in sorted((folder / "engines" / "tensorrt_rtx").glob("*/engine.plan")):

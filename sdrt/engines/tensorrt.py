@@ -36,7 +36,7 @@ def open_toolkit(flavor_name: str, need_gpu: bool, device: int = 0) -> tuple[Any
     trt_api.require_runtime_api(features)
     if not need_gpu:
         return trt, features, None
-    cuda = Cuda(trt_api.import_cudart())
+    cuda = Cuda(trt_api.import_cudart(flavor_name.replace('_', '-')))
     cuda.require_gpu(trt_api.FLAVORS[flavor_name].label, device)
     return trt, features, cuda
 

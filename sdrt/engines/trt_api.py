@@ -72,15 +72,15 @@ def import_trt(flavor_name: str) -> ModuleType:
     return import_module(fl.module, f"{fl.label} (Python module {fl.module})", fl.install)
 
 
-def import_cudart() -> ModuleType:
+def import_cudart(extra: str = "tensorrt") -> ModuleType:
     """cuda-python's runtime bindings: `cuda.bindings.runtime` (12.6+) or the older `cuda.cudart`."""
     for name in ("cuda.bindings.runtime", "cuda.cudart"):
         try:
             return importlib.import_module(name)
         except ImportError:
             continue
-    raise BackendUnavailable("cuda-python is not installed (no cuda.bindings.runtime): "
-                             "pip install 'sdrt[tensorrt]'")
+    raise BackendUnavailable(f"cuda-python is not installed (no cuda.bindings.runtime): "
+                             f"pip install 'sdrt[{extra}]'")
 
 
 def parse_version(text: str) -> tuple[int, ...]:

@@ -27,6 +27,17 @@ BATCH_PER_IMAGE: dict[bool, dict[str, tuple[int, int]]] = {
 Dims = dict[str, int]
 
 
+def batch_factors(component: str, guidance: bool) -> tuple[int, int]:
+    """(smallest, largest) batch per image of a component; a second text encoder (SDXL's
+    ``text_encoder_2``) sees the same rows as the first."""
+    table = BATCH_PER_IMAGE[guidance]
+    if component in table:
+        return table[component]
+    if component.startswith("text_encoder"):
+        return table["text_encoder"]
+    raise SdrtError(f"no TensorRT batch rule for the component {component!r}: add it to BATCH_PER_IMAGE")
+
+
 @dataclass(frozen=True)
 class ProfileRequest:
     """What a user asks `sdrt build` for, in images and pixels."""
@@ -116,7 +127,7 @@ def dim_range(component: str, request: ProfileRequest, rule: SizeRule, default_s
     """The profile of one component for a build request."""
     (h0, w0), (h1, w1), (h2, w2) = image_range(request, rule, default_size)
     n0, n1, n2 = batch_range(request)
-    lo_factor, hi_factor = BATCH_PER_IMAGE[request.guidance][component]
+    lo_factor, hi_factor = batch_factors(component, request.guidance)
     f = rule.vae_scale_factor
     full = {
         "min": {"B": max(1, lo_factor * n0), "h": h0 // f, "w": w0 // f},
@@ -143,7 +154,7 @@ def max_shapes(component: str, model_values: Mapping[str, int], rng: DimRange,
 
 def describe(component: str, rng: DimRange, vae_scale_factor: int, guidance: bool = True) -> str:
     """A range in the user's units: 'batch 1 image(s), 512x512 px' or '... 256x256 .. 768x768 px'."""
-    _, per_image = BATCH_PER_IMAGE[guidance][component]
+    _, per_image = batch_factors(component, guidance)
     parts = []
     b0, b1 = rng.min["B"], rng.max["B"]
     parts.append(f"batch {b0}" + (f"..{b1}" if b1 != b0 else "") + f" ({component} batch; {per_image}x per image)")
@@ -158,7 +169,7 @@ def describe(component: str, rng: DimRange, vae_scale_factor: int, guidance: boo
 def request_for(component: str, dims: Mapping[str, int], vae_scale_factor: int,
                 guidance: bool = True) -> ProfileRequest:
     """The smallest static build request whose profile covers these engine dims."""
-    _, per_image = BATCH_PER_IMAGE[guidance][component]
+    _, per_image = batch_factors(component, guidance)
     images = max(1, -(-int(dims["B"]) // per_image))
     f = vae_scale_factor
     height = int(dims["h"]) * f if "h" in dims else None

@@ -100,3 +100,11 @@ def test_describe_and_build_command_speak_in_images_and_pixels():
                            ("unet",), force=True)
     assert cmd == ("sdrt build --model out/m --backend tensorrt --height 768 --width 512 --batch 2 "
                    "--max-size 1024 --components unet --force")
+
+
+def test_a_second_text_encoder_has_the_first_ones_batch_rule():
+    from sdrt.engines.trt_profiles import batch_factors
+
+    assert batch_factors("text_encoder_2", True) == batch_factors("text_encoder", True) == (0, 2)
+    with pytest.raises(SdrtError, match="no TensorRT batch rule for the component 'refiner'"):
+        batch_factors("refiner", True)
