@@ -48,6 +48,7 @@ def write_chart(report: Report, path: str | Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.spines[["top", "right"]].set_visible(False)
         ax.margins(y=0.15)
+        ax.set_ylim(bottom=0)  # times are never negative (error bars and margins pushed it below 0)
     m = report.method
     fig.suptitle(f"sdrt bench {report.suite}: {m.get('model')} {m.get('height')}×{m.get('width')}, "
                  f"{m.get('steps')} steps, batch {m.get('batch')} — {m.get('cpu_model') if m.get('device') == 'cpu' else m.get('gpu')}",
@@ -74,7 +75,7 @@ def write_soak_chart(report: Report, path: str | Path) -> Path:
     ax.set_title(f"sdrt soak: {soak['generations']} generations on {report.method.get('model')}, "
                  f"slope {soak['slope_kb_per_generation']:.2f} KB/generation", fontsize=10)
     lo, hi = min(series), max(series)
-    ax.set_ylim(lo - max(5.0, hi - lo), hi + max(5.0, hi - lo))
+    ax.set_ylim(max(0.0, lo - max(5.0, hi - lo)), hi + max(5.0, hi - lo))  # RSS is never negative
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return _save(fig, path)

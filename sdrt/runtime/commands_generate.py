@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", default=None, help="sampler: ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, lms, unipc, lcm, "
                         "or a diffusers class name (default: the model's)")
     p.add_argument("--num-images", type=int, default=1, help="images to generate (default 1)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per pipeline call (AUTOMATIC1111's batch size; --num-images is split into "
+                        "calls of this many, each image keeping seed + i). Default: all in one call")
     p.add_argument("--image", default=None, help="start image: img2img, or inpainting with --mask")
     p.add_argument("--strength", type=float, default=0.8, help="how much of --image to repaint, 0..1 (default 0.8)")
     p.add_argument("--mask", default=None, help="inpainting mask: white = repaint, black = keep (needs --image)")
@@ -93,8 +96,10 @@ def run(args: argparse.Namespace) -> int:
     from sdrt import __version__
     from sdrt.atomic import terminate_as_exception
     from sdrt.runtime import conditioning, outputs
+    from sdrt.errors import SdrtError
     from sdrt.runtime.images import save_png
     from sdrt.runtime.pipeline import Pipeline
+    from sdrt.runtime.seeds import image_seeds
 
     options = cuda_graph_options(args) | ({"auto_build": True} if args.auto_build else {})
     out = outputs.check_writable(args.out)  # before any work: an unwritable --out is found in a second
@@ -102,31 +107,47 @@ def run(args: argparse.Namespace) -> int:
     expected = args.steps
     if args.image is not None and isinstance(args.steps, int) and 0 <= args.strength <= 1:
         expected = conditioning.start_index(args.steps, args.strength, 1)[1]
-    bar = tqdm(total=expected, unit="step", desc="denoising",
+    num_images = args.num_images
+    if num_images < 1:
+        raise SdrtError(f"num_images_per_prompt (--num-images) {num_images!r} must be a whole number >= 1")
+    batch_size = num_images if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise SdrtError(f"--batch-size {batch_size} must be >= 1 (images per pipeline call)")
+    seeds = image_seeds(args.seed, num_images)  # image i: seed + i, whatever batch it runs in
+    batches = [seeds[i:i + batch_size] for i in range(0, num_images, batch_size)]
+    bar = tqdm(total=expected * len(batches), unit="step", desc="denoising",
                disable=args.quiet or not sys.stderr.isatty())
     interrupted = "generate interrupted (SIGTERM): the images listed above are complete, no partial file was left"
+    index = 0
     with terminate_as_exception(interrupted), outputs.reserved_number(out) as number:
-        try:
-            result = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                          guidance_scale=args.guidance_scale, height=args.height, width=args.width,
-                          num_images_per_prompt=args.num_images, seed=args.seed, scheduler=args.scheduler,
-                          image=args.image, strength=args.strength, mask_image=args.mask,
-                          callback=lambda i, t, x: bar.update(1))
-        finally:
-            bar.close()
-        params = result.parameters
-        if args.seed is None or args.seed == -1:  # printed even with --quiet: it is the only way back
-            print(f"seed {result.seed} (random; image i used seed {result.seed} + i)", file=sys.stderr)
-        for index, image in enumerate(result.images):
-            seed = image_seed(params, index)
-            path = out / f"{number:05d}-{seed}-{index}.png"
-            save_png(image, path, {"parameters": a1111_parameters(params, index),
-                                   "sdrt": json.dumps({**params, "seed": seed, "index": index,
-                                                       "sdrt_version": __version__})})
-            if not args.quiet:
-                print(path)
+        for batch in batches:
+            try:
+                result = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                              guidance_scale=args.guidance_scale, height=args.height, width=args.width,
+                              num_images_per_prompt=len(batch), seed=batch, scheduler=args.scheduler,
+                              image=args.image, strength=args.strength, mask_image=args.mask,
+                              callback=lambda i, t, x: bar.update(1))
+            except BaseException:
+                bar.close()
+                raise
+            if index == 0 and args.seed in (None, -1):  # printed even with --quiet: the only way back
+                print(f"seed {seeds[0]} (random; image i used seed {seeds[0]} + i)", file=sys.stderr)
+            params = {**result.parameters, "seed": seeds[0], "seeds": seeds, "num_images_per_prompt": num_images}
+            for image in result.images:  # written after each batch: memory holds one batch at a time
+                seed = image_seed(params, index)
+                path = out / f"{number:05d}-{seed}-{index}.png"
+                save_png(image, path, {"parameters": a1111_parameters(params, index),
+                                       "sdrt": json.dumps({**params, "seed": seed, "index": index,
+                                                           "sdrt_version": __version__})})
+                if not args.quiet:
+                    print(path)
+                index += 1
+    bar.close()
     if not args.quiet:
         t = result.timings
-        print(f"{params['mode']} on {params['backend']}: {t.total:.2f} s ({len(t.unet_steps)} UNet calls, "
-              f"UNet {t.unet_per_step * 1000:.1f} ms/step)", file=sys.stderr)
+        warmup = " (PNDM's PLMS runs one extra UNet call to warm up its multistep history)" \
+            if params.get("scheduler") == "PNDMScheduler" and len(t.unet_steps) == expected + 1 else ""
+        calls = f"{len(batches)} calls of up to {batch_size} images, last " if len(batches) > 1 else ""
+        print(f"{params['mode']} on {params['backend']}: {calls}{t.total:.2f} s ({len(t.unet_steps)} UNet "
+              f"calls{warmup}, UNet {t.unet_per_step * 1000:.1f} ms/step)", file=sys.stderr)
     return 0

@@ -41,7 +41,7 @@ import numpy as np
 from sdrt.engines.base import Backend, Engine, backend_class, candidates, with_precision
 from sdrt.errors import EngineMissing, SdrtError
 from sdrt.manifest import Manifest
-from sdrt.runtime import conditioning, images as imageio, metadata
+from sdrt.runtime import conditioning, images as imageio, memory_guard, metadata
 from sdrt.runtime.arguments import check_call, check_latents, prompt_lists, warn_unused_negative
 from sdrt.runtime.seeds import PerImageGenerator, image_seeds
 from sdrt.runtime.timing import StageTimings
@@ -233,10 +233,18 @@ class Pipeline:
 
         `seed`: an int s (image i uses s + i), one int per image, or None / -1 for a random one."""
         with self._lock:
-            return self._generate(
-                prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                num_images_per_prompt, seed, latents, scheduler, image, strength, mask_image, output_type,
-                callback, generator)
+            try:
+                return self._generate(
+                    prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
+                    num_images_per_prompt, seed, latents, scheduler, image, strength, mask_image, output_type,
+                    callback, generator)
+            except SdrtError:
+                raise
+            except Exception as e:  # an engine's own exception types (onnxruntime, CUDA, TensorRT)
+                if not memory_guard.is_allocation_failure(e):
+                    raise
+                n = (1 if isinstance(prompt, str) else len(prompt)) * num_images_per_prompt
+                raise memory_guard.allocation_failure(e, self.backend_name, height, width, n) from None
 
     def _generate(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
                   num_images_per_prompt, seed, latents, scheduler, image, strength, mask_image, output_type,

@@ -102,3 +102,22 @@ def test_read_report_refuses_other_json(tmp_path):
     p.write_text('{"schema": "other"}')
     with pytest.raises(ValueError):
         read_report(p)
+
+
+def test_chart_y_axes_start_at_zero(report, tmp_path, monkeypatch):
+    """Wide error bars once pushed the time axis below 0: every axis now starts at 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+
+    seen = []
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(self, *a, **k):
+        seen.extend(ax.get_ylim()[0] for ax in self.axes)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    write_report(report, tmp_path)
+    assert seen and min(seen) == 0

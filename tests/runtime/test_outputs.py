@@ -159,3 +159,37 @@ def test_sigterm_during_generate_leaves_nothing_partial(tiny_onnx, tmp_path):
     assert run.returncode == 130, run.stderr
     assert "interrupted (SIGTERM)" in run.stderr and "Traceback" not in run.stderr
     assert list(out.iterdir()) == []
+
+
+def test_batch_size_splits_and_keeps_per_image_seeds(tiny_onnx, tmp_path, capsys):
+    import json as _json
+
+    from sdrt.runtime.images import read_png_text
+
+    common = ["generate", "--model", str(tiny_onnx), "--prompt", "x", "--steps", "1", "--height", "16",
+              "--width", "16", "--seed", "7", "--scheduler", "euler_a", "--quiet"]
+    assert main([*common, "--num-images", "3", "--batch-size", "2", "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--num-images", "3", "--out", str(tmp_path / "b")]) == 0
+    a, b = sorted((tmp_path / "a").glob("*.png")), sorted((tmp_path / "b").glob("*.png"))
+    assert [p.name for p in a] == ["00001-7-0.png", "00001-8-1.png", "00001-9-2.png"] == [p.name for p in b]
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(np.asarray(Image.open(x), np.float32), np.asarray(Image.open(y), np.float32),
+                                   atol=1)
+    assert _json.loads(read_png_text(a[2])["sdrt"])["seed"] == 9
+
+
+def test_engine_allocation_failure_is_one_line(pipelines, monkeypatch):
+    pipe = pipelines("tiny")
+    unet = pipe.engine("unet")
+
+    def no_memory(*a, **k):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+                           "running Softmax node. Failed to allocate memory for requested buffer of size "
+                           "137438953472")
+
+    monkeypatch.setattr(unet, "run", no_memory)
+    with pytest.raises(SdrtError) as info:
+        pipe("a cat", num_inference_steps=1, height=16, width=16, seed=0)
+    message = str(info.value)
+    assert "out of memory on ort-cpu generating 1 image(s) at 16x16 (one buffer of 128.0 GiB)" in message
+    assert "--batch-size" in message
