@@ -91,6 +91,7 @@ class Pipeline:
         self.latent_channels = int(p["latent_channels"])
         self.unet_in_channels = int(p["unet_in_channels"])
         self.engines: dict[str, Engine] = {}
+        self._unet_config = memory_guard.unet_config(manifest.folder)  # for the memory estimate
         self._lock = threading.RLock()  # one call at a time: the engines' bound buffers are shared
         try:
             for component in ("text_encoder", "unet", "vae_decoder"):  # fail early on a broken folder
@@ -309,6 +310,7 @@ class Pipeline:
         # -- the denoising loop: bound buffers, nothing allocated in the engines -------------------
         unet = self.engine("unet")
         batch = 2 * n if cfg else n
+        memory_guard.check_fits(self.backend_name, self._unet_config, batch, height, width, f, n)
         unet.prepare({"B": batch, "h": h, "w": w})
         unet.set_input("encoder_hidden_states", embeddings)
         model_in = np.zeros((batch, self.unet_in_channels, h, w), dtype=np.float32)
