@@ -17,8 +17,9 @@ BACKEND_CHOICES = ("tensorrt", "tensorrt_rtx", "ort-cpu", "ort-cuda")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="ONNX model folder (from `sdrt export`)")
-    parser.add_argument("--backend", default="tensorrt", choices=BACKEND_CHOICES,
-                        help="engine backend to build for (default: tensorrt)")
+    parser.add_argument("--backend", default=None, choices=BACKEND_CHOICES,
+                        help="engine backend to build for (default: tensorrt; tensorrt_rtx builds without a GPU; "
+                             "ort-cpu / ort-cuda need no build)")
     size = parser.add_argument_group("profile (static by default; any of --min-size/--max-size/--max-batch "
                                      "makes it dynamic, optimized at --height/--width/--batch)")
     size.add_argument("--batch", type=int, default=1, help="images per call: prompts x images per prompt (default: 1)")
@@ -46,6 +47,8 @@ def _log(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    chosen = args.backend is not None
+    args.backend = args.backend or "tensorrt"
     if args.backend.startswith("ort"):
         _log(f"{args.backend}: ONNX Runtime needs no build step (its sessions are created when the "
              f"model is loaded); nothing to do")
@@ -70,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
         trt_profiles.dim_range(name, request, manifest.sizes, manifest.default_image_size)
 
     probe = trt_api.flavor(args.backend)
-    trt, features, cuda = open_toolkit(probe.name, need_gpu=probe.name == "tensorrt", device=args.device_id)
+    try:
+        trt, features, cuda = open_toolkit(probe.name, need_gpu=probe.name == "tensorrt", device=args.device_id)
+    except SdrtError as e:
+        if chosen:
+            raise
+        raise SdrtError(f"{e} (sdrt build defaults to --backend tensorrt: on a machine without an NVIDIA GPU pass "
+                        f"--backend tensorrt_rtx, which builds without one, or skip the build: ort-cpu needs none)") from None
     if cuda is not None:
         cuda.set_device(args.device_id)
     target = target_of(features, cuda, args.device_id)
