@@ -22,7 +22,9 @@ DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--suite", choices=list(SUITES), help="a predefined suite (benchmarks/README.md)")
+    what.add_argument("--suite", choices=[*SUITES, "fault-soak"],
+                      help="a predefined suite (benchmarks/README.md); fault-soak: 4 threads on one tiny Pipeline "
+                           "with bad inputs interleaved (--generations, default 200)")
     what.add_argument("--model", help="an ONNX model folder, a diffusers folder or a preset name")
     parser.add_argument("--onnx", help="an already exported ONNX folder of the suite's model (skips the export)")
     parser.add_argument("--backend", action="append",
@@ -54,6 +56,8 @@ def _log(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite == "fault-soak":
+        return _fault_soak(args)
     from sdrt.bench.plan import plan_from_args, run_plan
 
     plan = plan_from_args(args)
@@ -62,6 +66,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {paths['markdown']}")
         print(Path(paths["markdown"]).read_text().split("\n## Method")[0].strip())
     return 0
+
+
+def _fault_soak(args: argparse.Namespace) -> int:
+    import datetime
+
+    from sdrt.bench.fault_soak import run_fault_soak, write_result
+    from sdrt.bench.models import onnx_folder
+
+    folder = onnx_folder("tiny", args.onnx, log=_log)
+    result = run_fault_soak(folder, generations=args.generations or 200, log=_log)
+    out = Path(args.out or "benchmarks/results") / f"fault-soak-{datetime.date.today().isoformat()}"
+    print(f"wrote {write_result(result, out)}")
+    return 0 if result["crashes"] == 0 else 1
 
 
 def main(argv: list[str] | None = None) -> Any:  # pragma: no cover - convenience for `python -m`

@@ -90,3 +90,14 @@ def test_a_backend_can_be_timed_with_an_option_on():
     assert split_contender("ort-cuda:cuda_graph") == ("ort-cuda", {"cuda_graph": True})
     assert split_contender("ort-cpu") == ("ort-cpu", {})
     assert get_suite("gpu-sd15").backends == ("ort-cuda", "ort-cuda:cuda_graph")
+
+
+def test_fault_soak_small(tiny_onnx, tmp_path, capsys):
+    """A short fault soak: threads + bad inputs, no crash, every good output equals its serial twin."""
+    import json as _json
+
+    assert main(["bench", "--suite", "fault-soak", "--onnx", str(tiny_onnx), "--generations", "12",
+                 "--out", str(tmp_path)]) == 0
+    (result,) = tmp_path.glob("fault-soak-*/result.json")
+    data = _json.loads(result.read_text())
+    assert data["crashes"] == 0 and data["good_equal"] == data["good"] == 9 and data["bad_one_line"] == 3
