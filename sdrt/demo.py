@@ -26,14 +26,17 @@ QUICK_REPEAT, QUICK_CALL_S = 3, 10.0
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="sdrt-demo", help="output folder (default ./sdrt-demo)")
-    p.add_argument("--preset", default="tiny", help="embedded preset: tiny (default, seconds), sd15, sd21, ...")
+    p.add_argument("--preset", default="shapes",
+                   help="embedded preset: shapes (default: trained, seconds), tiny (random weights), sd15, ...")
     p.add_argument("--height", type=int, default=None, help="pixels (default: the preset's)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the preset's)")
     p.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
     p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
     p.add_argument("--scheduler", default=None, help="sampler name (default: the preset's)")
     p.add_argument("--backend", default="auto", help="sdrt backend (default: the fastest installed)")
-    p.add_argument("--prompt", default="a watercolor painting of a lighthouse at dawn", help="the prompt")
+    p.add_argument("--prompt", default="a red circle on a blue background",
+                   help="the prompt (shapes knows \"a COLOUR SHAPE on a COLOUR background\": red, green, blue, "
+                        "yellow, white; circle, square, triangle)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shared initial latents (default 0)")
     p.add_argument("--repeat", type=int, default=None,
                    help=f"timed calls per side, medians reported (default {QUICK_REPEAT} when a call takes "
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from sdrt import __version__
+    from sdrt.demo_picture import compose
     from sdrt.reference import TorchReplay, load_reference
     from sdrt.runtime import Pipeline
     from sdrt.runtime.images import psnr, save_png, to_pil
@@ -146,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
 
     save_png(to_pil(ours.images)[0], out / "sdrt.png")
     save_png(to_pil(theirs.images)[0], out / "pytorch.png")
+    compose(out / "demo.png", f"\"{args.prompt}\"  ({args.preset}, {width}x{height}, {args.steps} steps)",
+            [(f"sdrt ({pipe.backend_name})", ours.images[0]), ("PyTorch (diffusers)", theirs.images[0])],
+            footer=f"PSNR sdrt vs PyTorch {quality:.1f} dB")
     a, b = merge([r.timings for r in runs]), merge([r.timings for r in ref_runs])
     rows = [("text encoder", a.text_encoder, b.text_encoder),
             ("UNet per step (median)", a.unet_per_step, b.unet_per_step),
@@ -159,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     print(summary)
     write_report(out, args, pipe, (width, height), lines, summary, ours, __version__, repeat)
-    log(f"wrote {out / 'sdrt.png'}, {out / 'pytorch.png'} and {out / 'report.md'} "
+    log(f"wrote {out / 'demo.png'} (side by side), {out / 'sdrt.png'}, {out / 'pytorch.png'} and {out / 'report.md'} "
         f"({time.perf_counter() - started:.1f} s in all)")
     return 0
 
@@ -185,7 +192,7 @@ def write_report(out: Path, args: argparse.Namespace, pipe: Any, size: tuple[int
         "",
         summary,
         "",
-        "| sdrt | PyTorch |", "|---|---|", "| ![sdrt](sdrt.png) | ![PyTorch](pytorch.png) |",
+        "![sdrt and PyTorch side by side](demo.png)",
         "",
         f"Method: {method}",
         "",

@@ -43,7 +43,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: Files whose change makes cached models stale.
 CACHE_INPUTS = ["sdrt/spec.py", "sdrt/manifest.py", *sorted(
-    str(p.relative_to(ROOT)) for p in (ROOT / "sdrt" / "export").glob("*.py"))]
+    str(p.relative_to(ROOT)) for p in [*(ROOT / "sdrt" / "export").glob("*.py"),
+                                       *(ROOT / "sdrt" / "data" / "shapes").glob("*.safetensors")])]
 CACHE_LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime", "tokenizers")
 
 

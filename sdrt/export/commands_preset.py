@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise SdrtError("give a preset name (sdrt preset --list shows them) and --out DIR")
-    get_preset(args.name)  # unknown name: fail before anything else
+    preset = get_preset(args.name)  # unknown name: fail before anything else
     if not args.out:
         raise SdrtError(f"missing --out DIR: where to write the {args.name} preset")
     if args.seed < 0:
@@ -42,5 +42,6 @@ def run(args: argparse.Namespace) -> int:
     _quiet_libraries()
     start = time.perf_counter()
     out = write_preset(args.name, args.out, seed=args.seed, force=args.force)
-    print(f"wrote preset {args.name} (seed {args.seed}) to {out} in {time.perf_counter() - start:.1f} s")
+    weights = "trained weights" if preset.trained else f"seed {args.seed}"
+    print(f"wrote preset {args.name} ({weights}) to {out} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -1,4 +1,4 @@
-"""Presets: named, seeded, random-weight Stable Diffusion pipelines built from configs.
+"""Presets: named Stable Diffusion pipelines built from configs (seeded random weights; `shapes` is trained).
 
 They let the whole toolchain (export, engines, runtime, benchmarks) run with no download: `tiny`
 for CI and the demo, `sd15` / `sd21` with the released architectures for real-size timings, and
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sdrt.errors import SdrtError
+from sdrt.export.shapes_model import SHAPES_SCHEDULER, SHAPES_TEXT, SHAPES_UNET, SHAPES_VAE
 
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 #: SD 1.x ships PNDM with these keys (model_index of runwayml/stable-diffusion-v1-5).
@@ -97,6 +98,7 @@ class Preset:
     pipeline_class: str = "StableDiffusionPipeline"
     pad_token: str = "<|endoftext|>"  # SD 1.x; SD 2.x pads with "!"
     init_std: dict[str, float] = field(default_factory=lambda: {"embedding": 0.02, "bias": 0.02, "norm": 0.02})
+    trained: bool = False  # weights shipped in sdrt/data/<name>/ (see shapes_model.py), not seeded
 
 
 PRESETS: dict[str, Preset] = {
@@ -133,6 +135,17 @@ PRESETS: dict[str, Preset] = {
             text_encoder=TINY_TEXT,
             scheduler=SD15_SCHEDULER,
             pipeline_class="StableDiffusionInpaintPipeline",
+        ),
+        Preset(
+            "shapes",
+            "a tiny SD 1.x-style model TRAINED by sdrt on coloured shapes (32 px; try \"a red circle on a "
+            "blue background\"): real images in seconds",
+            unet=SHAPES_UNET,
+            vae=SHAPES_VAE,
+            text_encoder=SHAPES_TEXT,
+            scheduler=SHAPES_SCHEDULER,
+            scheduler_class="DDIMScheduler",
+            trained=True,
         ),
         Preset(
             "sd15",
@@ -248,7 +261,11 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
             "unet": diffusers.UNet2DConditionModel(**copy.deepcopy(preset.unet)),
             "vae": diffusers.AutoencoderKL(**copy.deepcopy(preset.vae)),
         }
-    if device != "meta":
+    if device != "meta" and preset.trained:
+        from sdrt.export.shapes_model import load_shipped_weights
+
+        load_shipped_weights(models, dtype)
+    elif device != "meta":
         # A fixed order: the same seed gives the same bits.
         _fill_seeded([models["text_encoder"], models["unet"], models["vae"]], seed, preset, dtype)
         for model in models.values():

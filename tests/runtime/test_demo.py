@@ -14,7 +14,7 @@ def test_demo_reuses_a_matching_export_and_reports(tiny_src, tiny_onnx, tmp_path
     shutil.copytree(tiny_src, out / "tiny-diffusers")
     shutil.copytree(tiny_onnx, out / "tiny-onnx")
     stamp = (out / "tiny-onnx" / "sdrt.json").stat().st_mtime_ns
-    rc = main(["demo", "--out", str(out), "--steps", "2", "--height", "32", "--width", "48"])
+    rc = main(["demo", "--preset", "tiny", "--out", str(out), "--steps", "2", "--height", "32", "--width", "48"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "reusing" in captured.err
@@ -22,9 +22,9 @@ def test_demo_reuses_a_matching_export_and_reports(tiny_src, tiny_onnx, tmp_path
     assert "| UNet per step (median) |" in captured.out and "| end to end |" in captured.out
     psnr = float(re.search(r"PSNR sdrt vs PyTorch: ([\d.]+|inf) dB", captured.out).group(1))
     assert psnr >= 40
-    for name in ("sdrt.png", "pytorch.png", "report.md"):
+    for name in ("sdrt.png", "pytorch.png", "demo.png", "report.md"):
         assert (out / name).is_file()
-    assert "| sdrt | PyTorch |" in (out / "report.md").read_text()
+    assert "(demo.png)" in (out / "report.md").read_text()
 
 
 def test_demo_exports_again_when_the_source_changed(tiny_src, tiny_onnx, tmp_path, monkeypatch):
