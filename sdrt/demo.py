@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
             ("end to end", a.total, b.total)]
     lines = table(rows, pipe.backend_name)
     summary = (f"PSNR sdrt vs PyTorch: {quality:.1f} dB (>= 40 dB: the same image); "
-               f"end-to-end speedup {b.total / a.total:.2f}x (tiny runs in milliseconds: this ratio mostly "
+               f"end-to-end speedup {b.total / a.total:.2f}x (a model this small runs in milliseconds a step: "
+               f"this ratio mostly "
                f"measures per-call overhead and swings with machine load, 1-min load {os.getloadavg()[0]:.1f}; "
                f"`sdrt bench` times real model sizes)")
     print("\n".join(lines))
