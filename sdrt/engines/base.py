@@ -129,6 +129,18 @@ class Backend(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the backend's engines share (streams, memory); engines are closed by their owner."""
 
+    def reweight(self, manifest, component: str, engine: Engine, overrides: Mapping[str, np.ndarray],
+                 restore: Mapping[str, np.ndarray], external: frozenset[str] = frozenset()) -> Engine:
+        """The component's engine with these initializers replaced (LoRA; sdrt.runtime.lora).
+
+        `overrides`: initializer name -> new value, the full set that differs from the export;
+        `restore`: base values of initializers overridden before and not now; `external`: the
+        overrides whose initializers live in an external-data file. Returns the engine to
+        use from now on (a new one, or `engine` itself updated in place).
+        """
+        raise SdrtError(f"backend {self.name} cannot change weights at run time (LoRA): use ort-cpu, ort-cuda "
+                        f"or tensorrt")
+
 
 def backend_class(name: str) -> type[Backend]:
     if name not in BACKENDS:

@@ -71,6 +71,8 @@ class OrtEngine(Engine):
         self._host: dict[str, np.ndarray] = {}
         self._values: dict[str, Any] = {}
         self._binding = None
+        #: (OrtValues given to the session as initializers, their arrays): LoRA-merged weights
+        self.weights: tuple[dict[str, Any], dict[str, np.ndarray]] = ({}, {})
 
     # -- buffers ---------------------------------------------------------------------------------
     def prepare(self, dims: Mapping[str, int]) -> None:
@@ -203,7 +205,15 @@ class OrtCpuBackend(Backend):
         cached = self.optimized_model_cache / f"{component}-{key}.onnx"
         return cached, cached.is_file()
 
-    def create_session(self, manifest, component: str):
+    def create_session(self, manifest, component: str, weights: Mapping[str, Any] | None = None,
+                       external: frozenset[str] = frozenset()):
+        """A session on the component's graph; `weights` (initializer name -> OrtValue) replace initializers.
+
+        External-data initializers are replaced when the graph loads (`add_external_initializers`),
+        before any graph optimization. Inline ones can only be replaced after (`add_initializer`),
+        and ONNX Runtime's NCHWc layout pass reorders Conv weights from the file's values before
+        that (measured: a LoRA on a Conv had no effect), so it is turned off for such a session.
+        """
         ort = _import_ort()
         path = manifest.onnx_path(component)
         if self.graph_rewrites:
@@ -212,8 +222,16 @@ class OrtCpuBackend(Backend):
             path = rewritten_model(path, self.graph_rewrites, manifest.folder / "engines" / self.name)
         so = self.session_options()
         model = path
+        weights = weights or {}
+        outside = [name for name in weights if name in external]
+        if outside:
+            so.add_external_initializers(outside, [weights[name] for name in outside])
+        inline = [name for name in weights if name not in external]
+        for name in inline:
+            so.add_initializer(name, weights[name])  # ORT reads the buffer: the caller keeps it alive
+        disabled = ["NchwcTransformer"] if inline else None
         with contextlib.ExitStack() as stack:
-            if self.optimized_model_cache is not None:
+            if self.optimized_model_cache is not None and not weights:  # the cache holds base weights only
                 cached, hit = self._cached_model(manifest, component, path)
                 if hit:
                     model = cached
@@ -225,20 +243,36 @@ class OrtCpuBackend(Backend):
                         so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                                     cached.name + ".data")
             try:
-                return ort.InferenceSession(str(model), sess_options=so, providers=self.providers(component))
+                return ort.InferenceSession(str(model), sess_options=so, providers=self.providers(component),
+                                            disabled_optimizers=disabled)
             except Exception as e:  # onnxruntime raises its own pybind classes for bad files
                 raise SdrtError(f"{model} could not be loaded by onnxruntime ({_one_line(e)}): "
                                 f"export the model again with --force") from None
 
-    def load(self, manifest, component: str) -> OrtEngine:
-        session = self.create_session(manifest, component)
+    def load(self, manifest, component: str, overrides: Mapping[str, np.ndarray] | None = None,
+             external: frozenset[str] = frozenset()) -> OrtEngine:
+        ort = _import_ort()
+        weights = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cpu", 0)
+                   for name, array in (overrides or {}).items()}
+        session = self.create_session(manifest, component, weights, external)
         spec_inputs = set(spec.component(component).input_names)
         got = {i.name for i in session.get_inputs()}
         if got != spec_inputs:
             raise SdrtError(f"{manifest.onnx_path(component)} has inputs {sorted(got)}, expected "
                             f"{sorted(spec_inputs)}: export the model again with sdrt")
-        return OrtEngine(session, component, manifest.values, manifest.precision(component),
-                         **self.engine_kwargs(component))
+        engine = OrtEngine(session, component, manifest.values, manifest.precision(component),
+                           **self.engine_kwargs(component))
+        engine.weights = (weights, dict(overrides or {}))  # alive as long as the session
+        return engine
+
+    def reweight(self, manifest, component: str, engine: Engine, overrides: Mapping[str, np.ndarray],
+                 restore: Mapping[str, np.ndarray], external: frozenset[str] = frozenset()) -> OrtEngine:
+        """A new session with `overrides` as initializers (ONNX Runtime cannot change a live session's
+        weights). The old session is released first: never two UNets in memory. `restore` is not
+        needed: a session without an override reads the export's own weights."""
+        engine.close()
+        engine.session = None
+        return self.load(manifest, component, overrides, external)
 
 
 class OrtCudaBackend(OrtCpuBackend):

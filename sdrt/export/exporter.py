@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from sdrt import spec
 from sdrt.errors import SdrtError
-from sdrt.export import check, sizes, source, staging, trace
+from sdrt.export import check, sizes, source, staging, trace, weight_map
 from sdrt.export.graphs import GRAPHS, example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from sdrt.manifest_schema import component_sha256
@@ -86,6 +86,8 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                      dtype=check.torch_dtype(component_precision))
             trace.export_graph(wrap(component, graph_module), component, example, path, opset=opset,
                                exporter=exporter, precision=component_precision)
+            mapped = (weight_map.write(graph_module, f"{GRAPHS[component][0]}.", path)
+                      if component in weight_map.COMPONENTS else None)
             del graph_module, example
             exported_s = time.perf_counter() - started
 
@@ -109,6 +111,8 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                 "export_seconds": round(exported_s, 1),
                 "check": result,
             }
+            if mapped:
+                entries[component]["weight_map"] = mapped  # for LoRA at run time (sdrt.runtime.lora)
             log(f"{component}: exported in {exported_s:.1f} s ({component_precision}"
                 f"{', external data' if data.exists() else ''}); check max rel error {result['max_rel_error']:.2g}"
                 f" (threshold {result['threshold']['max_rel']:g}) in {time.perf_counter() - started:.1f} s")

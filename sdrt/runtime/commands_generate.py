@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto-build", action="store_true",
                    help="TensorRT: build a missing engine on the spot (static, for this call's size) instead of "
                         "using the next backend (auto) or failing (a named TensorRT backend)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="apply a LoRA .safetensors file (kohya or diffusers format) at SCALE (default 1); repeatable")
+    p.add_argument("--lora-dir", default=None,
+                   help="folder where AUTOMATIC1111 prompt tags <lora:NAME:SCALE> find NAME.safetensors")
     p.add_argument("--out", default="sdrt-out", help="output folder (default ./sdrt-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
 
@@ -61,10 +65,14 @@ def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
     fields += [("Batch index", index), ("Backend", parameters["backend"])]
     if parameters.get("precision"):
         fields.append(("Precision", parameters.get("runtime_precision") or parameters["precision"].get("unet")))
+    loras = parameters.get("loras", [])
+    if loras:  # A1111 keeps the tags in the prompt and lists the files' short hashes
+        fields.append(("Lora hashes", '"' + ", ".join(f"{lora['name']}: {lora['hash']}" for lora in loras) + '"'))
     prompts = parameters["prompt"]
     per_prompt = parameters["num_images_per_prompt"]
     k = index // per_prompt
-    lines = [prompts[k]]
+    tags = "".join(f" <lora:{lora['name']}:{lora['scale']:g}>" for lora in loras)
+    lines = [prompts[k] + tags]
     if parameters["negative_prompt"][k]:
         lines.append(f"Negative prompt: {parameters['negative_prompt'][k]}")
     lines.append(", ".join(f"{name}: {value}" for name, value in fields))
@@ -103,7 +111,12 @@ def run(args: argparse.Namespace) -> int:
 
     options = cuda_graph_options(args) | ({"auto_build": True} if args.auto_build else {})
     out = outputs.check_writable(args.out)  # before any work: an unwritable --out is found in a second
-    pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, **options)
+    from sdrt.runtime.lora import parse_lora_arg
+    from sdrt.runtime.lora.adapters import prompt_loras
+
+    prompt, tagged = prompt_loras(args.prompt, args.lora_dir)
+    loras = [parse_lora_arg(text) for text in args.lora] + tagged
+    pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options)
     expected = args.steps
     if args.image is not None and isinstance(args.steps, int) and 0 <= args.strength <= 1:
         expected = conditioning.start_index(args.steps, args.strength, 1)[1]
@@ -122,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     with terminate_as_exception(interrupted), outputs.reserved_number(out) as number:
         for batch in batches:
             try:
-                result = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                result = pipe(prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                               guidance_scale=args.guidance_scale, height=args.height, width=args.width,
                               num_images_per_prompt=len(batch), seed=batch, scheduler=args.scheduler,
                               image=args.image, strength=args.strength, mask_image=args.mask,

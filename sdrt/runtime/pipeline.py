@@ -99,18 +99,21 @@ class Pipeline:
         except BaseException:
             self.close()
             raise
+        from sdrt.runtime.lora import Adapters
+
+        self.adapters = Adapters(manifest)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, backend: str = "auto", precision: str | None = None,
-             verify: bool = False,
-             **backend_options: Any) -> "Pipeline":
+             verify: bool = False, loras: Sequence[Any] = (), **backend_options: Any) -> "Pipeline":
         """Open an exported folder on a backend; options go to the backend (its declared ones only).
         ``precision``: f32 | bf16 | f16, the run-time precision (bf16/f16: openvino only).
 
         "auto" tries the usable backends that take the options, fastest first; one without a built
         engine for this folder (TensorRT before `sdrt build`, unless auto_build=True) is skipped
         with a one-line note on stderr. `verify=True` first checks every component's sha256 against
-        the one export recorded (reads every weight once; a changed file is one line naming it).
+        the one export recorded (reads every weight once; a changed file is one line naming it). `loras`: LoRA files to apply, each a path or a (path, scale)
+        pair (see `set_loras`).
         """
         from sdrt.runtime.tokenizer import ClipTokenizer
 
@@ -128,12 +131,34 @@ class Pipeline:
         for i, name in enumerate(names):
             try:
                 options = with_precision(precision, backend_options, backend_class(name))
-                return cls(manifest, backend_class(name)(**options), tokenizer, scheduler_config)
+                pipe = cls(manifest, backend_class(name)(**options), tokenizer, scheduler_config)
             except EngineMissing as e:
                 if i + 1 == len(names):
                     raise
                 print(f"sdrt: backend auto: not {name} ({e}); using {names[i + 1]}", file=sys.stderr, flush=True)
-        raise AssertionError("unreachable: candidates() returns at least one backend")
+                continue
+            break
+        else:
+            raise AssertionError("unreachable: candidates() returns at least one backend")
+        if loras:
+            try:
+                pipe.set_loras(loras)
+            except BaseException:
+                pipe.close()
+                raise
+        return pipe
+
+    def set_loras(self, loras: Sequence[Any]) -> None:
+        """Apply exactly these LoRAs ((path, scale) pairs or paths, scale 1), merged into the text
+        encoder's and UNet's weights without re-export; [] restores the exported weights exactly.
+        A file that does not fit is a one-line error and leaves the pipeline as it was."""
+        with self._lock:  # never while a call runs on the engines being swapped
+            self.adapters.apply(self.backend, self.engines, list(loras))
+
+    @property
+    def loras(self) -> list[dict[str, Any]]:
+        """The applied LoRAs: name, path, scale, A1111 short hash, format."""
+        return [lora.as_dict() for lora in self.adapters.active]
 
     @property
     def backend_name(self) -> str:
@@ -359,6 +384,8 @@ class Pipeline:
             "model": self.manifest.data.get("source", {}).get("name") or str(self.manifest.folder),
         }
         parameters.update(metadata.describe(self.manifest, sched, images, masks))
+        if self.adapters.active:
+            parameters["loras"] = self.loras
         if images:
             parameters["strength"] = strength
         images_out = imageio.to_pil(result) if output_type == "pil" else result

@@ -1,0 +1,131 @@
+"""The LoRAs a Pipeline has applied, and the switch from one set to another.
+
+A switch reads and checks every file and merges every weight *before* an engine is touched, so a
+bad file leaves the pipeline as it was; then each affected component (text encoder, UNet) gets
+its new weights through `Backend.reweight`. The merge starts from the memory-mapped export every
+time: A -> B -> A gives A's weights bit for bit, and `[]` gives the export's own engines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, MutableMapping, Sequence, Union
+
+import numpy as np
+
+from sdrt.errors import SdrtError
+from sdrt.runtime.lora.base_weights import WeightMap
+from sdrt.runtime.lora.files import LoraFile, read_lora
+from sdrt.runtime.lora.merge import check_scale, merged_weights, resolve
+
+#: components whose weights a LoRA changes, in the order they are swapped
+COMPONENTS = ("text_encoder", "unet")
+
+LoraSpec = Union[str, os.PathLike, tuple]
+
+
+@dataclass(frozen=True)
+class ActiveLora:
+    name: str
+    path: str
+    scale: float
+    short_hash: str
+    format: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "scale": self.scale, "hash": self.short_hash,
+                "format": self.format}
+
+
+def parse_lora_arg(text: str) -> tuple[str, float]:
+    """`PATH[:SCALE]` (the CLI's --lora) -> (path, scale); a tail that is not a number is part of the path."""
+    head, sep, tail = str(text).rpartition(":")
+    if sep and head:
+        try:
+            return head, check_scale(head, float(tail))
+        except ValueError:
+            pass
+    return str(text), 1.0
+
+
+def _pairs(loras: Iterable[LoraSpec]) -> list[tuple[str, float]]:
+    pairs = []
+    for item in loras:
+        if isinstance(item, (str, os.PathLike)):
+            pairs.append((os.fspath(item), 1.0))
+        elif isinstance(item, tuple) and len(item) == 2:
+            pairs.append((os.fspath(item[0]), check_scale(os.fspath(item[0]), item[1])))
+        else:
+            raise SdrtError(f"a LoRA is a path or a (path, scale) pair, not {item!r}")
+    return pairs
+
+
+#: AUTOMATIC1111's prompt syntax: <lora:NAME> or <lora:NAME:SCALE>
+PROMPT_TAG = re.compile(r"<lora:([^:>]+)(?::([^>]*))?>")
+
+
+def prompt_loras(prompt: str, lora_dir: str | os.PathLike | None) -> tuple[str, list[tuple[str, float]]]:
+    """(prompt without its <lora:name:scale> tags, [(file, scale)]) with names looked up in `lora_dir`."""
+    found = []
+    for match in PROMPT_TAG.finditer(prompt):
+        name, scale_text = match.group(1).strip(), match.group(2)
+        if lora_dir is None:
+            raise SdrtError(f"the prompt names <lora:{name}>: pass --lora-dir, the folder holding {name}.safetensors")
+        path = Path(lora_dir) / f"{name}.safetensors"
+        if not path.is_file():
+            raise SdrtError(f"the prompt names <lora:{name}> but {path} does not exist")
+        try:
+            scale = 1.0 if scale_text in (None, "") else float(scale_text)
+        except ValueError:
+            raise SdrtError(f"<lora:{name}:{scale_text}>: the scale is not a number") from None
+        found.append((str(path), check_scale(name, scale)))
+    return " ".join(PROMPT_TAG.sub("", prompt).split()), found
+
+
+class Adapters:
+    """The applied LoRAs of one pipeline and the initializers they changed."""
+
+    def __init__(self, manifest: Any):
+        self.manifest = manifest
+        self.active: list[ActiveLora] = []
+        self.changed: dict[str, dict[str, np.ndarray]] = {}  # component -> initializer -> merged value
+        self._maps: dict[str, WeightMap] = {}
+
+    def weight_map(self, component: str) -> WeightMap:
+        if component not in self._maps:
+            self._maps[component] = WeightMap.load(self.manifest, component)
+        return self._maps[component]
+
+    def prepare(self, loras: Sequence[LoraSpec]) -> tuple[list[ActiveLora], dict[str, dict[str, np.ndarray]]]:
+        """Read, check and merge; touches no engine."""
+        files: list[tuple[LoraFile, float]] = [(read_lora(path), scale) for path, scale in _pairs(loras)]
+        targets = sorted({layer.component for f, _ in files for layer in f.layers})
+        maps = {c: self.weight_map(c) for c in targets if c in COMPONENTS and self.manifest.has(c)}
+        placed = resolve(files, maps)
+        active = [ActiveLora(f.name, str(f.path), scale, f.short_hash, f.format) for f, scale in files]
+        return active, merged_weights(placed, maps)
+
+    def apply(self, backend: Any, engines: MutableMapping[str, Any], loras: Sequence[LoraSpec]) -> None:
+        """Switch to exactly `loras` ([] = none)."""
+        active, merged = self.prepare(loras)
+        for component in COMPONENTS:
+            new, old = merged.get(component, {}), self.changed.get(component, {})
+            if not new and not old:
+                continue
+            restore = {name: self._base(component, name) for name in old if name not in new}
+            external = self.weight_map(component).external() & set(new)
+            engines[component] = backend.reweight(self.manifest, component, engines[component], new, restore,
+                                                  external=external)
+            self.changed[component] = new
+        self.active = active
+
+    def _base(self, component: str, initializer: str) -> np.ndarray:
+        weight_map = self.weight_map(component)
+        for records in weight_map.parameters.values():
+            for record in records:
+                if record["initializer"] == initializer:
+                    return weight_map.base(record)
+        raise KeyError(initializer)

@@ -1,0 +1,71 @@
+"""The base weights of an exported component, memory-mapped from its ONNX files via the weight map.
+
+`<component>/weight_map.json` (written by `sdrt export`, see sdrt/export/weight_map.py) says which
+initializer holds which diffusers parameter, in which layout, and where its bytes lie. Reading a
+parameter maps those bytes (no copy, no protobuf parsing, no onnx or torch import); the merge reads
+them again for every switch, so a LoRA never accumulates error: the base is the file on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdrt.errors import SdrtError
+
+FORMAT = "sdrt-weight-map"
+VERSION = 1
+
+
+def read_record(folder: Path, record: dict[str, Any]) -> np.ndarray:
+    """The initializer of one weight-map record, memory-mapped read-only."""
+    dtype = np.dtype(record["dtype"])
+    shape = tuple(record["shape"])
+    count = int(np.prod(shape, dtype=np.int64))
+    if count * dtype.itemsize != int(record["length"]):
+        raise SdrtError(f"{folder / record['file']}: the weight map's record of {record['initializer']} is "
+                        f"inconsistent: re-export with sdrt export --force")
+    array = np.memmap(folder / record["file"], dtype=dtype, mode="r", offset=int(record["offset"]), shape=shape)
+    return array
+
+
+@dataclass
+class WeightMap:
+    """One component's map: diffusers parameter name -> the initializers that hold it."""
+
+    component: str
+    folder: Path
+    parameters: dict[str, list[dict[str, Any]]]
+
+    @classmethod
+    def load(cls, manifest: Any, component: str) -> "WeightMap":
+        entry = manifest.components.get(component, {})
+        relative = entry.get("weight_map")
+        path = manifest.folder / relative if relative else None
+        if path is None or not path.is_file():
+            raise SdrtError(f"{manifest.folder} has no weight map for its {component} (exported by an older "
+                            f"sdrt): LoRA needs one: re-export with sdrt export --force")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise SdrtError(f"{path} is unreadable ({e}): re-export with sdrt export --force") from None
+        if data.get("format") != FORMAT or data.get("version") != VERSION:
+            raise SdrtError(f"{path} is not a weight map this sdrt reads: re-export with sdrt export --force")
+        return cls(component, path.parent, data["parameters"])
+
+    def modules(self) -> dict[str, tuple[int, ...]]:
+        """Module name -> shape of its `.weight` (the layers a LoRA can target)."""
+        return {name[: -len(".weight")]: tuple(records[0]["parameter_shape"])
+                for name, records in self.parameters.items() if name.endswith(".weight")}
+
+    def external(self) -> frozenset[str]:
+        """Initializers stored in an external-data file (not inline in model.onnx)."""
+        return frozenset(r["initializer"] for records in self.parameters.values() for r in records
+                         if not r["file"].endswith(".onnx"))
+
+    def base(self, record: dict[str, Any]) -> np.ndarray:
+        return read_record(self.folder, record)

@@ -1,0 +1,165 @@
+"""Read LoRA files the way people download them: kohya / AUTOMATIC1111 and diffusers / PEFT safetensors.
+
+Torch-free: safetensors' numpy API. A file becomes a list of `LoraLayer`s — one low-rank pair per
+targeted layer, with the component it targets (text_encoder, text_encoder_2, unet), the layer's
+name as the file spells it (kohya's underscored ``down_blocks_0_attentions_0_..._to_q`` or the
+dotted diffusers name) and its alpha. Which model parameter a name means is decided later, against
+the weight map (sdrt.runtime.lora.merge), because kohya's underscores are only unambiguous there.
+
+Formats:
+
+- kohya / A1111: ``lora_unet_<layer>.lora_down.weight``, ``.lora_up.weight``, ``.alpha`` (scalar);
+  ``lora_te_`` (SD 1.x/2.x text encoder), ``lora_te1_`` / ``lora_te2_`` (SDXL's two). Conv LoRA:
+  ``lora_down`` [r, in, kh, kw] with ``lora_up`` [out, r, 1, 1].
+- diffusers / PEFT: ``unet.<layer>.lora_A.weight`` / ``lora_B.weight`` (and ``text_encoder.``,
+  ``text_encoder_2.``), the older ``.lora.down.weight`` / ``.lora.up.weight``; an optional
+  ``<layer>.alpha``; without one, alpha = rank (diffusers' default).
+
+Other adapter kinds are refused in one line naming the kind: they are not low-rank products.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdrt.errors import SdrtError
+
+#: kohya prefixes -> the component they target
+KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
+                  "lora_te_": "text_encoder"}
+#: diffusers prefixes -> component
+DIFFUSERS_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
+#: (up suffix, down suffix) of each low-rank spelling
+PAIRS = ((".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"),
+         (".lora.up.weight", ".lora.down.weight"))
+#: a key fragment -> the adapter kind it belongs to (refused)
+OTHER_KINDS = (("hada_w1", "LoHa"), ("lokr_w1", "LoKr"), ("lokr_w2", "LoKr"), ("dora_scale", "DoRA"),
+               ("lora_magnitude_vector", "DoRA"), ("lora_mid", "LoCon with a Tucker core (lora_mid)"),
+               ("oft_blocks", "OFT"), ("oft_diag", "OFT"), (".on_input", "IA3"), ("a1.weight", "GLoRA"),
+               (".diff", "full weight difference (diff)"), ("diff_b", "full weight difference (diff)"),
+               ("lora_embedding_A", "embedding LoRA"), (".lora_A.bias", "LoRA with biases"))
+
+
+@dataclass(frozen=True)
+class LoraLayer:
+    component: str
+    layer: str          # as the file names it, prefix and suffix removed
+    up: np.ndarray      # [out, r] or [out, r, 1, 1]
+    down: np.ndarray    # [r, in] or [r, in, kh, kw]
+    alpha: float
+    key: str            # the file's key of `down` (named in errors)
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def ratio(self) -> float:
+        """alpha / rank: the factor kohya and diffusers put in front of up @ down."""
+        return self.alpha / self.rank
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    path: Path
+    name: str           # file name without .safetensors (A1111's <lora:NAME:scale>)
+    format: str         # "kohya" or "diffusers"
+    layers: tuple[LoraLayer, ...]
+    short_hash: str     # A1111's "Lora hashes": sha256 of the tensors after the header, first 12 hex
+
+
+def _split(key: str) -> tuple[str, str, str] | None:
+    """key -> (component, layer, suffix) or None when the prefix is unknown."""
+    for table in (KOHYA_PREFIXES, DIFFUSERS_PREFIXES):
+        for prefix, component in table.items():
+            if key.startswith(prefix):
+                rest = key[len(prefix):]
+                for up, down in PAIRS:
+                    for suffix in (up, down):
+                        if rest.endswith(suffix):
+                            return component, rest[: -len(suffix)], suffix
+                if rest.endswith(".alpha"):
+                    return component, rest[: -len(".alpha")], ".alpha"
+                return component, rest, ""
+    return None
+
+
+def _refuse_other_kinds(path: Path, keys: list[str]) -> None:
+    for key in keys:
+        for fragment, kind in OTHER_KINDS:
+            if fragment in key:
+                raise SdrtError(f"{path.name} is a {kind} adapter (key {key}), not a LoRA: sdrt merges only "
+                                f"LoRA (lora_down/lora_up, lora_A/lora_B) files")
+
+
+def _short_hash(path: Path) -> str:
+    """AUTOMATIC1111's network hash of a safetensors file: sha256 of everything after the header."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+        f.seek(8 + header)
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def read_lora(path: str | os.PathLike) -> LoraFile:
+    """Parse one LoRA file; a one-line SdrtError for anything that is not a readable LoRA."""
+    path = Path(path)
+    if not path.is_file():
+        raise SdrtError(f"LoRA file {path} does not exist")
+    try:
+        from safetensors.numpy import load_file
+    except ImportError as e:
+        raise SdrtError(f"reading LoRA files needs safetensors ({e}): pip install sdrt") from None
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError, or OSError/ValueError
+        raise SdrtError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:160]}): "
+                        f"pass a LoRA .safetensors file (.ckpt/.pt files are not read)") from None
+    keys = sorted(tensors)
+    if not keys:
+        raise SdrtError(f"{path} holds no tensors: not a LoRA file")
+    _refuse_other_kinds(path, keys)
+
+    parts: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    unknown = []
+    formats = set()
+    for key in keys:
+        split = _split(key)
+        if split is None or not split[2]:
+            unknown.append(key)
+            continue
+        component, layer, suffix = split
+        formats.add("kohya" if key.startswith("lora_") else "diffusers")
+        role = "alpha" if suffix == ".alpha" else "up" if suffix in {u for u, _ in PAIRS} else "down"
+        parts.setdefault((component, layer), {})[role] = tensors[key]
+        parts[(component, layer)].setdefault("keys", {})[role] = key  # type: ignore[index]
+    if unknown:
+        raise SdrtError(f"{path.name}: {len(unknown)} of {len(keys)} keys are not LoRA keys sdrt knows "
+                        f"(first: {unknown[0]}): expected kohya lora_unet_/lora_te_ or diffusers unet./text_encoder. keys")
+    layers = []
+    for (component, layer), found in sorted(parts.items()):
+        names = found.pop("keys")  # type: ignore[arg-type]
+        if "up" not in found or "down" not in found:
+            missing = "up" if "up" not in found else "down"
+            raise SdrtError(f"{path.name}: layer {layer} has no {missing} matrix (key {next(iter(names.values()))}): "
+                            f"the file is incomplete")
+        up, down = np.asarray(found["up"]), np.asarray(found["down"])
+        if up.ndim not in (2, 4) or down.ndim not in (2, 4) or up.shape[1] != down.shape[0]:
+            raise SdrtError(f"{path.name}: {names['down']} {tuple(down.shape)} and its up matrix "
+                            f"{tuple(up.shape)} do not form a low-rank pair")
+        alpha = float(np.asarray(found["alpha"]).reshape(-1)[0]) if "alpha" in found else float(down.shape[0])
+        if not math.isfinite(alpha):
+            raise SdrtError(f"{path.name}: alpha of {layer} is {alpha}: the file is corrupt")
+        layers.append(LoraLayer(component, layer, up, down, alpha, names["down"]))
+    name = re.sub(r"\.safetensors$", "", path.name)
+    fmt = formats.pop() if len(formats) == 1 else "mixed"
+    return LoraFile(path, name, fmt, tuple(layers), _short_hash(path))

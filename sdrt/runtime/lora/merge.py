@@ -1,0 +1,110 @@
+"""Merge LoRA layers into base weights: W' = W + sum_i scale_i * (alpha_i / rank_i) * up_i @ down_i.
+
+In float32 whatever the graph's precision (an fp16 initializer is read, widened, merged and cast
+back once), from the memory-mapped base every time, so switching never accumulates error. The
+result is a dict initializer name -> merged array per component: what the engines take as
+overrides. Names are resolved against the weight map: a diffusers (dotted) layer name is the
+module's own; a kohya (underscored) one is looked up among the map's modules with their dots
+replaced by underscores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from sdrt.errors import SdrtError
+from sdrt.runtime.lora.base_weights import WeightMap
+from sdrt.runtime.lora.files import LoraFile, LoraLayer
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One LoRA layer placed on one model parameter."""
+
+    parameter: str      # diffusers parameter name, e.g. down_blocks.0....to_q.weight
+    layer: LoraLayer
+    scale: float
+
+
+def check_scale(name: str, scale: float) -> float:
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise SdrtError(f"LoRA {name}: scale {scale!r} is not a number") from None
+    if not math.isfinite(value):
+        raise SdrtError(f"LoRA {name}: scale {value} is not finite: pass a number such as 0.8")
+    return value
+
+
+def _lookup(weight_map: WeightMap) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    modules = weight_map.modules()
+    underscored = {name.replace(".", "_"): name for name in modules}
+    return modules, underscored
+
+
+def resolve(loras: Sequence[tuple[LoraFile, float]], maps: Mapping[str, WeightMap]) -> list[Resolved]:
+    """Place every layer of every file on a parameter; one line for the first thing that does not fit."""
+    tables = {component: _lookup(m) for component, m in maps.items()}
+    placed: list[Resolved] = []
+    for lora, scale in loras:
+        matched, missing = 0, []
+        for layer in lora.layers:
+            if layer.component not in tables:
+                raise SdrtError(f"LoRA {lora.name} targets {layer.component} (key {layer.key}), which this model "
+                                f"does not have: it was trained for another base model (SDXL?)")
+            modules, underscored = tables[layer.component]
+            module = layer.layer if layer.layer in modules else underscored.get(layer.layer)
+            if module is None:
+                missing.append(layer)
+                continue
+            shape = modules[module]
+            delta_shape = delta_shape_of(layer)
+            if int(np.prod(delta_shape)) != int(np.prod(shape)) or delta_shape[0] != shape[0]:
+                raise SdrtError(f"LoRA {lora.name} does not fit this model: {layer.key} makes a {delta_shape} "
+                                f"update for {layer.component}.{module}.weight of shape {shape} (a LoRA for "
+                                f"another base model)")
+            matched += 1
+            placed.append(Resolved(f"{module}.weight", layer, scale))
+        if missing:
+            raise SdrtError(f"LoRA {lora.name}: {matched} of {len(lora.layers)} layers match this model's layers "
+                            f"(first unmatched key: {missing[0].key}): a LoRA for another base model or "
+                            f"architecture")
+    return placed
+
+
+def delta_shape_of(layer: LoraLayer) -> tuple[int, ...]:
+    out = layer.up.shape[0]
+    if layer.down.ndim == 4:
+        return (out, *layer.down.shape[1:])
+    return (out, layer.down.shape[1])
+
+
+def delta(layer: LoraLayer) -> np.ndarray:
+    """up @ down in float32, shaped like the layer's weight ([out, in] or [out, in, kh, kw])."""
+    up = layer.up.astype(np.float32).reshape(layer.up.shape[0], layer.rank)
+    down = layer.down.astype(np.float32).reshape(layer.rank, -1)
+    return (up @ down).reshape(delta_shape_of(layer))
+
+
+def merged_weights(placed: Sequence[Resolved], maps: Mapping[str, WeightMap]) -> dict[str, dict[str, np.ndarray]]:
+    """component -> {initializer name: merged array in the initializer's dtype and layout}."""
+    sums: dict[tuple[str, str], np.ndarray] = {}
+    for item in placed:
+        component = item.layer.component
+        shape = tuple(maps[component].parameters[item.parameter][0]["parameter_shape"])
+        update = delta(item.layer).reshape(shape) * np.float32(item.scale * item.layer.ratio)
+        key = (component, item.parameter)
+        sums[key] = sums[key] + update if key in sums else update
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for (component, parameter), update in sums.items():
+        weight_map = maps[component]
+        for record in weight_map.parameters[parameter]:
+            base = weight_map.base(record)
+            laid = update.T if record["layout"] == "transpose" else update
+            merged = base.astype(np.float32) + laid
+            out.setdefault(component, {})[record["initializer"]] = np.ascontiguousarray(merged.astype(base.dtype))
+    return out

@@ -1,0 +1,80 @@
+"""Random LoRA files for the tests, in kohya / A1111 and diffusers / PEFT format, from a model's layer shapes.
+
+`layer_shapes(pipe)` lists the layers a LoRA trainer targets (attention projections, feed-forward,
+transformer proj_in/out, the text encoder's q/k/v/out_proj and MLP; with `conv=True` also the
+resnets' 3x3 convolutions) with their weight shapes; `write_kohya` / `write_peft` draw a random
+low-rank pair per layer (seeded) and save it with safetensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+UNET_LINEAR = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+               "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+UNET_CONV = ("conv1", "conv2")
+TEXT = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+
+
+def layer_shapes(pipe, *, unet: bool = True, text: bool = False, conv: bool = False) -> dict[str, dict]:
+    """component -> {module name: weight shape} of the layers LoRA trainers target."""
+    out: dict[str, dict] = {}
+    if unet:
+        out["unet"] = {}
+        for name, module in pipe.unet.named_modules():
+            linear = name.endswith(UNET_LINEAR) and hasattr(module, "weight")
+            conv3 = conv and ".resnets." in name and name.endswith(UNET_CONV)
+            if linear or conv3:
+                out["unet"][name] = tuple(module.weight.shape)
+    if text:
+        out["text_encoder"] = {name: tuple(m.weight.shape) for name, m in pipe.text_encoder.named_modules()
+                               if name.endswith(TEXT)}
+    return out
+
+
+def _pair(rng: np.random.Generator, shape: tuple, rank: int, magnitude: float) -> tuple[np.ndarray, np.ndarray]:
+    if len(shape) == 4:
+        down = rng.standard_normal((rank, *shape[1:]), dtype=np.float32)
+        up = rng.standard_normal((shape[0], rank, 1, 1), dtype=np.float32)
+    else:
+        down = rng.standard_normal((rank, shape[1]), dtype=np.float32)
+        up = rng.standard_normal((shape[0], rank), dtype=np.float32)
+    fan_in = int(np.prod(shape[1:]))
+    return up * np.float32(magnitude / np.sqrt(rank)), down * np.float32(1 / np.sqrt(fan_in))
+
+
+KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+
+
+def write_kohya(path: Path, shapes: dict[str, dict], *, rank: int = 4, alpha: float = 2.0, seed: int = 0,
+                magnitude: float = 0.3) -> Path:
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for component, layers in shapes.items():
+        for name, shape in sorted(layers.items()):
+            up, down = _pair(rng, shape, rank, magnitude)
+            key = KOHYA_PREFIX[component] + name.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = down
+            tensors[f"{key}.lora_up.weight"] = up
+            tensors[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
+    save_file(tensors, str(path))
+    return path
+
+
+def write_peft(path: Path, shapes: dict[str, dict], *, rank: int = 4, seed: int = 0, magnitude: float = 0.3) -> Path:
+    """diffusers' `save_lora_weights` layout: unet.<module>.lora_A.weight / lora_B.weight, no alpha (= rank)."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for component, layers in shapes.items():
+        for name, shape in sorted(layers.items()):
+            up, down = _pair(rng, shape, rank, magnitude)
+            tensors[f"{component}.{name}.lora_A.weight"] = down
+            tensors[f"{component}.{name}.lora_B.weight"] = up
+    save_file(tensors, str(path))
+    return path
