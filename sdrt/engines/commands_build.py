@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "DIR/engines/tensorrt/)")
     parser.add_argument("--device-id", type=int, default=0, help="GPU to build on (default: 0)")
     parser.add_argument("--force", action="store_true", help="rebuild even when an up-to-date engine exists")
+    parser.add_argument("--refit", action="store_true",
+                        help="build refittable engines, so LoRAs (generate --lora) apply without rebuilding")
 
 
 def _log(msg: str) -> None:
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
              f"--timing-cache not used")
     options = trt_build.BuildOptions(opt_level=args.opt_level, workspace_gb=args.workspace_gb,
                                      timing_cache=Path(args.timing_cache) if args.timing_cache else None,
-                                     force=args.force)
+                                     force=args.force, refit=getattr(args, "refit", False))
     _log(f"{probe.label} {features.version} for {target}; {len(components)} component(s): "
          f"{', '.join(components)}")
     start = time.perf_counter()

@@ -161,6 +161,13 @@ class TensorRTBackend(Backend):
         return TensorRTEngine(component, manifest.values, manifest.precision(component), session=s, find=find,
                               cuda_graph=self.cuda_graph and component == "unet", entry=initial)
 
+    def reweight(self, manifest, component: str, engine: TensorRTEngine, overrides, restore,
+                 external=frozenset()) -> TensorRTEngine:
+        """LoRA: refit the engine in place (engines built with `sdrt build --refit`); see trt_refit."""
+        from sdrt.engines import trt_refit
+
+        return trt_refit.reweight(engine, overrides, restore)
+
     def _build_for(self, manifest, component: str, dims: Mapping[str, int]) -> trt_cache.Entry:
         from sdrt.engines import trt_build
 

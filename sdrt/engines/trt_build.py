@@ -40,10 +40,14 @@ class BuildOptions:
     workspace_gb: float | None = None  # cap on the builder's workspace pool
     timing_cache: Path | None = None   # None: DIR/engines/<backend>/timing-<library>-<gpu>.cache
     force: bool = False
+    refit: bool = False                # refittable weights: LoRA without rebuilding (trt_refit)
 
     def key_fields(self) -> dict[str, Any]:
         """The options that change the engine (so its key); the timing cache and --force do not."""
-        return {"opt_level": self.opt_level, "workspace_gb": self.workspace_gb}
+        fields: dict[str, Any] = {"opt_level": self.opt_level, "workspace_gb": self.workspace_gb}
+        if self.refit:  # only when set: engines built before the option keep their keys
+            fields["refit"] = True
+        return fields
 
 
 def default_timing_cache(root: Path, features: trt_api.Features, target: str) -> Path:
@@ -124,6 +128,8 @@ def polygraphy_build(trt: Any, onnx_path: Path, shapes: Mapping[str, tuple], net
         config["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(options.workspace_gb * (1 << 30))}
     if timing_cache is not None:
         config["load_timing_cache"] = str(timing_cache)
+    if options.refit:
+        config["refittable"] = True
     network_kwargs = {"strongly_typed": True} if net_typing.strongly_typed else {}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     G_LOGGER.log_file = str(log_path)

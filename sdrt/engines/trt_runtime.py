@@ -170,6 +170,7 @@ class TensorRTEngine(Engine):
         self._graph = None
         self._warm = False
         self.graph_captures = 0
+        self.weights: dict[str, np.ndarray] = {}  # LoRA-merged initializers, refitted on load (trt_refit)
         if entry is not None:
             self._load(entry)
 
@@ -186,6 +187,10 @@ class TensorRTEngine(Engine):
         engine = s.runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise SdrtError(self._rebuild_hint(entry))
+        if self.weights:
+            from sdrt.engines.trt_refit import refit
+
+            refit(s.trt, engine, self.weights, entry.path.name)
         io = {}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)

@@ -39,13 +39,12 @@ DIFFUSERS_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder", "text_en
 #: (up suffix, down suffix) of each low-rank spelling
 PAIRS = ((".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"),
          (".lora.up.weight", ".lora.down.weight"))
-#: a key fragment -> the adapter kind it belongs to (refused)
-OTHER_KINDS = (("hada_w1", "LoHa"), ("lokr_w1", "LoKr"), ("lokr_w2", "LoKr"), ("dora_scale", "DoRA"),
-               ("lora_magnitude_vector", "DoRA"), ("lora_mid", "LoCon with a Tucker core (lora_mid)"),
-               ("oft_blocks", "OFT"), ("oft_diag", "OFT"), (".on_input", "IA3"), ("a1.weight", "GLoRA"),
-               (".diff", "full weight difference (diff)"), ("diff_b", "full weight difference (diff)"),
-               ("lora_embedding_A", "embedding LoRA"), (".lora_A.bias", "LoRA with biases"))
-
+#: a pattern in a key -> the adapter kind it belongs to (refused)
+OTHER_KINDS = ((r"\.hada_w[12]_[ab]", "LoHa"), (r"\.lokr_w[12]", "LoKr"), (r"\.dora_scale$", "DoRA"),
+               (r"lora_magnitude_vector", "DoRA"), (r"\.lora_mid\.", "LoCon with a Tucker core (lora_mid)"),
+               (r"\.oft_(blocks|diag)", "OFT"), (r"\.on_input$", "IA3"), (r"\.[ab][12]\.weight$", "GLoRA"),
+               (r"\.diff(_b)?$", "full weight difference (diff)"), (r"lora_embedding_[AB]", "embedding LoRA"),
+               (r"\.lora_[AB]\.bias$", "LoRA with biases"))
 
 @dataclass(frozen=True)
 class LoraLayer:
@@ -93,8 +92,8 @@ def _split(key: str) -> tuple[str, str, str] | None:
 
 def _refuse_other_kinds(path: Path, keys: list[str]) -> None:
     for key in keys:
-        for fragment, kind in OTHER_KINDS:
-            if fragment in key:
+        for pattern, kind in OTHER_KINDS:
+            if re.search(pattern, key):
                 raise SdrtError(f"{path.name} is a {kind} adapter (key {key}), not a LoRA: sdrt merges only "
                                 f"LoRA (lora_down/lora_up, lora_A/lora_B) files")
 
