@@ -229,7 +229,7 @@ class OrtCpuBackend(Backend):
         inline = [name for name in weights if name not in external]
         for name in inline:
             so.add_initializer(name, weights[name])  # ORT reads the buffer: the caller keeps it alive
-        disabled = ["NchwcTransformer"] if inline else None
+        extra = {"disabled_optimizers": ["NchwcTransformer"]} if inline else {}
         with contextlib.ExitStack() as stack:
             if self.optimized_model_cache is not None and not weights:  # the cache holds base weights only
                 cached, hit = self._cached_model(manifest, component, path)
@@ -244,7 +244,7 @@ class OrtCpuBackend(Backend):
                                                     cached.name + ".data")
             try:
                 return ort.InferenceSession(str(model), sess_options=so, providers=self.providers(component),
-                                            disabled_optimizers=disabled)
+                                            **extra)
             except Exception as e:  # onnxruntime raises its own pybind classes for bad files
                 raise SdrtError(f"{model} could not be loaded by onnxruntime ({_one_line(e)}): "
                                 f"export the model again with --force") from None
