@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -131,6 +132,9 @@ class OrtCpuBackend(Backend):
 
     name = "ort-cpu"
     providers_label = "cpu"
+    #: opset-23 Attention on the CPU materializes every [S, S] score matrix (the tiny preset at 256 px
+    #: fails under an 8 GB limit); com.microsoft.MultiHeadAttention does not (README, "memory")
+    default_rewrites: tuple[str, ...] = ("attention_to_mha",)
     options = {
         "intra_op_num_threads": "threads inside one operator (default: onnxruntime's, the physical cores)",
         "inter_op_num_threads": "threads across operators (parallel execution mode)",
@@ -141,7 +145,7 @@ class OrtCpuBackend(Backend):
         "optimized_model_cache": "folder for optimized graphs, written once and loaded later",
         "session_config": "extra session config entries (key -> value)",
         "log_severity_level": "onnxruntime's log level (default 3: errors)",
-        "graph_rewrites": "CPU graph rewrites by name (sdrt.engines.ort_tuning)",
+        "graph_rewrites": "CPU graph rewrites by name (sdrt.engines.ort_tuning; default: attention_to_mha, () for none)",
     }
 
     def __init__(self, *, intra_op_num_threads: int | None = None, inter_op_num_threads: int | None = None,
@@ -149,7 +153,7 @@ class OrtCpuBackend(Backend):
                  enable_mem_pattern: bool = True, enable_cpu_mem_arena: bool = True,
                  optimized_model_cache: str | os.PathLike | None = None,
                  session_config: Mapping[str, str] | None = None, log_severity_level: int = 3,
-                 graph_rewrites: tuple[str, ...] = ()):
+                 graph_rewrites: tuple[str, ...] | None = None):
         for label, value, table in (("graph_optimization_level", graph_optimization_level, OPT_LEVELS),
                                     ("execution_mode", execution_mode, EXECUTION_MODES)):
             if value not in table:
@@ -163,7 +167,10 @@ class OrtCpuBackend(Backend):
         self.optimized_model_cache = Path(optimized_model_cache) if optimized_model_cache else None
         self.session_config = dict(session_config or {})
         self.log_severity_level = log_severity_level
-        # CPU speed levers (sdrt.engines.ort_tuning): graphs rewritten once, cached under engines/
+        # CPU speed levers (sdrt.engines.ort_tuning): graphs rewritten once, cached under engines/.
+        # None: the backend's default (ort-cpu: attention_to_mha where the onnx package is installed)
+        if graph_rewrites is None:
+            graph_rewrites = self.default_rewrites if importlib.util.find_spec("onnx") is not None else ()
         self.graph_rewrites = tuple(graph_rewrites)
 
     @classmethod
@@ -280,6 +287,7 @@ class OrtCudaBackend(OrtCpuBackend):
 
     name = "ort-cuda"
     providers_label = "cuda"
+    default_rewrites: tuple[str, ...] = ()
     #: the component whose session may be captured as a CUDA graph (the one run once per step)
     GRAPHED = "unet"
     options = {
