@@ -226,7 +226,12 @@ class OrtCpuBackend(Backend):
         if self.graph_rewrites:
             from sdrt.engines.ort_tuning import rewritten_model
 
-            path = rewritten_model(path, self.graph_rewrites, manifest.folder / "engines" / self.name)
+            try:
+                path = rewritten_model(path, self.graph_rewrites, manifest.folder / "engines" / self.name)
+            except SdrtError:
+                raise
+            except Exception:  # an unreadable or missing graph: onnxruntime's load below says what is wrong
+                pass
         so = self.session_options()
         model = path
         weights = weights or {}
