@@ -3,7 +3,8 @@
 Each call takes the next free running number NNNNN (one more than the highest of the folder's
 `NNNNN-*.png` and of the reservations in flight) and reserves it by creating `.NNNNN.reserved`
 with O_CREAT | O_EXCL: of two processes that pick the same number at once, exactly one gets it and
-the other takes the next. The images are then written atomically (`sdrt.atomic`), and the
+the other takes the next; a number whose files appeared between the scan and the reservation (its
+writer already finished) is given back and the scan repeated. The images are then written atomically (`sdrt.atomic`), and the
 reservation is removed once they are all in place, or when the call fails.
 """
 
@@ -54,9 +55,13 @@ def reserved_number(folder: Path) -> Iterator[int]:
         marker = folder / RESERVATION.format(number)
         try:
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            break
         except FileExistsError:
-            continue  # another process took it a moment ago: the next scan sees its marker
+            continue  # another process holds it: the next scan sees its marker
+        # Another writer may have held this number, written its files and released it between our
+        # scan and our marker: its files are in place before its marker goes, so look again.
+        if not any(p.name.startswith(f"{number:05d}-") for p in folder.iterdir()):
+            break
+        marker.unlink(missing_ok=True)
     try:
         yield number
     finally:
