@@ -8,7 +8,10 @@ Export writes it; engines and the runtime read it (pure JSON, no torch). Schema 
                  "content_hash": "sha256:..."},
       "exporter": {"method": "dynamo" | "torchscript", "opset": int, "torch": str, "onnx": str,
                    "diffusers": str, "transformers": str},
-      "pipeline": {"class_name": str, "prediction_type": "epsilon" | "v_prediction" | "sample",
+      "pipeline": {"family": "sd" | "sdxl" | "sdxl-refiner",   # absent in older manifests: "sd"
+                   "variants": ["timestep_cond", "hidden_states"],  # see sdrt.spec; absent: none
+                   "dims": {"D1": int, "K1": int, ...},   # the family's own model symbols (sdrt.spec)
+                   "class_name": str, "prediction_type": "epsilon" | "v_prediction" | "sample",
                    "scaling_factor": float, "shift_factor": float | null, "vae_scale_factor": int,
                    "latent_channels": int, "unet_in_channels": int, "text_hidden_size": int,
                    "token_length": int, "sample_size": int, "inpainting": bool},
@@ -109,7 +112,9 @@ class Manifest:
             if key not in data:
                 raise SdrtError(f"{path} lacks the '{key}' section: export the model again with --force")
         manifest_schema.validate(data, path)
-        return cls(folder, data)
+        manifest = cls(folder, data)
+        manifest.spec  # an unknown family or variant is one line here, not a KeyError later
+        return manifest
 
     def verify(self) -> None:
         """Every component's file still has the sha256 export recorded (one line naming the first that differs)."""
@@ -127,6 +132,20 @@ class Manifest:
     def has(self, component: str) -> bool:
         return component in self.components
 
+    @property
+    def family(self) -> str:
+        """The model family (sdrt.spec.FAMILIES); manifests written before families existed are "sd"."""
+        return self.pipeline.get("family", "sd")
+
+    @property
+    def spec(self) -> spec.ModelSpec:
+        """The model's tensors, from its family and variants (what engines and the runtime derive from)."""
+        try:
+            return spec.model_spec(self.family, tuple(self.pipeline.get("variants", ())))
+        except KeyError as e:
+            raise SdrtError(f"{self.folder / MANIFEST_NAME}: {e.args[0]}: upgrade sdrt, or export the model "
+                            f"again with this version") from None
+
     def precision(self, component: str) -> str:
         return self.components[component]["precision"]
 
@@ -143,12 +162,12 @@ class Manifest:
 
     @property
     def values(self) -> dict[str, int]:
-        """The model's fixed shape symbols (C, Cin, S, D, f)."""
+        """The model's fixed shape symbols (C, Cin, S, D, f and the family's own, e.g. P, T)."""
         p = self.pipeline
         return spec.model_values(
             latent_channels=p["latent_channels"], unet_in_channels=p["unet_in_channels"],
             text_hidden_size=p["text_hidden_size"], vae_scale_factor=p["vae_scale_factor"],
-            token_length=p["token_length"],
+            token_length=p["token_length"], extra=p.get("dims") or {},
         )
 
     @property

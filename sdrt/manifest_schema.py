@@ -34,6 +34,9 @@ class PipelineFacts(_Section):
     sample_size: int = Field(ge=1)
     text_hidden_size: int = Field(ge=1)
     token_length: int = Field(ge=1)
+    family: str = "sd"  # sdrt.spec.FAMILIES; older manifests have none
+    variants: list[str] = Field(default_factory=list)
+    dims: dict[str, int] = Field(default_factory=dict)  # the family's own shape symbols
 
 
 class Component(_Section):

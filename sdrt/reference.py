@@ -46,7 +46,16 @@ MODE_CLASSES = {
     "img2img": "StableDiffusionImg2ImgPipeline",
     "inpaint": "StableDiffusionInpaintPipeline",
 }
-PIPELINE_MODULES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+#: the diffusers pipeline per mode of the other families (LCM: the manifest's class is LatentConsistency...)
+FAMILY_MODE_CLASSES = {
+    "sdxl": {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
+             "inpaint": "StableDiffusionXLInpaintPipeline"},
+    "lcm": {"txt2img": "LatentConsistencyModelPipeline", "img2img": "LatentConsistencyModelImg2ImgPipeline"},
+}
+PIPELINE_MODULES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_encoder_2", "tokenizer_2")
+#: optional modules and switches of the pipelines' constructors, all off (taken where a class has them)
+OPTIONAL_MODULES = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
+                    "image_encoder": None, "add_watermarker": False}
 
 
 class TorchReplay:
@@ -118,9 +127,14 @@ class Reference:
         import torch
 
         self.device = torch.device(device)
-        self.modules = {k: getattr(pipe, k) for k in PIPELINE_MODULES}
-        for k in ("vae", "text_encoder", "unet"):
-            self.modules[k].to(self.device)
+        self.modules = {k: getattr(pipe, k, None) for k in PIPELINE_MODULES}
+        for k in ("vae", "text_encoder", "text_encoder_2", "unet"):
+            if self.modules[k] is not None:
+                self.modules[k].to(self.device)
+        self.config = {k: pipe.config[k] for k in ("force_zeros_for_empty_prompt", "requires_aesthetics_score")
+                       if k in pipe.config}
+        name = type(pipe).__name__
+        self.family = "sdxl" if "XL" in name else "lcm" if "LatentConsistency" in name else "sd"
         self.folder = folder
         self.scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
 
@@ -138,21 +152,28 @@ class Reference:
     def _pipeline(self, mode: str, scheduler: Any) -> Any:
         import diffusers
 
-        cls = getattr(diffusers, MODE_CLASSES[mode])
+        import inspect
+
+        cls = getattr(diffusers, FAMILY_MODE_CLASSES.get(self.family, MODE_CLASSES)[mode])
+        accepted = inspect.signature(cls.__init__).parameters
         modules = {**self.modules, "scheduler": self.diffusers_scheduler(scheduler)}
-        pipe = cls(**modules, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        options = {**OPTIONAL_MODULES, **self.config, **modules}
+        pipe = cls(**{k: v for k, v in options.items() if k in accepted})
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     def __call__(self, prompt: Any, negative_prompt: Any = None, num_inference_steps: int = 50,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                  num_images_per_prompt: int = 1, seed: int = 0, latents: np.ndarray | None = None,
-                 scheduler: Any = None, image: Any = None, strength: float = 0.8, mask_image: Any = None,
-                 eta: float = 0.0) -> ReferenceOutput:
+                 scheduler: Any = None, image: Any = None, strength: float | None = None, mask_image: Any = None,
+                 eta: float = 0.0, output_type: str = "np", **extra: Any) -> ReferenceOutput:
+        """`extra`: the pipeline's own further arguments (prompt_2, original_size, guidance_rescale,
+        clip_skip, denoising_end, ...), passed through; an `image` given as latents [N, C, h, w] is
+        passed as a tensor (the refiner's hand-off)."""
         import torch
 
         mode = "inpaint" if mask_image is not None else "img2img" if image is not None else "txt2img"
-        if latents is not None and (mode == "img2img" or (mode == "inpaint" and strength < 1.0)):
+        if latents is not None and (mode == "img2img" or (mode == "inpaint" and (strength or 1.0) < 1.0)):
             raise SdrtError(f"{mode} at strength {strength}: diffusers cannot take injected latents here; "
                             f"pass seed= here and generator=TorchReplay(seed) to sdrt")
         pipe = self._pipeline(mode, scheduler)
@@ -161,12 +182,20 @@ class Reference:
         kwargs: dict[str, Any] = dict(
             prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt, eta=eta,
-            generator=torch.Generator().manual_seed(int(seed)), output_type="np",
+            generator=torch.Generator().manual_seed(int(seed)), output_type=output_type, **extra,
         )
-        if image is not None:
+        if self.family == "lcm":  # LCM pipelines take no negative prompt nor eta
+            kwargs.pop("negative_prompt")
+            kwargs.pop("eta")
+        if isinstance(image, np.ndarray) and image.ndim == 4:
+            kwargs["image"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+            if strength is not None:
+                kwargs["strength"] = strength
+        elif image is not None:
             pictures = imageio.load_images(image, "image")
             kwargs["image"] = pictures[0] if len(pictures) == 1 else pictures
-            kwargs["strength"] = strength
+            if strength is not None:
+                kwargs["strength"] = strength
             height = height or pictures[0].height
             width = width or pictures[0].width
         if mask_image is not None:
@@ -187,7 +216,8 @@ class Reference:
         def add_to(stage: str) -> Any:
             return lambda seconds: setattr(timings, stage, getattr(timings, stage) + seconds)
 
-        hooks = [(pipe.text_encoder, "forward", add_to("text_encoder")),
+        encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+        hooks = [*((e, "forward", add_to("text_encoder")) for e in encoders),
                  (pipe.unet, "forward", timings.unet_steps.append),
                  (pipe.vae, "decode", add_to("vae_decoder")),
                  (pipe.vae, "encode", add_to("vae_encoder"))]
@@ -204,7 +234,8 @@ class Reference:
                 if attr in obj.__dict__:
                     delattr(obj, attr)
         timings.host_steps = [b - a - u for a, b, u in zip(step_marks, step_marks[1:], timings.unet_steps[1:])]
-        return ReferenceOutput(np.asarray(out.images, dtype=np.float32), timings)
+        images = out.images.cpu().numpy() if hasattr(out.images, "cpu") else out.images
+        return ReferenceOutput(np.asarray(images, dtype=np.float32), timings)
 
 
 def load_reference(folder: str | os.PathLike | Manifest, device: str = "cpu", dtype: Any = None,

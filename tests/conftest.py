@@ -10,8 +10,12 @@ Fixtures (all session-scoped; each returns a `pathlib.Path`):
 ``tiny_onnx``          fp32 ONNX model folder exported from ``tiny_src`` (all four components)
 ``tiny_sd21_onnx``     fp32 ONNX model folder exported from ``tiny_sd21_src``
 ``tiny_inpaint_onnx``  fp32 ONNX model folder exported from ``tiny_inpaint_src``
-``onnx_export``        a function ``onnx_export(preset, precision="fp32", components=None) -> Path``
-                       for other variants (e.g. ``onnx_export("tiny", "fp16")``), cached likewise
+``tiny_sdxl_onnx``     fp32 ONNX model folder of ``tiny-sdxl`` (two text encoders, text_time UNet)
+``tiny_sdxl_refiner_onnx``  likewise, ``tiny-sdxl-refiner`` (text_encoder_2 only, aesthetic time ids)
+``tiny_lcm_onnx``      likewise, ``tiny-lcm`` (UNet with time_cond_proj_dim: ``timestep_cond``)
+``onnx_export``        a function ``onnx_export(preset, precision="fp32", components=None,
+                       hidden_states=False) -> Path`` for other variants (e.g.
+                       ``onnx_export("tiny", "fp16")``), cached likewise
 =====================  =======================================================================
 
 Treat the folders as read-only: they are shared by the whole session and, by default, cached
@@ -152,14 +156,16 @@ def preset_source(_model_cache: Path) -> Callable[[str], Path]:
 def onnx_export(_model_cache: Path, preset_source: Callable[[str], Path]) -> Callable[..., Path]:
     """(preset, precision, components) -> an ONNX model folder exported from the preset's folder."""
 
-    def export(name: str, precision: str = "fp32", components: tuple[str, ...] | None = None) -> Path:
+    def export(name: str, precision: str = "fp32", components: tuple[str, ...] | None = None,
+               hidden_states: bool = False) -> Path:
         from sdrt.export.exporter import export_model
 
         src = preset_source(name)
-        tag = "-".join(components) if components else "all"
+        tag = ("-".join(components) if components else "all") + ("-hidden" if hidden_states else "")
         folder = _model_cache / f"onnx-{name}-{precision}-{tag}-{_cache_key('onnx', name, precision, tag)}"
         return _cached(folder, "sdrt.json", lambda out: export_model(
-            str(src), out, precision=precision, components=components, log=lambda line: None))
+            str(src), out, precision=precision, components=components, hidden_states=hidden_states,
+            log=lambda line: None))
 
     return export
 
@@ -192,3 +198,18 @@ def tiny_sd21_onnx(onnx_export: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_inpaint_onnx(onnx_export: Callable[..., Path]) -> Path:
     return onnx_export("tiny-inpaint")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_onnx(onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export("tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refiner_onnx(onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export("tiny-sdxl-refiner")
+
+
+@pytest.fixture(scope="session")
+def tiny_lcm_onnx(onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export("tiny-lcm")

@@ -52,15 +52,17 @@ class Engine(abc.ABC):
     component: str
     precision: str
 
-    def __init__(self, component: str, model_values: Mapping[str, int], precision: str):
+    def __init__(self, component: str, model_values: Mapping[str, int], precision: str,
+                 component_spec: spec.ComponentSpec | None = None):
         self.component = component
-        self.spec = spec.component(component)
+        # the model's own spec (its family's tensors); by name, the sd family's
+        self.spec = component_spec or spec.component(component)
         self.model_values = dict(model_values)
         self.precision = precision
         self.dims: dict[str, int] | None = None
 
     def shapes_for(self, dims: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
-        return spec.shapes(self.component, {**self.model_values, **dims})
+        return spec.shapes(self.spec, {**self.model_values, **dims})
 
     def dtype(self, tensor: str) -> np.dtype:
         return np.dtype(spec.dtype_of(self.spec.tensor(tensor), self.precision))

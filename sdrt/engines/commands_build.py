@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--max-batch", type=int, help="most images per call (dynamic batch)")
     size.add_argument("--no-guidance", action="store_true",
                       help="build for guidance_scale <= 1 (UNet batch not doubled for classifier-free guidance)")
-    parser.add_argument("--components", nargs="+", choices=spec.COMPONENT_NAMES, metavar="NAME",
-                        help=f"components to build (default: all exported; {', '.join(spec.COMPONENT_NAMES)})")
+    parser.add_argument("--components", nargs="+", choices=spec.ALL_COMPONENT_NAMES, metavar="NAME",
+                        help=f"components to build (default: all exported; {', '.join(spec.ALL_COMPONENT_NAMES)})")
     parser.add_argument("--opt-level", type=int, choices=range(6), metavar="0-5",
                         help="builder optimization level (TensorRT's default: 3)")
     parser.add_argument("--workspace-gb", type=float, help="cap on the builder's workspace memory, in GiB")
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.manifest import Manifest
 
     manifest = Manifest.load(args.model)
-    components = args.components or [c for c in spec.COMPONENT_NAMES if manifest.has(c)]
+    components = args.components or [c for c in manifest.spec.component_names if manifest.has(c)]
     for name in components:
         manifest.onnx_path(name)  # one-line error for a component the folder lacks
     if args.workspace_gb is not None and args.workspace_gb <= 0:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch, height=args.height, width=args.width, min_size=args.min_size,
         max_size=args.max_size, max_batch=args.max_batch, guidance=not args.no_guidance)
     for name in components:  # every profile checked before the first (long) build starts
-        trt_profiles.dim_range(name, request, manifest.sizes, manifest.default_image_size)
+        trt_profiles.dim_range(manifest.spec.component(name), request, manifest.sizes, manifest.default_image_size)
 
     probe = trt_api.flavor(args.backend)
     try:

@@ -59,8 +59,9 @@ class OrtEngine(Engine):
 
     def __init__(self, session, component: str, model_values: Mapping[str, int], precision: str,
                  *, device: str = "cpu", device_id: int = 0, cuda_graph: bool = False,
-                 to_host: cuda_driver.DeviceToHost | None = None):
-        super().__init__(component, model_values, precision)
+                 to_host: cuda_driver.DeviceToHost | None = None,
+                 component_spec: spec.ComponentSpec | None = None):
+        super().__init__(component, model_values, precision, component_spec)
         self.session = session
         self.device = device
         self.device_id = device_id
@@ -84,7 +85,7 @@ class OrtEngine(Engine):
             raise SdrtError(f"{self.component}: the CUDA graph was captured for {self.dims}; it cannot run "
                             f"{dims}: create the backend again, or turn cuda_graph off")
         ort = _import_ort()
-        shapes = spec.shapes(self.component, {**self.model_values, **dims}, include_optional=True)
+        shapes = spec.shapes(self.spec, {**self.model_values, **dims}, include_optional=True)
         names = list(self.spec.input_names) + [n for n in self.spec.output_names if n in self._outputs]
         self._host, self._values = {}, {}
         binding = self.session.io_binding()
@@ -267,13 +268,14 @@ class OrtCpuBackend(Backend):
         weights = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cpu", 0)
                    for name, array in (overrides or {}).items()}
         session = self.create_session(manifest, component, weights, external)
-        spec_inputs = set(spec.component(component).input_names)
+        component_spec = manifest.spec.component(component)
+        spec_inputs = set(component_spec.input_names)
         got = {i.name for i in session.get_inputs()}
         if got != spec_inputs:
             raise SdrtError(f"{manifest.onnx_path(component)} has inputs {sorted(got)}, expected "
                             f"{sorted(spec_inputs)}: export the model again with sdrt")
         engine = OrtEngine(session, component, manifest.values, manifest.precision(component),
-                           **self.engine_kwargs(component))
+                           component_spec=component_spec, **self.engine_kwargs(component))
         engine.weights = (weights, dict(overrides or {}))  # alive as long as the session
         return engine
 

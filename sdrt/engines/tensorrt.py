@@ -159,6 +159,7 @@ class TensorRTBackend(Backend):
             return self._build_for(manifest, component, dims)
 
         return TensorRTEngine(component, manifest.values, manifest.precision(component), session=s, find=find,
+                              component_spec=manifest.spec.component(component),
                               cuda_graph=self.cuda_graph and component == "unet", entry=initial)
 
     def reweight(self, manifest, component: str, engine: TensorRTEngine, overrides, restore,

@@ -156,7 +156,8 @@ def build_component(manifest: Any, component: str, flavor_name: str, request: tr
     builder = builder or polygraphy_build
     onnx_path = manifest.onnx_path(component)
     root = trt_cache.store_root(manifest.folder, flavor_name)
-    rng = trt_profiles.dim_range(component, request, manifest.sizes, manifest.default_image_size)
+    component_spec = manifest.spec.component(component)
+    rng = trt_profiles.dim_range(component_spec, request, manifest.sizes, manifest.default_image_size)
     onnx_hash = trt_cache.onnx_content_hash(onnx_path.parent, root.parent / trt_cache.HASH_MEMO)
     precision = manifest.precision(component)
     ident = trt_cache.identity(component, onnx_hash, features.library, target, precision)
@@ -171,7 +172,7 @@ def build_component(manifest: Any, component: str, flavor_name: str, request: tr
     timing = None
     if features.timing_cache:
         timing = options.timing_cache or default_timing_cache(root, features, target)
-    shapes = trt_profiles.input_shapes(component, manifest.values, rng)
+    shapes = trt_profiles.input_shapes(component_spec, manifest.values, rng)
     log(f"{component}: building {trt_api.FLAVORS[flavor_name].label} engine, {precision}, "
         f"{'strongly typed' if net_typing.strongly_typed else 'FP16 flag' if net_typing.fp16_flag else 'fp32'}, "
         f"{described}...")

@@ -3,7 +3,9 @@
 A profile is a range of the dynamic symbols (``B``, ``h``, ``w``): ``min``/``opt``/``max`` dicts. It
 is static by default (min = opt = max: the requested batch and size), dynamic on request
 (``--min-size/--max-size/--max-batch``, ``opt`` at the requested size). Tensor shapes come from
-`sdrt.spec`, never spelled here. Sizes are checked against the model's size rule (the manifest).
+`sdrt.spec`, never spelled here: pass the model's own ComponentSpec (``manifest.spec.component(name)``)
+so a family's extra inputs (SDXL's ``text_embeds`` / ``time_ids``, LCM's ``timestep_cond``) get their
+profile; a bare name means the ``sd`` family. Sizes are checked against the model's size rule.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from sdrt.manifest import SizeRule
 #: of 0 means "from a batch of 1": the text encoder sees one row per prompt (not per image) and the
 #: VAE encoder one per init image, so either may be smaller than the number of images.
 BATCH_PER_IMAGE: dict[bool, dict[str, tuple[int, int]]] = {
-    True: {"text_encoder": (0, 2), "unet": (2, 2), "vae_decoder": (1, 1), "vae_encoder": (0, 1)},
-    False: {"text_encoder": (0, 1), "unet": (1, 1), "vae_decoder": (1, 1), "vae_encoder": (0, 1)},
+    True: {"text_encoder": (0, 2), "text_encoder_2": (0, 2), "unet": (2, 2), "vae_decoder": (1, 1),
+           "vae_encoder": (0, 1)},
+    False: {"text_encoder": (0, 1), "text_encoder_2": (0, 1), "unet": (1, 1), "vae_decoder": (1, 1),
+            "vae_encoder": (0, 1)},
 }
 
 Dims = dict[str, int]
@@ -78,7 +82,7 @@ class DimRange:
         return all(self.min[s] <= int(dims[s]) <= self.max[s] for s in self.min)
 
 
-def used_symbols(component: str) -> tuple[str, ...]:
+def used_symbols(component: spec.ComponentRef) -> tuple[str, ...]:
     """The dynamic symbols a component's tensors use, in spec order (text encoder: only B)."""
     found: list[str] = []
     for t in spec.component(component).tensors:
@@ -123,11 +127,12 @@ def batch_range(request: ProfileRequest) -> tuple[int, int, int]:
     return 1, request.batch, request.max_batch
 
 
-def dim_range(component: str, request: ProfileRequest, rule: SizeRule, default_size: int) -> DimRange:
+def dim_range(component: spec.ComponentRef, request: ProfileRequest, rule: SizeRule,
+              default_size: int) -> DimRange:
     """The profile of one component for a build request."""
     (h0, w0), (h1, w1), (h2, w2) = image_range(request, rule, default_size)
     n0, n1, n2 = batch_range(request)
-    lo_factor, hi_factor = batch_factors(component, request.guidance)
+    lo_factor, hi_factor = batch_factors(spec.component(component).name, request.guidance)
     f = rule.vae_scale_factor
     full = {
         "min": {"B": max(1, lo_factor * n0), "h": h0 // f, "w": w0 // f},
@@ -138,7 +143,7 @@ def dim_range(component: str, request: ProfileRequest, rule: SizeRule, default_s
     return DimRange(*({s: full[k][s] for s in keep} for k in ("min", "opt", "max")))
 
 
-def input_shapes(component: str, model_values: Mapping[str, int],
+def input_shapes(component: spec.ComponentRef, model_values: Mapping[str, int],
                  rng: DimRange) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """(min, opt, max) shape of every input tensor: what the builder's profile gets."""
     comp = spec.component(component)
@@ -146,14 +151,15 @@ def input_shapes(component: str, model_values: Mapping[str, int],
     return {name: (per_key[0][name], per_key[1][name], per_key[2][name]) for name in comp.input_names}
 
 
-def max_shapes(component: str, model_values: Mapping[str, int], rng: DimRange,
+def max_shapes(component: spec.ComponentRef, model_values: Mapping[str, int], rng: DimRange,
                include_optional: bool = True) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape at the profile's max: what its device buffer is sized for."""
     return spec.shapes(component, {**model_values, **rng.max}, include_optional=include_optional)
 
 
-def describe(component: str, rng: DimRange, vae_scale_factor: int, guidance: bool = True) -> str:
+def describe(component: spec.ComponentRef, rng: DimRange, vae_scale_factor: int, guidance: bool = True) -> str:
     """A range in the user's units: 'batch 1 image(s), 512x512 px' or '... 256x256 .. 768x768 px'."""
+    component = spec.component(component).name
     _, per_image = batch_factors(component, guidance)
     parts = []
     b0, b1 = rng.min["B"], rng.max["B"]
@@ -166,10 +172,10 @@ def describe(component: str, rng: DimRange, vae_scale_factor: int, guidance: boo
     return ", ".join(parts)
 
 
-def request_for(component: str, dims: Mapping[str, int], vae_scale_factor: int,
+def request_for(component: spec.ComponentRef, dims: Mapping[str, int], vae_scale_factor: int,
                 guidance: bool = True) -> ProfileRequest:
     """The smallest static build request whose profile covers these engine dims."""
-    _, per_image = batch_factors(component, guidance)
+    _, per_image = batch_factors(spec.component(component).name, guidance)
     images = max(1, -(-int(dims["B"]) // per_image))
     f = vae_scale_factor
     height = int(dims["h"]) * f if "h" in dims else None

@@ -154,9 +154,9 @@ class TensorRTEngine(Engine):
 
     def __init__(self, component: str, model_values: Mapping[str, int], precision: str, *,
                  session: Session, find: Callable[[Mapping[str, int]], Entry], cuda_graph: bool = False,
-                 entry: Entry | None = None):
+                 entry: Entry | None = None, component_spec: spec.ComponentSpec | None = None):
         """``entry``: the engine to deserialize now (fail at load); else the first `prepare` finds one."""
-        super().__init__(component, model_values, precision)
+        super().__init__(component, model_values, precision, component_spec)
         self.session = session
         self.find = find
         self.cuda_graph = cuda_graph
@@ -205,7 +205,7 @@ class TensorRTEngine(Engine):
         context = trt_api.create_context(s.trt, engine, s.features, shared)
         if shared:
             s.shared.attach(context, trt_api.device_memory_size(engine, s.features), on_move=self._drop_graph)
-        max_shapes = {k: v for k, v in spec.shapes(self.component, {**self.model_values, **entry.profile.max},
+        max_shapes = {k: v for k, v in spec.shapes(self.spec, {**self.model_values, **entry.profile.max},
                                                    include_optional=True).items() if k in io}
         sizes = trt_buffers.plan(max_shapes, {k: io[k][1] for k in max_shapes})
         for name, nbytes in sizes.items():
@@ -217,12 +217,12 @@ class TensorRTEngine(Engine):
         s.log(f"loaded {self.component} engine {entry.path.name}")
 
     def prepare(self, dims: Mapping[str, int]) -> None:
-        dims = {s: int(dims[s]) for s in used_symbols(self.component)}
+        dims = {s: int(dims[s]) for s in used_symbols(self.spec)}
         if self.dims == dims:
             return
         if self.entry is None or not self.entry.profile.covers(dims):
             self._load(self.find(dims))
-        shapes = spec.shapes(self.component, {**self.model_values, **dims}, include_optional=True)
+        shapes = spec.shapes(self.spec, {**self.model_values, **dims}, include_optional=True)
         for name in self.spec.input_names:
             if not self._context.set_input_shape(name, shapes[name]):
                 raise SdrtError(f"TensorRT refused shape {shapes[name]} for the {self.component} input {name} "

@@ -12,6 +12,7 @@ element-wise ratio explodes near zero).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,48 +42,81 @@ def ort_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def compare(component: str, session: Any, reference: torch.nn.Module, dims: Mapping[str, int], *,
-            precision: str, vocab_size: int, seed: int) -> dict[str, Any]:
-    """Errors of one call at one shape: {"dims", "max_abs_error", "max_rel_error"}."""
-    inputs = example_inputs(component, dims, vocab_size=vocab_size, seed=seed, dtype=torch_dtype(precision))
-    feeds = {name: value.numpy() for name, value in inputs.items()}
-    graph_outputs = [o.name for o in session.get_outputs()]
-    got = dict(zip(graph_outputs, session.run(graph_outputs, feeds)))
+@dataclass
+class Case:
+    """One shape of the check: the inputs and PyTorch's fp32 answer, kept as numpy arrays so the
+    module can be freed before ONNX Runtime loads the graph."""
+
+    dims: dict[str, int]
+    feeds: dict[str, np.ndarray]
+    want: list[np.ndarray]
+
+
+def torch_case(component: spec.ComponentRef, reference: torch.nn.Module, dims: Mapping[str, int], *,
+               precision: str, vocab_size: int, seed: int) -> Case:
+    """Random inputs at one shape and the PyTorch module's outputs for them (ValueError: PyTorch refuses)."""
+    comp = spec.component(component)
+    inputs = example_inputs(comp, dims, vocab_size=vocab_size, seed=seed, dtype=torch_dtype(precision))
     with torch.no_grad():
         # Same values, fp32 compute: fp16 input rounding is not counted as error.
         want = reference(*(v.float() if v.is_floating_point() else v for v in inputs.values()))
     want = want if isinstance(want, tuple) else (want,)
+    return Case({k: int(dims[k]) for k in ("B", "h", "w")}, {name: value.numpy() for name, value in inputs.items()},
+                [w.float().numpy() for w in want])
+
+
+def judge(component: spec.ComponentRef, session: Any, case: Case) -> dict[str, Any]:
+    """Errors of the graph on one case: {"dims", "max_abs_error", "max_rel_error"}."""
+    comp = spec.component(component)
+    graph_outputs = [o.name for o in session.get_outputs()]
+    got = dict(zip(graph_outputs, session.run(graph_outputs, case.feeds)))
     max_abs = max_rel = 0.0
-    for name, expected in zip(spec.component(component).output_names, want):
+    for name, expected in zip(comp.output_names, case.want):
         if name not in got:
             continue
-        expected = expected.numpy().astype(np.float64)
+        expected = expected.astype(np.float64)
         actual = got[name].astype(np.float64)
         if actual.shape != expected.shape:
-            raise SdrtError(f"{component} export check failed: output {name} has shape {actual.shape}, "
-                            f"PyTorch gives {expected.shape} at {_describe(dims)}")
+            raise SdrtError(f"{comp.name} export check failed: output {name} has shape {actual.shape}, "
+                            f"PyTorch gives {expected.shape} at {_describe(case.dims)}")
         err = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
         err = err if np.isfinite(err) else float("inf")
         scale = float(np.max(np.abs(expected))) or 1.0
         max_abs, max_rel = max(max_abs, err), max(max_rel, err / scale)
-    return {"dims": {k: int(dims[k]) for k in ("B", "h", "w")}, "max_abs_error": max_abs, "max_rel_error": max_rel}
+    return {"dims": dict(case.dims), "max_abs_error": max_abs, "max_rel_error": max_rel}
 
 
-def check_component(component: str, module: Any, path: Path, model_values: Mapping[str, int],
-                    shapes: list[dict[str, int]], *, precision: str, vocab_size: int) -> dict[str, Any]:
-    """Check one exported graph at several shapes; raise a one-line error above the threshold."""
+def compare(component: spec.ComponentRef, session: Any, reference: torch.nn.Module, dims: Mapping[str, int], *,
+            precision: str, vocab_size: int, seed: int) -> dict[str, Any]:
+    """Errors of one call at one shape: {"dims", "max_abs_error", "max_rel_error"}."""
+    return judge(component, session, torch_case(component, reference, dims, precision=precision,
+                                                vocab_size=vocab_size, seed=seed))
+
+
+def reference_cases(component: spec.ComponentRef, module: Any, model_values: Mapping[str, int],
+                    shapes: list[dict[str, int]], *, precision: str, vocab_size: int,
+                    model: spec.ModelSpec = spec.SD) -> list[Case]:
+    """The PyTorch side of the check at every shape (run it, then free the module, then `judge_cases`)."""
+    comp = model.component(component) if isinstance(component, str) else component
+    reference = wrap(comp, module, model)
+    return [torch_case(comp, reference, {**model_values, **shape}, precision=precision, vocab_size=vocab_size,
+                       seed=1000 + i) for i, shape in enumerate(shapes)]
+
+
+def judge_cases(component: spec.ComponentRef, path: Path, cases: list[Case], *, precision: str) -> dict[str, Any]:
+    """The ONNX Runtime side: every case within the threshold, or a one-line error."""
+    comp = spec.component(component)
     session = ort_session(path)
-    reference = wrap(component, module)
     threshold = THRESHOLDS[precision]
     results = []
-    for i, shape in enumerate(shapes):
-        result = compare(component, session, reference, {**model_values, **shape}, precision=precision,
-                         vocab_size=vocab_size, seed=1000 + i)
+    for case in cases:
+        result = judge(comp, session, case)
         if not result["max_rel_error"] <= threshold:
-            raise SdrtError(f"{component} export check failed: max relative error {result['max_rel_error']:.3g} "
-                            f"(max abs {result['max_abs_error']:.3g}) > {threshold:g} at {_describe(shape)} "
+            raise SdrtError(f"{comp.name} export check failed: max relative error {result['max_rel_error']:.3g} "
+                            f"(max abs {result['max_abs_error']:.3g}) > {threshold:g} at {_describe(case.dims)} "
                             f"against PyTorch: the exported graph is wrong, nothing was written")
         results.append(result)
+    del session
     return {
         "passed": True,
         "max_abs_error": max(r["max_abs_error"] for r in results),
@@ -92,15 +126,29 @@ def check_component(component: str, module: Any, path: Path, model_values: Mappi
     }
 
 
-def check_dims(component: str, trace: Mapping[str, int], size_rule: Mapping[str, int]) -> list[dict[str, int]]:
+def check_component(component: spec.ComponentRef, module: Any, path: Path, model_values: Mapping[str, int],
+                    shapes: list[dict[str, int]], *, precision: str, vocab_size: int,
+                    model: spec.ModelSpec = spec.SD) -> dict[str, Any]:
+    """Check one exported graph at several shapes; raise a one-line error above the threshold."""
+    cases = reference_cases(component, module, model_values, shapes, precision=precision, vocab_size=vocab_size,
+                            model=model)
+    return judge_cases(model.component(component) if isinstance(component, str) else component, path, cases,
+                       precision=precision)
+
+
+def check_dims(component: spec.ComponentRef, trace: Mapping[str, int], size_rule: Mapping[str, int]) -> list[dict[str, int]]:
     """Two shapes off the trace: batch 1 and 3 (the trace uses 2), non-square latent sizes that
     the size rule admits but the trace did not use (odd ones where the rule allows)."""
     m, low = size_rule["latent_multiple"], size_rule["min_latent"]
     h, w = trace["h"], trace["w"]
-    if component == "text_encoder":  # only the batch varies
+    if "h" not in _dynamic_symbols(component):  # text encoders: only the batch varies
         return [{"B": 1, "h": h, "w": w}, {"B": 3, "h": h, "w": w}]
     return [{"B": 1, "h": max(3 * m, low), "w": max(5 * m, low)},
             {"B": 3, "h": max(h // 2 // m * m + m, low), "w": max(w // 3 // m * m + 2 * m, low)}]
+
+
+def _dynamic_symbols(component: spec.ComponentRef) -> set[str]:
+    return {s for t in spec.component(component).tensors for d in t.shape for s in spec.symbols_of(d)}
 
 
 def _describe(dims: Mapping[str, int]) -> str:

@@ -21,8 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"ONNX opset (default {DEFAULT_OPSET}; dynamo 18-23, torchscript 14-20)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
                         help="graph precision; with fp16 the VAE stays fp32 when its config says force_upcast")
-    parser.add_argument("--components", nargs="+", metavar="NAME", choices=spec.COMPONENT_NAMES,
-                        help=f"export only these ({', '.join(spec.COMPONENT_NAMES)}); default all")
+    parser.add_argument("--components", nargs="+", metavar="NAME", choices=spec.ALL_COMPONENT_NAMES,
+                        help=f"export only these ({', '.join(spec.ALL_COMPONENT_NAMES)}); default all the model has")
+    parser.add_argument("--hidden-states", action="store_true",
+                        help="SD 1.x/2.x: also export the text encoder's layer stack, for clip_skip "
+                             "(SDXL exports always have it)")
     parser.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
                         help="torch's dynamo exporter (default) or the older TorchScript one (opset <= 20)")
     parser.add_argument("--force", action="store_true", help="replace DIR if it exists (only once all passed)")
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     export_model(args.model, args.out, opset=args.opset, precision=args.precision, components=args.components,
-                 force=args.force, exporter=args.exporter, log=log)
+                 force=args.force, exporter=args.exporter, hidden_states=args.hidden_states, log=log)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import gc
 import json
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ PRECISIONS = ("fp32", "fp16")
 #: for both halves of the VAE, as diffusers does before encoding and decoding.
 FP16_KEEP_FP32_IF: dict[str, str | None] = {
     "text_encoder": None,
+    "text_encoder_2": None,
     "unet": None,
     "vae_decoder": "force_upcast",
     "vae_encoder": "force_upcast",
@@ -38,69 +40,92 @@ FP16_KEEP_FP32_IF: dict[str, str | None] = {
 
 def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSET, precision: str = "fp32",
                  components: Sequence[str] | None = None, force: bool = False, exporter: str = "dynamo",
-                 log: Callable[[str], None] = print) -> Path:
-    """Export `model` (a diffusers folder or a preset name) into the ONNX model folder `out`."""
+                 hidden_states: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Export `model` (a diffusers folder or a preset name) into the ONNX model folder `out`.
+
+    `hidden_states`: SD 1.x/2.x text encoders also give their layer stack (what `clip_skip` needs;
+    SDXL exports always have it)."""
     out = Path(out)
-    components = list(components or spec.COMPONENT_NAMES)
 
     # 1. Arguments: everything that can be wrong without loading a model fails here.
     trace.check_opset(exporter, opset)
     if precision not in PRECISIONS:
         raise SdrtError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    unknown = [c for c in components if c not in spec.COMPONENT_NAMES]
+    unknown = [c for c in components or () if c not in spec.ALL_COMPONENT_NAMES]
     if unknown:
-        raise SdrtError(f"unknown component {unknown[0]!r}: choose from {', '.join(spec.COMPONENT_NAMES)}")
-    components = [c for c in spec.COMPONENT_NAMES if c in components]  # spec order: unet before the VAE
+        raise SdrtError(f"unknown component {unknown[0]!r}: choose from {', '.join(spec.ALL_COMPONENT_NAMES)}")
     staging.check_target(out, force)
     source.resolve(model)
 
-    # 2. The source, in fp32.
+    # 2. The source, in fp32, and the model spec its family and variants give.
     started = time.perf_counter()
     src = source.load(model)
-    pipeline = pipeline_facts(src)
+    pipeline = pipeline_facts(src, hidden_states=hidden_states)
+    model_spec = spec.model_spec(pipeline["family"], pipeline["variants"])
+    absent = [c for c in components or () if not model_spec.has(c)]
+    if absent:
+        raise SdrtError(f"a {pipeline['family']} model has no {absent[0]} (its components: "
+                        f"{', '.join(model_spec.component_names)}): drop it from --components")
+    components = [c for c in model_spec.component_names if c in (components or model_spec.component_names)]
     values = spec.model_values(latent_channels=pipeline["latent_channels"],
                                unet_in_channels=pipeline["unet_in_channels"],
                                text_hidden_size=pipeline["text_hidden_size"],
                                vae_scale_factor=pipeline["vae_scale_factor"],
-                               token_length=pipeline["token_length"])
-    vocab_size = int(src.text_encoder.config.vocab_size)
-    log(f"loaded {src.kind} {src.name} ({src.class_name}) in {time.perf_counter() - started:.1f} s")
+                               token_length=pipeline["token_length"], extra=pipeline["dims"])
+    vocab_size = src.vocab_size
+    log(f"loaded {src.kind} {src.name} ({src.class_name}) in {time.perf_counter() - started:.1f} s; "
+        f"model family {pipeline['family']}" + (f" ({', '.join(pipeline['variants'])})" if pipeline["variants"] else ""))
 
     # The trace shape: batch 2, the model's latent size, non-square (every check shape differs).
     multiple = sizes.architectural_multiple(src.unet)
     h = max(pipeline["sample_size"] // multiple, 2) * multiple
     trace_dims = {**values, "B": 2, "h": h, "w": max(h * 3 // 4 // multiple, 1) * multiple}
+    num_upsamplers = int(src.unet.num_upsamplers)
 
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
         size_rule = sizes.unprobed(src.unet, pipeline["sample_size"])
         entries: dict[str, dict[str, Any]] = {}
-        for component in components:
+        for index, component in enumerate(components):
+            comp = model_spec.component(component)
             # 3. Trace.
             started = time.perf_counter()
-            module = getattr(src, GRAPHS[component][0])
+            attribute = GRAPHS[component][0]
+            module = getattr(src, attribute)
             component_precision, note = precision_policy(component, precision, module)
             path = tmp / component / "model.onnx"
             path.parent.mkdir()
             graph_module = copy.deepcopy(module).half() if component_precision == "fp16" else module
-            example = example_inputs(component, trace_dims, vocab_size=vocab_size, seed=0,
+            example = example_inputs(comp, trace_dims, vocab_size=vocab_size, seed=0,
                                      dtype=check.torch_dtype(component_precision))
-            trace.export_graph(wrap(component, graph_module), component, example, path, opset=opset,
-                               exporter=exporter, precision=component_precision)
+            trace.export_graph(wrap(comp, graph_module, model_spec), component, example, path, opset=opset,
+                               exporter=exporter, precision=component_precision, model=model_spec)
             mapped = (weight_map.write(graph_module, f"{GRAPHS[component][0]}.", path)
                       if component in weight_map.COMPONENTS else None)
             del graph_module, example
             exported_s = time.perf_counter() - started
 
-            # 4. Sizes (UNet): which latent sizes the graph really supports.
+            # 4. The PyTorch side of the checks first (UNet: the size probe too), then the module is
+            # freed when no later component needs it, then ONNX Runtime judges the graph: a large
+            # UNet and its check session are never in memory together.
             started = time.perf_counter()
+            probe_cases = None
             if component == "unet":
-                size_rule = sizes.probe(src.unet, path, values, precision=component_precision,
-                                        vocab_size=vocab_size, sample_size=pipeline["sample_size"])
-            # 5. Check against PyTorch at shapes off the trace.
-            shapes = check.check_dims(component, trace_dims, size_rule)
-            result = check.check_component(component, module, path, values, shapes,
-                                           precision=component_precision, vocab_size=vocab_size)
+                probe_cases = sizes.probe_cases(module, values, precision=component_precision,
+                                                vocab_size=vocab_size, model=model_spec)
+            shapes = check.check_dims(comp, trace_dims, size_rule)  # UNet: the architecture's rule
+            cases = check.reference_cases(comp, module, values, shapes, precision=component_precision,
+                                          vocab_size=vocab_size, model=model_spec)
             save_config(module, path.parent)
+            del module
+            if not any(GRAPHS[later][0] == attribute for later in components[index + 1:]):
+                setattr(src, attribute, None)
+                gc.collect()
+            # 5. Sizes (UNet): which latent sizes the graph really supports; then the check.
+            if probe_cases is not None:
+                size_rule = sizes.probe_rule(probe_cases, path, num_upsamplers, precision=component_precision,
+                                             sample_size=pipeline["sample_size"], model=model_spec)
+            result = check.judge_cases(comp, path, cases, precision=component_precision)
+            del cases, probe_cases
             data = path.with_name(path.name + ".data")
             entries[component] = {
                 "file": f"{component}/model.onnx",
@@ -120,7 +145,8 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         # 6. The rest of the folder.
         from sdrt.export.tokenizer_files import write_tokenizer
 
-        write_tokenizer(src.tokenizer, tmp / "tokenizer")
+        for folder in source.FAMILY_TOKENIZERS[pipeline["family"]]:
+            write_tokenizer(getattr(src, folder), tmp / folder)
         (tmp / "scheduler").mkdir()
         write_json(tmp / "scheduler" / "scheduler_config.json", src.scheduler_config)
         write_json(tmp / "model_index.json", src.model_index)
@@ -140,17 +166,35 @@ def precision_policy(component: str, precision: str, module: Any) -> tuple[str, 
     return "fp16", "fp16 as asked (--precision fp16); the check compares it with the fp32 PyTorch module"
 
 
-def pipeline_facts(src: source.Source) -> dict[str, Any]:
+def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str, Any]:
     """What the runtime needs to know about the model, read from its configs (never assumed)."""
-    unet, vae, text = src.unet.config, src.vae.config, src.text_encoder.config
+    unet, vae = src.unet.config, src.vae.config
+    family = src.family
     latent_channels = int(vae.latent_channels)
-    if int(unet.cross_attention_dim) != int(text.hidden_size):
+    encoders = [e for e in (src.text_encoder, src.text_encoder_2) if e is not None]
+    width = sum(int(e.config.hidden_size) for e in encoders)
+    names = " + ".join(f"{n}'s {int(e.config.hidden_size)}" for n, e in
+                       (("text_encoder", src.text_encoder), ("text_encoder_2", src.text_encoder_2)) if e is not None)
+    if int(unet.cross_attention_dim) != width:
         raise SdrtError(f"the UNet's cross_attention_dim {unet.cross_attention_dim} differs from the text "
-                        f"encoder's hidden_size {text.hidden_size}: the pipeline's components do not match")
+                        f"encoders' hidden size ({names}): the pipeline's components do not match")
     if int(unet.out_channels) != latent_channels:
         raise SdrtError(f"the UNet predicts {unet.out_channels} channels but the VAE has {latent_channels} "
                         f"latent channels: the pipeline's components do not match")
-    return {
+    variants = [v for v, on in (("timestep_cond", unet.get("time_cond_proj_dim") is not None),
+                                ("hidden_states", hidden_states and family == "sd")) if on]
+    dims: dict[str, int] = {}
+    if src.text_encoder is not None and (family != "sd" or hidden_states):
+        dims["K1"] = int(src.text_encoder.config.num_hidden_layers)
+    if family != "sd":
+        dims.update(sdxl_dims(src, family))
+    if unet.get("time_cond_proj_dim") is not None:
+        dims["G"] = int(unet.time_cond_proj_dim)
+    index = src.model_index
+    facts = {
+        "family": family,
+        "variants": variants,
+        "dims": dims,
         "class_name": src.class_name,
         "prediction_type": src.scheduler_config.get("prediction_type", "epsilon"),
         "scaling_factor": float(vae.scaling_factor),
@@ -158,7 +202,7 @@ def pipeline_facts(src: source.Source) -> dict[str, Any]:
         "vae_scale_factor": 2 ** (len(vae.block_out_channels) - 1),
         "latent_channels": latent_channels,
         "unet_in_channels": int(unet.in_channels),
-        "text_hidden_size": int(text.hidden_size),
+        "text_hidden_size": int(unet.cross_attention_dim),
         "token_length": spec.TOKEN_LENGTH,
         "sample_size": int(unet.sample_size),
         "inpainting": int(unet.in_channels) == 2 * latent_channels + 1,
@@ -167,6 +211,33 @@ def pipeline_facts(src: source.Source) -> dict[str, Any]:
         "vae_encoder_output": "raw diagonal-Gaussian parameters (mean, logvar) on channels; multiply "
                               "the sampled latents by scaling_factor",
     }
+    if family != "sd":
+        # diffusers' SDXL pipelines default both (model_index.json overrides them)
+        facts["force_zeros_for_empty_prompt"] = bool(index.get("force_zeros_for_empty_prompt", True))
+        facts["requires_aesthetics_score"] = bool(index.get("requires_aesthetics_score", False))
+        facts["force_upcast"] = bool(vae.get("force_upcast", False))
+    return facts
+
+
+def sdxl_dims(src: source.Source, family: str) -> dict[str, int]:
+    """D1/K1, D2/K2, P and T of an SDXL-family model; T is checked against the UNet's added embedding."""
+    unet = src.unet.config
+    if unet.get("addition_embed_type") != "text_time":
+        raise SdrtError(f"the UNet's addition_embed_type is {unet.get('addition_embed_type')!r}, an SDXL "
+                        f"pipeline needs 'text_time': the pipeline's components do not match")
+    te2 = src.text_encoder_2.config
+    dims = {"D2": int(te2.hidden_size), "K2": int(te2.num_hidden_layers), "P": int(te2.projection_dim)}
+    if src.text_encoder is not None:
+        dims["D1"] = int(src.text_encoder.config.hidden_size)
+    time_ids = 5 if src.model_index.get("requires_aesthetics_score", False) else 6
+    wanted = time_ids * int(unet.addition_time_embed_dim) + dims["P"]
+    if int(unet.projection_class_embeddings_input_dim) != wanted:
+        raise SdrtError(f"the UNet's projection_class_embeddings_input_dim is "
+                        f"{unet.projection_class_embeddings_input_dim}, but {time_ids} time ids x "
+                        f"{unet.addition_time_embed_dim} + text_encoder_2's projection_dim {dims['P']} = {wanted}"
+                        f" (requires_aesthetics_score={time_ids == 5} in model_index.json): set it to match the UNet")
+    dims["T"] = time_ids
+    return dims
 
 
 def manifest(src: source.Source, pipeline: dict[str, Any], size_rule: dict[str, Any],

@@ -1,4 +1,4 @@
-"""The four exported graphs as torch modules whose inputs and outputs are the spec's tensors.
+"""The exported graphs as torch modules whose inputs and outputs are the spec's tensors.
 
 Each wrapper's `forward` takes exactly the spec's inputs, by name and order, and returns exactly
 its outputs, so the ONNX graph speaks `sdrt.spec` and nothing else. `example_inputs` draws random
@@ -16,27 +16,57 @@ from sdrt import spec
 
 
 class TextEncoderGraph(torch.nn.Module):
-    """input_ids (int32, as the runtime's tokenizer gives them) -> last_hidden_state, pooler_output."""
+    """input_ids (int32, as the runtime's tokenizer gives them) -> the component spec's outputs.
 
-    def __init__(self, text_encoder: Any):
+    ``hidden_states`` is the stack the family's pipeline picks from by ``clip_skip``
+    (see `sdrt.spec`): for ``sd``, final_layer_norm of the (k+1)-th last layer; for the SDXL
+    families, the raw (k+2)-th last layer. ``text_embeds`` is the projected pooled output
+    (CLIPTextModelWithProjection), ``pooler_output`` the plain pooled one.
+    """
+
+    def __init__(self, text_encoder: Any, component_spec: spec.ComponentSpec, family: str):
         super().__init__()
         self.text_encoder = text_encoder
+        self.outputs = component_spec.output_names
+        self.family = family
 
-    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.text_encoder(input_ids.to(torch.int64), return_dict=False)
-        return out[0], out[1]
+    def _stack(self, hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        layers = len(hidden) - 1
+        if self.family == "sd":
+            norm = self.text_encoder.text_model.final_layer_norm
+            return torch.stack([norm(hidden[-(k + 1)]) for k in range(layers)])
+        return torch.stack([hidden[-(k + 2)] for k in range(layers)])
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        wants_stack = spec.N.HIDDEN_STATES in self.outputs
+        out = self.text_encoder(input_ids.to(torch.int64), output_hidden_states=wants_stack, return_dict=True)
+        values = {
+            spec.N.LAST_HIDDEN_STATE: lambda: out.last_hidden_state,
+            spec.N.POOLER_OUTPUT: lambda: out.pooler_output,
+            spec.N.TEXT_EMBEDS: lambda: out.text_embeds,
+            spec.N.HIDDEN_STATES: lambda: self._stack(out.hidden_states),
+        }
+        return tuple(values[name]() for name in self.outputs)
 
 
 class UNetGraph(torch.nn.Module):
-    """sample, timestep (float32 even in fp16 graphs), encoder_hidden_states -> out_sample."""
+    """The spec's UNet inputs, in order (timestep float32 even in fp16 graphs) -> out_sample.
 
-    def __init__(self, unet: Any):
+    SDXL UNets also take the pooled ``text_embeds`` and ``time_ids`` (diffusers' added_cond_kwargs),
+    LCM-distilled ones the guidance embedding ``timestep_cond``.
+    """
+
+    def __init__(self, unet: Any, component_spec: spec.ComponentSpec, family: str):
         super().__init__()
         self.unet = unet
+        self.inputs = component_spec.input_names
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor,
-                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        named = dict(zip(self.inputs, inputs))
+        added = {k: named[k] for k in (spec.N.TEXT_EMBEDS, spec.N.TIME_IDS) if k in named}
+        return self.unet(named[spec.N.SAMPLE], named[spec.N.TIMESTEP], named[spec.N.ENCODER_HIDDEN_STATES],
+                         timestep_cond=named.get(spec.N.TIMESTEP_COND),
+                         added_cond_kwargs=added or None, return_dict=False)[0]
 
     @contextlib.contextmanager
     def export_context(self) -> Iterator[None]:
@@ -61,7 +91,7 @@ class UNetGraph(torch.nn.Module):
 class VaeDecoderGraph(torch.nn.Module):
     """latent_sample (already divided by scaling_factor, as diffusers' pipeline does) -> sample."""
 
-    def __init__(self, vae: Any):
+    def __init__(self, vae: Any, component_spec: spec.ComponentSpec, family: str):
         super().__init__()
         self.vae = vae
 
@@ -76,7 +106,7 @@ class VaeEncoderGraph(torch.nn.Module):
     diffusers' DiagonalGaussianDistribution does, and draws the noise in numpy.
     """
 
-    def __init__(self, vae: Any):
+    def __init__(self, vae: Any, component_spec: spec.ComponentSpec, family: str):
         super().__init__()
         self.vae = vae
 
@@ -87,46 +117,43 @@ class VaeEncoderGraph(torch.nn.Module):
 #: component -> (the Source attribute holding its torch module, wrapper class)
 GRAPHS: dict[str, tuple[str, type[torch.nn.Module]]] = {
     "text_encoder": ("text_encoder", TextEncoderGraph),
+    "text_encoder_2": ("text_encoder_2", TextEncoderGraph),
     "unet": ("unet", UNetGraph),
     "vae_decoder": ("vae", VaeDecoderGraph),
     "vae_encoder": ("vae", VaeEncoderGraph),
 }
 
 
-def wrap(component: str, module: Any) -> torch.nn.Module:
-    return GRAPHS[component][1](module).eval()
+def wrap(component: spec.ComponentRef, module: Any, model: spec.ModelSpec = spec.SD) -> torch.nn.Module:
+    """The graph module of one component of `model` (a name: that model's component of that name)."""
+    comp = model.component(component) if isinstance(component, str) else component
+    return GRAPHS[comp.name][1](module, comp, model.family).eval()
 
 
 def export_context(graph: torch.nn.Module) -> contextlib.AbstractContextManager:
     return graph.export_context() if hasattr(graph, "export_context") else contextlib.nullcontext()
 
 
-#: How each spec tensor's random values are drawn: realistic ranges, so errors are judged
-#: where the model works (images in [-1, 1], timesteps in [0, 1000), ids in the vocabulary).
-DRAWS = {
-    "input_ids": "ids",
-    "timestep": "timestep",
-    ("vae_encoder", "sample"): "image",
-}
-
-
-def example_inputs(component: str, dims: Mapping[str, int], *, vocab_size: int, seed: int,
+def example_inputs(component: spec.ComponentRef, dims: Mapping[str, int], *, vocab_size: int, seed: int,
                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random inputs for one call: `dims` holds every spec symbol (B, h, w and the model's).
 
+    Values come from each tensor's realistic range (`TensorSpec.draw`: images in [-1, 1],
+    timesteps in [0, 1000), ids in the vocabulary), so errors are judged where the model works.
     Float tensors of the component's precision get `dtype`; int32 and float32 tensors keep theirs.
     """
     generator = torch.Generator().manual_seed(seed)
     inputs: dict[str, torch.Tensor] = {}
     for tensor in spec.component(component).inputs:
         shape = spec.shape_of(tensor, dims)
-        draw = DRAWS.get((component, tensor.name), DRAWS.get(tensor.name, "normal"))
-        if draw == "ids":
+        if tensor.draw == "ids":
             value = torch.randint(0, vocab_size, shape, generator=generator, dtype=torch.int64)
-        elif draw == "timestep":
+        elif tensor.draw == "timestep":
             value = torch.rand(shape, generator=generator) * 999.0
-        elif draw == "image":
+        elif tensor.draw == "image":
             value = torch.rand(shape, generator=generator) * 2.0 - 1.0
+        elif tensor.draw == "pixels":
+            value = torch.floor(torch.rand(shape, generator=generator) * 1024.0)
         else:
             value = torch.randn(shape, generator=generator)
         target = dtype if tensor.dtype == spec.FLOAT else getattr(torch, tensor.dtype)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 import shutil
 import uuid
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sdrt.errors import SdrtError
+from sdrt.export import presets_sdxl as xl
 from sdrt.export.shapes_model import SHAPES_SCHEDULER, SHAPES_TEXT, SHAPES_UNET, SHAPES_VAE
 
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
@@ -92,11 +94,14 @@ class Preset:
     description: str
     unet: dict[str, Any]
     vae: dict[str, Any]
-    text_encoder: dict[str, Any]
+    text_encoder: dict[str, Any] | None  # None: the SDXL refiner (text_encoder_2 only)
     scheduler: dict[str, Any]
     scheduler_class: str = "PNDMScheduler"
     pipeline_class: str = "StableDiffusionPipeline"
     pad_token: str = "<|endoftext|>"  # SD 1.x; SD 2.x pads with "!"
+    text_encoder_2: dict[str, Any] | None = None  # SDXL: CLIPTextModelWithProjection
+    pad_token_2: str = "!"  # SDXL's second tokenizer (OpenCLIP) pads with "!"
+    pipeline_options: dict[str, Any] = field(default_factory=dict)  # model_index keys (force_zeros_...)
     init_std: dict[str, float] = field(default_factory=lambda: {"embedding": 0.02, "bias": 0.02, "norm": 0.02})
     trained: bool = False  # weights shipped in sdrt/data/<name>/ (see shapes_model.py), not seeded
 
@@ -167,6 +172,53 @@ PRESETS: dict[str, Preset] = {
             scheduler=SD21_SCHEDULER,
             scheduler_class="DDIMScheduler",
             pad_token="!",
+        ),
+        Preset(
+            "tiny-sdxl",
+            "a tiny SDXL-style pipeline: two text encoders, text_time added conditioning, 2 transformer layers",
+            unet=xl.TINY_SDXL_UNET,
+            vae=xl.TINY_SDXL_VAE,
+            text_encoder=xl.TINY_CLIP,
+            text_encoder_2=xl.TINY_CLIP_2,
+            scheduler=xl.SDXL_SCHEDULER,
+            scheduler_class="EulerDiscreteScheduler",
+            pipeline_class="StableDiffusionXLPipeline",
+            pipeline_options=xl.SDXL_BASE_OPTIONS,
+        ),
+        Preset(
+            "tiny-sdxl-refiner",
+            "a tiny SDXL refiner: text_encoder_2 only, aesthetic-score time ids (5), same latent space as tiny-sdxl",
+            unet=xl.TINY_SDXL_REFINER_UNET,
+            vae=xl.TINY_SDXL_VAE,
+            text_encoder=None,
+            text_encoder_2=xl.TINY_CLIP_2,
+            scheduler=xl.SDXL_SCHEDULER,
+            scheduler_class="EulerDiscreteScheduler",
+            pipeline_class="StableDiffusionXLImg2ImgPipeline",
+            pipeline_options=xl.SDXL_REFINER_OPTIONS,
+        ),
+        Preset(
+            "tiny-lcm",
+            "a tiny LCM-distilled SD 1.x-style pipeline: UNet with time_cond_proj_dim 256, LCMScheduler",
+            unet={**TINY_UNET, "time_cond_proj_dim": 256},
+            vae=TINY_VAE,
+            text_encoder=TINY_TEXT,
+            scheduler=xl.LCM_SCHEDULER,
+            scheduler_class="LCMScheduler",
+            pipeline_class="LatentConsistencyModelPipeline",
+        ),
+        Preset(
+            "sdxl",
+            "the SDXL 1.0 base architecture (2.6B-parameter UNet, CLIP ViT-L + OpenCLIP ViT-bigG, 1024 px), "
+            "random weights",
+            unet=xl.SDXL_UNET,
+            vae=xl.SDXL_VAE,
+            text_encoder=xl.CLIP_L,
+            text_encoder_2=xl.CLIP_BIG_G,
+            scheduler=xl.SDXL_SCHEDULER,
+            scheduler_class="EulerDiscreteScheduler",
+            pipeline_class="StableDiffusionXLPipeline",
+            pipeline_options=xl.SDXL_BASE_OPTIONS,
         ),
     )
 }
@@ -249,29 +301,37 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
     the CPU, so another device gets the same bits."""
     import diffusers
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from sdrt.export.tokenizer_files import build_clip_tokenizer
 
     preset = get_preset(name)
     dtype = dtype or torch.float32
-    with _parameters_on_meta():
-        models = {  # deep copies: a model's config must not share lists with the table
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**copy.deepcopy(preset.text_encoder))),
-            "unet": diffusers.UNet2DConditionModel(**copy.deepcopy(preset.unet)),
-            "vae": diffusers.AutoencoderKL(**copy.deepcopy(preset.vae)),
-        }
+    models: dict[str, Any] = {}
+    with _parameters_on_meta():  # deep copies: a model's config must not share lists with the table
+        if preset.text_encoder is not None:
+            models["text_encoder"] = CLIPTextModel(CLIPTextConfig(**copy.deepcopy(preset.text_encoder)))
+        if preset.text_encoder_2 is not None:
+            models["text_encoder_2"] = CLIPTextModelWithProjection(
+                CLIPTextConfig(**copy.deepcopy(preset.text_encoder_2)))
+        models["unet"] = diffusers.UNet2DConditionModel(**copy.deepcopy(preset.unet))
+        models["vae"] = diffusers.AutoencoderKL(**copy.deepcopy(preset.vae))
     if device != "meta" and preset.trained:
         from sdrt.export.shapes_model import load_shipped_weights
 
         load_shipped_weights(models, dtype)
     elif device != "meta":
-        # A fixed order: the same seed gives the same bits.
-        _fill_seeded([models["text_encoder"], models["unet"], models["vae"]], seed, preset, dtype)
+        # A fixed order (text encoders, unet, vae): the same seed gives the same bits.
+        _fill_seeded(list(models.values()), seed, preset, dtype)
         for model in models.values():
             model.eval().to(device)
     scheduler = getattr(diffusers, preset.scheduler_class)(**copy.deepcopy(preset.scheduler))
-    return {**models, "scheduler": scheduler, "tokenizer": build_clip_tokenizer(preset.pad_token)}
+    tokenizers: dict[str, Any] = {}
+    if preset.text_encoder is not None:
+        tokenizers["tokenizer"] = build_clip_tokenizer(preset.pad_token)
+    if preset.text_encoder_2 is not None:
+        tokenizers["tokenizer_2"] = build_clip_tokenizer(preset.pad_token_2)
+    return {**models, "scheduler": scheduler, **tokenizers}
 
 
 def build_pipeline(name: str, seed: int = 0, dtype: Any = None) -> Any:
@@ -281,7 +341,12 @@ def build_pipeline(name: str, seed: int = 0, dtype: Any = None) -> Any:
     preset = get_preset(name)
     parts = build_components(name, seed=seed, dtype=dtype)
     pipeline_class = getattr(diffusers, preset.pipeline_class)
-    return pipeline_class(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    # every optional module off (no safety checker, no watermarker, no IP-adapter image encoder)
+    optional = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
+                "image_encoder": None, "add_watermarker": False, "text_encoder": None, "tokenizer": None,
+                **preset.pipeline_options}
+    accepted = inspect.signature(pipeline_class.__init__).parameters
+    return pipeline_class(**parts, **{k: v for k, v in optional.items() if k in accepted and k not in parts})
 
 
 def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = False) -> Path:
@@ -301,7 +366,9 @@ def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = Fal
         pipeline = build_pipeline(name, seed=seed)
         pipeline.save_pretrained(tmp)
         # Also vocab.json / merges.txt, as released SD folders have them (older transformers read those).
-        write_tokenizer(pipeline.tokenizer, tmp / "tokenizer")
+        for folder in ("tokenizer", "tokenizer_2"):
+            if getattr(pipeline, folder, None) is not None:
+                write_tokenizer(getattr(pipeline, folder), tmp / folder)
         if out.exists():
             old = tmp.with_suffix(".old")
             os.rename(out, old)

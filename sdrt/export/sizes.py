@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from sdrt import spec
 from sdrt.errors import SdrtError
-from sdrt.export.check import THRESHOLDS, compare, ort_session
+from sdrt.export.check import THRESHOLDS, Case, judge, ort_session, torch_case
 from sdrt.export.graphs import wrap
 
 #: A practical cap, not a graph limit: 256 latents = 2048 px at f = 8 (memory grows with h*w).
@@ -33,22 +34,39 @@ def architectural_multiple(unet: Any) -> int:
     return 2 ** int(unet.num_upsamplers)
 
 
-def probe(unet: Any, path: Path, model_values: Mapping[str, int], *, precision: str, vocab_size: int,
-          sample_size: int) -> dict[str, Any]:
-    """Run the exported UNet at the probe sizes (batch 1) and derive the manifest's `sizes`."""
-    n = int(unet.num_upsamplers)
-    session = ort_session(path)
-    reference = wrap("unet", unet)
-    threshold = THRESHOLDS[precision]
-    passed: dict[tuple[int, int], bool] = {}
-    for i, (h, w) in enumerate(probe_pairs(n)):
+def probe_cases(unet: Any, model_values: Mapping[str, int], *, precision: str, vocab_size: int,
+                model: spec.ModelSpec = spec.SD) -> dict[tuple[int, int], Case | None]:
+    """The PyTorch side of the probe (batch 1): None where PyTorch itself refuses the size."""
+    unet_spec = model.component("unet")
+    reference = wrap(unet_spec, unet, model)
+    cases: dict[tuple[int, int], Case | None] = {}
+    for i, (h, w) in enumerate(probe_pairs(int(unet.num_upsamplers))):
         try:
-            result = compare("unet", session, reference, {**model_values, "B": 1, "h": h, "w": w},
-                             precision=precision, vocab_size=vocab_size, seed=2000 + i)
-        except ValueError:  # PyTorch itself refuses the size (GroupNorm over one value per group)
-            passed[(h, w)] = False
-            continue
-        passed[(h, w)] = result["max_rel_error"] <= threshold
+            cases[(h, w)] = torch_case(unet_spec, reference, {**model_values, "B": 1, "h": h, "w": w},
+                                       precision=precision, vocab_size=vocab_size, seed=2000 + i)
+        except ValueError:  # GroupNorm over one value per group
+            cases[(h, w)] = None
+    return cases
+
+
+def probe(unet: Any, path: Path, model_values: Mapping[str, int], *, precision: str, vocab_size: int,
+          sample_size: int, model: spec.ModelSpec = spec.SD) -> dict[str, Any]:
+    """Run the exported UNet at the probe sizes (batch 1) and derive the manifest's `sizes`."""
+    cases = probe_cases(unet, model_values, precision=precision, vocab_size=vocab_size, model=model)
+    return probe_rule(cases, path, int(unet.num_upsamplers), precision=precision, sample_size=sample_size,
+                      model=model)
+
+
+def probe_rule(cases: dict[tuple[int, int], Case | None], path: Path, num_upsamplers: int, *, precision: str,
+               sample_size: int, model: spec.ModelSpec = spec.SD) -> dict[str, Any]:
+    """The ONNX Runtime side of the probe: which sizes pass, and the rule they admit."""
+    n = num_upsamplers
+    session = ort_session(path)
+    threshold = THRESHOLDS[precision]
+    unet_spec = model.component("unet")
+    passed = {pair: case is not None and judge(unet_spec, session, case)["max_rel_error"] <= threshold
+              for pair, case in cases.items()}
+    del session
     found = admitted(passed, n)
     if found is None:
         raise SdrtError(f"unet export check failed: the graph is wrong at every probed latent size "

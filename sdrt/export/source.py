@@ -2,7 +2,7 @@
 
 Every way a source can be wrong is checked here, before any export work, and reported in one
 line that names the file or component: no folder, no `model_index.json`, a pipeline type sdrt
-does not export yet (SDXL, SD3, ...), a component of an unexpected class, missing weights.
+does not export yet (SD3, Flux, ...), a component of an unexpected class, missing weights.
 """
 
 from __future__ import annotations
@@ -16,20 +16,43 @@ from typing import Any, Iterator
 
 from sdrt.errors import SdrtError
 
-#: Pipeline classes sdrt exports: all share the SD 1.x/2.x components (CLIP text encoder,
-#: UNet2DConditionModel, AutoencoderKL); inpainting differs only in the UNet's 9 input channels.
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+#: Pipeline classes sdrt exports -> their model family (sdrt.spec). SD 1.x/2.x (and LCM-distilled
+#: SD) share CLIP + UNet2DConditionModel + AutoencoderKL; SDXL adds a second, projecting text
+#: encoder. An SDXL folder without `text_encoder` is a refiner. Inpainting differs only in the
+#: UNet's 9 input channels; Turbo and LCM models only in their UNet weights and scheduler.
+PIPELINE_FAMILIES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionInpaintPipeline": "sd",
+    "LatentConsistencyModelPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
+}
+SUPPORTED_PIPELINES = tuple(PIPELINE_FAMILIES)
+SUPPORTED_TEXT = "SD 1.x/2.x, SDXL (base, refiner, Turbo) and LCM-distilled pipelines"
+#: the diffusers modules (and tokenizers) each family's folder must have
+FAMILY_MODULES = {
+    "sd": ("text_encoder", "unet", "vae"),
+    "sdxl": ("text_encoder", "text_encoder_2", "unet", "vae"),
+    "sdxl-refiner": ("text_encoder_2", "unet", "vae"),
+}
+FAMILY_TOKENIZERS = {"sd": ("tokenizer",), "sdxl": ("tokenizer", "tokenizer_2"), "sdxl-refiner": ("tokenizer_2",)}
 
-#: Well-known pipelines that are not SD 1.x/2.x, with the name users know them by.
+#: Well-known pipelines sdrt does not export, with the name users know them by.
 KNOWN_UNSUPPORTED = {
-    "StableDiffusionXLPipeline": "SDXL",
-    "StableDiffusionXLImg2ImgPipeline": "SDXL",
-    "StableDiffusionXLInpaintPipeline": "SDXL",
     "StableDiffusion3Pipeline": "SD3",
+    "StableDiffusion3Img2ImgPipeline": "SD3",
+    "FluxImg2ImgPipeline": "Flux",
+    "StableDiffusionXLControlNetPipeline": "SDXL with ControlNet",
+    "StableDiffusionControlNetPipeline": "SD with ControlNet",
+    "AuraFlowPipeline": "AuraFlow",
+    "SanaPipeline": "Sana",
+    "HunyuanDiTPipeline": "Hunyuan-DiT",
+    "KolorsPipeline": "Kolors",
     "FluxPipeline": "Flux",
     "PixArtAlphaPipeline": "PixArt-alpha",
     "PixArtSigmaPipeline": "PixArt-sigma",
-    "LatentConsistencyModelPipeline": "LCM (use StableDiffusionPipeline with an LCM scheduler)",
     "StableDiffusionUpscalePipeline": "the SD x4 upscaler",
     "StableDiffusionDepth2ImgPipeline": "SD 2 depth-to-image",
     "KandinskyV22Pipeline": "Kandinsky 2.2",
@@ -39,6 +62,7 @@ KNOWN_UNSUPPORTED = {
 #: component folder -> (library, class the exporter knows how to wrap, weight file stems)
 COMPONENT_CLASSES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "text_encoder": ("transformers", "CLIPTextModel", ("model", "pytorch_model")),
+    "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", ("model", "pytorch_model")),
     "unet": ("diffusers", "UNet2DConditionModel", ("diffusion_pytorch_model",)),
     "vae": ("diffusers", "AutoencoderKL", ("diffusion_pytorch_model",)),
 }
@@ -55,12 +79,19 @@ class Source:
     path: Path | None
     class_name: str
     model_index: dict[str, Any]
-    text_encoder: Any
+    text_encoder: Any  # None in an SDXL refiner
     unet: Any
     vae: Any
     tokenizer: Any
     scheduler_config: dict[str, Any]
     content_hash: str
+    family: str = "sd"
+    text_encoder_2: Any = None  # SDXL
+    tokenizer_2: Any = None
+
+    @property
+    def vocab_size(self) -> int:
+        return int((self.text_encoder or self.text_encoder_2).config.vocab_size)
 
 
 def resolve(model: str) -> tuple[str, str]:
@@ -77,6 +108,16 @@ def resolve(model: str) -> tuple[str, str]:
                         f"({', '.join(presets.preset_names())})")
     raise SdrtError(f"unknown preset {model!r} and no folder of that name: choose one of "
                     f"{', '.join(presets.preset_names())} or give a diffusers folder")
+
+
+def family_of(class_name: str, index: dict[str, Any]) -> str:
+    """The model family of a supported pipeline class (an SDXL folder without text_encoder: the refiner)."""
+    family = PIPELINE_FAMILIES[class_name]
+    if family == "sdxl":
+        entry = index.get("text_encoder")
+        if not entry or entry[1] is None:
+            return "sdxl-refiner"
+    return family
 
 
 def check_folder(path: Path) -> tuple[dict[str, Any], dict[str, str | None]]:
@@ -97,12 +138,14 @@ def check_folder(path: Path) -> tuple[dict[str, Any], dict[str, str | None]]:
     class_name = str(index.get("_class_name", "?"))
     if class_name in KNOWN_UNSUPPORTED:
         raise SdrtError(f"{class_name} ({KNOWN_UNSUPPORTED[class_name]}) is not supported yet: sdrt exports "
-                        f"Stable Diffusion 1.x/2.x pipelines ({', '.join(SUPPORTED_PIPELINES)})")
+                        f"{SUPPORTED_TEXT} ({', '.join(SUPPORTED_PIPELINES)})")
     if class_name not in SUPPORTED_PIPELINES:
-        raise SdrtError(f"{class_name} is not supported yet: sdrt exports Stable Diffusion 1.x/2.x pipelines "
+        raise SdrtError(f"{class_name} is not supported yet: sdrt exports {SUPPORTED_TEXT} "
                         f"({', '.join(SUPPORTED_PIPELINES)})")
+    family = family_of(class_name, index)
     variants: dict[str, str | None] = {}
-    for name, (library, cls, stems) in COMPONENT_CLASSES.items():
+    for name in FAMILY_MODULES[family]:
+        library, cls, stems = COMPONENT_CLASSES[name]
         entry = index.get(name)
         if not entry or entry[1] is None:
             raise SdrtError(f"{index_path} has no {name}: a {class_name} needs {cls} weights in {path / name}")
@@ -111,8 +154,9 @@ def check_folder(path: Path) -> tuple[dict[str, Any], dict[str, str | None]]:
         if not (path / name / "config.json").is_file():
             raise SdrtError(f"{name} config missing: {path / name / 'config.json'} does not exist")
         variants[name] = _weight_variant(path / name, stems)
-    if not (path / "tokenizer").is_dir():
-        raise SdrtError(f"tokenizer missing: {path / 'tokenizer'} does not exist")
+    for tokenizer in FAMILY_TOKENIZERS[family]:
+        if not (path / tokenizer).is_dir():
+            raise SdrtError(f"{tokenizer} missing: {path / tokenizer} does not exist")
     if not (path / "scheduler" / "scheduler_config.json").is_file():
         raise SdrtError(f"scheduler config missing: {path / 'scheduler' / 'scheduler_config.json'} does not exist")
     return index, variants
@@ -131,14 +175,16 @@ def _weight_variant(folder: Path, stems: tuple[str, ...]) -> str | None:
 
 
 def load_folder(path: Path) -> Source:
-    """Load the three models in fp32, component by component (no safety checker, no hub)."""
+    """Load the family's models in fp32, component by component (no safety checker, no hub)."""
     import diffusers
     import torch
     import transformers
 
     index, variants = check_folder(path)
+    family = family_of(index["_class_name"], index)
     models: dict[str, Any] = {}
-    for name, (library, cls, _) in COMPONENT_CLASSES.items():
+    for name in FAMILY_MODULES[family]:
+        library, cls, _ = COMPONENT_CLASSES[name]
         module = diffusers if library == "diffusers" else transformers
         dtype_key = "torch_dtype" if library == "diffusers" else "dtype"
         try:
@@ -148,14 +194,17 @@ def load_folder(path: Path) -> Source:
         except Exception as e:  # corrupt or mismatched files: safetensors, torch and config errors alike
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SdrtError(f"cannot load {name} from {path / name}: {first[:200]}") from None
-    try:
-        tokenizer = transformers.CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise SdrtError(f"cannot load the tokenizer from {path / 'tokenizer'}: {str(e).splitlines()[0]}")
+    tokenizers: dict[str, Any] = {}
+    for name in FAMILY_TOKENIZERS[family]:
+        try:
+            tokenizers[name] = transformers.CLIPTokenizer.from_pretrained(path / name, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise SdrtError(f"cannot load the {name} from {path / name}: {str(e).splitlines()[0]}")
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     return Source("folder", path.name, path.resolve(), index["_class_name"], index,
-                  models["text_encoder"], models["unet"], models["vae"], tokenizer, scheduler_config,
-                  hash_folder(path))
+                  models.get("text_encoder"), models["unet"], models["vae"], tokenizers.get("tokenizer"),
+                  scheduler_config, hash_folder(path), family=family, text_encoder_2=models.get("text_encoder_2"),
+                  tokenizer_2=tokenizers.get("tokenizer_2"))
 
 
 def load_preset(name: str) -> Source:
@@ -165,9 +214,12 @@ def load_preset(name: str) -> Source:
     pipe = presets.build_pipeline(name, seed=0)
     index = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(pipe.config).items()}
     index["_class_name"] = type(pipe).__name__
-    modules = [pipe.text_encoder, pipe.unet, pipe.vae]
+    family = family_of(index["_class_name"], index)
+    text_encoder_2 = getattr(pipe, "text_encoder_2", None)
+    modules = [m for m in (pipe.text_encoder, text_encoder_2, pipe.unet, pipe.vae) if m is not None]
     return Source("preset", name, None, type(pipe).__name__, index, pipe.text_encoder, pipe.unet, pipe.vae,
-                  pipe.tokenizer, json.loads(pipe.scheduler.to_json_string()), hash_modules(name, modules))
+                  pipe.tokenizer, json.loads(pipe.scheduler.to_json_string()), hash_modules(name, modules),
+                  family=family, text_encoder_2=text_encoder_2, tokenizer_2=getattr(pipe, "tokenizer_2", None))
 
 
 def load(model: str) -> Source:

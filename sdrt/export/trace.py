@@ -9,6 +9,7 @@ fallback for runtimes that need opset <= 20.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
@@ -56,15 +57,19 @@ def _quiet() -> Iterator[None]:
 
 
 def export_graph(graph: torch.nn.Module, component: str, example: Mapping[str, torch.Tensor], path: Path, *,
-                 opset: int, exporter: str, precision: str) -> None:
+                 opset: int, exporter: str, precision: str, model: spec.ModelSpec = spec.SD) -> None:
     """Write `path` (plus `path`.data when the graph is over 2 GB) and name its dynamic axes."""
-    comp = spec.component(component)
+    comp = model.component(component)
     args = tuple(example[name] for name in comp.input_names)
-    axes = spec.dynamic_axes(component)
+    axes = spec.dynamic_axes(comp)
     with torch.no_grad(), export_context(graph), _quiet():
         if exporter == "dynamo":
-            dynamic = {name: {axis: torch.export.Dim.DYNAMIC for axis in axes[name]} for name in comp.input_names
-                       if name in axes}
+            # one entry per input, in the spec's order; a wrapper taking *inputs gets them as one group
+            dynamic = tuple({axis: torch.export.Dim.DYNAMIC for axis in axes[name]} if name in axes else None
+                            for name in comp.input_names)
+            parameters = inspect.signature(graph.forward).parameters.values()
+            if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+                dynamic = (dynamic,)
             program = torch.export.export(graph, args, dynamic_shapes=dynamic, strict=False)
             onnx_program = torch.onnx.export(program, args, dynamo=True, opset_version=opset, verbose=False,
                                              input_names=list(comp.input_names),
@@ -74,10 +79,10 @@ def export_graph(graph: torch.nn.Module, component: str, example: Mapping[str, t
             torch.onnx.export(graph, args, str(path), dynamo=False, opset_version=opset,
                               input_names=list(comp.input_names), output_names=list(comp.output_names),
                               dynamic_axes={n: dict(a) for n, a in axes.items()})
-    name_axes(path, component, precision)
+    name_axes(path, comp, precision)
 
 
-def name_axes(path: Path, component: str, precision: str) -> None:
+def name_axes(path: Path, component: spec.ComponentRef, precision: str) -> None:
     """Name the graph's dynamic dims by the spec's expressions ("B", "h", "f*h") and check I/O types.
 
     The exporters call them s0, s1, ...; engines and users read the spec's names. A type that
@@ -87,7 +92,8 @@ def name_axes(path: Path, component: str, precision: str) -> None:
 
     model = onnx.load(str(path), load_external_data=False)
     comp = spec.component(component)
-    axes = spec.dynamic_axes(component)
+    component = comp.name
+    axes = spec.dynamic_axes(comp)
     graph_values = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
     for tensor in comp.tensors:
         value = graph_values.get(tensor.name)

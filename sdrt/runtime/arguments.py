@@ -9,7 +9,7 @@ import numpy as np
 
 from sdrt.errors import SdrtError, warn
 
-OUTPUT_TYPES = ("pil", "np")
+OUTPUT_TYPES = ("pil", "np", "latent")
 
 
 def prompt_lists(prompt: str | Sequence[str],
@@ -82,3 +82,34 @@ def check_latents(latents: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise SdrtError(f"latents have shape {tuple(array.shape)}, this call needs {shape} "
                         f"(images, latent channels, height / f, width / f)")
     return array
+
+
+def check_pair(label: str, value: Any) -> tuple[int, int] | None:
+    """None, or (height, width)-style pairs of two non-negative whole numbers (SDXL's size conditioning)."""
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    if (items is None or len(items) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in items)):
+        raise SdrtError(f"{label} {value!r} must be two non-negative whole numbers (height, width), e.g. (1024, 1024)")
+    return int(items[0]), int(items[1])
+
+
+def check_fraction(label: str, value: Any) -> float | None:
+    """None, or a number strictly between 0 and 1 (denoising_start / denoising_end)."""
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if isinstance(value, bool) or not 0.0 < x < 1.0:
+        raise SdrtError(f"{label} {value!r} must be strictly between 0 and 1 (e.g. 0.8), or left out")
+    return x
+
+
+def check_extras(*, guidance_rescale: Any, clip_skip: Any) -> tuple[float, int | None]:
+    rescale = _real("guidance_rescale", guidance_rescale, 0.0, 1.0, "use a value between 0 and 1 (0.7 is usual)")
+    if clip_skip is not None:
+        clip_skip = _whole("clip_skip", clip_skip, 0)
+    return rescale, clip_skip

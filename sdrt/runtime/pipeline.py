@@ -1,13 +1,20 @@
 """The torch-free Stable Diffusion pipeline: txt2img, img2img and inpainting on any engine backend.
 
-It reproduces diffusers' StableDiffusionPipeline / Img2Img / Inpaint numbers (same tokenizer ids,
-same scheduler maths, same pre- and post-processing), with numpy around the engines:
+It reproduces diffusers' StableDiffusion(XL)Pipeline / Img2Img / Inpaint and
+LatentConsistencyModelPipeline numbers (same tokenizer ids, same scheduler maths, same pre- and
+post-processing), with numpy around the engines, for every model family of `sdrt.spec`:
+SD 1.x/2.x, SDXL base (and Turbo), the SDXL refiner, LCM-distilled UNets. Text conditioning lives
+in `prompts`, SDXL's time ids and LCM's guidance embedding in `added_conditioning`, the loop in
+`denoise`; this module checks the call, prepares the latents and ties them together.
 
 - text embeddings are computed once per call and stay bound in the UNet's `encoder_hidden_states`;
 - each denoising step writes the latents into the bound `sample` buffer (and the step's timestep
   into `timestep`), runs, and reads the bound `out_sample` buffer: no engine buffer is allocated in
   the loop (the engines allocate once per shape set);
-- classifier-free guidance (guidance_scale > 1) runs the unconditional half first in one batch;
+- classifier-free guidance (guidance_scale > 1) runs the unconditional half first in one batch
+  (LCM-distilled UNets take the guidance scale as the `timestep_cond` embedding instead);
+- `denoising_end` stops a base model early and `output_type="latent"` returns its latents, which a
+  refiner continues from with `image=latents, denoising_start=...` (diffusers' ensemble of experts);
 - latent channels, VAE scale factor, scaling factor and the default size come from `sdrt.json`.
 
 Randomness: with `seed` (an int s, or one int per image) each image i has its own numpy generator
@@ -41,10 +48,13 @@ import numpy as np
 from sdrt.engines.base import Backend, Engine, backend_class, candidates, with_precision
 from sdrt.errors import EngineMissing, SdrtError
 from sdrt.manifest import Manifest
-from sdrt.runtime import conditioning, images as imageio, memory_guard, metadata
-from sdrt.runtime.arguments import check_call, check_latents, prompt_lists, warn_unused_negative
+from sdrt.runtime import added_conditioning, conditioning, images as imageio, memory_guard, metadata, prompts as text
+from sdrt.runtime.arguments import (check_call, check_extras, check_fraction, check_latents, check_pair,
+                                    prompt_lists, warn_unused_negative)
+from sdrt.runtime.denoise import Blend, StepCallback, cut_timesteps_end, denoise, start_at
 from sdrt.runtime.seeds import PerImageGenerator, image_seeds
 from sdrt.runtime.timing import StageTimings
+from sdrt.spec import N
 
 #: Scheduler config values each diffusers pipeline overrides in its __init__ (for old checkpoints'
 #: configs), by mode: key -> (is it outdated?, the value diffusers uses instead). They differ:
@@ -56,13 +66,16 @@ SCHEDULER_CONFIG_FIXES: dict[str, dict[str, tuple[Callable[[Any], bool], Any]]] 
     "inpaint": dict([_STEPS_OFFSET, ("skip_prk_steps", (lambda v: v is False, True))]),
 }
 
-#: what a callback receives after each denoising step: (step index, timestep, latents [N, C, h, w])
-StepCallback = Callable[[int, Any, np.ndarray], None]
+#: diffusers' default strength per family and mode (SDXL's img2img is meant for refining)
+DEFAULT_STRENGTH = {"img2img": {"sd": 0.8, "sdxl": 0.3, "sdxl-refiner": 0.3},
+                    "inpaint": {"sd": 0.8, "sdxl": 0.9999, "sdxl-refiner": 0.9999}}
+SDXL_FAMILIES = ("sdxl", "sdxl-refiner")
 
 
 @dataclass
 class PipelineOutput:
-    """`images`: PIL images, or float32 [N, H, W, 3] in [0, 1] for output_type="np".
+    """`images`: PIL images, float32 [N, H, W, 3] in [0, 1] for output_type="np", or the final latents
+    [N, C, h, w] for output_type="latent" (what a refiner's `image` takes).
 
     `seeds[i]` regenerates image i alone; `seed` is the first (None when a generator was passed)."""
 
@@ -76,11 +89,15 @@ class PipelineOutput:
 class Pipeline:
     """Engines for one ONNX model folder, and the call that turns prompts into images."""
 
-    def __init__(self, manifest: Manifest, backend: Backend, tokenizer: Any, scheduler_config: dict[str, Any]):
+    def __init__(self, manifest: Manifest, backend: Backend, tokenizer: Any, scheduler_config: dict[str, Any],
+                 tokenizer_2: Any = None):
         self.manifest = manifest
         self.backend = backend
         self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2  # SDXL's second (OpenCLIP) tokenizer
         self.scheduler_config = scheduler_config
+        self.family = manifest.family
+        self.model_spec = manifest.spec
         p = manifest.pipeline
         if p.get("scaling_factor") is None:
             raise SdrtError(f"{manifest.folder}/sdrt.json lacks pipeline.scaling_factor: export the model again "
@@ -90,11 +107,12 @@ class Pipeline:
         self.vae_scale_factor = int(p["vae_scale_factor"])
         self.latent_channels = int(p["latent_channels"])
         self.unet_in_channels = int(p["unet_in_channels"])
+        self.time_cond_dim = self.manifest.values.get("G") if "timestep_cond" in self.model_spec.variants else None
         self.engines: dict[str, Engine] = {}
         self._unet_config = memory_guard.unet_config(manifest.folder)  # for the memory estimate
         self._lock = threading.RLock()  # one call at a time: the engines' bound buffers are shared
         try:
-            for component in ("text_encoder", "unet", "vae_decoder"):  # fail early on a broken folder
+            for component in (*self.model_spec.text_encoders, "unet", "vae_decoder"):  # fail early on a broken folder
                 self.engine(component)
         except BaseException:
             self.close()
@@ -125,13 +143,15 @@ class Pipeline:
             scheduler_config = json.loads(config_path.read_text())
         except (OSError, ValueError) as e:
             raise SdrtError(f"{config_path} is missing or unreadable ({e}): export the model again with --force")
-        tokenizer = ClipTokenizer.from_folder(Path(folder) / "tokenizer")
+        tokenizers = {name: ClipTokenizer.from_folder(Path(folder) / name) if component in manifest.spec.text_encoders
+                      else None for name, component in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))}
         backend_options = with_precision(precision, backend_options)
         names = candidates(backend, backend_options)
         for i, name in enumerate(names):
             try:
                 options = with_precision(precision, backend_options, backend_class(name))
-                pipe = cls(manifest, backend_class(name)(**options), tokenizer, scheduler_config)
+                pipe = cls(manifest, backend_class(name)(**options), tokenizers["tokenizer"], scheduler_config,
+                           tokenizer_2=tokenizers["tokenizer_2"])
             except EngineMissing as e:
                 if i + 1 == len(names):
                     raise
@@ -184,25 +204,36 @@ class Pipeline:
     # -- stages ----------------------------------------------------------------------------------
     def make_scheduler(self, scheduler: Any = None, mode: str = "txt2img") -> Any:
         """A fresh scheduler: the folder's own, one by name (its config on top of the folder's) or a config,
-        with the config fixes diffusers' pipeline of this mode applies."""
+        with the config fixes diffusers' pipeline of this mode applies (only SD 1.x/2.x pipelines do)."""
         if scheduler is not None and hasattr(scheduler, "set_timesteps"):
             return scheduler
         from sdrt.runtime.schedulers import get_scheduler
 
         made = get_scheduler(self.scheduler_config if scheduler is None else scheduler, self.scheduler_config)
+        if not str(self.manifest.pipeline.get("class_name", "StableDiffusion")).startswith("StableDiffusion") \
+                or self.family != "sd":
+            return made
         fixes = {key: value
                  for key, (outdated, value) in SCHEDULER_CONFIG_FIXES[mode].items()
                  if key in made.config and outdated(made.config[key])}
         return type(made).from_config({**made.config, **fixes}) if fixes else made
 
-    def encode_prompts(self, prompts: list[str], negatives: list[str], per_prompt: int, guidance: bool) -> np.ndarray:
-        """[UNet batch, S, D] text embeddings: unconditional first under guidance, each repeated per image."""
-        texts = negatives + prompts if guidance else prompts
-        ids = self.tokenizer(texts)
-        engine = self.engine("text_encoder")
-        engine.prepare({"B": len(texts)})
-        hidden = engine.run({"input_ids": ids})["last_hidden_state"]
-        return np.repeat(hidden, per_prompt, axis=0)
+    def encode_prompts(self, prompts: list[str], negatives: list[str], per_prompt: int, guidance: bool, *,
+                       prompts_2: list[str] | None = None, negatives_2: list[str] | None = None,
+                       clip_skip: int | None = None, zero_negatives: bool = False) -> text.TextConditioning:
+        """The UNet's text inputs for every UNet row: unconditional first under guidance, each repeated per image."""
+        encoders, fed, fed_negative = [], [], []
+        feeds = {"text_encoder": (self.tokenizer, prompts, negatives),
+                 "text_encoder_2": (self.tokenizer_2, prompts_2 or prompts, negatives_2 or negatives)}
+        if self.family == "sdxl-refiner":  # diffusers pairs the prompts with the encoders it has
+            feeds["text_encoder_2"] = (self.tokenizer_2, prompts, negatives)
+        for name in self.model_spec.text_encoders:
+            tokenizer, texts, negative_texts = feeds[name]
+            encoders.append(text.Encoder(name, tokenizer, self.engine(name)))
+            fed.append(texts)
+            fed_negative.append(negative_texts)
+        return text.encode(self.family, encoders, fed, fed_negative, per_prompt=per_prompt, guidance=guidance,
+                           clip_skip=clip_skip, zero_negatives=zero_negatives)
 
     def encode_images(self, pixels: np.ndarray, rng: Any) -> np.ndarray:
         """[k, 3, H, W] in [-1, 1] -> sampled, scaled latents [k, C, h, w] ([n, ...] for n per-image
@@ -210,7 +241,7 @@ class Pipeline:
         engine = self.engine("vae_encoder")
         f = self.vae_scale_factor
         engine.prepare({"B": pixels.shape[0], "h": pixels.shape[2] // f, "w": pixels.shape[3] // f})
-        parameters = engine.run({"sample": pixels})["latent_parameters"]
+        parameters = engine.run({N.IMAGE: pixels})[N.LATENT_PARAMETERS]
         if isinstance(rng, PerImageGenerator):
             parameters = conditioning.tile_to(parameters, len(rng), "image")
         return self.scaling_factor * (conditioning.sample_latents(parameters, rng) - self.shift_factor)
@@ -222,48 +253,94 @@ class Pipeline:
                             f"export the UNet in fp32, or lower guidance_scale")
         engine = self.engine("vae_decoder")
         engine.prepare({"B": latents.shape[0], "h": latents.shape[2], "w": latents.shape[3]})
-        decoded = engine.run({"latent_sample": latents / self.scaling_factor + self.shift_factor})["sample"]
+        decoded = engine.run({N.LATENT_SAMPLE: latents / self.scaling_factor + self.shift_factor})[N.IMAGE]
         if not np.isfinite(decoded).all():
             raise SdrtError(f"the VAE decoder ({self.manifest.precision('vae_decoder')}) produced NaN or inf "
                             f"pixels: export the VAE decoder in fp32 (fp16 VAEs overflow)")
         return imageio.postprocess(decoded)
 
     # -- the call --------------------------------------------------------------------------------
-    def _inputs(self, image: Any, mask_image: Any) -> tuple[list, list]:
+    def _inputs(self, image: Any, mask_image: Any) -> tuple[list, list, np.ndarray | None]:
+        """(images, masks, latents given as the image: a base model's output for a refiner)."""
         if mask_image is not None and image is None:
             raise SdrtError("mask_image (--mask) needs an image (--image) to inpaint")
         if self.inpainting_unet and (image is None or mask_image is None):
             raise SdrtError(f"{self.manifest.folder} has an inpainting UNet: pass an image (--image) "
                             f"and a mask (--mask)")
+        if self.family == "sdxl-refiner" and image is None:
+            raise SdrtError(f"{self.manifest.folder} is an SDXL refiner: it refines an image (--image), it does "
+                            f"not draw from a prompt alone; use it after a base model (sdrt generate --refiner)")
+        if isinstance(image, np.ndarray) and image.ndim == 4 and image.shape[1] == self.latent_channels:
+            if mask_image is not None:
+                raise SdrtError("inpainting needs a picture, not latents: pass the decoded image as --image")
+            return [], [], np.asarray(image, dtype=np.float32)
         images = imageio.load_images(image, "image") if image is not None else []
         masks = imageio.load_images(mask_image, "mask") if mask_image is not None else []
-        return images, masks
+        return images, masks, None
 
-    def _size(self, height: int | None, width: int | None, images: list, masks: list) -> tuple[int, int]:
-        """Output size: given, else the input image's, else the model's default (sample_size x f)."""
-        default_w, default_h = images[0].size if images else (self.manifest.default_image_size,) * 2
+    def _size(self, height: int | None, width: int | None, images: list, masks: list,
+              given_latents: np.ndarray | None) -> tuple[int, int]:
+        """Output size: given, else the input image's (or latents'), else the model's default (sample_size x f)."""
+        f = self.vae_scale_factor
+        if given_latents is not None:
+            default_h, default_w = given_latents.shape[2] * f, given_latents.shape[3] * f
+        else:
+            default_w, default_h = images[0].size if images else (self.manifest.default_image_size,) * 2
         height = default_h if height is None else height
         width = default_w if width is None else width
         self.manifest.sizes.check_image_size(height, width)
+        if given_latents is not None and (height, width) != (default_h, default_w):
+            raise SdrtError(f"the latents given as image are {default_h}x{default_w} px, not {height}x{width}: "
+                            f"leave height and width out")
         imageio.check_size(images, height, width, "image")
         imageio.check_size(masks, height, width, "mask")
         return height, width
 
+    def _size_conditioning(self, height: int, width: int, sizes: dict[str, Any], aesthetic_score: Any,
+                           negative_aesthetic_score: Any) -> added_conditioning.SizeConditioning:
+        pairs = {key: check_pair(key, value) for key, value in sizes.items()}
+        return added_conditioning.SizeConditioning(
+            original_size=pairs["original_size"] or (height, width),
+            crops_coords_top_left=pairs["crops_coords_top_left"] or (0, 0),
+            target_size=pairs["target_size"] or (height, width),
+            negative_original_size=pairs["negative_original_size"],
+            negative_crops_coords_top_left=pairs["negative_crops_coords_top_left"] or (0, 0),
+            negative_target_size=pairs["negative_target_size"],
+            aesthetic_score=float(aesthetic_score), negative_aesthetic_score=float(negative_aesthetic_score))
+
+    def _check_family_arguments(self, given: dict[str, Any]) -> None:
+        """SDXL-only arguments on another family: one line naming the argument."""
+        if self.family in SDXL_FAMILIES:
+            return
+        for key, value in given.items():
+            if value is not None:
+                raise SdrtError(f"{key} is an SDXL argument; {self.manifest.folder} is a {self.family} model "
+                                f"(family {self.family!r} in sdrt.json): leave {key} out")
+
     def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
                  width: int | None = None, num_images_per_prompt: int = 1, seed: int | Sequence[int] | None = None,
-                 latents: np.ndarray | None = None, scheduler: Any = None, image: Any = None, strength: float = 0.8,
-                 mask_image: Any = None, output_type: str = "pil", callback: StepCallback | None = None,
-                 generator: Any = None) -> PipelineOutput:
+                 latents: np.ndarray | None = None, scheduler: Any = None, image: Any = None,
+                 strength: float | None = None, mask_image: Any = None, output_type: str = "pil",
+                 callback: StepCallback | None = None, generator: Any = None, *,
+                 prompt_2: str | Sequence[str] | None = None, negative_prompt_2: str | Sequence[str] | None = None,
+                 original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] | None = None,
+                 target_size: tuple[int, int] | None = None, negative_original_size: tuple[int, int] | None = None,
+                 negative_crops_coords_top_left: tuple[int, int] | None = None,
+                 negative_target_size: tuple[int, int] | None = None, aesthetic_score: float = 6.0,
+                 negative_aesthetic_score: float = 2.5, guidance_rescale: float = 0.0, clip_skip: int | None = None,
+                 denoising_start: float | None = None, denoising_end: float | None = None) -> PipelineOutput:
         """Generate; safe from many threads (calls run one at a time, see the module docstring).
 
-        `seed`: an int s (image i uses s + i), one int per image, or None / -1 for a random one."""
+        `seed`: an int s (image i uses s + i), one int per image, or None / -1 for a random one.
+        The keyword-only arguments are diffusers' SDXL ones (`prompt_2`, the size conditioning,
+        `aesthetic_score`s for the refiner), `guidance_rescale` and `clip_skip` (every family), and
+        the base -> refiner hand-off (`denoising_end` with output_type="latent", `denoising_start`)."""
+        arguments = dict(locals())
+        del arguments["self"]
         with self._lock:
             try:
-                return self._generate(
-                    prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                    num_images_per_prompt, seed, latents, scheduler, image, strength, mask_image, output_type,
-                    callback, generator)
+                return self._generate(**arguments)
             except SdrtError:
                 raise
             except Exception as e:  # an engine's own exception types (onnxruntime, CUDA, TensorRT)
@@ -272,38 +349,71 @@ class Pipeline:
                 n = (1 if isinstance(prompt, str) else len(prompt)) * num_images_per_prompt
                 raise memory_guard.allocation_failure(e, self.backend_name, height, width, n) from None
 
-    def _generate(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                  num_images_per_prompt, seed, latents, scheduler, image, strength, mask_image, output_type,
-                  callback, generator) -> PipelineOutput:
+    def _generate(self, prompt: Any, negative_prompt: Any, num_inference_steps: Any, guidance_scale: Any,
+                  height: Any, width: Any, num_images_per_prompt: Any, seed: Any, latents: Any, scheduler: Any,
+                  image: Any, strength: Any, mask_image: Any, output_type: str, callback: Any, generator: Any,
+                  prompt_2: Any, negative_prompt_2: Any, original_size: Any, crops_coords_top_left: Any,
+                  target_size: Any, negative_original_size: Any, negative_crops_coords_top_left: Any,
+                  negative_target_size: Any, aesthetic_score: Any, negative_aesthetic_score: Any,
+                  guidance_rescale: Any, clip_skip: Any, denoising_start: Any, denoising_end: Any) -> PipelineOutput:
         t_call = time.perf_counter()
         timings = StageTimings()
+        sizes = {"original_size": original_size, "crops_coords_top_left": crops_coords_top_left,
+                 "target_size": target_size, "negative_original_size": negative_original_size,
+                 "negative_crops_coords_top_left": negative_crops_coords_top_left,
+                 "negative_target_size": negative_target_size}
+        self._check_family_arguments({"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2, **sizes})
+        images, masks, given_latents = self._inputs(image, mask_image)
+        mode = "inpaint" if masks else "img2img" if images or given_latents is not None else "txt2img"
+        if strength is None:
+            strength = DEFAULT_STRENGTH[mode][self.family] if mode != "txt2img" else 0.8
         steps, guidance, strength, per_prompt = check_call(
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, strength=strength,
             num_images_per_prompt=num_images_per_prompt, output_type=output_type)
+        rescale, clip_skip = check_extras(guidance_rescale=guidance_rescale, clip_skip=clip_skip)
+        denoising_start = check_fraction("denoising_start", denoising_start)
+        denoising_end = check_fraction("denoising_end", denoising_end)
+        if denoising_start is not None and mode != "img2img":
+            raise SdrtError("denoising_start continues from an image or a base model's latents: pass image= "
+                            "(img2img; inpainting does not take it here)")
+        if denoising_start is not None and denoising_end is not None and denoising_start >= denoising_end:
+            raise SdrtError(f"denoising_start {denoising_start} must be below denoising_end {denoising_end}")
         prompts, negatives = prompt_lists(prompt, negative_prompt)
         warn_unused_negative(negatives, guidance)
-        images, masks = self._inputs(image, mask_image)
-        height, width = self._size(height, width, images, masks)
+        prompts_2 = prompt_lists(prompts, prompt_2)[1] if prompt_2 is not None else None
+        negatives_2 = prompt_lists(prompts, negative_prompt_2)[1] if negative_prompt_2 is not None else None
+        height, width = self._size(height, width, images, masks, given_latents)
         n = len(prompts) * per_prompt
         if generator is None:
             seeds = image_seeds(seed, n)
             seed, rng = seeds[0], PerImageGenerator(seeds)
         else:
             seeds, seed, rng = None, None, generator  # the caller's generator: its seed is not ours to report
-        cfg = guidance > 1.0
+        cfg = guidance > 1.0 and self.time_cond_dim is None  # LCM: the guidance is an embedding, no CFG batch
         f, C = self.vae_scale_factor, self.latent_channels
         h, w = height // f, width // f
         noise = check_latents(latents, (n, C, h, w)) if latents is not None else None
+        if given_latents is not None:
+            given_latents = conditioning.tile_to(check_latents(given_latents, given_latents.shape), n, "latent image")
 
         with timings.measure("text_encoder"):
-            embeddings = self.encode_prompts(prompts, negatives, per_prompt, cfg)
+            zero = (self.family in SDXL_FAMILIES and negative_prompt is None
+                    and bool(self.manifest.pipeline.get("force_zeros_for_empty_prompt", False)))
+            cond = self.encode_prompts(prompts, negatives, per_prompt, cfg, prompts_2=prompts_2,
+                                       negatives_2=negatives_2, clip_skip=clip_skip, zero_negatives=zero)
 
-        mode = "inpaint" if masks else "img2img" if images else "txt2img"
         sched = self.make_scheduler(scheduler, mode)
         sched.set_timesteps(steps)
         timesteps = np.asarray(sched.timesteps)
-        if images:
-            begin, remaining = conditioning.start_index(steps, strength, sched.order)
+        train_steps = int(sched.config.get("num_train_timesteps", 1000))
+        if mode == "txt2img" and self.family in SDXL_FAMILIES and hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(0)
+        if mode != "txt2img":
+            if denoising_start is not None:
+                begin = start_at(timesteps, denoising_start, train_steps, sched.order)
+                remaining = len(timesteps) - begin
+            else:
+                begin, remaining = conditioning.start_index(steps, strength, sched.order)
             if remaining < 1:
                 raise SdrtError(f"strength {strength} with {steps} steps leaves no denoising step: "
                                 f"raise the strength or the number of steps")
@@ -319,60 +429,54 @@ class Pipeline:
             mask_px = conditioning.tile_to(imageio.masks_to_array(masks), len(images), "mask")
             mask_lat = conditioning.tile_to(conditioning.mask_latents(mask_px, f), n, "mask")
         with timings.measure("vae_encoder"):
-            if images and (not masks or blend or strength < 1.0):
+            if given_latents is not None:
+                image_lat = given_latents
+            elif images and (not masks or blend or strength < 1.0):
                 image_lat = conditioning.tile_to(self.encode_images(pixels, rng), n, "image")
-            if noise is None:
+            if noise is None and denoising_start is None:
                 noise = rng.standard_normal((n, C, h, w), dtype=np.float32)
             if self.inpainting_unet:
                 masked = conditioning.masked_pixels(pixels, mask_px)
                 masked_lat = conditioning.tile_to(self.encode_images(masked, rng), n, "image")
-        if image_lat is None or (masks and strength == 1.0):
+        if denoising_start is not None:
+            x = image_lat  # the refiner continues where the base stopped: no fresh noise
+        elif image_lat is None or (masks and strength == 1.0):
             x = noise * np.float32(sched.init_noise_sigma)
         else:
             x = sched.add_noise(image_lat, noise, np.repeat(timesteps[:1], n))
         x = np.asarray(x, dtype=np.float32)
+        if denoising_end is not None:
+            timesteps = cut_timesteps_end(timesteps, denoising_end, train_steps)
 
-        # -- the denoising loop: bound buffers, nothing allocated in the engines -------------------
+        # -- the UNet's per-call inputs, bound once; then the loop --------------------------------
         unet = self.engine("unet")
         batch = 2 * n if cfg else n
         memory_guard.check_fits(self.backend_name, self._unet_config, batch, height, width, f, n)
         unet.prepare({"B": batch, "h": h, "w": w})
-        unet.set_input("encoder_hidden_states", embeddings)
+        unet.set_input(N.ENCODER_HIDDEN_STATES, cond.hidden)
+        if self.family in SDXL_FAMILIES:
+            size_cond = self._size_conditioning(height, width, sizes, aesthetic_score, negative_aesthetic_score)
+            unet.set_input(N.TEXT_EMBEDS, cond.pooled)
+            unet.set_input(N.TIME_IDS, added_conditioning.time_ids(
+                size_cond, mode=mode, aesthetic=self.family == "sdxl-refiner"
+                or bool(self.manifest.pipeline.get("requires_aesthetics_score")), images=n, guidance=cfg))
+        if self.time_cond_dim is not None:
+            unet.set_input(N.TIMESTEP_COND, added_conditioning.guidance_embedding(guidance, n, self.time_cond_dim))
         model_in = np.zeros((batch, self.unet_in_channels, h, w), dtype=np.float32)
         if masked_lat is not None:
             halves = 2 if cfg else 1
             model_in[:, C:C + 1] = np.concatenate([mask_lat] * halves)
             model_in[:, C + 1:] = np.concatenate([masked_lat] * halves)
-        t_in = np.zeros((batch,), dtype=np.float32)
-        for i, t in enumerate(timesteps):
-            t0 = time.perf_counter()
-            scaled = sched.scale_model_input(x, t)
-            model_in[:n, :C] = scaled
-            if cfg:
-                model_in[n:, :C] = scaled
-            t_in.fill(t)
-            t1 = time.perf_counter()
-            out = unet.run({"sample": model_in, "timestep": t_in})["out_sample"]
-            t2 = time.perf_counter()
-            if cfg:  # views (no copy for fp32 engines); the guidance formula makes a new array
-                uncond = out[:n].astype(np.float32, copy=False)
-                text = out[n:].astype(np.float32, copy=False)
-                noise_pred = uncond + guidance * (text - uncond)
-            else:
-                noise_pred = out.astype(np.float32)  # a copy: the engine overwrites `out` next step
-            x = sched.step(noise_pred, t, x, generator=rng).prev_sample
-            if blend:
-                proper = image_lat
-                if i < len(timesteps) - 1:
-                    proper = sched.add_noise(image_lat, noise, timesteps[i + 1:i + 2])
-                x = (1 - mask_lat) * proper + mask_lat * x
-            if callback is not None:
-                callback(i, t, x)
-            timings.unet_steps.append(t2 - t1)
-            timings.host_steps.append(time.perf_counter() - t0 - (t2 - t1))
+        x = denoise(unet, sched, timesteps, x, model_in, images=n, latent_channels=C, guidance=cfg,
+                    guidance_scale=guidance, guidance_rescale=rescale,
+                    blend=Blend(image_lat, noise, mask_lat) if blend else None, rng=rng, callback=callback,
+                    timings=timings)
 
-        with timings.measure("vae_decoder"):
-            result = self.decode(np.asarray(x, dtype=np.float32))
+        if output_type == "latent":
+            result = x
+        else:
+            with timings.measure("vae_decoder"):
+                result = self.decode(x)
         timings.total = time.perf_counter() - t_call
         parameters = {
             "mode": mode,
@@ -386,7 +490,14 @@ class Pipeline:
         parameters.update(metadata.describe(self.manifest, sched, images, masks))
         if self.adapters.active:
             parameters["loras"] = self.loras
-        if images:
+        if mode != "txt2img":
             parameters["strength"] = strength
+        extras = {"prompt_2": prompts_2, "negative_prompt_2": negatives_2, "guidance_rescale": rescale or None,
+                  "clip_skip": clip_skip, "denoising_start": denoising_start, "denoising_end": denoising_end,
+                  **{k: list(v) for k, v in sizes.items() if v is not None}}
+        parameters.update({k: v for k, v in extras.items() if v is not None})
+        if self.family == "sdxl-refiner":
+            parameters.update(aesthetic_score=float(aesthetic_score),
+                              negative_aesthetic_score=float(negative_aesthetic_score))
         images_out = imageio.to_pil(result) if output_type == "pil" else result
         return PipelineOutput(images_out, seed, timings, parameters, seeds)

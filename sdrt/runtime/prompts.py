@@ -1,0 +1,97 @@
+"""Text conditioning for every model family: prompts -> the UNet's text inputs, as diffusers makes them.
+
+- ``sd``: one CLIP encoder; ``encoder_hidden_states`` is its last hidden state, or with ``clip_skip``
+  the final layer norm of an earlier layer (the export's ``hidden_states`` stack, entry clip_skip).
+- ``sdxl``: ``prompt`` goes to text_encoder, ``prompt_2`` (default: ``prompt``) to text_encoder_2;
+  the UNet reads both encoders' penultimate layers side by side (entry clip_skip of each stack) and
+  text_encoder_2's projected pooled output as ``text_embeds``.
+- ``sdxl-refiner``: text_encoder_2 alone, fed ``prompt`` (diffusers pairs the prompts with the
+  encoders it has, so ``prompt_2`` is unused there).
+
+Negative prompts never use clip_skip (diffusers encodes them with the default layer). With
+``force_zeros_for_empty_prompt`` (SDXL's model_index) and no negative prompt, the unconditional
+embeddings are zeros instead of the encoded empty string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from sdrt.errors import SdrtError
+from sdrt.spec import N
+
+
+@dataclass
+class TextConditioning:
+    """Per UNet row (the unconditional half first under guidance), each prompt's rows repeated per image."""
+
+    hidden: np.ndarray  # [rows, S, D]
+    pooled: np.ndarray | None  # [rows, P] (SDXL's text_embeds)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """One text encoder of the model, with its tokenizer and the prompts it is fed."""
+
+    name: str
+    tokenizer: Any
+    engine: Any
+
+
+def _layer(outputs: dict[str, np.ndarray], family: str, clip_skip: int | None, name: str) -> np.ndarray:
+    """The hidden states the family's UNet reads, for one clip_skip (None: the family's default)."""
+    if family == "sd" and not clip_skip:
+        return outputs[N.LAST_HIDDEN_STATE]
+    if N.HIDDEN_STATES not in outputs:
+        raise SdrtError(f"clip_skip needs the text encoder's layer stack, which this export lacks: export the "
+                        f"model again with `sdrt export --hidden-states`")
+    stack = outputs[N.HIDDEN_STATES]
+    index = clip_skip or 0
+    if index >= stack.shape[0]:
+        raise SdrtError(f"clip_skip {clip_skip} is too large: {name} has {stack.shape[0]} layers to choose from "
+                        f"(use 0..{stack.shape[0] - 1})")
+    return stack[index]
+
+
+def _run(encoder: Encoder, texts: list[str]) -> dict[str, np.ndarray]:
+    ids = encoder.tokenizer(texts)
+    encoder.engine.prepare({"B": len(texts)})
+    return {k: np.array(v, dtype=np.float32) for k, v in encoder.engine.run({N.INPUT_IDS: ids}).items()}
+
+
+def encode(family: str, encoders: Sequence[Encoder], prompts: Sequence[list[str]], negatives: Sequence[list[str]],
+           *, per_prompt: int, guidance: bool, clip_skip: int | None = None,
+           zero_negatives: bool = False) -> TextConditioning:
+    """`prompts[i]` / `negatives[i]` feed `encoders[i]` (each a list, one text per prompt)."""
+    n = len(prompts[0])
+    hidden_pos, hidden_neg, pooled_pos, pooled_neg = [], [], None, None
+    for encoder, texts, negative_texts in zip(encoders, prompts, negatives):
+        encode_negatives = guidance and not zero_negatives
+        outputs = _run(encoder, list(negative_texts) + list(texts) if encode_negatives else list(texts))
+        pos = {k: (v[n:] if k != N.HIDDEN_STATES else v[:, n:]) for k, v in outputs.items()} if encode_negatives \
+            else outputs
+        hidden_pos.append(_layer(pos, family, clip_skip, encoder.name))
+        if N.TEXT_EMBEDS in pos:
+            pooled_pos = pos[N.TEXT_EMBEDS]
+        if encode_negatives:
+            neg = {k: (v[:n] if k != N.HIDDEN_STATES else v[:, :n]) for k, v in outputs.items()}
+            hidden_neg.append(_layer(neg, family, None, encoder.name))
+            if N.TEXT_EMBEDS in neg:
+                pooled_neg = neg[N.TEXT_EMBEDS]
+    hidden = np.concatenate(hidden_pos, axis=-1)
+    pooled = pooled_pos
+    if guidance:
+        if zero_negatives:
+            negative_hidden = np.zeros_like(hidden)
+            pooled_neg = None if pooled is None else np.zeros_like(pooled)
+        else:
+            negative_hidden = np.concatenate(hidden_neg, axis=-1)
+        hidden = np.concatenate([negative_hidden, hidden])
+        if pooled is not None:
+            pooled = np.concatenate([pooled_neg, pooled])
+    hidden = np.repeat(hidden, per_prompt, axis=0)
+    pooled = None if pooled is None else np.repeat(pooled, per_prompt, axis=0)
+    return TextConditioning(hidden, pooled)
