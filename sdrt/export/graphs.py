@@ -33,7 +33,8 @@ class TextEncoderGraph(torch.nn.Module):
     def _stack(self, hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
         layers = len(hidden) - 1
         if self.family == "sd":
-            norm = self.text_encoder.text_model.final_layer_norm
+            # transformers < 5 nests the layers in `text_model`; 5 has them on the model itself
+            norm = getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm
             return torch.stack([norm(hidden[-(k + 1)]) for k in range(layers)])
         return torch.stack([hidden[-(k + 2)] for k in range(layers)])
 

@@ -40,17 +40,8 @@ SDXL_UNET: dict[str, Any] = {
     "addition_time_embed_dim": 256,
     "projection_class_embeddings_input_dim": 2816,  # 6 time ids x 256 + the 1280 pooled text embeds
 }
-SDXL_VAE: dict[str, Any] = {
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "scaling_factor": 0.13025,
-    "force_upcast": True,
-}
+#: SDXL's VAE is SD's architecture with another scaling factor, marked to run in fp32 (presets.py)
+SDXL_VAE_CHANGES: dict[str, Any] = {"scaling_factor": 0.13025, "force_upcast": True}
 CLIP_L = {**CLIP_IDS, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
           "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu"}
 CLIP_BIG_G = {**CLIP_IDS, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
@@ -76,17 +67,6 @@ TINY_SDXL_REFINER_UNET: dict[str, Any] = {
     "attention_head_dim": [4, 4, 4],
     "cross_attention_dim": 32,  # text_encoder_2 only
     "projection_class_embeddings_input_dim": 72,  # 5 x 8 + 32
-}
-TINY_SDXL_VAE: dict[str, Any] = {
-    "block_out_channels": [32, 64],
-    "down_block_types": ["DownEncoderBlock2D"] * 2,
-    "up_block_types": ["UpDecoderBlock2D"] * 2,
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 64,
-    "scaling_factor": 0.13025,
-    "force_upcast": True,
 }
 TINY_CLIP = {**CLIP_IDS, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
              "num_attention_heads": 4, "projection_dim": 32, "hidden_act": "quick_gelu"}

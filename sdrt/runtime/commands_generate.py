@@ -14,6 +14,8 @@ import json
 import sys
 from typing import Any
 
+from sdrt.runtime import commands_sdxl
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="ONNX model folder written by `sdrt export`")
@@ -33,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images per pipeline call (AUTOMATIC1111's batch size; --num-images is split into "
                         "calls of this many, each image keeping seed + i). Default: all in one call")
     p.add_argument("--image", default=None, help="start image: img2img, or inpainting with --mask")
-    p.add_argument("--strength", type=float, default=0.8, help="how much of --image to repaint, 0..1 (default 0.8)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="how much of --image to repaint, 0..1 (default 0.8; SDXL img2img 0.3, as diffusers)")
     p.add_argument("--mask", default=None, help="inpainting mask: white = repaint, black = keep (needs --image)")
     p.add_argument("--backend", default="auto", help="ort-cpu, openvino, ort-cuda, tensorrt, tensorrt_rtx, or auto (default: the fastest usable)")
     p.add_argument("--precision", default=None, choices=("f32", "bf16", "f16"),
@@ -50,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder where AUTOMATIC1111 prompt tags <lora:NAME:SCALE> find NAME.safetensors")
     p.add_argument("--out", default="sdrt-out", help="output folder (default ./sdrt-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
+    commands_sdxl.add_arguments(p)
 
 
 def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
@@ -98,6 +102,26 @@ def cuda_graph_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"cuda_graph": True}
 
 
+def refiner_pipeline(args: argparse.Namespace, base: Any, options: dict[str, Any]) -> Any:
+    """--refiner DIR: the second pipeline of the hand-off, checked against the base before any work."""
+    from sdrt.errors import SdrtError
+
+    if args.refiner is None:
+        if args.denoising_end is not None:
+            raise SdrtError("--denoising-end hands the latents to a refiner: add --refiner DIR (or leave it out)")
+        return None
+    if args.image is not None or args.mask is not None:
+        raise SdrtError("--refiner runs txt2img on the base, then the refiner: drop --image / --mask")
+    from sdrt.manifest import Manifest
+    from sdrt.runtime import refiner as handoff
+    from sdrt.runtime.arguments import check_fraction
+    from sdrt.runtime.pipeline import Pipeline
+
+    check_fraction("--denoising-end", args.denoising_end)
+    handoff.check_pair(base.manifest, Manifest.load(args.refiner))
+    return Pipeline.load(args.refiner, backend=args.backend, **options)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -117,9 +141,10 @@ def run(args: argparse.Namespace) -> int:
     prompt, tagged = prompt_loras(args.prompt, args.lora_dir)
     loras = [parse_lora_arg(text) for text in args.lora] + tagged
     pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options)
+    refiner = refiner_pipeline(args, pipe, {"precision": args.precision, **options})
     expected = args.steps
-    if args.image is not None and isinstance(args.steps, int) and 0 <= args.strength <= 1:
-        expected = conditioning.start_index(args.steps, args.strength, 1)[1]
+    if args.image is not None and isinstance(args.steps, int) and 0 <= (args.strength or 0.8) <= 1:
+        expected = conditioning.start_index(args.steps, args.strength or 0.8, 1)[1]
     num_images = args.num_images
     if num_images < 1:
         raise SdrtError(f"num_images_per_prompt (--num-images) {num_images!r} must be a whole number >= 1")
@@ -135,11 +160,19 @@ def run(args: argparse.Namespace) -> int:
     with terminate_as_exception(interrupted), outputs.reserved_number(out) as number:
         for batch in batches:
             try:
-                result = pipe(prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                              guidance_scale=args.guidance_scale, height=args.height, width=args.width,
-                              num_images_per_prompt=len(batch), seed=batch, scheduler=args.scheduler,
-                              image=args.image, strength=args.strength, mask_image=args.mask,
-                              callback=lambda i, t, x: bar.update(1))
+                call = dict(negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                            guidance_scale=args.guidance_scale, height=args.height, width=args.width,
+                            num_images_per_prompt=len(batch), seed=batch, scheduler=args.scheduler,
+                            callback=lambda i, t, x: bar.update(1), **commands_sdxl.call_options(args))
+                if refiner is not None:
+                    from sdrt.runtime import refiner as handoff
+
+                    result = handoff.generate(pipe, refiner, prompt, denoising_end=args.denoising_end or 0.8,
+                                              refiner_options=commands_sdxl.refiner_options(args), **call)
+                else:
+                    result = pipe(prompt, image=args.image, strength=args.strength, mask_image=args.mask,
+                                  **call, **(commands_sdxl.refiner_options(args) if pipe.family == "sdxl-refiner"
+                                             else {}))
             except BaseException:
                 bar.close()
                 raise

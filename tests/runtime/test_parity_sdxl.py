@@ -15,6 +15,7 @@ import pytest
 from sdrt.reference import TorchReplay, load_reference
 from sdrt.runtime import Pipeline
 from sdrt.runtime.images import psnr
+from tests.runtime.test_parity import _inputs
 
 MIN_PSNR = 40.0
 TURBO = {"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"}
@@ -79,20 +80,6 @@ CASES = {
     "lcm-4-steps-b2": Case(preset="tiny-lcm", steps=4, guidance=3.0, size=(32, 24), per_prompt=2,
                            inject_latents=True),
 }
-
-
-def _inputs(case: Case) -> dict:
-    h, w = case.size
-    rng = np.random.default_rng(7)
-    extra: dict = {}
-    if case.mode in ("img2img", "inpaint"):
-        extra["image"] = (rng.random((h, w, 3)) * 255).astype(np.uint8)
-        extra["strength"] = case.strength
-    if case.mode == "inpaint":
-        mask = np.zeros((h, w), np.uint8)
-        mask[h // 4: 3 * h // 4, w // 3:] = 255
-        extra["mask_image"] = mask
-    return extra
 
 
 def _run(sdxl, case: Case, seed: int = 11, **override):
@@ -176,11 +163,18 @@ def test_sd15_clip_skip_matches_diffusers_embeddings(onnx_export, tiny_src):
                               create_backend("ort-cpu").load(manifest, "text_encoder"))
     ref = diffusers.StableDiffusionPipeline.from_pretrained(tiny_src, safety_checker=None,
                                                             requires_safety_checker=False)
+    tok = ref.tokenizer(["a cat", "a dog"], padding="max_length", max_length=77, truncation=True,
+                        return_tensors="pt").input_ids
     for clip_skip in (None, 1):
         ours = prompts.encode("sd", [encoder], [["a cat", "a dog"]], [["", "blurry"]], per_prompt=1, guidance=True,
                               clip_skip=clip_skip).hidden
         with torch.no_grad():
-            pos, neg = ref.encode_prompt(["a cat", "a dog"], "cpu", 1, True, ["", "blurry"], clip_skip=clip_skip)
+            pos, neg = ref.encode_prompt(["a cat", "a dog"], "cpu", 1, True, ["", "blurry"])
+            if clip_skip:
+                # diffusers' clip_skip formula (its `text_encoder.text_model.final_layer_norm` spelling
+                # predates transformers 5, where the layers sit on the model itself)
+                hidden = ref.text_encoder(tok, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+                pos = ref.text_encoder.final_layer_norm(hidden)
         want = torch.cat([neg, pos]).numpy()
         assert ours.shape == want.shape
         np.testing.assert_allclose(ours, want, atol=1e-4)
