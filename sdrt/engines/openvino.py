@@ -28,6 +28,7 @@ import numpy as np
 
 from sdrt.engines import openvino_cache as cache
 from sdrt.engines.base import Backend, Engine
+from sdrt.engines.signal_stack import preserved_signal_stack
 from sdrt.errors import BackendUnavailable, SdrtError
 
 EXTRA = "sdrt[openvino]"
@@ -173,10 +174,11 @@ class OpenVinoBackend(Backend):
         if performance_hint is not None and performance_hint not in PERFORMANCE_HINTS:
             raise SdrtError(f"performance_hint {performance_hint!r} is not one of: {', '.join(PERFORMANCE_HINTS)}")
         ov = import_openvino()
-        self.core = ov.Core()
         self.device = str(device).upper()
-        check_device(self.core, self.device)
-        check_precision(self.core, self.device, precision)
+        with preserved_signal_stack():  # see sdrt/engines/signal_stack.py
+            self.core = ov.Core()
+            check_device(self.core, self.device)
+            check_precision(self.core, self.device, precision)
         self.precision = precision
         self.shapes = shapes
         self.num_threads = num_threads
@@ -260,6 +262,10 @@ class OpenVinoBackend(Backend):
         return compiled, from_cache, seconds
 
     def _compile_once(self, ov, path: Path, shapes, props: dict[str, Any]):
+        with preserved_signal_stack():  # see sdrt/engines/signal_stack.py
+            return self._compile_unguarded(ov, path, shapes, props)
+
+    def _compile_unguarded(self, ov, path: Path, shapes, props: dict[str, Any]):
         if shapes is None:  # from the file: on a cache hit OpenVINO skips reading the ONNX at all
             return self.core.compile_model(str(path), self.device, props)
         model = self.core.read_model(str(path))
@@ -274,7 +280,8 @@ class OpenVinoBackend(Backend):
     def load(self, manifest, component: str) -> OpenVinoEngine:
         from sdrt import spec
 
-        engine = OpenVinoEngine(self, manifest, component)
+        with preserved_signal_stack():
+            engine = OpenVinoEngine(self, manifest, component)
         if engine.compiled is not None:
             got = {n for port in engine.compiled.inputs for n in port.get_names()}
             want = set(spec.component(component).input_names)
