@@ -57,6 +57,7 @@ class RssSampler:
     keep_samples: bool = False
     start_mb: float = 0.0
     peak_mb: float = 0.0
+    t0: float = 0.0  # time.perf_counter() when sampling began: the origin of ``samples``' times
     samples: list[tuple[float, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
@@ -66,7 +67,7 @@ class RssSampler:
 
         proc = psutil.Process()
         self.start_mb = self.peak_mb = proc.memory_info().rss / MB
-        t0 = time.perf_counter()
+        t0 = self.t0 = time.perf_counter()
 
         def sample() -> None:
             value = proc.memory_info().rss / MB
@@ -85,6 +86,33 @@ class RssSampler:
     def growth_mb(self) -> float:
         """Peak minus the RSS when sampling began: what this phase added."""
         return self.peak_mb - self.start_mb
+
+
+def peak_since(samples: list[tuple[float, float]], start_s: float, end_s: float = float("inf")) -> float | None:
+    """The highest sampled RSS (MB) with start_s <= time < end_s; None when no sample falls there."""
+    inside = [mb for t, mb in samples if start_s <= t < end_s]
+    return max(inside) if inside else None
+
+
+def kernel_peak_mb() -> float | None:
+    """The kernel's own high-water mark of this process's RSS (VmHWM, MB); None where unknown."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_kernel_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux: ``5`` into /proc/self/clear_refs); False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def nvidia_smi_used_mb(pid: int) -> float | None:

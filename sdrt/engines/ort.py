@@ -178,6 +178,12 @@ class OrtCpuBackend(Backend):
     def check_available(cls) -> None:
         _import_ort()
 
+    @property
+    def materializes_attention(self) -> bool:
+        """Whether attention computes whole [S, S] score matrices (what the memory guard estimates):
+        not after the MultiHeadAttention rewrite."""
+        return "attention_to_mha" not in self.graph_rewrites
+
     # -- what a subclass changes -----------------------------------------------------------------
     def providers(self, component: str) -> list:
         return ["CPUExecutionProvider"]

@@ -451,7 +451,8 @@ class Pipeline:
         # -- the UNet's per-call inputs, bound once; then the loop --------------------------------
         unet = self.engine("unet")
         batch = 2 * n if cfg else n
-        memory_guard.check_fits(self.backend_name, self._unet_config, batch, height, width, f, n)
+        if getattr(self.backend, "materializes_attention", True):  # ort-cpu with MHA: no [S, S] scores
+            memory_guard.check_fits(self.backend_name, self._unet_config, batch, height, width, f, n)
         unet.prepare({"B": batch, "h": h, "w": w})
         unet.set_input(N.ENCODER_HIDDEN_STATES, cond.hidden)
         if self.family in SDXL_FAMILIES:

@@ -28,11 +28,25 @@ def test_refusal_names_size_estimate_and_what_fits():
     memory_guard.check_fits("tensorrt", TINY, 1, 512, 512, 2, 1, available=1)  # no estimate: no refusal
 
 
-def test_pipeline_refuses_before_running_the_unet(pipelines, monkeypatch):
+def test_pipeline_refuses_before_running_the_unet(tiny_onnx, monkeypatch):
+    from sdrt.runtime import Pipeline
+
+    pipe = Pipeline.load(tiny_onnx, "ort-cpu", graph_rewrites=())  # ONNX Runtime's own Attention kernel
+    try:
+        monkeypatch.setattr(memory_guard, "available_bytes", lambda: 2**20)  # 1 MiB free
+        ran = []
+        monkeypatch.setattr(pipe.engine("unet"), "run", lambda *a, **k: ran.append(1))
+        with pytest.raises(SdrtError, match="needs about .* GiB for ort-cpu's attention scores alone"):
+            pipe("a cat", num_inference_steps=1, height=64, width=64, seed=0)
+        assert not ran
+    finally:
+        pipe.close()
+
+
+def test_no_refusal_where_attention_is_memory_efficient(pipelines, monkeypatch):
+    """ort-cpu's default graph has MultiHeadAttention (no [S, S] scores): the estimate does not apply."""
     pipe = pipelines("tiny")
-    monkeypatch.setattr(memory_guard, "available_bytes", lambda: 2**20)  # 1 MiB free
-    ran = []
-    monkeypatch.setattr(pipe.engine("unet"), "run", lambda *a, **k: ran.append(1))
-    with pytest.raises(SdrtError, match="needs about .* GiB for ort-cpu's attention scores alone"):
-        pipe("a cat", num_inference_steps=1, height=64, width=64, seed=0)
-    assert not ran
+    assert not pipe.backend.materializes_attention
+    monkeypatch.setattr(memory_guard, "available_bytes", lambda: 2**20)
+    out = pipe("a cat", num_inference_steps=1, height=64, width=64, seed=0, output_type="np")
+    assert out.images.shape[1:3] == (64, 64)
