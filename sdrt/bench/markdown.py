@@ -51,6 +51,9 @@ def stage_table(report: Report) -> list[str]:
         [_x(speed.get(r.name, {}).get("end_to_end")) for r in contenders])
     row("host RSS peak (MB)", [f"{r.host_rss_peak_mb:,.0f}" for r in runs], ["" for _ in contenders])
     row("host RSS growth (MB)", [f"{r.host_rss_growth_mb:,.0f}" for r in runs], ["" for _ in contenders])
+    if any(r.host_rss_after_close_mb is not None for r in runs):
+        row("host RSS after close (MB)", [f"{r.host_rss_after_close_mb:,.0f}" if r.host_rss_after_close_mb is not None
+                                          else "–" for r in runs], ["" for _ in contenders])
     if any(r.gpu_peak_mb is not None for r in runs):
         row("GPU peak (MB)", [f"{r.gpu_peak_mb:,.0f}" if r.gpu_peak_mb is not None else "–" for r in runs],
             ["" for _ in contenders])
@@ -88,6 +91,7 @@ def method_lines(method: dict[str, Any]) -> list[str]:
         ("protocol", f"{m.get('warmup')} warm-up call(s), then {m.get('reps')} timed call(s) per contender, "
                      "one process, sdrt first (before torch is imported), then PyTorch; "
                      "medians, spread = interquartile range; per-step stages pool every step of every call"),
+        ("memory release", m.get("memory_release")),
         ("threads", m.get("threads")),
         ("date", m.get("date")),
     ]

@@ -24,6 +24,27 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / MB
 
 
+def release_memory() -> float:
+    """Hand freed memory back to the OS (``gc.collect()``, then glibc's ``malloc_trim(0)``, which
+    returns free heap pages, not only the top of the heap); this process's RSS afterwards, in MB.
+
+    Called between benchmark contenders, so that one contender's freed weights are not still
+    resident when the next one loads (they would add up in RSS, and on a small machine, OOM).
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+            pass
+    return rss_mb()
+
+
 def start_poller(sample: Callable[[], None], stop: threading.Event, interval_s: float,
                  name: str) -> threading.Thread:
     """Call ``sample`` every ``interval_s`` in a daemon thread until ``stop`` is set."""

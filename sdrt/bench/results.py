@@ -80,6 +80,7 @@ class RunResult:
     host_rss_peak_mb: float
     host_rss_growth_mb: float
     gpu_peak_mb: float | None = None
+    host_rss_after_close_mb: float | None = None  # RSS once it was closed and its memory handed back
     psnr_db: float | None = None  # against the reference's images (sdrt runs only)
     psnr_bf16_db: float | None = None  # bf16 runs: against diffusers' own bf16 (autocast) images
     options: dict[str, Any] = field(default_factory=dict)  # backend options, tuning levers

@@ -3,7 +3,10 @@
 sdrt's backends run first, before torch is imported (their memory numbers are their own), then
 the PyTorch reference; PSNR of each sdrt run against the reference's images goes next to its
 speed. Each contender: load (timed), warm-up calls, timed calls, host RSS (and GPU memory) sampled
-from the start of loading to the end of the last call.
+from the start of loading to the end of the last call. Contenders run one after the other: each is
+closed and its memory handed back (`memory.release_memory`) before the next one loads, and the
+RSS left then is recorded (``host_rss_after_close_mb``), so a report shows that the memory of the
+largest contender, not the sum of all, is what a run needs.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from typing import Any, Callable
 import numpy as np
 
 from sdrt.bench.contenders import Generation, psnr
-from sdrt.bench.memory import GpuPeakSampler, RssSampler
+from sdrt.bench.memory import GpuPeakSampler, RssSampler, release_memory
 from sdrt.bench.results import Report, RunResult, summarize_calls
 
 Log = Callable[[str], None]
+RELEASE = ("one contender at a time: each is closed (its engines or PyTorch modules dropped), then gc.collect() "
+           "and glibc malloc_trim(0), before the next one loads; 'host RSS after close' is the process's RSS then")
 
 
 def measure(contender: Any, gen: Generation, *, warmup: int, reps: int, log: Log = print
@@ -62,6 +67,9 @@ def run_benchmark(suite_name: str, contenders: list[Any], gen: Generation, *, wa
                 parameters = parameters or params
         finally:
             contender.close()
+            after_close = release_memory()
+        run.host_rss_after_close_mb = after_close
+        log(f"  {contender.name}: closed; host RSS {after_close:,.0f} MB")
         runs.append(run)
     reference = next((r for r in runs if r.kind == "reference"), None)
     bf16_reference = next((r for r in runs if r.kind != "sdrt" and r.backend.startswith("torch")
@@ -71,6 +79,6 @@ def run_benchmark(suite_name: str, contenders: list[Any], gen: Generation, *, wa
             run.psnr_db = psnr(images[run.name], images[reference.name])
         if bf16_reference is not None and run is not bf16_reference and run.precision == "bf16":
             run.psnr_bf16_db = psnr(images[run.name], images[bf16_reference.name])
-    method = method | {"scheduler": parameters.get("scheduler", gen.scheduler)}
+    method = method | {"scheduler": parameters.get("scheduler", gen.scheduler), "memory_release": RELEASE}
     return Report(suite=suite_name, created=datetime.now().isoformat(timespec="seconds"),
                   method=method, runs=runs)

@@ -40,6 +40,13 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           peers=("openvino-genai:f32", "openvino-genai:bf16", "diffusers:bf16"),
           about="the real SD 1.5 architecture at 256x256: what a 2-core CPU can afford; sdrt ort-cpu and "
                 "openvino f32/bf16 against diffusers fp32/bf16 and OpenVINO GenAI f32/bf16"),
+    Suite("cpu-sdxl", "sdxl", 512, 512, steps=4, batches=(1,), backends=("ort-cpu",),
+          reference_device="cpu", reference_precision="fp32", warmup=1, reps=1, needs_gpu=False,
+          scheduler="EulerDiscreteScheduler", guidance_scale=5.0, peers=("diffusers:bf16",),
+          about="the real SDXL 1.0 base architecture at 512x512, 4 Euler steps with guidance 5 (UNet batch 2): "
+                "sdrt ort-cpu against diffusers fp32 and bf16 autocast, one contender in memory at a time "
+                "(each ~14-17 GB); openvino is left out by default (its compile holds the graph and the compiled "
+                "weights at once, ~1.5x the weights: over 24 GB for SDXL), add it with --backend openvino"),
     Suite("gpu-sd15", "sd15", 512, 512, steps=50, batches=(1, 4), backends=("ort-cuda", "ort-cuda:cuda_graph"),
           reference_device="cuda", reference_precision="fp16", warmup=2, reps=5, needs_gpu=True,
           about="SD 1.5 at 512x512, 50 steps: ort-cuda without and with CUDA graph, against diffusers fp16"),

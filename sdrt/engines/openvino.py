@@ -85,7 +85,8 @@ class OpenVinoEngine(Engine):
     """One component on one compiled model and one infer request, bound once per shape set."""
 
     def __init__(self, backend: "OpenVinoBackend", manifest, component: str):
-        super().__init__(component, manifest.values, manifest.precision(component))
+        super().__init__(component, manifest.values, manifest.precision(component),
+                         component_spec=manifest.spec.component(component))  # the manifest's family
         self.backend = backend
         self.manifest = manifest
         self.compiled = None
@@ -115,7 +116,7 @@ class OpenVinoEngine(Engine):
         ov = import_openvino()
         from sdrt import spec
 
-        shapes = spec.shapes(self.component, {**self.model_values, **dims}, include_optional=True)
+        shapes = spec.shapes(self.spec, {**self.model_values, **dims}, include_optional=True)
         names = list(self.spec.input_names) + [n for n in self.spec.output_names if n in self._outputs]
         self._host, self._tensors = {}, {}
         for name in names:
@@ -278,13 +279,11 @@ class OpenVinoBackend(Backend):
         return self.core.compile_model(model, self.device, props)
 
     def load(self, manifest, component: str) -> OpenVinoEngine:
-        from sdrt import spec
-
         with preserved_signal_stack():
             engine = OpenVinoEngine(self, manifest, component)
         if engine.compiled is not None:
             got = {n for port in engine.compiled.inputs for n in port.get_names()}
-            want = set(spec.component(component).input_names)
+            want = set(manifest.spec.component(component).input_names)
             if not want <= got:
                 raise SdrtError(f"{manifest.onnx_path(component)} has inputs {sorted(got)}, expected "
                                 f"{sorted(want)}: export the model again with sdrt")

@@ -83,3 +83,19 @@ def test_openvino_bf16_psnr_is_reported(ov_pipelines, references, record_propert
         print(f"\n[openvino bf16 vs diffusers fp32, tiny, {STEPS} steps] PSNR {quality:.1f} dB")
     assert ours.parameters["runtime_precision"] == "bf16"
     assert ours.images.std() > 0.01 and quality >= MIN_BF16_PSNR, f"bf16 PSNR {quality:.1f} dB"
+
+
+def test_openvino_f32_runs_the_sdxl_family(tiny_sdxl_onnx, tmp_path):
+    """text_encoder_2, pooled text_embeds and time_ids through openvino (the manifest's family spec)."""
+    from sdrt.reference import load_reference
+    from sdrt.runtime import Pipeline
+
+    folder = tmp_path / "tiny-sdxl"
+    shutil.copytree(tiny_sdxl_onnx, folder, ignore=shutil.ignore_patterns("engines"))
+    call = {"prompt": "a red bicycle", "prompt_2": "oil painting", "num_inference_steps": STEPS,
+            "height": 32, "width": 48, "original_size": (96, 64), "crops_coords_top_left": (4, 8)}
+    ours = Pipeline.load(folder, "openvino")(**call, scheduler="euler", generator=TorchReplay(11), output_type="np")
+    theirs = load_reference(tiny_sdxl_onnx)(**call, scheduler="euler", seed=11)
+    assert ours.parameters["backend"] == "openvino" and ours.images.std() > 0.01
+    quality = psnr(ours.images, theirs.images)
+    assert quality >= MIN_PSNR, f"tiny-sdxl on openvino: PSNR {quality:.1f} dB"
