@@ -149,3 +149,18 @@ def test_auto_order_follows_the_measured_table():
     assert auto.cpu_order("f32", xeon) == ["ort-cpu", "openvino"]
     assert auto.cpu_order("bf16", xeon) == ["openvino"]
     assert auto.cpu_order(None, frozenset({"avx2"})) == list(auto.DEFAULT_F32)  # no row: the default
+
+
+def test_auto_switches_from_the_default_only_past_the_margin(monkeypatch):
+    from sdrt.engines import auto
+
+    zen4 = frozenset({"avx512f", "avx512_bf16", "sse4a"})
+    row = auto.matching_row(zen4)
+    assert row is not None and "AMD" in row.cpu and auto.matching_row(zen4 | {"amx_bf16"}).cpu != row.cpu
+    steps = row.unet_step_s  # measured: openvino f32 ~6% faster than ort-cpu, within the margin
+    assert steps["openvino f32"] < steps["ort-cpu f32"] < steps["openvino f32"] / (1 - auto.SWITCH_MARGIN)
+    assert auto.cpu_order("f32", zen4) == ["ort-cpu", "openvino"]
+    faster = auto.Measured("a CPU where openvino is 20% faster", frozenset({"x"}), frozenset(),
+                           {"ort-cpu f32": 1.0, "openvino f32": 0.8}, "test")
+    monkeypatch.setattr(auto, "TABLE", (faster,))
+    assert auto.cpu_order("f32", frozenset({"x"})) == ["openvino", "ort-cpu"]
