@@ -12,6 +12,11 @@
 - **Cache**: OpenVINO's own compiled-model cache (``CACHE_DIR``), one folder per key under
   ``engines/openvino/`` (see ``openvino_cache``): a second load imports the blob instead of
   compiling.
+- **LoRA** (`reweight`): the component is read again, the Constants of the changed initializers
+  replaced by the merged weights (``openvino_weights``) and compiled **without the cache**: a
+  LoRA'd model is never written to, nor served from, the compiled-model cache, whose entries are
+  keyed by the export's sha256 and so always hold the base. Unloading compiles (or imports) the
+  base again from the file.
 
 openvino is imported lazily; devices other than CPU (GPU, NPU, AUTO) are passed through to
 OpenVINO unverified (the development machine has only a CPU).
@@ -28,6 +33,7 @@ import numpy as np
 
 from sdrt.engines import openvino_cache as cache
 from sdrt.engines.base import Backend, Engine
+from sdrt.engines.openvino_weights import replace_constants
 from sdrt.engines.signal_stack import preserved_signal_stack
 from sdrt.errors import BackendUnavailable, SdrtError
 
@@ -93,6 +99,7 @@ class OpenVinoEngine(Engine):
         self.request = None
         self.loaded_from_cache: bool | None = None
         self.compile_seconds: float | None = None
+        self.overrides: dict[str, np.ndarray] = {}  # LoRA-merged initializers (kept alive: shared memory)
         self._host: dict[str, np.ndarray] = {}
         self._tensors: dict[str, Any] = {}
         self._outputs: list[str] = []
@@ -102,7 +109,7 @@ class OpenVinoEngine(Engine):
     def _compile(self, dims: Mapping[str, int] | None) -> None:
         self.request = None
         self.compiled, self.loaded_from_cache, self.compile_seconds = self.backend.compile(
-            self.manifest, self.component, None if dims is None else self.shapes_for(dims))
+            self.manifest, self.component, None if dims is None else self.shapes_for(dims), self.overrides)
         self._outputs = [n for o in self.compiled.outputs for n in o.get_names()]
         self.request = self.compiled.create_infer_request()
 
@@ -225,11 +232,25 @@ class OpenVinoBackend(Backend):
         return cache.identity(component, onnx_hash, self.library, self.device, device_name, self.precision,
                               policy, {k: str(v) for k, v in self.properties().items()})
 
-    def compile(self, manifest, component: str, shapes: Mapping[str, tuple[int, ...]] | None):
-        """(compiled model, whether it came from the cache, seconds) for one component."""
+    def compile(self, manifest, component: str, shapes: Mapping[str, tuple[int, ...]] | None,
+                overrides: Mapping[str, np.ndarray] | None = None):
+        """(compiled model, whether it came from the cache, seconds) for one component.
+
+        `overrides` (LoRA): initializer -> new value; such a model bypasses the cache."""
         ov = import_openvino()
         path = manifest.onnx_path(component)
         props = self.properties()
+        if overrides:
+            start = time.perf_counter()
+            try:
+                with preserved_signal_stack():
+                    compiled = self._compile_unguarded(ov, path, shapes, props, overrides)
+            except SdrtError:
+                raise
+            except Exception as e:
+                raise SdrtError(f"OpenVINO could not compile {path} with LoRA weights for {self.device} "
+                                f"({_one_line(e)}): try --precision f32") from None
+            return compiled, False, time.perf_counter() - start
         entry = None
         if self.cache:
             entry = cache.entry_dir(manifest.folder, self.identity(manifest, component, shapes))
@@ -266,10 +287,14 @@ class OpenVinoBackend(Backend):
         with preserved_signal_stack():  # see sdrt/engines/signal_stack.py
             return self._compile_unguarded(ov, path, shapes, props)
 
-    def _compile_unguarded(self, ov, path: Path, shapes, props: dict[str, Any]):
-        if shapes is None:  # from the file: on a cache hit OpenVINO skips reading the ONNX at all
+    def _compile_unguarded(self, ov, path: Path, shapes, props: dict[str, Any],
+                           overrides: Mapping[str, np.ndarray] | None = None):
+        if shapes is None and not overrides:  # from the file: on a cache hit OpenVINO skips reading the ONNX
             return self.core.compile_model(str(path), self.device, props)
         model = self.core.read_model(str(path))
+        replace_constants(ov, model, overrides or {}, str(path))
+        if shapes is None:
+            return self.core.compile_model(model, self.device, props)
         wanted = {}
         for port in model.inputs:
             name = next((n for n in port.get_names() if n in shapes), None)
@@ -277,6 +302,18 @@ class OpenVinoBackend(Backend):
                 wanted[port] = ov.PartialShape(list(shapes[name]))
         model.reshape(wanted)
         return self.core.compile_model(model, self.device, props)
+
+    def reweight(self, manifest, component: str, engine: OpenVinoEngine, overrides: Mapping[str, np.ndarray],
+                 restore: Mapping[str, np.ndarray], external: frozenset[str] = frozenset()) -> OpenVinoEngine:
+        """The same engine recompiled with `overrides` replacing those initializers' Constants (none: the
+        export's own model, from the cache). The old compiled model is released first, so two of
+        them never coexist; `restore` is not needed: every compile starts from the file."""
+        engine.close()
+        engine.overrides = {name: np.ascontiguousarray(value) for name, value in overrides.items()}
+        if self.shapes == "dynamic":
+            with preserved_signal_stack():
+                engine._compile(None)
+        return engine
 
     def load(self, manifest, component: str) -> OpenVinoEngine:
         with preserved_signal_stack():

@@ -99,7 +99,8 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                      dtype=check.torch_dtype(component_precision))
             trace.export_graph(wrap(comp, graph_module, model_spec), component, example, path, opset=opset,
                                exporter=exporter, precision=component_precision, model=model_spec)
-            mapped = (weight_map.write(graph_module, f"{GRAPHS[component][0]}.", path)
+            mapped = (weight_map.write(graph_module, f"{GRAPHS[component][0]}.", path, run=lambda: wrap(
+                comp, graph_module, model_spec)(*(example[name] for name in comp.input_names)))
                       if component in weight_map.COMPONENTS else None)
             del graph_module, example
             exported_s = time.perf_counter() - started

@@ -22,7 +22,7 @@ import hashlib
 import json
 import mmap
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -32,7 +32,7 @@ FORMAT = "sdrt-weight-map"
 VERSION = 1
 FILE_NAME = "weight_map.json"
 #: components that LoRA adapters modify (the only ones that get a map)
-COMPONENTS = ("text_encoder", "unet")
+COMPONENTS = ("text_encoder", "text_encoder_2", "unet")
 #: ONNX TensorProto data types the runtime can memory-map
 ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
 
@@ -114,11 +114,42 @@ def _locations(model: Any, path: Path) -> dict[str, dict[str, Any]]:
     return where
 
 
-def build(module: Any, prefix: str, path: Path) -> dict[str, Any]:
+def unused_parameters(module: Any, names: list[str], run: Callable[[], Any]) -> list[str]:
+    """Those of `names` that no output of `run()` depends on (autograd finds no path to them).
+
+    The SDXL text encoders' graphs end at a hidden layer (hidden_states[-2]), so the last layer
+    is not in the ONNX file at all: a LoRA on it changes nothing, in diffusers as here. Gradients
+    are enabled for `names` only, so the pass records little beyond what reaches them.
+    """
+    import torch
+
+    params = dict(module.named_parameters())
+    flags = {name: p.requires_grad for name, p in params.items()}
+    wanted = [params[name] for name in names]
+    try:
+        for p in params.values():
+            p.requires_grad_(False)
+        for p in wanted:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            outputs = run()
+            outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+            ends = [o.float().sum() for o in outputs if torch.is_tensor(o) and o.requires_grad]
+            grads = (torch.autograd.grad(ends, wanted, allow_unused=True) if ends else [None] * len(wanted))
+    finally:
+        for name, p in params.items():
+            p.requires_grad_(flags[name])
+    return [name for name, grad in zip(names, grads) if grad is None]
+
+
+def build(module: Any, prefix: str, path: Path, run: Callable[[], Any] | None = None) -> dict[str, Any]:
     """The weight map of `module` (the torch module traced into `path`, in the graph's precision).
 
     `prefix` is the wrapper's attribute path in front of the module's own parameter names
-    ("unet." for UNetGraph), which the dynamo exporter keeps in initializer names.
+    ("unet." for UNetGraph), which the dynamo exporter keeps in initializer names. `run` calls the
+    traced graph on its example inputs: with it, parameters that match no initializer are split
+    into `unused` (no output depends on them: a LoRA there has no effect) and `unmapped` (folded
+    into other values by the exporter: a LoRA there is refused).
     """
     import onnx
     from onnx import numpy_helper
@@ -158,8 +189,10 @@ def build(module: Any, prefix: str, path: Path) -> dict[str, Any]:
             parameters[name] = records
         else:
             unmapped.append(name)
+    unused = unused_parameters(module, unmapped, run) if run is not None and unmapped else []
     data = {"format": FORMAT, "version": VERSION, "prefix": prefix, "parameters": parameters,
-            "unmapped": unmapped}
+            "unused": {name: list(arrays[name].shape) for name in unused},
+            "unmapped": [name for name in unmapped if name not in unused]}
     verify(data, path.parent, arrays)
     return data
 
@@ -183,9 +216,9 @@ def verify(data: dict[str, Any], folder: Path, arrays: dict[str, np.ndarray]) ->
                                 f"does not know; report it")
 
 
-def write(module: Any, prefix: str, path: Path) -> str:
+def write(module: Any, prefix: str, path: Path, run: Callable[[], Any] | None = None) -> str:
     """Build and write `<component folder>/weight_map.json`; returns its path relative to the export folder."""
-    data = build(module, prefix, path)
+    data = build(module, prefix, path, run)
     out = path.parent / FILE_NAME
     out.write_text(json.dumps(data, indent=1) + "\n")
     return f"{path.parent.name}/{FILE_NAME}"

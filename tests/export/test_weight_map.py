@@ -17,8 +17,9 @@ from sdrt.reference import load_source_pipeline
 from sdrt.runtime.lora.base_weights import WeightMap
 
 
-@pytest.mark.parametrize("fixture", ["tiny_onnx", "tiny_sd21_onnx"])
-@pytest.mark.parametrize("component", ["unet", "text_encoder"])
+@pytest.mark.parametrize("fixture, component", [(f, c) for f in ("tiny_onnx", "tiny_sd21_onnx", "tiny_sdxl_onnx")
+                                                 for c in ("unet", "text_encoder")]
+                         + [("tiny_sdxl_onnx", "text_encoder_2")])
 def test_every_mapped_initializer_equals_its_parameter(fixture, component, request):
     import onnx
     from onnx import numpy_helper
@@ -41,9 +42,21 @@ def test_every_mapped_initializer_equals_its_parameter(fixture, component, reque
             layouts.add(record["layout"])
     # every Linear / Conv weight a LoRA can target is mapped; only folded constants are left out
     weights = [n for n, p in params.items() if n.endswith(".weight") and p.ndim in (2, 4)]
-    missing = [n for n in weights if n not in data["parameters"]]
-    assert missing in ([], ["embeddings.position_embedding.weight"]), missing
+    missing = [n for n in weights if n not in data["parameters"] and n not in data["unused"]]
+    assert [n.removeprefix("text_model.") for n in missing] in ([], ["embeddings.position_embedding.weight"]), missing
     assert layouts == {"identity", "transpose"}  # the dynamo export transposes MatMul weights
+
+
+def test_parameters_no_output_depends_on_are_listed_as_unused(tiny_sdxl_onnx):
+    """SDXL's first text encoder ends at hidden_states[-2]: its last layer and final norm are not in the graph."""
+    data = json.loads((tiny_sdxl_onnx / "text_encoder" / "weight_map.json").read_text())
+    module = load_source_pipeline(Manifest.load(tiny_sdxl_onnx)).text_encoder
+    last = module.config.num_hidden_layers - 1
+    expected = sorted(n for n, _ in module.named_parameters() if n.startswith(f"encoder.layers.{last}.")
+                      or n.startswith("final_layer_norm."))
+    assert sorted(data["unused"]) == expected
+    for component in ("text_encoder_2", "unet"):
+        assert json.loads((tiny_sdxl_onnx / component / "weight_map.json").read_text())["unused"] == {}
 
 
 def test_byte_offsets_point_at_the_initializers(tiny_onnx):

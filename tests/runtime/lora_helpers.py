@@ -29,8 +29,11 @@ def layer_shapes(pipe, *, unet: bool = True, text: bool = False, conv: bool = Fa
             if linear or conv3:
                 out["unet"][name] = tuple(module.weight.shape)
     if text:
-        out["text_encoder"] = {name: tuple(m.weight.shape) for name, m in pipe.text_encoder.named_modules()
-                               if name.endswith(TEXT)}
+        for component in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(pipe, component, None)
+            if encoder is not None:
+                out[component] = {name: tuple(m.weight.shape) for name, m in encoder.named_modules()
+                                  if name.endswith(TEXT)}
     return out
 
 
@@ -46,6 +49,8 @@ def _pair(rng: np.random.Generator, shape: tuple, rank: int, magnitude: float) -
 
 
 KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+#: SDXL files (two text encoders) name the first lora_te1_
+KOHYA_PREFIX_SDXL = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
 
 
 def write_kohya(path: Path, shapes: dict[str, dict], *, rank: int = 4, alpha: float = 2.0, seed: int = 0,
@@ -54,10 +59,11 @@ def write_kohya(path: Path, shapes: dict[str, dict], *, rank: int = 4, alpha: fl
 
     rng = np.random.default_rng(seed)
     tensors = {}
+    prefixes = KOHYA_PREFIX_SDXL if "text_encoder_2" in shapes else KOHYA_PREFIX
     for component, layers in shapes.items():
         for name, shape in sorted(layers.items()):
             up, down = _pair(rng, shape, rank, magnitude)
-            key = KOHYA_PREFIX[component] + name.replace(".", "_")
+            key = prefixes[component] + name.replace(".", "_")
             tensors[f"{key}.lora_down.weight"] = down
             tensors[f"{key}.lora_up.weight"] = up
             tensors[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)

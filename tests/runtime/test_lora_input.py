@@ -109,6 +109,26 @@ def test_a_lora_for_another_base_names_what_does_not_fit(pipe, tiny_onnx, tmp_pa
     assert pipe.loras == []  # nothing was applied by the failed calls
 
 
+def test_sd_and_sdxl_loras_on_each_other_name_the_first_mismatch(pipe, tiny_onnx, tiny_sdxl_onnx, tmp_path):
+    sd_lora, _ = _kohya_from_map(tiny_onnx, tmp_path / "sd15.safetensors")
+    xl_pipe = Pipeline.load(tiny_sdxl_onnx, "ort-cpu")
+    with pytest.raises(SdrtError, match=r"LoRA sd15: 0 of 3 layers match this model's layers \(first unmatched key: "
+                                        r"lora_unet_down_blocks_0_attentions_0_"):
+        xl_pipe.set_loras([sd_lora])
+    xl_te2, _ = _kohya_from_map(tiny_sdxl_onnx, tmp_path / "xl-te2.safetensors", component="text_encoder_2",
+                                prefix="lora_te2_")
+    with pytest.raises(SdrtError, match="LoRA xl-te2 targets text_encoder_2 .* which this model does not have"):
+        pipe.set_loras([xl_te2])
+    xl_unet = _save(tmp_path / "xl-unet.safetensors", {  # kohya's LDM name of an SDXL attention layer
+        "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_down.weight": np.ones((2, 640)),
+        "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_up.weight": np.ones((640, 2))})
+    with pytest.raises(SdrtError, match=r"lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_down.weight "
+                                        r"makes a \(640, 640\) update for unet.down_blocks.0.attentions.0."
+                                        r"transformer_blocks.0.attn1.to_q.weight of shape"):
+        pipe.set_loras([xl_unet])
+    assert pipe.loras == [] and xl_pipe.loras == []
+
+
 def test_scales_must_be_finite(pipe, tiny_onnx, tmp_path):
     path, _ = _kohya_from_map(tiny_onnx, tmp_path / "a.safetensors")
     for bad in (float("nan"), float("inf"), "x"):

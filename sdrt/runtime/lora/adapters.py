@@ -22,7 +22,7 @@ from sdrt.runtime.lora.files import LoraFile, read_lora
 from sdrt.runtime.lora.merge import check_scale, merged_weights, resolve
 
 #: components whose weights a LoRA changes, in the order they are swapped
-COMPONENTS = ("text_encoder", "unet")
+COMPONENTS = ("text_encoder", "text_encoder_2", "unet")
 
 LoraSpec = Union[str, os.PathLike, tuple]
 

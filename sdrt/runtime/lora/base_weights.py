@@ -9,7 +9,7 @@ them again for every switch, so a LoRA never accumulates error: the base is the 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class WeightMap:
     component: str
     folder: Path
     parameters: dict[str, list[dict[str, Any]]]
+    unused: dict[str, list[int]] = field(default_factory=dict)  # parameters no graph output depends on
 
     @classmethod
     def load(cls, manifest: Any, component: str) -> "WeightMap":
@@ -55,12 +56,25 @@ class WeightMap:
             raise SdrtError(f"{path} is unreadable ({e}): re-export with sdrt export --force") from None
         if data.get("format") != FORMAT or data.get("version") != VERSION:
             raise SdrtError(f"{path} is not a weight map this sdrt reads: re-export with sdrt export --force")
-        return cls(component, path.parent, data["parameters"])
+        return cls(component, path.parent, data["parameters"], data.get("unused", {}))
 
     def modules(self) -> dict[str, tuple[int, ...]]:
         """Module name -> shape of its `.weight` (the layers a LoRA can target)."""
         return {name[: -len(".weight")]: tuple(records[0]["parameter_shape"])
                 for name, records in self.parameters.items() if name.endswith(".weight")}
+
+    def unused_modules(self) -> dict[str, tuple[int, ...]]:
+        """Modules whose `.weight` is not in the graph (a LoRA on them has no effect): name -> shape."""
+        return {name[: -len(".weight")]: tuple(shape) for name, shape in self.unused.items()
+                if name.endswith(".weight")}
+
+    def config(self) -> dict[str, Any] | None:
+        """The component's diffusers config.json (the export writes it next to model.onnx), if any."""
+        path = self.folder / "config.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError) as e:
+            raise SdrtError(f"{path} is unreadable ({e}): re-export with sdrt export --force") from None
 
     def external(self) -> frozenset[str]:
         """Initializers stored in an external-data file (not inline in model.onnx)."""

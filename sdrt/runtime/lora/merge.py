@@ -3,9 +3,8 @@
 In float32 whatever the graph's precision (an fp16 initializer is read, widened, merged and cast
 back once), from the memory-mapped base every time, so switching never accumulates error. The
 result is a dict initializer name -> merged array per component: what the engines take as
-overrides. Names are resolved against the weight map: a diffusers (dotted) layer name is the
-module's own; a kohya (underscored) one is looked up among the map's modules with their dots
-replaced by underscores.
+overrides. Names are resolved against the weight map's modules in every spelling a file may use
+(sdrt.runtime.lora.names: dotted, underscored, kohya's SDXL LDM names, with or without ``text_model.``).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from sdrt.errors import SdrtError
+from sdrt.runtime.lora.names import lookup
 from sdrt.runtime.lora.base_weights import WeightMap
 from sdrt.runtime.lora.files import LoraFile, LoraLayer
 
@@ -41,13 +41,18 @@ def check_scale(name: str, scale: float) -> float:
 
 
 def _lookup(weight_map: WeightMap) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    modules = weight_map.modules()
-    underscored = {name.replace(".", "_"): name for name in modules}
-    return modules, underscored
+    """(module -> weight shape, every spelling a file may use -> module), unused modules included."""
+    modules = {**weight_map.unused_modules(), **weight_map.modules()}
+    config = weight_map.config() if weight_map.component == "unet" else None
+    return modules, lookup(modules, config or None)
 
 
 def resolve(loras: Sequence[tuple[LoraFile, float]], maps: Mapping[str, WeightMap]) -> list[Resolved]:
-    """Place every layer of every file on a parameter; one line for the first thing that does not fit."""
+    """Place every layer of every file on a parameter; one line for the first thing that does not fit.
+
+    A layer on a module that no graph output depends on (`WeightMap.unused`: the SDXL first text
+    encoder's last layer) is checked for shape and then left out: it changes nothing.
+    """
     tables = {component: _lookup(m) for component, m in maps.items()}
     placed: list[Resolved] = []
     for lora, scale in loras:
@@ -56,8 +61,8 @@ def resolve(loras: Sequence[tuple[LoraFile, float]], maps: Mapping[str, WeightMa
             if layer.component not in tables:
                 raise SdrtError(f"LoRA {lora.name} targets {layer.component} (key {layer.key}), which this model "
                                 f"does not have: it was trained for another base model (SDXL?)")
-            modules, underscored = tables[layer.component]
-            module = layer.layer if layer.layer in modules else underscored.get(layer.layer)
+            modules, spelled = tables[layer.component]
+            module = spelled.get(layer.layer)
             if module is None:
                 missing.append(layer)
                 continue
@@ -68,7 +73,8 @@ def resolve(loras: Sequence[tuple[LoraFile, float]], maps: Mapping[str, WeightMa
                                 f"update for {layer.component}.{module}.weight of shape {shape} (a LoRA for "
                                 f"another base model)")
             matched += 1
-            placed.append(Resolved(f"{module}.weight", layer, scale))
+            if f"{module}.weight" in maps[layer.component].parameters:
+                placed.append(Resolved(f"{module}.weight", layer, scale))
         if missing:
             raise SdrtError(f"LoRA {lora.name}: {matched} of {len(lora.layers)} layers match this model's layers "
                             f"(first unmatched key: {missing[0].key}): a LoRA for another base model or "
