@@ -10,11 +10,22 @@ $(BIN)/.sdrt-installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test
+.PHONY: install demo test chromium
 install: $(BIN)/.sdrt-installed
+
+# The page test (tests/serve/test_page.py) drives Debian's headless chromium. As root on a Debian/Ubuntu
+# machine without it (CI), `make test` installs it with apt-get; otherwise (not root, no apt-get, the
+# install fails, or NO_APT=1) it only says so and that test skips with its reason.
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ -z "$(NO_APT)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the page test (NO_APT=1 skips this)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium fonts-dejavu-core >/dev/null; } || echo "apt-get failed: tests/serve/test_page.py will skip"; \
+	else echo "no chromium: tests/serve/test_page.py will skip (install Debian's chromium to run it)"; fi
 
 demo: install
 	$(BIN)/sdrt demo
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -q

@@ -6,7 +6,8 @@ so a rerun makes the same images. Each image is written to a temporary name and 
 request's line is appended to `results.jsonl` (flushed and fsynced) only after all its images are
 in place. On restart the ids already in `results.jsonl` are skipped: an interrupted run continues
 where it stopped and no request is answered twice. A request whose images were written but whose
-line was not is simply made again (same seed, same file names, same pixels).
+line was not is simply made again (same seed, same file names, same pixels); a temporary image
+that a killed run left half-written is removed before its request is made again.
 """
 
 from __future__ import annotations
@@ -101,6 +102,17 @@ def finished_ids(out: Path) -> set[str]:
 
 def image_names(item_id: str, n: int) -> list[str]:
     return [f"{item_id}-{i}.png" for i in range(n)]
+
+
+def remove_leftovers(out: Path, pending: Iterable[BatchItem]) -> int:
+    """Delete the temporary images an interrupted run left for requests still to make; how many."""
+    removed = 0
+    for item in pending:
+        for name in image_names(item.id, item.request.n):
+            for tmp in out.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def write_images(out: Path, item: BatchItem, images: list, parameters: dict[str, Any]) -> list[str]:

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     log(f"{len(items)} requests, {len(items) - len(pending)} already done in {out}, {len(pending)} to make")
     if pending:
+        batch.remove_leftovers(out, pending)
         if args.ray:
             from sdrt.serve.ray_batch import run_ray
 

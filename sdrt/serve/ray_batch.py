@@ -5,7 +5,7 @@ images itself (temporary name, then rename: the output folder must be one every 
 local or shared storage). The driver streams the finished rows back and appends each to
 `results.jsonl` as it arrives, so a run stopped at any point resumes with only what is missing.
 Without --ray-address, a local Ray instance is started on 127.0.0.1 only (no dashboard, no usage
-report) and stopped at the end.
+report; see sdrt.serve.ray_local) and stopped at the end.
 """
 
 from __future__ import annotations
@@ -53,19 +53,20 @@ class PipelineActor:
 
 def start_ray(address: str | None, num_cpus: int) -> Any:
     """Join a cluster, or start a local Ray bound to loopback with nothing reported anywhere."""
+    if not address:
+        from sdrt.serve.ray_local import init_local
+
+        return init_local(num_cpus, log_to_driver=False)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    if address:
-        return ray.init(address=address, ignore_reinit_error=True)
-    return ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                    ignore_reinit_error=True, log_to_driver=False)
+    return ray.init(address=address, ignore_reinit_error=True)
 
 
 def run_ray(args: Any, pending: list[batch.BatchItem], out: Path, log: Any) -> int:
+    start_ray(args.ray_address, num_cpus=max(2, args.ray_actors + 1))  # before `import ray`: see ray_local
     import ray
 
-    start_ray(args.ray_address, num_cpus=max(2, args.ray_actors + 1))
     try:
         dataset = ray.data.from_items([{"item": encode(item)} for item in pending])
         results = dataset.map_batches(

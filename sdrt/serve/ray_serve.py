@@ -118,14 +118,15 @@ def app_builder(cli_args: dict[str, str]) -> Any:
 
 
 def run_ray_serve(args: argparse.Namespace) -> int:
-    """`sdrt serve --ray`: a local Ray (loopback unless --host says otherwise), the app, until Ctrl-C."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    """`sdrt serve --ray`: a local Ray on 127.0.0.1 (the HTTP proxy on --host), the app, until Ctrl-C."""
+    from sdrt.serve.ray_local import init_local, local_only_env
+
+    local_only_env()  # before `import ray`
     import ray
     from ray import serve
 
     application = build_application(args)
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", ignore_reinit_error=True,
-             num_cpus=max(2, args.replicas if not args.max_replicas else args.max_replicas) + 1)
+    init_local(num_cpus=max(2, args.replicas if not args.max_replicas else args.max_replicas) + 1)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(application, name="sdrt", route_prefix="/")

@@ -64,6 +64,18 @@ def test_torn_last_line_is_cut_on_resume(tmp_path):
     assert [r["id"] for r in results(tmp_path)] == ["a", "c"]
 
 
+def test_leftover_temporary_images_of_pending_requests_are_removed(tmp_path):
+    items = batch.read_requests(write_jsonl(tmp_path / "r.jsonl", [{"prompt": "a", "id": "a", "n": 2},
+                                                                  {"prompt": "b", "id": "b"}]),
+                                model="m", default_size=64, default_steps=2, seed_base=0)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (".a-1.png.123.tmp", ".b-0.png.45.tmp", "b-0.png", ".other.png.7.tmp"):
+        (out / name).write_bytes(b"half")
+    assert batch.remove_leftovers(out, items[:1]) == 1  # only the pending request's own leftovers
+    assert sorted(p.name for p in out.iterdir()) == [".b-0.png.45.tmp", ".other.png.7.tmp", "b-0.png"]
+
+
 def test_batch_in_process_matches_the_pipeline_and_resumes(tmp_path, tiny_pipeline):
     rows = [{"prompt": f"p{i}", "steps": 2, "width": 64, "height": 64, "n": 1 + i % 2} for i in range(5)]
     items = batch.read_requests(write_jsonl(tmp_path / "r.jsonl", rows), model="m", default_size=64,

@@ -1,7 +1,10 @@
 """Ray Serve and Ray Data on a local Ray bound to 127.0.0.1 (tiny preset, ort-cpu).
 
-Needs `pip install 'sdrt[ray]'` (not in `dev`: ray + pyarrow + pandas add ~600 MB); skips without it.
-Marked slow: starting Ray and its replicas takes 30-60 s on the 2-core machine.
+Ray comes with `sdrt[dev]` (CI runs these); without it (`pip install 'sdrt[ray]'`) they skip.
+Marked slow: starting Ray and its replicas takes 30-60 s on the 2-core machine. Each Ray instance
+gets its own RAY_TMPDIR, so the tests can check that it stopped itself: no process carrying that
+RAY_TMPDIR in its environment outlives the run. The batch test runs first, so its Ray instances
+and the Serve fixture's never share the 2 cores.
 """
 
 from __future__ import annotations
@@ -12,15 +15,22 @@ import os
 import signal
 import socket
 import subprocess
+import shutil
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from tests.serve.conftest import decode_b64_png, wait_for
 
+from sdrt.serve.ray_local import local_only_env
+
+local_only_env()  # before Ray is imported, as sdrt does (Ray reads it on import)
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'sdrt[ray]'")
 requests = pytest.importorskip("requests")
 pytestmark = pytest.mark.slow
@@ -32,25 +42,104 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def ray_tmpdir():
+    """A private RAY_TMPDIR (short: Ray's socket paths must fit 107 bytes), removed after the test."""
+    folder = tempfile.mkdtemp(prefix="sdrt-ray-", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def ray_processes(ray_tmp: str) -> list[int]:
+    """The processes of the Ray instance(s) that use `ray_tmp` (they all inherit RAY_TMPDIR)."""
+    marker = f"RAY_TMPDIR={ray_tmp}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def assert_ray_stopped(ray_tmp: str) -> None:
+    assert wait_for(lambda: not ray_processes(ray_tmp), 60), f"Ray left processes behind: {ray_processes(ray_tmp)}"
+
+
+def test_batch_on_ray_interrupted_and_resumed_makes_exactly_100_images(tmp_path, tiny_onnx, ray_tmpdir):
+    requests_file = tmp_path / "r.jsonl"
+    requests_file.write_text("".join(json.dumps({"prompt": f"prompt {i}", "steps": 1, "width": 32, "height": 32})
+                                     + "\n" for i in range(100)))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "sdrt.cli", "batch", str(requests_file), "--model", str(tiny_onnx), "--out",
+               str(out), "--backend", "ort-cpu", "--ray", "--ray-actors", "2", "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmpdir}
+    results = out / "results.jsonl"
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        assert wait_for(lambda: results.is_file() and len(results.read_bytes().splitlines()) >= 10, 300)
+        first.send_signal(signal.SIGINT)  # Ctrl-C
+        first.wait(120)
+        assert_ray_stopped(ray_tmpdir)  # Ctrl-C stops the local Ray it started
+    finally:
+        with_group_killed(first)
+    before = len(results.read_bytes().splitlines())
+    print(f"results after the interrupt: {before} of 100")
+    assert 10 <= before < 100, f"the first run was not interrupted mid-way ({before} of 100)"
+    second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        _, err = second.communicate(timeout=600)
+        assert second.returncode == 0, err[-2000:]
+        assert_ray_stopped(ray_tmpdir)
+    finally:
+        with_group_killed(second)
+    ids = [json.loads(line)["id"] for line in results.read_text().splitlines()]
+    assert len(ids) == 100 and len(set(ids)) == 100
+    assert len(list(out.glob("*.png"))) == 100 and not list(out.glob(".*tmp"))
+    workers = {json.loads(line)["worker_pid"] for line in results.read_text().splitlines()}
+    assert len(workers) >= 2  # more than one pipeline-holding actor did the work
+
+
+def with_group_killed(process: subprocess.Popen) -> None:
+    """Whatever a failed run left behind in its session goes with it (a safety net: Ray stops itself)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(30)
+
+
 @pytest.fixture(scope="module")
 def ray_server(tiny_onnx):
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray_tmp = tempfile.mkdtemp(prefix="sdrt-ray-", dir="/tmp")
+    saved = {key: os.environ.get(key) for key in ("RAY_USAGE_STATS_ENABLED", "RAY_TMPDIR")}
+    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_tmp)
     from ray import serve
 
     from sdrt.serve import ray_serve
 
     args = argparse.Namespace(**{**ray_serve.BUILDER_DEFAULTS, "model": [f"tiny={tiny_onnx}"],
                                  "backend": "ort-cpu", "replicas": 2, "max_batch": 2})
+    from sdrt.serve.ray_local import init_local
+
     application = ray_serve.build_application(args)
     port = free_port()
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=3, log_to_driver=False)
+    init_local(num_cpus=3, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(application, name="sdrt", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", ray_tmp=ray_tmp)
     finally:
         serve.shutdown()
         ray.shutdown()
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    assert_ray_stopped(ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def txt2img(url: str, seed: int, tries: int = 4) -> tuple[requests.Response, int]:
@@ -67,11 +156,33 @@ def txt2img(url: str, seed: int, tries: int = 4) -> tuple[requests.Response, int
     return r, tries
 
 
+def test_ray_listens_on_loopback_only(ray_server):
+    """Every listening socket of the Ray instance is on 127.0.0.1, but the one Ray Serve opens per replica."""
+    import psutil
+
+    wildcard = {}
+    for pid in ray_processes(ray_server.ray_tmp):
+        try:
+            process = psutil.Process(pid)
+            listening = [c.laddr for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+            name = f"{process.name()} (pid {pid})"
+        except psutil.NoSuchProcess:
+            continue
+        for address in listening:
+            if address.ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1"):
+                wildcard.setdefault(name, []).append(f"{address.ip}:{address.port}")
+    replicas = {name: ports for name, ports in wildcard.items() if "ServeReplica" in name}
+    assert wildcard == replicas, wildcard  # nothing else listens off loopback
+    # Ray 2.60's inter-deployment gRPC server of each replica ("[::]:0", fixed in Ray): at most one port each
+    assert all(len(ports) == 1 for ports in replicas.values()), replicas
+
+
 def test_requests_land_on_both_replicas(ray_server, tiny_pipeline):
-    assert requests.get(f"{ray_server}/readyz", timeout=30).json()["ready"] is True
+    url = ray_server.url
+    assert requests.get(f"{url}/readyz", timeout=30).json()["ready"] is True
     pids = set()
     answers = {}
-    threads = [threading.Thread(target=lambda s=s: answers.__setitem__(s, txt2img(ray_server, s)[0]))
+    threads = [threading.Thread(target=lambda s=s: answers.__setitem__(s, txt2img(url, s)[0]))
                for s in range(8)]
     for t in threads:
         t.start()
@@ -87,14 +198,15 @@ def test_requests_land_on_both_replicas(ray_server, tiny_pipeline):
 
 
 def test_a_killed_replica_is_restarted_and_no_request_is_lost(ray_server):
-    first = {requests.post(f"{ray_server}/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64,
+    url = ray_server.url
+    first = {requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64,
                                                                    "steps": 1}, timeout=120).headers["x-sdrt-replica"]
              for _ in range(6)}
     victim = int(sorted(first)[0])
     outcomes: dict[int, tuple] = {}
 
     def client(seed: int) -> None:
-        outcomes[seed] = txt2img(ray_server, 1000 + seed)
+        outcomes[seed] = txt2img(url, 1000 + seed)
 
     threads = [threading.Thread(target=client, args=(s,)) for s in range(12)]
     for t in threads:
@@ -112,54 +224,12 @@ def test_a_killed_replica_is_restarted_and_no_request_is_lost(ray_server):
     print(f"requests retried after the kill: {retried} of 12")
 
     def restarted() -> bool:
-        pids = {requests.post(f"{ray_server}/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64,
+        pids = {requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64,
                                                                       "steps": 1}, timeout=120)
                 .headers.get("x-sdrt-replica") for _ in range(4)}
         return len(pids - first) >= 1 and str(victim) not in pids
 
     assert wait_for(restarted, timeout_s=180), "Ray did not bring a second replica back"
-
-
-def test_batch_on_ray_interrupted_and_resumed_makes_exactly_100_images(tmp_path, tiny_onnx):
-    requests_file = tmp_path / "r.jsonl"
-    requests_file.write_text("".join(json.dumps({"prompt": f"prompt {i}", "steps": 1, "width": 32, "height": 32})
-                                     + "\n" for i in range(100)))
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "sdrt.cli", "batch", str(requests_file), "--model", str(tiny_onnx), "--out",
-               str(out), "--backend", "ort-cpu", "--ray", "--ray-actors", "2", "--quiet"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    results = out / "results.jsonl"
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    try:
-        assert wait_for(lambda: results.is_file() and len(results.read_bytes().splitlines()) >= 10, 300)
-        first.send_signal(signal.SIGINT)  # Ctrl-C
-        first.wait(120)
-    finally:
-        with_group_killed(first)
-    before = len(results.read_bytes().splitlines())
-    assert 10 <= before < 100, f"the first run was not interrupted mid-way ({before} of 100)"
-    second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    try:
-        _, err = second.communicate(timeout=600)
-    finally:
-        with_group_killed(second)
-    assert second.returncode == 0, err[-2000:]
-    ids = [json.loads(line)["id"] for line in results.read_text().splitlines()]
-    assert len(ids) == 100 and len(set(ids)) == 100
-    assert len(list(out.glob("*.png"))) == 100 and not list(out.glob(".*tmp"))
-    workers = {json.loads(line)["worker_pid"] for line in results.read_text().splitlines()}
-    assert len(workers) >= 2  # more than one pipeline-holding actor did the work
-
-
-def with_group_killed(process: subprocess.Popen) -> None:
-    """Whatever the run left behind in its session (Ray's own processes) goes with it."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(30)
 
 
 def test_serve_run_target_builds_the_application(tiny_onnx):
