@@ -4,7 +4,8 @@ Requests carry A1111's field names and defaults; fields this server has no featu
 accepted when they hold A1111's default value and refused (400, naming the field) when they ask
 for the feature (hires fix, face restoration, scripts...). Answers are A1111's: `images` (base64
 PNG, each with its "parameters" text chunk), `parameters` (the request as understood) and `info`
-(a JSON string: seeds, prompts, sampler, infotexts...).
+(a JSON string: seeds, prompts, sampler, infotexts...). `<lora:NAME:SCALE>` tags in the prompt pick
+LoRAs of the server's --lora-dir by name (sdrt.serve.loras); GET /sdapi/v1/loras lists them.
 """
 
 from __future__ import annotations
@@ -97,12 +98,13 @@ def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
         raise RequestRejected("batch_size and n_iter must be >= 1")
     limits.check_images(body.batch_size * body.n_iter)
     seed = secrets.randbits(32) if body.seed is None or body.seed < 0 else body.seed % 2**32
+    prompt, loras = service.loras.resolve(body.prompt)  # <lora:NAME:SCALE> tags: names of --lora-dir files only
     request = GenerationRequest(
         model=service.model_name(body.override_settings.get("sd_model_checkpoint")),
-        prompt=body.prompt, negative_prompt=body.negative_prompt, n=body.batch_size * body.n_iter,
+        prompt=prompt, negative_prompt=body.negative_prompt, n=body.batch_size * body.n_iter,
         width=body.width, height=body.height, steps=body.steps,
         sampler=samplers.resolve(body.sampler_name or body.sampler_index, body.scheduler),
-        guidance_scale=body.cfg_scale, seed=seed)
+        guidance_scale=body.cfg_scale, seed=seed, loras=loras)
     if isinstance(body, Img2ImgRequest):
         if not body.init_images:
             raise RequestRejected("init_images is empty: send one base64 image")
@@ -126,15 +128,18 @@ def _answer(body: Txt2ImgRequest, request: GenerationRequest, result: Any, servi
     sampler = params.get("sampler") or params["scheduler"]  # A1111's name for what ran (a class name if none fits)
     infotexts = [a1111_parameters(params, index) for index in range(len(result.seeds))]
     n = request.n
+    extra = {"Backend": params["backend"]}
+    if params.get("loras"):  # as A1111 writes them (name: short hash), never the server's paths
+        extra["Lora hashes"] = ", ".join(f"{lora['name']}: {lora['hash']}" for lora in params["loras"])
     info = {
-        "prompt": request.prompt, "all_prompts": [request.prompt] * n,
+        "prompt": body.prompt, "all_prompts": [body.prompt] * n,  # A1111 keeps the <lora:...> tags here
         "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * n,
         "seed": request.seed, "all_seeds": result.seeds, "subseed": -1, "all_subseeds": [-1] * n,
         "subseed_strength": 0, "width": request.width, "height": request.height, "sampler_name": sampler,
         "scheduler": body.scheduler or "Automatic", "cfg_scale": request.guidance_scale, "steps": request.steps,
         "batch_size": body.batch_size, "restore_faces": False, "sd_model_name": request.model,
         "sd_model_hash": None, "denoising_strength": request.strength if request.init_image else None,
-        "extra_generation_params": {"Backend": params["backend"]}, "index_of_first_image": 0,
+        "extra_generation_params": extra, "index_of_first_image": 0,
         "infotexts": infotexts, "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "sdrt",
     }
@@ -170,6 +175,10 @@ def router(service: Any) -> APIRouter:
     @api.get("/samplers")
     async def sampler_list() -> list[dict[str, Any]]:
         return samplers.listing()
+
+    @api.get("/loras")
+    async def lora_list() -> list[dict[str, Any]]:
+        return service.loras.listing()
 
     @api.get("/scripts")
     async def scripts() -> dict[str, list]:

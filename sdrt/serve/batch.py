@@ -1,7 +1,8 @@
 """`sdrt batch`: many requests from a JSONL file, written as PNGs plus `results.jsonl` beside them, resumably.
 
 One request per line (`prompt`, optional `id`, `negative_prompt`, `width`, `height`, `steps`,
-`guidance_scale`, `seed`, `sampler`, `n`). A request without a seed gets `--seed + line index`,
+`guidance_scale`, `seed`, `sampler`, `n`); a prompt's `<lora:NAME:SCALE>` tags name files of
+--lora-dir, as for `sdrt generate`. A request without a seed gets `--seed + line index`,
 so a rerun makes the same images. Each image is written to a temporary name and renamed; a
 request's line is appended to `results.jsonl` (flushed and fsynced) only after all its images are
 in place. On restart the ids already in `results.jsonl` are skipped: an interrupted run continues
@@ -36,8 +37,11 @@ class BatchItem:
 
 
 def read_requests(path: str | os.PathLike, *, model: str, default_size: int, default_steps: int,
-                  seed_base: int) -> list[BatchItem]:
-    """Parse and check every line first: a bad line stops the run before anything is generated."""
+                  seed_base: int, lora_dir: str | os.PathLike | None = None) -> list[BatchItem]:
+    """Parse and check every line first: a bad line stops the run before anything is generated.
+
+    `<lora:NAME:SCALE>` tags in a prompt name `lora_dir`/NAME.safetensors, as for `sdrt generate`."""
+    from sdrt.runtime.lora.adapters import prompt_loras
     from sdrt.serve import samplers
 
     path = Path(path)
@@ -69,8 +73,12 @@ def read_requests(path: str | os.PathLike, *, model: str, default_size: int, def
         if sampler in samplers.SAMPLERS:  # an A1111 name; else an sdrt or diffusers name, checked by the pipeline
             sampler = samplers.resolve(sampler)
         try:
+            prompt, loras = prompt_loras(obj["prompt"], lora_dir) if "<lora:" in obj["prompt"] else (obj["prompt"], [])
+        except SdrtError as e:
+            raise SdrtError(f"{where}: {e}") from None
+        try:
             request = GenerationRequest(
-                model=model, prompt=obj["prompt"], negative_prompt=str(obj.get("negative_prompt", "")),
+                model=model, prompt=prompt, loras=tuple(loras), negative_prompt=str(obj.get("negative_prompt", "")),
                 n=int(obj.get("n", 1)), width=int(obj.get("width", default_size)),
                 height=int(obj.get("height", default_size)), steps=int(obj.get("steps", default_steps)),
                 sampler=sampler,
@@ -137,7 +145,8 @@ def result_line(item: BatchItem, names: list[str], parameters: dict[str, Any], s
     return {"id": item.id, "line": item.line, "images": names, "seeds": r.seeds, "prompt": r.prompt,
             "negative_prompt": r.negative_prompt, "width": r.width, "height": r.height, "steps": r.steps,
             "guidance_scale": r.guidance_scale, "scheduler": parameters.get("scheduler"),
-            "backend": parameters.get("backend"), "seconds": round(seconds, 4), "batch_images": batch_images}
+            "backend": parameters.get("backend"), "seconds": round(seconds, 4), "batch_images": batch_images,
+            "loras": [{key: lora[key] for key in ("name", "scale", "hash")} for lora in parameters.get("loras", [])]}
 
 
 class ResultsWriter:

@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run-time precision, as for `sdrt generate` (default: the exported one)")
     p.add_argument("--steps", type=int, default=20, help="steps for requests that do not say (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of requests without one: SEED + line index (default 0)")
+    p.add_argument("--lora-dir", default=None, metavar="DIR",
+                   help="folder where prompts' <lora:NAME:SCALE> tags find NAME.safetensors (as for generate)")
     p.add_argument("--max-batch", type=int, default=4, help="images of compatible requests per UNet batch (default 4)")
     p.add_argument("--ray", action="store_true", help="run on Ray Data with pipeline-holding actors (sdrt[ray])")
     p.add_argument("--ray-actors", type=int, default=2, help="Ray Data actors, each holding a pipeline (default 2)")
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise SdrtError("--max-batch, --steps and --ray-actors must be >= 1")
     manifest = Manifest.load(args.model)
     items = batch.read_requests(args.requests, model="model", default_size=manifest.default_image_size,
-                                default_steps=args.steps, seed_base=args.seed)
+                                default_steps=args.steps, seed_base=args.seed, lora_dir=args.lora_dir)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done = batch.finished_ids(out)

@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None, choices=("f32", "bf16", "f16"),
                    help="run-time precision, as for `sdrt generate` (default: the exported one)")
     p.add_argument("--cuda-graph", action="store_true", help="CUDA-graph replay on GPU backends, as for generate")
+    p.add_argument("--lora-dir", default=None, metavar="DIR",
+                   help="LoRAs requests may pick by name with <lora:NAME:SCALE> prompt tags: DIR/NAME.safetensors")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860, A1111's)")
     p.add_argument("--api-key", default=os.environ.get("SDRT_API_KEY"),
@@ -97,20 +99,25 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
 def build_service(args: argparse.Namespace) -> Any:
     """Load every model (only these are ever served) and start their workers."""
     from sdrt.runtime.pipeline import Pipeline
+    from sdrt.serve.loras import LoraCatalog
     from sdrt.serve.metrics import Metrics
     from sdrt.serve.service import Service
 
+    loras = LoraCatalog(getattr(args, "lora_dir", None))
     folders = model_folders(args.model)
     options = backend_options(args)
     pipelines = {name: Pipeline.load(folder, backend=args.backend, precision=args.precision, **options)
                  for name, folder in folders.items()}
     return Service(pipelines, limits=limits_from(args), queue_size=args.queue_size, max_batch=args.max_batch,
-                   batch_wait_s=args.batch_wait_ms / 1000.0, timeout_s=args.timeout, metrics=Metrics())
+                   batch_wait_s=args.batch_wait_ms / 1000.0, timeout_s=args.timeout, metrics=Metrics(), loras=loras)
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdrt.serve.loras import LoraCatalog
+
     check_exposure(args.host, args.api_key, args.insecure)
     limits_from(args)
+    LoraCatalog(args.lora_dir)  # a wrong --lora-dir is one line before any model loads
     if args.ray:
         from sdrt.serve.ray_serve import run_ray_serve
 

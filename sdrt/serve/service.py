@@ -1,7 +1,7 @@
 """The models a server holds, one worker thread each, and the call that turns a batch of jobs into images.
 
 Each loaded model has one `ModelWorker`: a thread that takes batches from the model's bounded
-`JobQueue` and runs each batch as one pipeline call, so calls into one Pipeline never overlap and
+`JobQueue` and runs each batch as one pipeline call (after switching the pipeline to the batch's LoRAs), so calls into one Pipeline never overlap and
 compatible requests share their UNet batch. Every image keeps its own seed (image i of a request
 with seed s uses s + i), so an image does not depend on what it was batched with.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sdrt.errors import SdrtError
+from sdrt.serve.loras import LoraCatalog, LoraSwitchFailed, rejection, use_loras
 from sdrt.serve.queueing import GenerationRequest, Job, JobCancelled, JobQueue, QueueFull
 
 
@@ -31,8 +32,9 @@ class BatchCancelled(Exception):
 
 
 def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> list[JobResult]:
-    """One pipeline call for compatible jobs: prompts repeated per image, one seed per image."""
+    """One pipeline call for compatible jobs (same LoRAs, set first): prompts repeated per image, one seed each."""
     first = jobs[0].request
+    use_loras(pipe, first.loras)  # a no-op when the pipeline has them already
     prompts = [j.request.prompt for j in jobs for _ in range(j.request.n)]
     negatives = [j.request.negative_prompt for j in jobs for _ in range(j.request.n)]
     seeds = [s for j in jobs for s in j.request.seeds]
@@ -118,6 +120,10 @@ class ModelWorker:
             for job in batch:
                 job.future.set_exception(JobCancelled())
             return
+        except LoraSwitchFailed as e:  # the server's file is at fault; the answer names the LoRA, not its path
+            for job in batch:
+                job.future.set_exception(rejection(e))
+            return
         except SdrtError as e:  # a bad combination the pipeline caught (e.g. strength leaves no step)
             for job in batch:
                 job.future.set_exception(e)
@@ -142,10 +148,12 @@ class Service:
     """The loaded models (only these may be asked for), their workers and the request limits."""
 
     def __init__(self, pipelines: dict[str, Any], *, limits: Any, queue_size: int = 64, max_batch: int = 4,
-                 batch_wait_s: float = 0.01, timeout_s: float = 600.0, metrics: Any = None):
+                 batch_wait_s: float = 0.01, timeout_s: float = 600.0, metrics: Any = None,
+                 loras: LoraCatalog | None = None):
         if not pipelines:
             raise SdrtError("no model to serve: pass --model DIR")
         self.limits, self.timeout_s, self.metrics = limits, timeout_s, metrics
+        self.loras = loras or LoraCatalog()
         self.pipelines = dict(pipelines)
         self.workers = {name: ModelWorker(name, pipe, queue_size, max_batch, batch_wait_s, metrics)
                         for name, pipe in self.pipelines.items()}

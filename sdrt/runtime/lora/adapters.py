@@ -67,22 +67,31 @@ def _pairs(loras: Iterable[LoraSpec]) -> list[tuple[str, float]]:
 PROMPT_TAG = re.compile(r"<lora:([^:>]+)(?::([^>]*))?>")
 
 
-def prompt_loras(prompt: str, lora_dir: str | os.PathLike | None) -> tuple[str, list[tuple[str, float]]]:
-    """(prompt without its <lora:name:scale> tags, [(file, scale)]) with names looked up in `lora_dir`."""
+def prompt_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """(prompt without its <lora:NAME:SCALE> tags, [(NAME, scale)]): the names as written (scale 1 if left out)."""
     found = []
     for match in PROMPT_TAG.finditer(prompt):
         name, scale_text = match.group(1).strip(), match.group(2)
+        try:
+            scale = 1.0 if scale_text in (None, "") else float(scale_text)
+        except ValueError:
+            raise SdrtError(f"<lora:{name}:{scale_text}>: the scale is not a number") from None
+        found.append((name, check_scale(name, scale)))
+    return " ".join(PROMPT_TAG.sub("", prompt).split()), found
+
+
+def prompt_loras(prompt: str, lora_dir: str | os.PathLike | None) -> tuple[str, list[tuple[str, float]]]:
+    """(prompt without its <lora:name:scale> tags, [(file, scale)]) with names looked up in `lora_dir`."""
+    text, tags = prompt_tags(prompt)
+    found = []
+    for name, scale in tags:
         if lora_dir is None:
             raise SdrtError(f"the prompt names <lora:{name}>: pass --lora-dir, the folder holding {name}.safetensors")
         path = Path(lora_dir) / f"{name}.safetensors"
         if not path.is_file():
             raise SdrtError(f"the prompt names <lora:{name}> but {path} does not exist")
-        try:
-            scale = 1.0 if scale_text in (None, "") else float(scale_text)
-        except ValueError:
-            raise SdrtError(f"<lora:{name}:{scale_text}>: the scale is not a number") from None
-        found.append((str(path), check_scale(name, scale)))
-    return " ".join(PROMPT_TAG.sub("", prompt).split()), found
+        found.append((str(path), scale))
+    return text, found
 
 
 class Adapters:
