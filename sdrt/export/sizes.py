@@ -22,10 +22,14 @@ MAX_LATENT_CAP = 256
 
 
 def probe_pairs(num_upsamplers: int) -> list[tuple[int, int]]:
-    """(h, w) pairs covering every size 1..2**n+1 on both axes, plus square powers of two."""
+    """(h, w) pairs covering every size 1..2**n+1 on both axes, plus square powers of two, plus a few
+    pairs with both sides above 2**n (what the rule falls back to when PyTorch itself refuses the
+    small squares, e.g. a one-upsampler UNet at 2x2)."""
     n = 2**num_upsamplers + 2
     pairs = [(k, n - k) for k in range(1, n)]
     pairs += [(2**i, 2**i) for i in range(num_upsamplers + 1)] + [(2**num_upsamplers, 2 ** (num_upsamplers + 1))]
+    big = 2**num_upsamplers + 1
+    pairs += [(big, big), (big, big + 1), (big + 1, big)]
     return list(dict.fromkeys(pairs))
 
 
@@ -88,12 +92,16 @@ def probe_rule(cases: dict[tuple[int, int], Case | None], path: Path, num_upsamp
 
 def admitted(passed: dict[tuple[int, int], bool], num_upsamplers: int) -> tuple[int, int] | None:
     """(multiple, min_latent): the smallest multiple, then the smallest minimum, such that every
-    probed pair of that multiple with both sides >= the minimum passed."""
+    probed pair of that multiple with both sides >= the minimum passed, and at least one of those
+    pairs has a side that is not also a multiple of the next power of two (evidence for this
+    multiple, not only for a coarser one)."""
+    top = 2**num_upsamplers
     for multiple in (2**i for i in range(num_upsamplers + 1)):
-        for low in range(multiple, 2**num_upsamplers + 1, multiple):
-            judged = [ok for (h, w), ok in passed.items() if h % multiple == 0 and w % multiple == 0
-                      and min(h, w) >= low]
-            if judged and all(judged):
+        for low in range(multiple, top + 2, multiple):
+            judged = {(h, w): ok for (h, w), ok in passed.items() if h % multiple == 0 and w % multiple == 0
+                      and min(h, w) >= low}
+            finer = multiple == top or any(h % (2 * multiple) or w % (2 * multiple) for h, w in judged)
+            if judged and finer and all(judged.values()):
                 return multiple, low
     return None
 
