@@ -373,9 +373,9 @@ class Pipeline:
         rescale, clip_skip = check_extras(guidance_rescale=guidance_rescale, clip_skip=clip_skip)
         denoising_start = check_fraction("denoising_start", denoising_start)
         denoising_end = check_fraction("denoising_end", denoising_end)
-        if denoising_start is not None and mode != "img2img":
+        if denoising_start is not None and mode == "txt2img":
             raise SdrtError("denoising_start continues from an image or a base model's latents: pass image= "
-                            "(img2img; inpainting does not take it here)")
+                            "(img2img), or image= and mask_image= (inpainting)")
         if denoising_start is not None and denoising_end is not None and denoising_start >= denoising_end:
             raise SdrtError(f"denoising_start {denoising_start} must be below denoising_end {denoising_end}")
         prompts, negatives = prompt_lists(prompt, negative_prompt)
@@ -431,9 +431,9 @@ class Pipeline:
         with timings.measure("vae_encoder"):
             if given_latents is not None:
                 image_lat = given_latents
-            elif images and (not masks or blend or strength < 1.0):
+            elif images and (not masks or blend or strength < 1.0 or denoising_start is not None):
                 image_lat = conditioning.tile_to(self.encode_images(pixels, rng), n, "image")
-            if noise is None and denoising_start is None:
+            if noise is None and (denoising_start is None or masks):  # inpainting: the blend's noise
                 noise = rng.standard_normal((n, C, h, w), dtype=np.float32)
             if self.inpainting_unet:
                 masked = conditioning.masked_pixels(pixels, mask_px)

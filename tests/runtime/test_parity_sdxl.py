@@ -70,6 +70,10 @@ CASES = {
     "img2img": Case(mode="img2img", strength=0.6, extra={"aesthetic_score": 7.0}),
     "inpaint-full": Case(mode="inpaint", strength=1.0),
     "inpaint-partial-b2": Case(mode="inpaint", strength=0.7, per_prompt=2),
+    # diffusers' inpainting takes denoising_start too: strength is ignored, the blend re-noises the known area
+    "inpaint-denoising-start": Case(mode="inpaint", steps=5, extra={"denoising_start": 0.6}),
+    "refiner-inpaint-denoising-start": Case(preset="tiny-sdxl-refiner", mode="inpaint", steps=5, per_prompt=2,
+                                            extra={"denoising_start": 0.7, "aesthetic_score": 6.5}),
     "refiner-img2img": Case(preset="tiny-sdxl-refiner", mode="img2img", strength=0.5, steps=4,
                             extra={"aesthetic_score": 7.5, "negative_aesthetic_score": 2.0}),
     "refiner-prompt-2-unused": Case(preset="tiny-sdxl-refiner", mode="img2img", strength=0.5, negative="x",

@@ -97,6 +97,12 @@ def test_bad_denoising_fractions(tiny_sdxl_onnx, key, value):
         pipe("x", num_inference_steps=2, image=image, **{key: value})
 
 
+def test_denoising_start_needs_an_image(tiny_sdxl_onnx):
+    pipe = Pipeline.load(tiny_sdxl_onnx, backend="ort-cpu")
+    with pytest.raises(SdrtError, match="denoising_start continues from an image .* mask_image= .inpainting"):
+        pipe("x", num_inference_steps=2, denoising_start=0.5)
+
+
 def test_clip_skip_needs_the_layer_stack_on_sd(tiny_onnx):
     pipe = Pipeline.load(tiny_onnx, backend="ort-cpu")
     with pytest.raises(SdrtError, match="sdrt export --hidden-states"):
