@@ -114,7 +114,11 @@ def with_group_killed(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_server(tiny_onnx):
+def ray_server(tiny_onnx, tmp_path_factory):
+    from tests.runtime.test_lora_input import _kohya_from_map
+
+    lora_dir = tmp_path_factory.mktemp("loras")
+    _kohya_from_map(tiny_onnx, lora_dir / "style.safetensors", count=6, rank=4, alpha=4.0, seed=3)
     ray_tmp = tempfile.mkdtemp(prefix="sdrt-ray-", dir="/tmp")
     saved = {key: os.environ.get(key) for key in ("RAY_USAGE_STATS_ENABLED", "RAY_TMPDIR")}
     os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_tmp)
@@ -123,7 +127,7 @@ def ray_server(tiny_onnx):
     from sdrt.serve import ray_serve
 
     args = argparse.Namespace(**{**ray_serve.BUILDER_DEFAULTS, "model": [f"tiny={tiny_onnx}"],
-                                 "backend": "ort-cpu", "replicas": 2, "max_batch": 2})
+                                 "backend": "ort-cpu", "replicas": 2, "max_batch": 2, "lora_dir": str(lora_dir)})
     from sdrt.serve.ray_local import init_local
 
     application = ray_serve.build_application(args)
@@ -132,7 +136,7 @@ def ray_server(tiny_onnx):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(application, name="sdrt", route_prefix="/")
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", ray_tmp=ray_tmp)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", ray_tmp=ray_tmp, lora_dir=lora_dir)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -195,6 +199,27 @@ def test_requests_land_on_both_replicas(ray_server, tiny_pipeline):
                                  height=64, width=64, seed=seed).images[0]
         assert np.array_equal(decode_b64_png(r.json()["images"][0]), np.asarray(expected))
     assert len(pids) == 2, pids
+
+
+def test_lora_tags_on_the_replicas(ray_server, tiny_onnx):
+    from sdrt.runtime import Pipeline
+
+    body = {"prompt": "a boat <lora:style:0.8>", "width": 64, "height": 64, "steps": 2, "cfg_scale": 7.0}
+    answers: dict[int, requests.Response] = {}
+    threads = [threading.Thread(target=lambda s=s: answers.__setitem__(s, requests.post(
+        f"{ray_server.url}/sdapi/v1/txt2img", json={**body, "seed": s}, timeout=120))) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    ref = Pipeline.load(tiny_onnx, backend="ort-cpu")
+    ref.set_loras([(str(ray_server.lora_dir / "style.safetensors"), 0.8)])
+    for seed, r in sorted(answers.items()):
+        assert r.status_code == 200, r.text[:300]
+        expected = ref(["a boat"], negative_prompt=[""], num_inference_steps=2, guidance_scale=7.0, height=64,
+                       width=64, seed=seed).images[0]
+        assert np.array_equal(decode_b64_png(r.json()["images"][0]), np.asarray(expected))
+        assert "Lora hashes" in json.loads(r.json()["info"])["extra_generation_params"]
 
 
 def test_a_killed_replica_is_restarted_and_no_request_is_lost(ray_server):
