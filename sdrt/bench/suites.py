@@ -45,8 +45,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           scheduler="EulerDiscreteScheduler", guidance_scale=5.0, peers=("diffusers:bf16",),
           about="the real SDXL 1.0 base architecture at 512x512, 4 Euler steps with guidance 5 (UNet batch 2): "
                 "sdrt ort-cpu against diffusers fp32 and bf16 autocast, one contender in memory at a time "
-                "(each ~14-17 GB); openvino is left out by default (its compile holds the graph and the compiled "
-                "weights at once, ~1.5x the weights: over 24 GB for SDXL), add it with --backend openvino"),
+                "(each an estimated 14-17 GB); openvino is left out by default (it needs more memory than "
+                "ort-cpu: an estimated 22 GB for SDXL), add it with --backend openvino"),
     Suite("gpu-sd15", "sd15", 512, 512, steps=50, batches=(1, 4), backends=("ort-cuda", "ort-cuda:cuda_graph"),
           reference_device="cuda", reference_precision="fp16", warmup=2, reps=5, needs_gpu=True,
           about="SD 1.5 at 512x512, 50 steps: ort-cuda without and with CUDA graph, against diffusers fp16"),
