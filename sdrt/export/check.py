@@ -39,7 +39,13 @@ def ort_session(path: Path) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # fp16 graphs on the CPU log every inserted Cast otherwise
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's Fail/InvalidGraph: the exporter wrote a graph ORT refuses
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SdrtError(f"{path.parent.name} export check failed: ONNX Runtime cannot load the exported graph "
+                        f"({first}); nothing was written. This is an exporter bug: please report it with "
+                        f"the model's config") from None
 
 
 @dataclass

@@ -83,10 +83,30 @@ class UNetGraph(torch.nn.Module):
         """
         saved = self.unet.num_upsamplers
         self.unet.num_upsamplers = 62
+        time_proj = getattr(self.unet, "add_time_proj", None)
+        if time_proj is not None and self.unet.dtype != torch.float32:
+            # SDXL's time-id projection computes in float32 and diffusers concatenates it with the
+            # fp16 text_embeds (eager PyTorch promotes, then casts the result to fp16); the ONNX
+            # exporter emits that Concat without the promotion, an invalid graph. Casting the
+            # projection's output first gives the same numbers (the concat itself is exact).
+            self.unet.add_time_proj = CastOutput(time_proj, self.unet.dtype)
         try:
             yield
         finally:
             self.unet.num_upsamplers = saved
+            if time_proj is not None:
+                self.unet.add_time_proj = time_proj
+
+
+class CastOutput(torch.nn.Module):
+    """``module``'s output cast to ``dtype``."""
+
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.module, self.dtype = module, dtype
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        return self.module(*args).to(self.dtype)
 
 
 class VaeDecoderGraph(torch.nn.Module):

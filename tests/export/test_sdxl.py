@@ -134,3 +134,20 @@ def test_a_component_the_family_lacks_is_one_line(preset_source, tmp_path: Path,
                      str(tmp_path / "out"), "--components", "text_encoder")
     assert code == 2 and "sdxl-refiner model has no text_encoder" in err and err.count("\n") == 1
     assert leftovers(tmp_path, "out") == []
+
+
+def test_sdxl_unet_exports_in_fp16(tmp_path):
+    """The fp16 SDXL UNet graph loads in ONNX Runtime and passes the export check.
+
+    diffusers concatenates the fp16 pooled text_embeds with its float32 time-id projection (eager
+    PyTorch promotes); exported as is, that Concat mixes float16 and float and ONNX Runtime refuses
+    the graph (seen on the full sdxl preset).
+    """
+    from sdrt.export.exporter import export_model
+
+    out = export_model("tiny-sdxl", tmp_path / "x16", precision="fp16", components=["unet"], log=lambda _: None)
+    entry = Manifest.load(out).data["components"]["unet"]
+    assert entry["precision"] == "fp16" and entry["check"]["passed"]
+    graph = onnx.load(str(out / "unet" / "model.onnx"), load_external_data=False)
+    inputs = {i.name: i.type.tensor_type.elem_type for i in graph.graph.input}
+    assert inputs[spec.N.TEXT_EMBEDS] == onnx.TensorProto.FLOAT16
