@@ -90,6 +90,17 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> P
     return write_bytes(path, text.encode(encoding))
 
 
+def write_result(folder: str | os.PathLike, result: object, markdown: str) -> Path:
+    """``folder/result.json`` (``result`` as indented JSON) and ``folder/result.md``, each atomically."""
+    import json
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
+    write_text(out / "result.md", markdown)
+    return out
+
+
 @contextlib.contextmanager
 def staged_files(folder: str | os.PathLike, last: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder inside `folder` for a writer that makes several files (a model and its

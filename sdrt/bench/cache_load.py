@@ -27,7 +27,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from sdrt.atomic import write_text
+from sdrt.atomic import write_result
 
 
 def scratch_folder(folder: Path, parent: Path) -> Path:
@@ -143,10 +143,7 @@ def run(args: argparse.Namespace) -> Path:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)  # the links and the scratch cache, not the export
         result["precisions"][precision] = summarize(first, warm)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
-    write_text(out / "result.md", render(result))
-    return out
+    return write_result(out, result, render(result))
 
 
 def main(argv: list[str] | None = None) -> int:

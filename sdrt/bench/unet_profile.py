@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from sdrt.atomic import write_text
+from sdrt.atomic import write_result
 
 CONFIGS = ("openvino-f32-dynamic", "openvino-f32-static", "openvino-bf16-dynamic", "openvino-bf16-static",
            "openvino-f32-counters", "openvino-bf16-counters", "ort-cpu", "ort-cpu-profile")
@@ -311,10 +311,7 @@ def run(args: argparse.Namespace) -> Path:
         r = result["configs"][config]
         print(f"{config}: " + (f"step {r['step_s']:.3f} s" if "step_s" in r else r["error"]), flush=True)
     out = Path(args.out or Path("benchmarks") / "results" / f"unet-profile-{Path(args.model).name}-{date.today()}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
-    write_text(out / "result.md", render(result))
-    return out
+    return write_result(out, result, render(result))
 
 
 def main(argv: list[str] | None = None) -> int:
