@@ -84,3 +84,66 @@ def write_peft(path: Path, shapes: dict[str, dict], *, rank: int = 4, seed: int 
             tensors[f"{component}.{name}.lora_B.weight"] = up
     save_file(tensors, str(path))
     return path
+
+
+def write_diffusers_training(path: Path, shapes: dict[str, dict], *, rank: int = 4, seed: int = 0,
+                             magnitude: float = 0.3) -> Path:
+    """What diffusers' LoRA training scripts save: the PEFT state converted by diffusers'
+    `convert_state_dict_to_diffusers` (``.lora.down`` on the UNet, ``.lora_linear_layer.down`` on the
+    text encoders) and written by `StableDiffusionPipeline.save_lora_weights` (diffusers' own writer).
+    The same draws as `write_peft(shapes)`."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    rng = np.random.default_rng(seed)
+    layers = {}
+    for component, named in shapes.items():
+        state = {}
+        for name, shape in sorted(named.items()):
+            up, down = _pair(rng, shape, rank, magnitude)
+            state[f"{name}.lora_A.weight"] = torch.from_numpy(down)
+            state[f"{name}.lora_B.weight"] = torch.from_numpy(up)
+        layers[f"{component}_lora_layers"] = convert_state_dict_to_diffusers(state)
+    StableDiffusionPipeline.save_lora_weights(str(path.parent), weight_name=path.name, safe_serialization=True,
+                                              **layers)
+    return path
+
+
+#: diffusers < 0.21 attention-processor LoRA names: module -> the processor's attribute
+PROCESSOR_NAMES = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora", "to_out.0": "to_out_lora",
+                   "q_proj": "to_q_lora", "k_proj": "to_k_lora", "v_proj": "to_v_lora", "out_proj": "to_out_lora"}
+
+
+def _attention_leaf(name: str) -> tuple[str, str]:
+    if name.endswith(".to_out.0"):
+        return name[: -len(".to_out.0")], "to_out.0"
+    head, _, leaf = name.rpartition(".")
+    return head, leaf
+
+
+def attention_only(shapes: dict[str, dict]) -> dict[str, dict]:
+    """The attention projections of `layer_shapes` (what attention-processor LoRA files hold)."""
+    return {c: {n: s for n, s in named.items() if _attention_leaf(n)[1] in PROCESSOR_NAMES}
+            for c, named in shapes.items()}
+
+
+def write_processor_format(path: Path, shapes: dict[str, dict], *, rank: int = 4, seed: int = 0,
+                           magnitude: float = 0.3) -> Path:
+    """The attention-processor LoRA files of diffusers < 0.21 (``unet.<attn>.processor.to_q_lora.down.weight``,
+    ``text_encoder.<layer>.self_attn.to_q_lora.down.weight``) of `shapes`' attention projections; the
+    same draws as `write_peft(attention_only(shapes))`."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for component, named in attention_only(shapes).items():
+        for name, shape in sorted(named.items()):
+            head, leaf = _attention_leaf(name)
+            up, down = _pair(rng, shape, rank, magnitude)
+            middle = ".processor." if component == "unet" else "."
+            key = f"{component}.{head}{middle}{PROCESSOR_NAMES[leaf]}"
+            tensors[f"{key}.down.weight"] = down
+            tensors[f"{key}.up.weight"] = up
+    save_file(tensors, str(path))
+    return path

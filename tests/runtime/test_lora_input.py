@@ -62,6 +62,32 @@ def test_kohya_and_peft_readers(tiny_onnx, tmp_path):
     assert layer.component == "text_encoder" and layer.ratio == 1.0  # no alpha: alpha = rank, as diffusers
 
 
+@pytest.mark.parametrize("stem, component, layer", [
+    # what diffusers' training scripts save (convert_state_dict_to_diffusers)
+    ("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora", "unet",
+     "mid_block.attentions.0.transformer_blocks.0.attn1.to_q"),
+    ("text_encoder.text_model.encoder.layers.0.self_attn.k_proj.lora_linear_layer", "text_encoder",
+     "text_model.encoder.layers.0.self_attn.k_proj"),
+    # diffusers < 0.21 attention processors: the processor's attribute names the module it patches
+    ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora", "unet",
+     "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0"),
+    ("text_encoder.text_model.encoder.layers.1.self_attn.to_v_lora", "text_encoder",
+     "text_model.encoder.layers.1.self_attn.v_proj"),
+])
+def test_older_diffusers_spellings(stem, component, layer, tmp_path):
+    path = _save(tmp_path / "old.safetensors", {f"{stem}.down.weight": np.ones((2, 8)),
+                                                f"{stem}.up.weight": np.ones((8, 2))})
+    (found,) = read_lora(path).layers
+    assert (found.component, found.layer, found.rank) == (component, layer, 2)
+
+
+def test_an_unknown_processor_attribute_is_not_a_lora_key(tmp_path):
+    path = _save(tmp_path / "odd.safetensors", {"unet.x.attn1.processor.to_z_lora.down.weight": np.ones((2, 8)),
+                                                "unet.x.attn1.processor.to_z_lora.up.weight": np.ones((8, 2))})
+    with pytest.raises(SdrtError, match="2 of 2 keys are not LoRA keys"):
+        read_lora(path)
+
+
 @pytest.mark.parametrize("key, kind", [("lora_unet_x.hada_w1_a", "LoHa"), ("lora_unet_x.lokr_w1", "LoKr"),
                                        ("lora_unet_x.dora_scale", "DoRA"), ("lora_unet_x.lora_mid.weight", "Tucker")])
 def test_other_adapter_kinds_are_refused_by_name(key, kind, tmp_path):

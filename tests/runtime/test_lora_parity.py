@@ -16,7 +16,8 @@ import pytest
 from sdrt.reference import Reference, TorchReplay, load_source_pipeline
 from sdrt.runtime import Pipeline
 from sdrt.runtime.images import psnr
-from tests.runtime.lora_helpers import layer_shapes, write_kohya, write_peft
+from tests.runtime.lora_helpers import (attention_only, layer_shapes, write_diffusers_training, write_kohya,
+                                        write_peft, write_processor_format)
 
 MIN_PSNR = 40.0
 #: a LoRA that changes the picture by less than this (PSNR against the base) tests nothing
@@ -38,6 +39,12 @@ CASES = {
     "kohya-unet-text-sd21": Case("tiny-sd21", (("kohya", True, False, 3, 0.7),), scheduler="euler"),
     "kohya-conv": Case("tiny-sd21", (("kohya", False, True, 4, 1.0),), scheduler="dpmpp_2m"),
     "stacked-two-scales": Case("tiny", (("kohya", True, False, 5, 0.6), ("peft", False, True, 6, -0.4))),
+    # files in the layouts diffusers itself writes: its training scripts' (written by diffusers), and
+    # the attention-processor names of diffusers < 0.21. diffusers 0.42 does not apply the UNet
+    # `.lora.down` keys of the first (its fused weights do not move), so its reference loads the
+    # PEFT-format twin of each file: the same matrices under lora_A/lora_B names.
+    "diffusers-training-unet-text": Case("tiny", (("diffusers-training", True, False, 8, 0.8),)),
+    "diffusers-processor-unet-text": Case("tiny-sd21", (("processor", True, False, 9, 1.0),), scheduler="euler"),
     "lcm-lora-style": Case("tiny", (("kohya", False, True, 7, 1.0),), scheduler="lcm", steps=4, guidance=1.0),
 }
 
@@ -47,11 +54,21 @@ def folders(tiny_onnx, tiny_sd21_onnx):
     return {"tiny": tiny_onnx, "tiny-sd21": tiny_sd21_onnx}
 
 
-def _write(tmp_path, source, spec, index):
+WRITERS = {"kohya": write_kohya, "peft": write_peft, "diffusers-training": write_diffusers_training,
+           "processor": write_processor_format}
+#: formats whose diffusers reference reads a PEFT twin
+TWINNED = ("diffusers-training", "processor")
+
+
+def _write(tmp_path, source, spec, index, *, twin: bool = False):
+    """The file of `spec` (sdrt reads it); with twin=True the file diffusers reads for it: itself, or
+    for the formats diffusers 0.42 misreads, the PEFT file with the same matrices."""
     fmt, text, conv, seed, _ = spec
     shapes = layer_shapes(source, text=text, conv=conv)
-    write = write_kohya if fmt == "kohya" else write_peft
-    return write(tmp_path / f"lora{index}-{fmt}.safetensors", shapes, seed=seed)
+    if twin and fmt in TWINNED:
+        shapes = attention_only(shapes) if fmt == "processor" else shapes
+        return write_peft(tmp_path / f"lora{index}-{fmt}-twin.safetensors", shapes, seed=seed)
+    return WRITERS[fmt](tmp_path / f"lora{index}-{fmt}.safetensors", shapes, seed=seed)
 
 
 def _call(case):
@@ -66,12 +83,14 @@ def test_lora_matches_diffusers(name, folders, tmp_path):
     pipe = Pipeline.load(folder, "ort-cpu")
     ref_pipe = load_source_pipeline(pipe.manifest)
     files = [(_write(tmp_path, ref_pipe, spec, i), spec[-1]) for i, spec in enumerate(case.files)]
+    twins = [_write(tmp_path, ref_pipe, spec, i, twin=True) if spec[0] in TWINNED else path
+             for i, (spec, (path, _)) in enumerate(zip(case.files, files))]  # before diffusers wraps modules
     base = pipe("a red bicycle", **_call(case), generator=TorchReplay(11), output_type="np").images
 
     pipe.set_loras(files)
     ours = pipe("a red bicycle", **_call(case), generator=TorchReplay(11), output_type="np")
     names = [f"a{i}" for i in range(len(files))]
-    for (path, _), adapter in zip(files, names):
+    for path, adapter in zip(twins, names):
         ref_pipe.load_lora_weights(str(path), adapter_name=adapter)
     if len(files) == 1:
         ref_pipe.fuse_lora(lora_scale=files[0][1])

@@ -12,8 +12,12 @@ Formats:
   ``lora_te_`` (SD 1.x/2.x text encoder), ``lora_te1_`` / ``lora_te2_`` (SDXL's two). Conv LoRA:
   ``lora_down`` [r, in, kh, kw] with ``lora_up`` [out, r, 1, 1].
 - diffusers / PEFT: ``unet.<layer>.lora_A.weight`` / ``lora_B.weight`` (and ``text_encoder.``,
-  ``text_encoder_2.``), the older ``.lora.down.weight`` / ``.lora.up.weight``; an optional
-  ``<layer>.alpha``; without one, alpha = rank (diffusers' default).
+  ``text_encoder_2.``); what diffusers' training scripts save (``convert_state_dict_to_diffusers``):
+  ``.lora.down.weight`` / ``.lora.up.weight`` on the UNet, ``.lora_linear_layer.down.weight`` /
+  ``.up.weight`` on the text encoders; and the attention-processor files of diffusers < 0.21
+  (``attn1.processor.to_q_lora.down.weight``, ``to_out_lora``; ``self_attn.to_q_lora`` in text
+  encoders), renamed to the module they patch. An optional ``<layer>.alpha``; without one,
+  alpha = rank (diffusers' default).
 
 Other adapter kinds are refused in one line naming the kind: they are not low-rank products.
 """
@@ -38,7 +42,12 @@ KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_"
 DIFFUSERS_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
 #: (up suffix, down suffix) of each low-rank spelling
 PAIRS = ((".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"),
-         (".lora.up.weight", ".lora.down.weight"))
+         (".lora.up.weight", ".lora.down.weight"), (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
+         ("_lora.up.weight", "_lora.down.weight"))
+#: diffusers' attention-processor LoRA (``<attn>.processor.to_q_lora``) -> the module it patches,
+#: in the UNet and in a text encoder (whose attention names its projections q_proj ... out_proj)
+PROCESSOR_TARGETS = {"unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
+                     "text": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}}
 #: a pattern in a key -> the adapter kind it belongs to (refused)
 OTHER_KINDS = ((r"\.hada_w[12]_[ab]", "LoHa"), (r"\.lokr_w[12]", "LoKr"), (r"\.dora_scale$", "DoRA"),
                (r"lora_magnitude_vector", "DoRA"), (r"\.lora_mid\.", "LoCon with a Tucker core (lora_mid)"),
@@ -83,11 +92,26 @@ def _split(key: str) -> tuple[str, str, str] | None:
                 for up, down in PAIRS:
                     for suffix in (up, down):
                         if rest.endswith(suffix):
-                            return component, rest[: -len(suffix)], suffix
+                            layer = rest[: -len(suffix)]
+                            if suffix.startswith("_lora."):  # processor LoRA: "<attn>.processor.to_q"
+                                layer = _processor_target(component, layer)
+                                if layer is None:
+                                    return component, rest, ""
+                            return component, layer, suffix
                 if rest.endswith(".alpha"):
                     return component, rest[: -len(".alpha")], ".alpha"
                 return component, rest, ""
     return None
+
+
+def _processor_target(component: str, layer: str) -> str | None:
+    """``...attn1.processor.to_q`` -> ``...attn1.to_q`` (UNet) / ``...self_attn.q_proj`` (text); None if unknown."""
+    head, _, name = layer.rpartition(".")
+    targets = PROCESSOR_TARGETS["unet" if component == "unet" else "text"]
+    if name not in targets:
+        return None
+    head = head[: -len(".processor")] if head.endswith(".processor") else head
+    return f"{head}.{targets[name]}"
 
 
 def _refuse_other_kinds(path: Path, keys: list[str]) -> None:
