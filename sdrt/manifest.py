@@ -14,7 +14,8 @@ Export writes it; engines and the runtime read it (pure JSON, no torch). Schema 
                    "class_name": str, "prediction_type": "epsilon" | "v_prediction" | "sample",
                    "scaling_factor": float, "shift_factor": float | null, "vae_scale_factor": int,
                    "latent_channels": int, "unet_in_channels": int, "text_hidden_size": int,
-                   "token_length": int, "sample_size": int, "inpainting": bool},
+                   "token_length": int, "sample_size": int, "inpainting": bool,
+                   "vae_sample_size": int},     # the VAE's tile size in px; absent in older manifests
       "sizes": {"latent_multiple": int, "min_latent": int, "max_latent": int,
                 "rule": str},            # what the exported UNet really supports, and why
       "components": {

@@ -32,6 +32,7 @@ class PipelineFacts(_Section):
     latent_channels: int = Field(ge=1)
     unet_in_channels: int = Field(ge=1)
     sample_size: int = Field(ge=1)
+    vae_sample_size: Optional[int] = Field(default=None, ge=1)  # older manifests: none (see vae_tiling)
     text_hidden_size: int = Field(ge=1)
     token_length: int = Field(ge=1)
     family: str = "sd"  # sdrt.spec.FAMILIES; older manifests have none

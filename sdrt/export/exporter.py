@@ -206,6 +206,7 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
         "text_hidden_size": int(unet.cross_attention_dim),
         "token_length": spec.TOKEN_LENGTH,
         "sample_size": int(unet.sample_size),
+        "vae_sample_size": vae_sample_size(vae),  # diffusers' VAE tile size (tile_sample_min_size)
         "inpainting": int(unet.in_channels) == 2 * latent_channels + 1,
         "vae_decoder_input": "latents already divided by scaling_factor (diffusers' pipeline divides "
                              "before vae.decode)",
@@ -218,6 +219,13 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
         facts["requires_aesthetics_score"] = bool(index.get("requires_aesthetics_score", False))
         facts["force_upcast"] = bool(vae.get("force_upcast", False))
     return facts
+
+
+def vae_sample_size(vae: Any) -> int | None:
+    """The VAE's own sample_size (px; the first of a pair), what diffusers' tiled decode tiles by."""
+    size = vae.get("sample_size")
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    return int(size) if size else None
 
 
 def sdxl_dims(src: source.Source, family: str) -> dict[str, int]:

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from sdrt.runtime.arguments import check_pair
 
 Pair = tuple[int, int]
 
@@ -35,6 +38,20 @@ class SizeConditioning:
     negative_target_size: Pair | None = None
     aesthetic_score: float = 6.0
     negative_aesthetic_score: float = 2.5
+
+
+def size_conditioning(height: int, width: int, sizes: dict[str, Any], aesthetic_score: Any,
+                       negative_aesthetic_score: Any) -> SizeConditioning:
+    """The call's size arguments (checked; None where not given) with diffusers' defaults filled in."""
+    pairs = {key: check_pair(key, value) for key, value in sizes.items()}
+    return SizeConditioning(
+        original_size=pairs["original_size"] or (height, width),
+        crops_coords_top_left=pairs["crops_coords_top_left"] or (0, 0),
+        target_size=pairs["target_size"] or (height, width),
+        negative_original_size=pairs["negative_original_size"],
+        negative_crops_coords_top_left=pairs["negative_crops_coords_top_left"] or (0, 0),
+        negative_target_size=pairs["negative_target_size"],
+        aesthetic_score=float(aesthetic_score), negative_aesthetic_score=float(negative_aesthetic_score))
 
 
 def time_ids(c: SizeConditioning, *, mode: str, aesthetic: bool, images: int, guidance: bool) -> np.ndarray:

@@ -113,3 +113,13 @@ def check_extras(*, guidance_rescale: Any, clip_skip: Any) -> tuple[float, int |
     if clip_skip is not None:
         clip_skip = _whole("clip_skip", clip_skip, 0)
     return rescale, clip_skip
+
+
+def check_family_arguments(family: str, sdxl: bool, folder: Any, given: dict[str, Any]) -> None:
+    """SDXL-only arguments on another family: one line naming the argument."""
+    if sdxl:
+        return
+    for key, value in given.items():
+        if value is not None:
+            raise SdrtError(f"{key} is an SDXL argument; {folder} is a {family} model "
+                            f"(family {family!r} in sdrt.json): leave {key} out")

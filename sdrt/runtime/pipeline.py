@@ -48,9 +48,10 @@ import numpy as np
 from sdrt.engines.base import Backend, Engine, backend_class, candidates, with_precision
 from sdrt.errors import EngineMissing, SdrtError
 from sdrt.manifest import Manifest
-from sdrt.runtime import added_conditioning, conditioning, images as imageio, memory_guard, metadata, prompts as text
-from sdrt.runtime.arguments import (check_call, check_extras, check_fraction, check_latents, check_pair,
-                                    prompt_lists, warn_unused_negative)
+from sdrt.runtime import (added_conditioning, conditioning, images as imageio, memory_guard, metadata,
+                          prompts as text, vae_tiling as tiling)
+from sdrt.runtime.arguments import (check_call, check_extras, check_family_arguments, check_fraction,
+                                    check_latents, prompt_lists, warn_unused_negative)
 from sdrt.runtime.denoise import Blend, StepCallback, cut_timesteps_end, denoise, start_at
 from sdrt.runtime.seeds import PerImageGenerator, image_seeds
 from sdrt.runtime.timing import StageTimings
@@ -111,6 +112,7 @@ class Pipeline:
         self.engines: dict[str, Engine] = {}
         self._unet_config = memory_guard.unet_config(manifest.folder)  # for the memory estimate
         self._lock = threading.RLock()  # one call at a time: the engines' bound buffers are shared
+        self.vae_tiles: tiling.VaeTiles | None = None  # None: decode whole (see enable_vae_tiling)
         try:
             for component in (*self.model_spec.text_encoders, "unet", "vae_decoder"):  # fail early on a broken folder
                 self.engine(component)
@@ -123,7 +125,8 @@ class Pipeline:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, backend: str = "auto", precision: str | None = None,
-             verify: bool = False, loras: Sequence[Any] = (), **backend_options: Any) -> "Pipeline":
+             verify: bool = False, loras: Sequence[Any] = (), vae_tiling: bool = False,
+             vae_tile_size: int | None = None, **backend_options: Any) -> "Pipeline":
         """Open an exported folder on a backend; options go to the backend (its declared ones only).
         ``precision``: f32 | bf16 | f16, the run-time precision (bf16/f16: openvino only).
 
@@ -131,11 +134,12 @@ class Pipeline:
         engine for this folder (TensorRT before `sdrt build`, unless auto_build=True) is skipped
         with a one-line note on stderr. `verify=True` first checks every component's sha256 against
         the one export recorded (reads every weight once; a changed file is one line naming it). `loras`: LoRA files to apply, each a path or a (path, scale)
-        pair (see `set_loras`).
+        pair (see `set_loras`). `vae_tiling` / `vae_tile_size`: see `enable_vae_tiling`.
         """
         from sdrt.runtime.tokenizer import ClipTokenizer
 
         manifest = Manifest.load(folder)
+        tiles = tiling.from_options(manifest.pipeline, vae_tiling, vae_tile_size)  # fails before loading
         if verify:
             manifest.verify()
         config_path = Path(folder) / "scheduler" / "scheduler_config.json"
@@ -160,6 +164,7 @@ class Pipeline:
             break
         else:
             raise AssertionError("unreachable: candidates() returns at least one backend")
+        pipe.vae_tiles = tiles
         if loras:
             try:
                 pipe.set_loras(loras)
@@ -174,6 +179,15 @@ class Pipeline:
         A file that does not fit is a one-line error and leaves the pipeline as it was."""
         with self._lock:  # never while a call runs on the engines being swapped
             self.adapters.apply(self.backend, self.engines, list(loras))
+
+    def enable_vae_tiling(self, tile_size: int | None = None) -> None:
+        """Decode latents larger than a tile in overlapping `tile_size` px tiles (default: the VAE's
+        sample_size), as diffusers' `enable_vae_tiling()`: less memory, pixels slightly unlike the
+        untiled decode (`sdrt.runtime.vae_tiling`). `disable_vae_tiling()` decodes whole again."""
+        self.vae_tiles = tiling.tiles_for(self.manifest.pipeline, tile_size)
+
+    def disable_vae_tiling(self) -> None:
+        self.vae_tiles = None
 
     @property
     def loras(self) -> list[dict[str, Any]]:
@@ -251,9 +265,8 @@ class Pipeline:
         if not np.isfinite(latents).all():
             raise SdrtError(f"the UNet ({self.manifest.precision('unet')}) produced NaN or inf latents: "
                             f"export the UNet in fp32, or lower guidance_scale")
-        engine = self.engine("vae_decoder")
-        engine.prepare({"B": latents.shape[0], "h": latents.shape[2], "w": latents.shape[3]})
-        decoded = engine.run({N.LATENT_SAMPLE: latents / self.scaling_factor + self.shift_factor})[N.IMAGE]
+        z = latents / self.scaling_factor + self.shift_factor
+        decoded = tiling.decode(self.engine("vae_decoder"), z, self.vae_tiles)  # whole unless tiling applies
         if not np.isfinite(decoded).all():
             raise SdrtError(f"the VAE decoder ({self.manifest.precision('vae_decoder')}) produced NaN or inf "
                             f"pixels: export the VAE decoder in fp32 (fp16 VAEs overflow)")
@@ -295,27 +308,6 @@ class Pipeline:
         imageio.check_size(images, height, width, "image")
         imageio.check_size(masks, height, width, "mask")
         return height, width
-
-    def _size_conditioning(self, height: int, width: int, sizes: dict[str, Any], aesthetic_score: Any,
-                           negative_aesthetic_score: Any) -> added_conditioning.SizeConditioning:
-        pairs = {key: check_pair(key, value) for key, value in sizes.items()}
-        return added_conditioning.SizeConditioning(
-            original_size=pairs["original_size"] or (height, width),
-            crops_coords_top_left=pairs["crops_coords_top_left"] or (0, 0),
-            target_size=pairs["target_size"] or (height, width),
-            negative_original_size=pairs["negative_original_size"],
-            negative_crops_coords_top_left=pairs["negative_crops_coords_top_left"] or (0, 0),
-            negative_target_size=pairs["negative_target_size"],
-            aesthetic_score=float(aesthetic_score), negative_aesthetic_score=float(negative_aesthetic_score))
-
-    def _check_family_arguments(self, given: dict[str, Any]) -> None:
-        """SDXL-only arguments on another family: one line naming the argument."""
-        if self.family in SDXL_FAMILIES:
-            return
-        for key, value in given.items():
-            if value is not None:
-                raise SdrtError(f"{key} is an SDXL argument; {self.manifest.folder} is a {self.family} model "
-                                f"(family {self.family!r} in sdrt.json): leave {key} out")
 
     def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
@@ -362,7 +354,8 @@ class Pipeline:
                  "target_size": target_size, "negative_original_size": negative_original_size,
                  "negative_crops_coords_top_left": negative_crops_coords_top_left,
                  "negative_target_size": negative_target_size}
-        self._check_family_arguments({"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2, **sizes})
+        check_family_arguments(self.family, self.family in SDXL_FAMILIES, self.manifest.folder,
+                               {"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2, **sizes})
         images, masks, given_latents = self._inputs(image, mask_image)
         mode = "inpaint" if masks else "img2img" if images or given_latents is not None else "txt2img"
         if strength is None:
@@ -456,7 +449,8 @@ class Pipeline:
         unet.prepare({"B": batch, "h": h, "w": w})
         unet.set_input(N.ENCODER_HIDDEN_STATES, cond.hidden)
         if self.family in SDXL_FAMILIES:
-            size_cond = self._size_conditioning(height, width, sizes, aesthetic_score, negative_aesthetic_score)
+            size_cond = added_conditioning.size_conditioning(height, width, sizes, aesthetic_score,
+                                                             negative_aesthetic_score)
             unet.set_input(N.TEXT_EMBEDS, cond.pooled)
             unet.set_input(N.TIME_IDS, added_conditioning.time_ids(
                 size_cond, mode=mode, aesthetic=self.family == "sdxl-refiner"
@@ -491,6 +485,8 @@ class Pipeline:
         parameters.update(metadata.describe(self.manifest, sched, images, masks))
         if self.adapters.active:
             parameters["loras"] = self.loras
+        if self.vae_tiles and output_type != "latent":
+            parameters["vae_tiling"] = self.vae_tiles.as_dict(tiled=self.vae_tiles.applies(x.shape))
         if mode != "txt2img":
             parameters["strength"] = strength
         extras = {"prompt_2": prompts_2, "negative_prompt_2": negatives_2, "guidance_rescale": rescale or None,
