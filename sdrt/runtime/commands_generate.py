@@ -51,9 +51,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="apply a LoRA .safetensors file (kohya or diffusers format) at SCALE (default 1); repeatable")
     p.add_argument("--lora-dir", default=None,
                    help="folder where AUTOMATIC1111 prompt tags <lora:NAME:SCALE> find NAME.safetensors")
+    add_vae_tiling_arguments(p)
     p.add_argument("--out", default="sdrt-out", help="output folder (default ./sdrt-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
     commands_sdxl.add_arguments(p)
+
+
+def add_vae_tiling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vae-tiling", action="store_true",
+                   help="decode large images in overlapping tiles (diffusers' enable_vae_tiling): less memory, "
+                        "pixels slightly unlike the whole decode")
+    p.add_argument("--vae-tile-size", type=int, default=None, metavar="PX",
+                   help="tile size in pixels for --vae-tiling, a multiple of 4 x the VAE factor (default: the "
+                        "VAE's sample_size, 512 for SD 1.5)")
+
+
+def vae_tiling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--vae-tiling / --vae-tile-size -> Pipeline.load's options (checked there)."""
+    tiling, size = getattr(args, "vae_tiling", False), getattr(args, "vae_tile_size", None)
+    return {"vae_tiling": tiling, "vae_tile_size": size} if tiling or size is not None else {}
 
 
 def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
@@ -67,6 +83,8 @@ def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
     if "strength" in parameters:
         fields.append(("Denoising strength", parameters["strength"]))
     fields += [("Batch index", index), ("Backend", parameters["backend"])]
+    if parameters.get("vae_tiling", {}).get("tiled"):
+        fields.append(("VAE tiling", f"{parameters['vae_tiling']['tile_size']} px"))
     if parameters.get("precision"):
         fields.append(("Precision", parameters.get("runtime_precision") or parameters["precision"].get("unet")))
     loras = parameters.get("loras", [])
@@ -133,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.seeds import image_seeds
 
-    options = cuda_graph_options(args) | ({"auto_build": True} if args.auto_build else {})
+    options = cuda_graph_options(args) | ({"auto_build": True} if args.auto_build else {}) | vae_tiling_options(args)
     out = outputs.check_writable(args.out)  # before any work: an unwritable --out is found in a second
     from sdrt.runtime.lora import parse_lora_arg
     from sdrt.runtime.lora.adapters import prompt_loras

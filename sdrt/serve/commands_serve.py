@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.errors import SdrtError
+from sdrt.runtime.commands_generate import add_vae_tiling_arguments
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -20,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None, choices=("f32", "bf16", "f16"),
                    help="run-time precision, as for `sdrt generate` (default: the exported one)")
     p.add_argument("--cuda-graph", action="store_true", help="CUDA-graph replay on GPU backends, as for generate")
+    add_vae_tiling_arguments(p)  # a server option: A1111's API has no standard field for it
     p.add_argument("--lora-dir", default=None, metavar="DIR",
                    help="LoRAs requests may pick by name with <lora:NAME:SCALE> prompt tags: DIR/NAME.safetensors")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
@@ -91,9 +93,9 @@ def limits_from(args: argparse.Namespace) -> Any:
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    from sdrt.runtime.commands_generate import cuda_graph_options
+    from sdrt.runtime.commands_generate import cuda_graph_options, vae_tiling_options
 
-    return cuda_graph_options(args)
+    return cuda_graph_options(args) | vae_tiling_options(args)
 
 
 def build_service(args: argparse.Namespace) -> Any:

@@ -22,7 +22,7 @@ BUILDER_DEFAULTS: dict[str, Any] = {
     "model": None, "backend": "auto", "precision": None, "cuda_graph": False, "api_key": None, "queue_size": 64, "max_batch": 4,
     "batch_wait_ms": 10.0, "timeout": 600.0, "max_body_mb": 32.0, "max_pixels": 1536 * 1536, "max_steps": 150,
     "max_images": 8, "max_prompt_chars": 4000, "cors_origin": [], "replicas": 1, "max_replicas": None,
-    "num_gpus": 0.0, "lora_dir": None,
+    "num_gpus": 0.0, "lora_dir": None, "vae_tiling": False, "vae_tile_size": None,
 }
 
 
@@ -112,7 +112,7 @@ def app_builder(cli_args: dict[str, str]) -> Any:
             values[key] = text.lower() in ("1", "true", "yes")
         elif isinstance(default, (int, float)):
             values[key] = type(default)(text)
-        elif key == "max_replicas":
+        elif key in ("max_replicas", "vae_tile_size"):
             values[key] = int(text)
         else:
             values[key] = text

@@ -150,3 +150,39 @@ def test_openvino_tiled_decode_matches_diffusers(tmp_path, tiny_onnx, references
         pipe.close()
     print(f"openvino f32 tiled decode vs diffusers: {quality:.1f} dB")
     assert quality >= MIN_PSNR
+
+
+def test_generate_cli_vae_tiling_is_recorded_in_the_png(tiny_onnx, tmp_path, capsys):
+    import json
+
+    from sdrt.cli import main
+    from sdrt.runtime.images import read_png_text
+
+    base = ["generate", "--model", str(tiny_onnx), "--prompt", "a cat", "--steps", "1", "--seed", "4", "--quiet",
+            "--height", "64", "--width", "48"]
+    assert main([*base, "--vae-tiling", "--vae-tile-size", "32", "--out", str(tmp_path / "tiled")]) == 0
+    assert main([*base, "--out", str(tmp_path / "whole")]) == 0
+    (tiled,), (whole,) = (tmp_path / "tiled").glob("*.png"), (tmp_path / "whole").glob("*.png")
+    text = read_png_text(tiled)
+    assert "VAE tiling: 32 px" in text["parameters"]
+    assert json.loads(text["sdrt"])["vae_tiling"] == {"tile_size": 32, "overlap": 0.25, "tiled": True}
+    assert "VAE tiling" not in read_png_text(whole)["parameters"]
+    assert "vae_tiling" not in json.loads(read_png_text(whole)["sdrt"])
+    assert main([*base, "--vae-tile-size", "30", "--vae-tiling", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a multiple of 8" in err and len(err.splitlines()) == 1
+
+
+def test_serve_takes_vae_tiling_as_a_server_option():
+    import argparse
+
+    from sdrt.serve import commands_serve, ray_serve
+
+    p = argparse.ArgumentParser()
+    commands_serve.add_arguments(p)
+    args = p.parse_args(["--model", "x", "--vae-tiling", "--vae-tile-size", "256"])
+    assert commands_serve.backend_options(args) == {"vae_tiling": True, "vae_tile_size": 256}
+    assert commands_serve.backend_options(p.parse_args(["--model", "x"])) == {}
+    alone = commands_serve.backend_options(p.parse_args(["--model", "x", "--vae-tile-size", "256"]))
+    assert alone == {"vae_tiling": False, "vae_tile_size": 256}  # Pipeline.load refuses it: needs --vae-tiling
+    assert {"vae_tiling", "vae_tile_size"} <= set(ray_serve.BUILDER_DEFAULTS)
