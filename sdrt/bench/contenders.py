@@ -93,6 +93,7 @@ class ReferenceContender:
     kind: str = "reference"
     ref: Any = None
     source: Path | None = None
+    vae_tiling: bool = False  # diffusers' vae.enable_tiling() (its default tile: the VAE's sample_size)
 
     uses_torch = True
 
@@ -103,7 +104,7 @@ class ReferenceContender:
     @property
     def name(self) -> str:
         how = "bf16 autocast" if self.dtype_name == "bf16" else self.dtype_name
-        return f"diffusers (torch {self.device}, {how})"
+        return f"diffusers (torch {self.device}, {how}{', VAE tiling' if self.vae_tiling else ''})"
 
     @property
     def device_backend(self) -> str:
@@ -137,6 +138,8 @@ class ReferenceContender:
         cls = getattr(diffusers, manifest.pipeline.get("class_name") or "StableDiffusionPipeline")
         pipe = cls.from_pretrained(source, dtype=dtype, safety_checker=None,
                                    requires_safety_checker=False, local_files_only=True)
+        if self.vae_tiling:
+            pipe.vae.enable_tiling()
         self.ref = Reference(pipe, manifest.folder, device=self.device)
 
     def __call__(self, gen: Generation) -> tuple[np.ndarray, CallTimes, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Peak RSS of one generation per CPU contender and size, each cell in its own fresh process.
 
     python -m sdrt.bench.memory_table run --model sd15 [--onnx DIR] [--sizes 512,768,1024]
-        [--contenders diffusers-fp32,ort-cpu,openvino-f32,openvino-bf16] [--out DIR]
+        [--contenders diffusers-fp32,ort-cpu,openvino-f32,openvino-bf16] [--vae-tiling] [--out DIR]
         [--timeout 1800] [--max-rss-gb 20] [--retry-failed]
     python -m sdrt.bench.memory_table render DIR      # result.md again from the cells
 
@@ -18,6 +18,12 @@ limit and an RSS watchdog (the parent kills a cell whose tree grows past ``--max
 machine is shared). Each cell's record is written to ``DIR/cells/<contender>-<size>.json`` when it
 ends, so a second ``run`` with the same ``--out`` skips finished cells (and failed ones unless
 ``--retry-failed``). ``DIR/result.json`` and ``result.md`` are rewritten after every cell.
+
+A contender named ``NAME+tiling`` is NAME with the tiled VAE decode: sdrt's ``vae_tiling=True``,
+diffusers' ``vae.enable_tiling()``, both at the default tile (the VAE's sample_size, 512 px for
+SD 1.5); ``--vae-tiling`` runs every listed contender that way. Its cells are their own
+(``ort-cpu+tiling-1024.json``), so tiled and whole cells share one ``--out`` and resume alike; the
+ratio in the table is always to the untiled diffusers fp32 cell of the same size.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ CONTENDERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "openvino-bf16": ("sdrt", "openvino", {"precision": "bf16"}),
 }
 DEFAULT_CONTENDERS = ("diffusers-fp32", "ort-cpu", "openvino-f32", "openvino-bf16")
+TILING = "+tiling"  # suffix: the contender with the tiled VAE decode
 REFERENCE = "diffusers-fp32"
 PROMPT = "a photograph of an astronaut riding a horse"
 GUIDANCE = 7.5
@@ -52,14 +59,24 @@ def cell_name(contender: str, size: int) -> str:
     return f"{contender}-{size}"
 
 
+def split_name(name: str) -> tuple[str, bool]:
+    """"ort-cpu+tiling" -> ("ort-cpu", True); an unknown base is a one-line error."""
+    base, tiled = (name[:-len(TILING)], True) if name.endswith(TILING) else (name, False)
+    if base not in CONTENDERS:
+        raise SystemExit(f"unknown contender {name}: choose from {', '.join(CONTENDERS)}, each optionally with "
+                         f"{TILING} (the tiled VAE decode)")
+    return base, tiled
+
+
 # -- one cell, in its own process -------------------------------------------------------------------
 def make_contender(name: str, folder: Path) -> Any:
     from sdrt.bench.contenders import ReferenceContender, SdrtContender
 
-    kind, what, options = CONTENDERS[name]
+    base, tiled = split_name(name)
+    kind, what, options = CONTENDERS[base]
     if kind == "reference":
-        return ReferenceContender(folder, dtype_name=what)
-    return SdrtContender(folder, what, dict(options), label=name)
+        return ReferenceContender(folder, dtype_name=what, vae_tiling=tiled)
+    return SdrtContender(folder, what, {**options, **({"vae_tiling": True} if tiled else {})}, label=name)
 
 
 def measure_cell(folder: Path, contender: str, size: int) -> dict[str, Any]:
@@ -89,7 +106,7 @@ def measure_cell(folder: Path, contender: str, size: int) -> dict[str, Any]:
     vae_start = returned - times.vae_decode_s
     runner.close()
     return {
-        "contender": contender, "size": size, "status": "ok",
+        "contender": contender, "size": size, "status": "ok", "vae_tiling": split_name(contender)[1],
         "load_s": round(load_s, 3), "call_s": round(times.end_to_end_s, 3),
         "text_encoder_s": round(times.text_encoder_s, 3), "unet_s": round(sum(times.unet_steps_s), 3),
         "vae_decode_s": round(times.vae_decode_s, 3),
@@ -177,10 +194,10 @@ def run(args: argparse.Namespace) -> Path:
 
     folder = onnx_folder(args.model, args.onnx)
     sizes = [int(s) for s in args.sizes.split(",")]
-    contenders = args.contenders.split(",")
-    unknown = [c for c in contenders if c not in CONTENDERS]
-    if unknown:
-        raise SystemExit(f"unknown contender(s) {', '.join(unknown)}: choose from {', '.join(CONTENDERS)}")
+    contenders = [c + (TILING if getattr(args, "vae_tiling", False) and not c.endswith(TILING) else "")
+                  for c in args.contenders.split(",")]
+    for name in contenders:
+        split_name(name)
     out = Path(args.out or Path("benchmarks") / "results" / f"memory-{Path(args.model).name}-{date.today()}")
     (out / "cells").mkdir(parents=True, exist_ok=True)
     meta_path = out / "machine.json"
@@ -232,11 +249,13 @@ def _mb(value: float | None) -> str:
 def render(meta: dict[str, Any], cells: list[dict[str, Any]]) -> str:
     machine = meta["machine"]
     by = {(c["contender"], c["size"]): c for c in cells}
-    contenders = [c for c in CONTENDERS if any(k[0] == c for k in by)]
+    contenders = [c for base in CONTENDERS for c in (base, base + TILING) if any(k[0] == c for k in by)]
     sizes = sorted({c["size"] for c in cells})
     lines = [f"# Peak RSS of one generation: {meta['model']}", "",
              "Peak RSS (MB) of one generation (1 DDIM step with guidance, UNet batch 2, then the VAE decode), "
-             "each cell in its own fresh process; in brackets the ratio to diffusers fp32 at the same size.", "",
+             "each cell in its own fresh process; in brackets the ratio to diffusers fp32 at the same size "
+             f"(untiled). {TILING}: the tiled VAE decode (sdrt vae_tiling, diffusers vae.enable_tiling(); "
+             "default tile, the VAE's sample_size).", "",
              "| px | " + " | ".join(contenders) + " |", "|---|" + "---:|" * len(contenders)]
     for size in sizes:
         ref = by.get((REFERENCE, size))
@@ -285,14 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--model", required=True, help="a preset, a diffusers folder or an ONNX folder")
     r.add_argument("--onnx", help="an existing export of --model")
     r.add_argument("--sizes", default="512,768,1024")
-    r.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS), help=f"of: {', '.join(CONTENDERS)}")
+    r.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
+                   help=f"of: {', '.join(CONTENDERS)}, each optionally NAME{TILING} (tiled VAE decode)")
+    r.add_argument("--vae-tiling", action="store_true", help=f"run every contender as NAME{TILING}")
     r.add_argument("--out", help="results folder (default benchmarks/results/memory-MODEL-DATE); reused to resume")
     r.add_argument("--timeout", type=float, default=1800.0, help="seconds per cell (default 1800)")
     r.add_argument("--max-rss-gb", type=float, default=20.0, help="kill a cell past this RSS (0: no limit)")
     r.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     c = sub.add_parser("cell", help="(internal) one cell in this process")
     c.add_argument("--model", required=True)
-    c.add_argument("--contender", required=True, choices=list(CONTENDERS))
+    c.add_argument("--contender", required=True, help=f"NAME or NAME{TILING}")
     c.add_argument("--size", type=int, required=True)
     c.add_argument("--record", required=True)
     g = sub.add_parser("render", help="result.json and result.md again from DIR/cells")

@@ -93,3 +93,35 @@ def test_kernel_peak_reset_and_phase_peaks():
     samples = [(0.0, 10.0), (1.0, 50.0), (2.0, 30.0)]
     assert peak_since(samples, 0.0, 1.5) == 50.0 and peak_since(samples, 1.5) == 30.0
     assert peak_since(samples, 5.0) is None
+
+
+def test_tiling_contenders_are_their_own_cells_and_columns(tmp_path, monkeypatch):
+    assert mt.split_name("openvino-f32+tiling") == ("openvino-f32", True)
+    assert mt.split_name("ort-cpu") == ("ort-cpu", False)
+    with pytest.raises(SystemExit, match="unknown contender nope"):
+        mt.split_name("nope+tiling")
+    sdrt = mt.make_contender("ort-cpu+tiling", Path("/folder"))
+    assert sdrt.options == {"vae_tiling": True} and sdrt.name == "sdrt ort-cpu+tiling"
+    ref = mt.make_contender("diffusers-fp32+tiling", Path("/folder"))
+    assert ref.vae_tiling and "VAE tiling" in ref.name
+    assert not mt.make_contender("diffusers-fp32", Path("/folder")).vae_tiling
+
+    monkeypatch.setattr("sdrt.bench.models.onnx_folder", lambda model, onnx=None: Path("/folder"))
+    ran = []
+
+    def fake_cell(folder, contender, size, record, timeout_s, max_rss_mb):
+        ran.append(contender)
+        result = _ok(contender, size, 300.0 if contender.endswith("+tiling") else 600.0)
+        record.write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(mt, "run_cell", fake_cell)
+    args = Namespace(model="tiny", onnx=None, sizes="128", contenders="diffusers-fp32,ort-cpu", out=str(tmp_path),
+                     timeout=10, max_rss_gb=1, retry_failed=False, vae_tiling=False)
+    mt.run(args)
+    mt.run(Namespace(**{**vars(args), "vae_tiling": True}))  # the same --out: tiled cells added, whole ones kept
+    assert ran == ["diffusers-fp32", "ort-cpu", "diffusers-fp32+tiling", "ort-cpu+tiling"]
+    assert (tmp_path / "cells" / "ort-cpu+tiling-128.json").is_file()
+    text = (tmp_path / "result.md").read_text()
+    assert "| px | diffusers-fp32 | diffusers-fp32+tiling | ort-cpu | ort-cpu+tiling |" in text
+    assert "| 128² | 600 | 300 (0.50×) | 600 (1.00×) | 300 (0.50×) |" in text  # ratios to untiled diffusers
