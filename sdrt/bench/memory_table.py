@@ -46,6 +46,8 @@ CONTENDERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ort-cpu-plain": ("sdrt", "ort-cpu", {"graph_rewrites": ()}),  # ONNX Runtime's own Attention kernel
     "openvino-f32": ("sdrt", "openvino", {"precision": "f32"}),
     "openvino-bf16": ("sdrt", "openvino", {"precision": "bf16"}),
+    # static shapes: compiled for the prepared size, so the CPU plugin can plan and reuse its buffers
+    "openvino-f32-static": ("sdrt", "openvino", {"precision": "f32", "shapes": "static"}),
 }
 DEFAULT_CONTENDERS = ("diffusers-fp32", "ort-cpu", "openvino-f32", "openvino-bf16")
 TILING = "+tiling"  # suffix: the contender with the tiled VAE decode
