@@ -89,28 +89,44 @@ def delta_shape_of(layer: LoraLayer) -> tuple[int, ...]:
     return (out, layer.down.shape[1])
 
 
-def delta(layer: LoraLayer) -> np.ndarray:
-    """up @ down in float32, shaped like the layer's weight ([out, in] or [out, in, kh, kw])."""
-    up = layer.up.astype(np.float32).reshape(layer.up.shape[0], layer.rank)
+def delta(layer: LoraLayer, factor: float = 1.0, transpose: bool = False) -> np.ndarray:
+    """factor · up @ down in float32, shaped like the layer's weight ([out, in] or [out, in, kh, kw]);
+    ``transpose``: the 2-D update laid out as [in, out] (a transposed MatMul initializer), computed
+    in that layout (down.T @ up.T) rather than transposed afterwards."""
+    up = layer.up.astype(np.float32).reshape(layer.up.shape[0], layer.rank) * np.float32(factor)  # scale the small factor
     down = layer.down.astype(np.float32).reshape(layer.rank, -1)
+    if transpose:
+        return down.T @ up.T
     return (up @ down).reshape(delta_shape_of(layer))
 
 
+def _update(items: Sequence[Resolved], shape: tuple[int, ...], transpose: bool) -> np.ndarray:
+    """Σ scale · alpha/rank · up @ down of every LoRA on one parameter, in the initializer's layout."""
+    total = None
+    for item in items:
+        part = delta(item.layer, item.scale * item.layer.ratio, transpose)
+        part = part if transpose else part.reshape(shape)
+        total = part if total is None else np.add(total, part, out=total)
+    return total
+
+
 def merged_weights(placed: Sequence[Resolved], maps: Mapping[str, WeightMap]) -> dict[str, dict[str, np.ndarray]]:
-    """component -> {initializer name: merged array in the initializer's dtype and layout}."""
-    sums: dict[tuple[str, str], np.ndarray] = {}
+    """component -> {initializer name: merged array in the initializer's dtype and layout}.
+
+    Per weight: one product per LoRA written in the initializer's own layout, one copy of the base
+    (the file's bytes stay untouched) and one in-place add — no strided transposed add, no
+    full-size temporaries beyond the update."""
+    grouped: dict[tuple[str, str], list[Resolved]] = {}
     for item in placed:
-        component = item.layer.component
-        shape = tuple(maps[component].parameters[item.parameter][0]["parameter_shape"])
-        update = delta(item.layer).reshape(shape) * np.float32(item.scale * item.layer.ratio)
-        key = (component, item.parameter)
-        sums[key] = sums[key] + update if key in sums else update
+        grouped.setdefault((item.layer.component, item.parameter), []).append(item)
     out: dict[str, dict[str, np.ndarray]] = {}
-    for (component, parameter), update in sums.items():
+    for (component, parameter), items in grouped.items():
         weight_map = maps[component]
+        shape = tuple(weight_map.parameters[parameter][0]["parameter_shape"])
         for record in weight_map.parameters[parameter]:
             base = weight_map.base(record)
-            laid = update.T if record["layout"] == "transpose" else update
-            merged = base.astype(np.float32) + laid
-            out.setdefault(component, {})[record["initializer"]] = np.ascontiguousarray(merged.astype(base.dtype))
+            transpose = record["layout"] == "transpose"
+            merged = np.array(base, dtype=np.float32)  # a fresh, writable float32 copy
+            merged += _update(items, shape, transpose).reshape(merged.shape)
+            out.setdefault(component, {})[record["initializer"]] = np.ascontiguousarray(merged.astype(base.dtype, copy=False))
     return out
