@@ -131,6 +131,11 @@ class Backend(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the backend's engines share (streams, memory); engines are closed by their owner."""
 
+    def release_for_reweight(self, engine: Engine) -> None:  # noqa: B027 - optional hook
+        """Free the weights `reweight` is about to rebuild, before the merged ones are computed, so the
+        old and the new copy of a UNet never coexist (backends that rebuild: ORT, OpenVINO). Default:
+        nothing (TensorRT refits the live engine in place)."""
+
     def reweight(self, manifest, component: str, engine: Engine, overrides: Mapping[str, np.ndarray],
                  restore: Mapping[str, np.ndarray], external: frozenset[str] = frozenset()) -> Engine:
         """The component's engine with these initializers replaced (LoRA; sdrt.runtime.lora).

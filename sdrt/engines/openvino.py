@@ -303,6 +303,11 @@ class OpenVinoBackend(Backend):
         model.reshape(wanted)
         return self.core.compile_model(model, self.device, props)
 
+    def release_for_reweight(self, engine: OpenVinoEngine) -> None:
+        """Drop the compiled model and the merged arrays its Constants share (recompiled in `reweight`)."""
+        engine.close()
+        engine.overrides = {}
+
     def reweight(self, manifest, component: str, engine: OpenVinoEngine, overrides: Mapping[str, np.ndarray],
                  restore: Mapping[str, np.ndarray], external: frozenset[str] = frozenset()) -> OpenVinoEngine:
         """The same engine recompiled with `overrides` replacing those initializers' Constants (none: the

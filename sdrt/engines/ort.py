@@ -285,6 +285,12 @@ class OrtCpuBackend(Backend):
         engine.weights = (weights, dict(overrides or {}))  # alive as long as the session
         return engine
 
+    def release_for_reweight(self, engine: Engine) -> None:
+        """Drop the session and the overrides it reads (a new session replaces it in `reweight`)."""
+        engine.close()
+        engine.session = None
+        engine.weights = None
+
     def reweight(self, manifest, component: str, engine: Engine, overrides: Mapping[str, np.ndarray],
                  restore: Mapping[str, np.ndarray], external: frozenset[str] = frozenset()) -> OrtEngine:
         """A new session with `overrides` as initializers (ONNX Runtime cannot change a live session's

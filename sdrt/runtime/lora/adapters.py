@@ -108,22 +108,28 @@ class Adapters:
             self._maps[component] = WeightMap.load(self.manifest, component)
         return self._maps[component]
 
-    def prepare(self, loras: Sequence[LoraSpec]) -> tuple[list[ActiveLora], dict[str, dict[str, np.ndarray]]]:
-        """Read, check and merge; touches no engine."""
+    def prepare(self, loras: Sequence[LoraSpec]) -> tuple[list[ActiveLora], list, dict[str, WeightMap]]:
+        """Read and check every file against the weight maps (every bad-input error is raised here);
+        touches no engine and merges nothing yet."""
         files: list[tuple[LoraFile, float]] = [(read_lora(path), scale) for path, scale in _pairs(loras)]
         targets = sorted({layer.component for f, _ in files for layer in f.layers})
         maps = {c: self.weight_map(c) for c in targets if c in COMPONENTS and self.manifest.has(c)}
         placed = resolve(files, maps)
         active = [ActiveLora(f.name, str(f.path), scale, f.short_hash, f.format) for f, scale in files]
-        return active, merged_weights(placed, maps)
+        return active, placed, maps
 
     def apply(self, backend: Any, engines: MutableMapping[str, Any], loras: Sequence[LoraSpec]) -> None:
-        """Switch to exactly `loras` ([] = none)."""
-        active, merged = self.prepare(loras)
+        """Switch to exactly `loras` ([] = none), one component at a time: the old engine's weights are
+        released (`release_for_reweight`) before that component's merged weights are computed, so the
+        peak is one copy of the UNet plus the merged layers, not two UNets."""
+        active, placed, maps = self.prepare(loras)
         for component in COMPONENTS:
-            new, old = merged.get(component, {}), self.changed.get(component, {})
-            if not new and not old:
+            items = [item for item in placed if item.layer.component == component]
+            old = self.changed.get(component, {})
+            if not items and not old:
                 continue
+            backend.release_for_reweight(engines[component])
+            new = merged_weights(items, maps).get(component, {}) if items else {}
             restore = {name: self._base(component, name) for name in old if name not in new}
             external = self.weight_map(component).external() & set(new)
             engines[component] = backend.reweight(self.manifest, component, engines[component], new, restore,
