@@ -15,6 +15,7 @@
 Needs torch, diffusers and peft (the dev install); sdrt itself runs torch-free in its own process.
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-import os
 MODEL = os.environ.get("MODEL", "sd15")
 ONNX = Path(os.environ.get("ONNX", Path.home() / ".cache/sdrt/bench/onnx/sd15"))
-WORK = Path(os.environ.get("WORK", "/work/big/lora-new-user"))
-PRESET = Path(os.environ.get("PRESET", "/work/big/sd15-preset"))
+WORK = Path(os.environ.get("WORK", "lora-new-user"))
+PRESET = Path(os.environ.get("PRESET", WORK / f"{MODEL}-preset"))
 FACTOR = int(os.environ.get("FACTOR", 8))
 SIZE = int(os.environ.get("SIZE", 256))
 PROMPT, SEED, STEPS, SCALE, CFG = "a watercolor lighthouse at dusk", 7, 10, 0.8, 7.5

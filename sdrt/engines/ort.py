@@ -296,8 +296,7 @@ class OrtCpuBackend(Backend):
         """A new session with `overrides` as initializers (ONNX Runtime cannot change a live session's
         weights). The old session is released first: never two UNets in memory. `restore` is not
         needed: a session without an override reads the export's own weights."""
-        engine.close()
-        engine.session = None
+        self.release_for_reweight(engine)
         return self.load(manifest, component, overrides, external)
 
 
