@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,6 +27,7 @@ import numpy as np
 from sdrt import atomic, spec
 from sdrt.engines import cuda_driver
 from sdrt.engines.base import SHARED_OPTIONS, Backend, Engine
+from sdrt.engines.ort_lora_graph import DATA_NAME, linear_initializers, lora_ready_model
 from sdrt.errors import BackendUnavailable, SdrtError
 
 #: names accepted for `graph_optimization_level`, mapped to onnxruntime's enum member names.
@@ -44,6 +46,15 @@ def _import_ort():
     except ImportError as e:
         raise BackendUnavailable(f"onnxruntime is not installed ({e}): pip install sdrt") from None
     return onnxruntime
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(text: str) -> None:
+    if text not in _NOTED:
+        _NOTED.add(text)
+        print(f"sdrt: {text}", file=sys.stderr)
 
 
 def _one_line(error: BaseException, limit: int = 200) -> str:
@@ -136,6 +147,8 @@ class OrtCpuBackend(Backend):
     #: opset-23 Attention on the CPU materializes every [S, S] score matrix (the tiny preset at 256 px
     #: fails under an 8 GB limit); com.microsoft.MultiHeadAttention does not (README, "memory")
     default_rewrites: tuple[str, ...] = ("attention_to_mha",)
+    #: LoRA sessions load a graph optimized once with the LoRA-able weights kept open (ort_lora_graph)
+    lora_graph_cache = True
     options = {
         "intra_op_num_threads": "threads inside one operator (default: onnxruntime's, the physical cores)",
         "inter_op_num_threads": "threads across operators (parallel execution mode)",
@@ -227,6 +240,8 @@ class OrtCpuBackend(Backend):
         before any graph optimization. Inline ones can only be replaced after (`add_initializer`),
         and ONNX Runtime's NCHWc layout pass reorders Conv weights from the file's values before
         that (measured: a LoRA on a Conv had no effect), so it is turned off for such a session.
+        Where every overridden weight is one a LoRA-ready graph keeps open (`lora_graph_cache`), the
+        session loads that graph, optimized once, with optimization off (sdrt.engines.ort_lora_graph).
         """
         ort = _import_ort()
         path = manifest.onnx_path(component)
@@ -239,15 +254,18 @@ class OrtCpuBackend(Backend):
                 raise
             except Exception:  # an unreadable or missing graph: onnxruntime's load below says what is wrong
                 pass
+        weights = weights or {}
+        if weights and self.lora_graph_cache:
+            ready = self._lora_graph(manifest, component, path, set(weights))
+            if ready is not None:
+                graph, _, outside = ready
+                so = self.session_options()
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done once already
+                self._override(so, weights, outside)
+                return self._session(graph, so, component)
         so = self.session_options()
         model = path
-        weights = weights or {}
-        outside = [name for name in weights if name in external]
-        if outside:
-            so.add_external_initializers(outside, [weights[name] for name in outside])
-        inline = [name for name in weights if name not in external]
-        for name in inline:
-            so.add_initializer(name, weights[name])  # ORT reads the buffer: the caller keeps it alive
+        inline = self._override(so, weights, external)
         extra = {"disabled_optimizers": ["NchwcTransformer"]} if inline else {}
         with contextlib.ExitStack() as stack:
             if self.optimized_model_cache is not None and not weights:  # the cache holds base weights only
@@ -261,12 +279,56 @@ class OrtCpuBackend(Backend):
                     if manifest.components[component].get("external_data"):
                         so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                                     cached.name + ".data")
-            try:
-                return ort.InferenceSession(str(model), sess_options=so, providers=self.providers(component),
-                                            **extra)
-            except Exception as e:  # onnxruntime raises its own pybind classes for bad files
-                raise SdrtError(f"{model} could not be loaded by onnxruntime ({_one_line(e)}): "
-                                f"export the model again with --force") from None
+            return self._session(model, so, component, **extra)
+
+    @staticmethod
+    def _override(so, weights: Mapping[str, Any], external: frozenset[str]) -> list[str]:
+        """Give `weights` to the session options: external-data ones replaced at load, the others
+        after load (`add_initializer`: ONNX Runtime reads the buffer, the caller keeps it alive);
+        the names of the latter."""
+        outside = [name for name in weights if name in external]
+        if outside:
+            so.add_external_initializers(outside, [weights[name] for name in outside])
+        inline = [name for name in weights if name not in external]
+        for name in inline:
+            so.add_initializer(name, weights[name])
+        return inline
+
+    def _session(self, model: Path, so, component: str, **extra: Any):
+        ort = _import_ort()
+        try:
+            return ort.InferenceSession(str(model), sess_options=so, providers=self.providers(component), **extra)
+        except Exception as e:  # onnxruntime raises its own pybind classes for bad files
+            raise SdrtError(f"{model} could not be loaded by onnxruntime ({_one_line(e)}): "
+                            f"export the model again with --force") from None
+
+    def _lora_graph(self, manifest, component: str, path: Path, names: set[str]):
+        """The component's LoRA-ready graph (sdrt.engines.ort_lora_graph) if `names` are all weights it
+        keeps open, written on first use; None: the full path (optimize with the overrides)."""
+        from sdrt.runtime.lora.base_weights import WeightMap
+
+        targets = linear_initializers(WeightMap.load(manifest, component).parameters)
+        if not names <= targets:
+            return None  # e.g. a LoRA on a 3x3 Conv
+        if importlib.util.find_spec("onnx") is None:
+            _note_once("the onnx package is not installed: each LoRA switch optimizes the whole graph again "
+                       "(pip install onnx makes switching faster)")
+            return None
+        ort = _import_ort()
+        labels = [ort.__version__, self.name, self.providers_label, self.graph_optimization_level]
+
+        def optimize(graph: Path, out: Path) -> None:
+            so = self.session_options()
+            so.optimized_model_filepath = str(out)
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", DATA_NAME)
+            ort.InferenceSession(str(graph), sess_options=so, providers=self.providers(component))
+
+        try:
+            ready = lora_ready_model(path, targets, manifest.folder / "engines" / self.name, labels, optimize)
+        except Exception as e:  # a full disk, a read-only folder: this switch still works, only slower
+            _note_once(f"no LoRA-ready graph for {component} ({_one_line(e)}): this switch optimizes the whole graph")
+            return None
+        return ready if names <= ready[1] else None
 
     def load(self, manifest, component: str, overrides: Mapping[str, np.ndarray] | None = None,
              external: frozenset[str] = frozenset()) -> OrtEngine:
@@ -306,6 +368,7 @@ class OrtCudaBackend(OrtCpuBackend):
     name = "ort-cuda"
     providers_label = "cuda"
     default_rewrites: tuple[str, ...] = ()
+    lora_graph_cache = False  # unverified on CUDA: LoRA sessions there optimize the whole graph
     #: the component whose session may be captured as a CUDA graph (the one run once per step)
     GRAPHED = "unet"
     options = {

@@ -147,3 +147,20 @@ def write_processor_format(path: Path, shapes: dict[str, dict], *, rank: int = 4
             tensors[f"{key}.up.weight"] = up
     save_file(tensors, str(path))
     return path
+
+
+def map_shapes(folder: Path, *, text: bool = False, conv: bool = False) -> dict[str, dict]:
+    """Like `layer_shapes`, from an export's weight maps (no torch, no diffusers pipeline)."""
+    from sdrt.manifest import Manifest
+    from sdrt.runtime.lora.base_weights import WeightMap
+
+    manifest = Manifest.load(folder)
+    out: dict[str, dict] = {}
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        if not manifest.has(component) or (component != "unet" and not text):
+            continue
+        modules = WeightMap.load(manifest, component).modules()
+        ends = UNET_LINEAR if component == "unet" else TEXT
+        out[component] = {name: shape for name, shape in modules.items() if name.endswith(ends)
+                          or (conv and component == "unet" and ".resnets." in name and name.endswith(UNET_CONV))}
+    return out

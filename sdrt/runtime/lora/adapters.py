@@ -19,7 +19,8 @@ import numpy as np
 from sdrt.errors import SdrtError
 from sdrt.runtime.lora.base_weights import WeightMap
 from sdrt.runtime.lora.files import LoraFile, read_lora
-from sdrt.runtime.lora.merge import check_scale, merged_weights, resolve
+from sdrt.runtime.lora.merge import check_scale, merged_shapes, merged_weights, resolve
+from sdrt.runtime.lora.scratch import store_for
 
 #: components whose weights a LoRA changes, in the order they are swapped
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet")
@@ -119,17 +120,26 @@ class Adapters:
         return active, placed, maps
 
     def apply(self, backend: Any, engines: MutableMapping[str, Any], loras: Sequence[LoraSpec]) -> None:
-        """Switch to exactly `loras` ([] = none), one component at a time: the old engine's weights are
-        released (`release_for_reweight`) before that component's merged weights are computed, so the
-        peak is one copy of the UNet plus the merged layers, not two UNets."""
+        """Switch to exactly `loras` ([] = none), one component at a time.
+
+        Every file is checked and every component's scratch file reserved first (a bad file or a
+        full disk leaves the pipeline as it was); then per component the old engine's weights are
+        released (`release_for_reweight`), the merged weights written into the scratch file
+        (sdrt.runtime.lora.scratch: page cache, not a second resident copy of the layers) and the
+        engine rebuilt or refitted with them."""
         active, placed, maps = self.prepare(loras)
+        shapes = merged_shapes(placed, maps)
+        stores = {component: store_for(shapes[component], self.manifest.folder) for component in shapes}
         for component in COMPONENTS:
             items = [item for item in placed if item.layer.component == component]
             old = self.changed.get(component, {})
             if not items and not old:
                 continue
             backend.release_for_reweight(engines[component])
-            new = merged_weights(items, maps).get(component, {}) if items else {}
+            new = {}
+            if items:
+                store = stores[component]
+                new = merged_weights(items, maps, lambda c, n, shape, dtype: store.array(shape, dtype)).get(component, {})
             restore = {name: self._base(component, name) for name in old if name not in new}
             external = self.weight_map(component).external() & set(new)
             engines[component] = backend.reweight(self.manifest, component, engines[component], new, restore,

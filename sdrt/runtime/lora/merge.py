@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -110,23 +110,50 @@ def _update(items: Sequence[Resolved], shape: tuple[int, ...], transpose: bool) 
     return total
 
 
-def merged_weights(placed: Sequence[Resolved], maps: Mapping[str, WeightMap]) -> dict[str, dict[str, np.ndarray]]:
-    """component -> {initializer name: merged array in the initializer's dtype and layout}.
-
-    Per weight: one product per LoRA written in the initializer's own layout, one copy of the base
-    (the file's bytes stay untouched) and one in-place add — no strided transposed add, no
-    full-size temporaries beyond the update."""
+def _grouped(placed: Sequence[Resolved]) -> dict[tuple[str, str], list[Resolved]]:
     grouped: dict[tuple[str, str], list[Resolved]] = {}
     for item in placed:
         grouped.setdefault((item.layer.component, item.parameter), []).append(item)
+    return grouped
+
+
+def merged_shapes(placed: Sequence[Resolved], maps: Mapping[str, WeightMap]
+                  ) -> dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]]:
+    """component -> {initializer name: (shape, dtype)} of what `merged_weights` will write."""
+    out: dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]] = {}
+    for component, parameter in _grouped(placed):
+        for record in maps[component].parameters[parameter]:
+            out.setdefault(component, {})[record["initializer"]] = (tuple(record["shape"]), np.dtype(record["dtype"]))
+    return out
+
+
+Allocate = Callable[[str, str, tuple, np.dtype], np.ndarray]
+
+
+def _in_memory(component: str, initializer: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
+
+
+def merged_weights(placed: Sequence[Resolved], maps: Mapping[str, WeightMap],
+                   allocate: Allocate = _in_memory) -> dict[str, dict[str, np.ndarray]]:
+    """component -> {initializer name: merged array in the initializer's dtype and layout}.
+
+    Per weight: one product per LoRA written in the initializer's own layout, then the base (read
+    from the memory-mapped file, never changed) plus the update written straight into the array
+    `allocate(component, initializer, shape, dtype)` gives (a scratch-file page, sdrt.runtime.lora.
+    scratch; by default ordinary memory). float16 weights are added in float32 and cast once."""
     out: dict[str, dict[str, np.ndarray]] = {}
-    for (component, parameter), items in grouped.items():
+    for (component, parameter), items in _grouped(placed).items():
         weight_map = maps[component]
         shape = tuple(weight_map.parameters[parameter][0]["parameter_shape"])
         for record in weight_map.parameters[parameter]:
             base = weight_map.base(record)
-            transpose = record["layout"] == "transpose"
-            merged = np.array(base, dtype=np.float32)  # a fresh, writable float32 copy
-            merged += _update(items, shape, transpose).reshape(merged.shape)
-            out.setdefault(component, {})[record["initializer"]] = np.ascontiguousarray(merged.astype(base.dtype, copy=False))
+            update = _update(items, shape, record["layout"] == "transpose").reshape(base.shape)
+            merged = allocate(component, record["initializer"], base.shape, base.dtype)
+            if base.dtype == np.float32:
+                np.add(base, update, out=merged)
+            else:
+                np.add(base.astype(np.float32), update, out=update)
+                merged[...] = update
+            out.setdefault(component, {})[record["initializer"]] = merged
     return out

@@ -1,0 +1,137 @@
+"""A LoRA-ready ONNX Runtime graph: optimized once, with the LoRA-able weights kept as plain initializers.
+
+Why: ONNX Runtime cannot change a live session's weights, so every LoRA switch creates new text
+encoder and UNet sessions, and creating one optimizes the whole graph again (sd15's UNet: ~20 s of
+a 37 s session creation on a 2-core machine, the rest loading weights). The optimization does not
+depend on the weights a LoRA changes *if* the optimizer is kept from folding them into anything,
+so it can be done once: the weights a LoRA may target (every 2-D MatMul/Gemm weight and 1x1 Conv
+weight of the weight map) are declared as graph inputs, which makes them non-constant to the
+optimizer (no fusion, pre-packing order or layout change bakes their values in); ONNX Runtime
+optimizes that graph at the backend's level and writes it out (`optimized_model_filepath`); the
+inputs are removed again, so the saved graph's initializers are the original weights under their
+original names. A LoRA session then loads that graph with optimization off and the merged weights
+as initializer overrides: measured on sd15's UNet, 3.0 s instead of 37.3 s, output identical to a
+fully optimized LoRA session (max |diff| 0.0).
+
+The graph is written once per (graph, weights, ONNX Runtime version, level, CPU) under the model's
+`engines/<backend>/lora-graph-<key>/` (`model.onnx`, `model.onnx.data`, `targets.json` last), in a
+staging folder renamed into place. 3x3 convolutions are not in it (their layout pass matters for
+speed, and a LoRA on them is rarer): a LoRA touching them takes the full path, a session optimized
+with the overrides. Needs the `onnx` package; without it every switch takes the full path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+TARGETS_FILE = "targets.json"
+DATA_NAME = "model.onnx.data"
+
+
+def linear_initializers(parameters: dict[str, list[dict[str, Any]]]) -> frozenset[str]:
+    """Initializers of a weight map's `.weight` parameters a LoRA-ready graph keeps open: 2-D ones
+    (Linear layers, as MatMul/Gemm weights) and 4-D ones with a 1x1 kernel (1x1 Conv layers)."""
+    names = set()
+    for parameter, records in parameters.items():
+        if not parameter.endswith(".weight"):
+            continue
+        for record in records:
+            shape = list(record["shape"])
+            if len(shape) == 2 or (len(shape) == 4 and shape[2:] == [1, 1]):
+                names.add(record["initializer"])
+    return frozenset(names)
+
+
+def cpu_name() -> str:
+    """The CPU model (part of the key: an optimized graph may use the CPU's own blocked layouts)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _identity(source: Path) -> list[str]:
+    files = [source, *sorted(p for p in source.parent.glob(source.name + ".*") if p.is_file())]
+    return [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files] + [str(source.resolve())]
+
+
+def graph_key(source: Path, targets: Iterable[str], labels: Iterable[str]) -> str:
+    text = "|".join([*_identity(source), *sorted(targets), *labels, cpu_name()])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_ready(folder: Path) -> tuple[Path, frozenset[str], frozenset[str]] | None:
+    """(graph, initializers it keeps open, those of them in its external-data file), if written."""
+    try:
+        data = json.loads((folder / TARGETS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return folder / "model.onnx", frozenset(data["targets"]), frozenset(data["external"])
+
+
+def lora_ready_model(source: Path, targets: frozenset[str], cache_dir: Path, labels: Iterable[str],
+                     optimize: Callable[[Path, Path], None]) -> tuple[Path, frozenset[str], frozenset[str]]:
+    """The LoRA-ready graph of `source` (written once): (path, kept-open initializers, external ones).
+
+    `optimize(graph, out)` runs ONNX Runtime's optimizer on `graph` and saves the result at `out`,
+    its large initializers in `out`'s folder as DATA_NAME (the backend's own session options)."""
+    import onnx
+
+    source = Path(source)
+    key = graph_key(source, targets, labels)
+    folder = Path(cache_dir) / f"lora-graph-{key}"
+    ready = read_ready(folder)
+    if ready is not None:
+        return ready
+    model = onnx.load(str(source), load_external_data=False)
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    inputs = {i.name for i in graph.input}
+    chosen = sorted(n for n in targets if n in initializers and n not in inputs)
+    for name in chosen:  # an initializer that is also an input is not a constant to the optimizer
+        tensor = initializers[name]
+        graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        work = stage / "source"
+        work.mkdir()
+        locations = {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
+        for location in locations:  # the weights stay where they are, linked in
+            try:
+                os.link(source.parent / location, work / location)
+            except OSError:
+                os.symlink((source.parent / location).resolve(), work / location)
+        onnx.save(model, str(work / "model.onnx"))
+        del model, graph, initializers
+        optimize(work / "model.onnx", stage / "model.onnx")
+        shutil.rmtree(work)
+        optimized = onnx.load(str(stage / "model.onnx"), load_external_data=False)
+        kept = [i for i in optimized.graph.input if i.name not in set(chosen)]
+        del optimized.graph.input[:]
+        optimized.graph.input.extend(kept)
+        onnx.save(optimized, str(stage / "model.onnx"))
+        present = {t.name: t for t in optimized.graph.initializer}
+        open_names = sorted(n for n in chosen if n in present)
+        external = sorted(n for n in open_names if present[n].data_location == onnx.TensorProto.EXTERNAL)
+        (stage / TARGETS_FILE).write_text(json.dumps({"targets": open_names, "external": external}) + "\n")
+        try:
+            os.replace(stage, folder)
+        except OSError:
+            if read_ready(folder) is None:  # not another process that finished first
+                raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    ready = read_ready(folder)
+    assert ready is not None
+    return ready
