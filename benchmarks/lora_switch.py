@@ -88,8 +88,14 @@ def median(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 3), "all": [round(x, 3) for x in values]}
 
 
+def call_seconds(pipe, call: dict, repeats: int = 2) -> dict:
+    """One warm-up call, then `repeats` timed ones: the run time of the pipeline as it stands."""
+    pipe("a photo of a cat", **call)
+    return median([timed(lambda: pipe("a photo of a cat", **call)) for _ in range(repeats)])
+
+
 def measure(folder: Path, backend: str, a: Path, b: Path, repeats: int, size: int, unet_mb: float) -> dict:
-    """One backend's fresh loads, switches, memory and exactness."""
+    """One backend's fresh loads, switches, memory, run time and exactness."""
     from sdrt.bench.memory import RssSampler, release_memory, rss_mb
     from sdrt.runtime import Pipeline
 
@@ -103,22 +109,34 @@ def measure(folder: Path, backend: str, a: Path, b: Path, repeats: int, size: in
         del holder
         release_memory()
     pipe = Pipeline.load(folder, name, **options)
+    memory: dict[str, dict[str, float | None]] = {}
+
+    def switch(label: str, loras: list) -> float:
+        before = rss_mb()
+        with RssSampler() as sampler:
+            seconds = timed(lambda: pipe.set_loras(loras))
+        anon_rise = None if sampler.anon_peak_mb is None else round(sampler.anon_peak_mb - sampler.anon_start_mb, 1)
+        memory[label] = {"rss_before_mb": round(before, 1), "rss_peak_mb": round(sampler.peak_mb, 1),
+                         "rss_after_mb": round(rss_mb(), 1), "anon_rise_mb": anon_rise}
+        return seconds
+
+    # the first switch may write the backend's one-time artefacts (ort-cpu: the LoRA-ready graphs)
+    first_switch = switch("first none -> A", [(a, 0.8)])
+    switch("first A -> none", [])
     phases = {"none -> A": [(a, 0.8)], "A -> B": [(b, 0.8)], "B -> A": [(a, 0.8)], "A -> none": []}
     times: dict[str, list[float]] = {k: [] for k in phases}
-    memory: dict[str, dict[str, float]] = {}
     for _ in range(repeats):
         for label, loras in phases.items():
-            before = rss_mb()
-            with RssSampler() as sampler:
-                times[label].append(timed(lambda: pipe.set_loras(loras)))
-            memory[label] = {"rss_before_mb": round(before, 1), "rss_peak_mb": round(sampler.peak_mb, 1),
-                             "rss_after_mb": round(rss_mb(), 1)}
+            times[label].append(switch(label, loras))
     rise = max(v["rss_peak_mb"] - v["rss_before_mb"] for v in memory.values())
+    anon = [v["anon_rise_mb"] for v in memory.values() if v["anon_rise_mb"] is not None]
 
     call = dict(num_inference_steps=2, height=size, width=size, seed=3, output_type="np", scheduler="ddim")
     base = pipe("a photo of a cat", **call).images
+    base_call = call_seconds(pipe, call)
     pipe.set_loras([(a, 0.8)])
     first = pipe("a photo of a cat", **call).images
+    lora_call = call_seconds(pipe, call)
     pipe.set_loras([(b, 0.8)])
     pipe.set_loras([(a, 0.8)])
     again = pipe("a photo of a cat", **call).images
@@ -128,13 +146,16 @@ def measure(folder: Path, backend: str, a: Path, b: Path, repeats: int, size: in
     del pipe
     release_memory()
     fresh = statistics.median(loads[1:] or loads)  # later loads: the engine caches are warm
-    switch = statistics.median(times["A -> B"])
+    switch_ab = statistics.median(times["A -> B"])
     return {
         "backend": backend, "first_load_s": round(loads[0], 3), "fresh_load_s": median(loads[1:] or loads),
+        "first_switch_s": round(first_switch, 3),
         "switch_s": {k: median(v) for k, v in times.items()},
-        "switch_over_fresh_load": round(switch / fresh, 3),
+        "switch_over_fresh_load": round(switch_ab / fresh, 3),
+        "call_2_steps_s": {"base": base_call, "with LoRA A": lora_call, "size": size},
         "memory_last_repeat": memory, "max_switch_rss_rise_mb": round(rise, 1),
-        "no_second_unet_copy": bool(rise < unet_mb),
+        "max_switch_anon_rise_mb": max(anon) if anon else None,
+        "no_second_unet_copy": bool((max(anon) if anon else rise) < unet_mb),
         "exact": {"B -> A equals A": bool(np.array_equal(first, again)),
                   "unload equals base": bool(np.array_equal(unloaded, base)),
                   "A differs from base": bool(not np.array_equal(first, base))},
@@ -143,10 +164,13 @@ def measure(folder: Path, backend: str, a: Path, b: Path, repeats: int, size: in
 
 def markdown(result: dict) -> list[str]:
     export = result["export_seconds"]
+    machine = result["machine"]
     lines = [f"# LoRA switch on {Path(result['model']).name}", "",
              f"{result['lora_layers']} LoRA layers ({', '.join(result['lora_components'])}), rank {result['rank']}; "
-             f"medians of {result['repeats']}; UNet files {result['unet_files_mb']} MB; load average at end "
-             f"{result['machine']['load_average_at_end']}.", ""]
+             f"medians of {result['repeats']}; UNet files {result['unet_files_mb']} MB; {machine['cpu_model']} "
+             f"({', '.join(machine['cpu_features'])}), {machine['logical_cores']} cores, "
+             f"{machine['memory_gb']} GB; load average at start {machine['load_average_at_start']}, at end "
+             f"{machine['load_average_at_end']}.", ""]
     runs = result["backends"]
     lines += ["| what | " + " | ".join(r["backend"] for r in runs) + " |", "|---|" + "---|" * len(runs)]
     lines.append("| first Pipeline.load s (may compile) | " + " | ".join(str(r["first_load_s"]) for r in runs) + " |")
@@ -154,11 +178,17 @@ def markdown(result: dict) -> list[str]:
                  + " |")
     for phase in runs[0]["switch_s"]:
         lines.append(f"| set_loras {phase} s | " + " | ".join(str(r["switch_s"][phase]["median"]) for r in runs) + " |")
+    lines.append("| first set_loras none -> A s (may write one-time graphs) | " + " | ".join(
+        str(r["first_switch_s"]) for r in runs) + " |")
     lines.append("| A -> B / later load | " + " | ".join(str(r["switch_over_fresh_load"]) for r in runs) + " |")
     if export:
         lines.append("| A -> B / re-export | " + " | ".join(
             str(round(r["switch_s"]["A -> B"]["median"] / export, 4)) for r in runs) + " |")
     lines.append("| max RSS rise in a switch MB | " + " | ".join(str(r["max_switch_rss_rise_mb"]) for r in runs) + " |")
+    lines.append("| max anonymous-memory rise in a switch MB | " + " | ".join(
+        str(r["max_switch_anon_rise_mb"]) for r in runs) + " |")
+    lines.append("| 2-step call s, base / with LoRA | " + " | ".join(
+        f"{r['call_2_steps_s']['base']['median']} / {r['call_2_steps_s']['with LoRA A']['median']}" for r in runs) + " |")
     lines.append("| exact (B->A, unload) | " + " | ".join(
         str(r["exact"]["B -> A equals A"] and r["exact"]["unload equals base"]) for r in runs) + " |")
     if export:
@@ -178,6 +208,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
 
+    from sdrt.bench.environment import describe_machine
+
+    machine = describe_machine()
     folder = Path(args.model)
     work = Path(tempfile.mkdtemp(prefix="sdrt-lora-bench-"))
     a, b = work / "style_a.safetensors", work / "style_b.safetensors"
@@ -190,7 +223,7 @@ def main() -> None:
         "lora_file_mb": round(a.stat().st_size / 2**20, 1), "unet_files_mb": round(unet_mb, 1),
         "repeats": args.repeats, "export_seconds": args.export_seconds, "export_note": args.export_note,
         "backends": runs,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+        "machine": {**machine, "platform": platform.platform(),
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
     }
     out = Path(args.out) / f"lora-switch-{date.today().isoformat()}-{folder.name}"

@@ -24,6 +24,23 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / MB
 
 
+def _status_mb(field: str) -> float | None:
+    """A kB field of /proc/self/status in MB; None where the kernel does not say (not Linux)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def anon_mb() -> float | None:
+    """This process's anonymous resident memory in MB (Linux RssAnon: heap and private mappings, not
+    file pages the kernel can drop); None where unknown."""
+    return _status_mb("RssAnon")
+
+
 def release_memory() -> float:
     """Hand freed memory back to the OS (``gc.collect()``, then glibc's ``malloc_trim(0)``, which
     returns free heap pages, not only the top of the heap); this process's RSS afterwards, in MB.
@@ -78,6 +95,9 @@ class RssSampler:
     keep_samples: bool = False
     start_mb: float = 0.0
     peak_mb: float = 0.0
+    #: the same for anonymous memory (RssAnon; None where unknown): what cannot be paged out to a file
+    anon_start_mb: float | None = None
+    anon_peak_mb: float | None = None
     t0: float = 0.0  # time.perf_counter() when sampling began: the origin of ``samples``' times
     samples: list[tuple[float, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -88,11 +108,15 @@ class RssSampler:
 
         proc = psutil.Process()
         self.start_mb = self.peak_mb = proc.memory_info().rss / MB
+        self.anon_start_mb = self.anon_peak_mb = anon_mb()
         t0 = self.t0 = time.perf_counter()
 
         def sample() -> None:
             value = proc.memory_info().rss / MB
             self.peak_mb = max(self.peak_mb, value)
+            anon = anon_mb()
+            if anon is not None and self.anon_peak_mb is not None:
+                self.anon_peak_mb = max(self.anon_peak_mb, anon)
             if self.keep_samples:
                 self.samples.append((time.perf_counter() - t0, value))
 
@@ -117,13 +141,7 @@ def peak_since(samples: list[tuple[float, float]], start_s: float, end_s: float 
 
 def kernel_peak_mb() -> float | None:
     """The kernel's own high-water mark of this process's RSS (VmHWM, MB); None where unknown."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _status_mb("VmHWM")
 
 
 def reset_kernel_peak() -> bool:

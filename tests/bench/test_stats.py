@@ -66,3 +66,28 @@ def test_rss_sampler_sees_a_short_lived_allocation():
         del block
     assert rss.growth_mb > 40
     assert rss.samples and all(math.isfinite(v) for _, v in rss.samples)
+
+
+def test_rss_sampler_tells_anonymous_from_file_pages(tmp_path):
+    import mmap
+    import time
+
+    from sdrt.bench.memory import anon_mb
+
+    if anon_mb() is None:
+        pytest.skip("no RssAnon in /proc/self/status here (not Linux)")
+    path = tmp_path / "pages"
+    path.write_bytes(b"\0" * (64 * 1024 * 1024))
+    with open(path, "r+b") as f, RssSampler(interval_s=0.001) as file_backed:
+        mapped = mmap.mmap(f.fileno(), 0)
+        view = np.frombuffer(mapped, dtype=np.uint8)
+        view[::4096] = 1  # every page touched: resident, but file pages
+        time.sleep(0.05)
+        del view
+        mapped.close()
+    with RssSampler(interval_s=0.001) as anonymous:
+        block = np.ones(64 * 1024 * 1024 // 8)
+        time.sleep(0.05)
+        del block
+    assert file_backed.growth_mb > 40 and file_backed.anon_peak_mb - file_backed.anon_start_mb < 20
+    assert anonymous.anon_peak_mb - anonymous.anon_start_mb > 40
