@@ -12,11 +12,12 @@
 - **Cache**: OpenVINO's own compiled-model cache (``CACHE_DIR``), one folder per key under
   ``engines/openvino/`` (see ``openvino_cache``): a second load imports the blob instead of
   compiling.
-- **LoRA** (`reweight`): the component is read again, the Constants of the changed initializers
-  replaced by the merged weights (``openvino_weights``) and compiled **without the cache**: a
-  LoRA'd model is never written to, nor served from, the compiled-model cache, whose entries are
-  keyed by the export's sha256 and so always hold the base. Unloading compiles (or imports) the
-  base again from the file.
+- **LoRA**: a LoRA on Linear / 1x1 Conv layers goes in as side paths (``set_lora_factors``,
+  sdrt.engines.openvino_lora): the branched model, the same for every LoRA, is compiled or imported
+  from the cache once and a switch binds new inputs. Otherwise (``reweight``) the component is read
+  again, the Constants of the changed initializers replaced by the merged weights
+  (``openvino_weights``) and compiled **without the cache**: a merged model is never written to, nor
+  served from, the compiled-model cache. Unloading compiles (or imports) the base again.
 
 openvino is imported lazily; devices other than CPU (GPU, NPU, AUTO) are passed through to
 OpenVINO unverified (the development machine has only a CPU).
@@ -33,6 +34,7 @@ import numpy as np
 
 from sdrt.engines import openvino_cache as cache
 from sdrt.engines.base import Backend, Engine
+from sdrt.engines.openvino_lora import add_branches, branch_tensors
 from sdrt.engines.openvino_weights import replace_constants
 from sdrt.engines.signal_stack import preserved_signal_stack
 from sdrt.errors import BackendUnavailable, SdrtError
@@ -100,6 +102,8 @@ class OpenVinoEngine(Engine):
         self.loaded_from_cache: bool | None = None
         self.compile_seconds: float | None = None
         self.overrides: dict[str, np.ndarray] = {}  # LoRA-merged initializers (kept alive: shared memory)
+        self.branched = False  # compiled with LoRA side paths (sdrt.engines.openvino_lora)
+        self.factors: dict[str, np.ndarray] = {}  # their bound A/B inputs (kept alive: shared memory)
         self._host: dict[str, np.ndarray] = {}
         self._tensors: dict[str, Any] = {}
         self._outputs: list[str] = []
@@ -109,9 +113,19 @@ class OpenVinoEngine(Engine):
     def _compile(self, dims: Mapping[str, int] | None) -> None:
         self.request = None
         self.compiled, self.loaded_from_cache, self.compile_seconds = self.backend.compile(
-            self.manifest, self.component, None if dims is None else self.shapes_for(dims), self.overrides)
+            self.manifest, self.component, None if dims is None else self.shapes_for(dims), self.overrides,
+            branched=self.branched)
         self._outputs = [n for o in self.compiled.outputs for n in o.get_names()]
         self.request = self.compiled.create_infer_request()
+        self.bind_factors()
+
+    def bind_factors(self) -> None:
+        """Bind the LoRA side paths' A/B arrays (no copy); they stay bound across calls."""
+        if not self.factors:
+            return
+        ov = import_openvino()
+        for name, array in self.factors.items():
+            self.request.set_tensor(name, ov.Tensor(array, shared_memory=True))
 
     # -- buffers ---------------------------------------------------------------------------------
     def prepare(self, dims: Mapping[str, int]) -> None:
@@ -196,6 +210,7 @@ class OpenVinoBackend(Backend):
         self.extra_config = {str(k): v for k, v in (config or {}).items()}
         self.log = log or (lambda line: print(line, file=sys.stderr))
         self.library = ov.get_version()
+        self._branches: dict[tuple[str, str], dict] = {}  # (folder, component) -> its LoRA side paths
 
     @classmethod
     def check_available(cls) -> None:
@@ -219,7 +234,8 @@ class OpenVinoBackend(Backend):
             props.pop("INFERENCE_PRECISION_HINT", None)
         return props
 
-    def identity(self, manifest, component: str, shapes: Mapping[str, tuple[int, ...]] | None) -> dict[str, Any]:
+    def identity(self, manifest, component: str, shapes: Mapping[str, tuple[int, ...]] | None,
+                 branched: bool = False) -> dict[str, Any]:
         entry = manifest.components[component]
         path = manifest.onnx_path(component)
         onnx_hash = entry.get("sha256") or f"mtime:{path.stat().st_mtime_ns}:{path.stat().st_size}"
@@ -229,14 +245,18 @@ class OpenVinoBackend(Backend):
             device_name = self.device
         policy = "dynamic" if shapes is None else "static:" + ";".join(
             f"{k}={'x'.join(map(str, v))}" for k, v in sorted(shapes.items()))
+        if branched:
+            policy += "+lora-branches"
         return cache.identity(component, onnx_hash, self.library, self.device, device_name, self.precision,
                               policy, {k: str(v) for k, v in self.properties().items()})
 
     def compile(self, manifest, component: str, shapes: Mapping[str, tuple[int, ...]] | None,
-                overrides: Mapping[str, np.ndarray] | None = None):
+                overrides: Mapping[str, np.ndarray] | None = None, *, branched: bool = False):
         """(compiled model, whether it came from the cache, seconds) for one component.
 
-        `overrides` (LoRA): initializer -> new value; such a model bypasses the cache."""
+        `overrides` (LoRA, merged weights): initializer -> new value; such a model bypasses the cache.
+        `branched`: the model with LoRA side paths (sdrt.engines.openvino_lora), the same for every
+        LoRA, so it is cached like the base (its own entry)."""
         ov = import_openvino()
         path = manifest.onnx_path(component)
         props = self.properties()
@@ -253,7 +273,7 @@ class OpenVinoBackend(Backend):
             return compiled, False, time.perf_counter() - start
         entry = None
         if self.cache:
-            entry = cache.entry_dir(manifest.folder, self.identity(manifest, component, shapes))
+            entry = cache.entry_dir(manifest.folder, self.identity(manifest, component, shapes, branched))
             try:
                 entry.mkdir(parents=True, exist_ok=True)
                 props["CACHE_DIR"] = str(entry)
@@ -262,7 +282,7 @@ class OpenVinoBackend(Backend):
         was_complete = entry is not None and cache.is_complete(entry)
         start = time.perf_counter()
         try:
-            compiled = self._compile_once(ov, path, shapes, props)
+            compiled = self._compile_once(ov, path, shapes, props, (manifest, component) if branched else None)
         except Exception as e:
             if not was_complete:
                 raise SdrtError(f"OpenVINO could not compile {path} for {self.device} ({_one_line(e)}): "
@@ -271,7 +291,7 @@ class OpenVinoBackend(Backend):
                      f"rebuilding it")
             cache.discard(entry)
             entry.mkdir(parents=True, exist_ok=True)
-            compiled = self._compile_once(ov, path, shapes, props)
+            compiled = self._compile_once(ov, path, shapes, props, (manifest, component) if branched else None)
             was_complete = False
         seconds = time.perf_counter() - start
         from_cache = _loaded_from_cache(compiled)
@@ -279,13 +299,54 @@ class OpenVinoBackend(Backend):
             if was_complete and from_cache is False:
                 self.log(f"openvino: the cached compiled model in {entry} was unreadable; rebuilt it")
             if not was_complete or from_cache is False:
-                cache.mark_complete(entry, self.identity(manifest, component, shapes),
+                cache.mark_complete(entry, self.identity(manifest, component, shapes, branched),
                                     {"compile_seconds": round(seconds, 3)})
         return compiled, from_cache, seconds
 
-    def _compile_once(self, ov, path: Path, shapes, props: dict[str, Any]):
+    def _compile_once(self, ov, path: Path, shapes, props: dict[str, Any], branched: tuple | None = None):
+        """`branched`: (manifest, component) to compile that component's model with LoRA side paths."""
         with preserved_signal_stack():  # see sdrt/engines/signal_stack.py
+            if branched is not None:
+                return self.core.compile_model(self.branched_model(*branched)[0], self.device, props)
             return self._compile_unguarded(ov, path, shapes, props)
+
+    def branched_model(self, manifest, component: str):
+        """(the component's model with LoRA side paths, initializer -> branch); the names are kept."""
+        from sdrt.runtime.lora.base_weights import WeightMap, linear_initializers
+
+        ov = import_openvino()
+        model = self.core.read_model(str(manifest.onnx_path(component)))
+        branches = add_branches(ov, model, linear_initializers(WeightMap.load(manifest, component).parameters))
+        self._branches[(str(manifest.folder), component)] = branches
+        return model, branches
+
+    @property
+    def lora_branches(self) -> bool:
+        """Whether LoRAs go in as side paths (dynamic shapes only: a static compile has fixed inputs)."""
+        return self.shapes == "dynamic"
+
+    def branchable(self, manifest, component: str) -> frozenset[str]:
+        """Initializers that get a side path in the branched model (read once per component)."""
+        key = (str(manifest.folder), component)
+        if key not in self._branches:
+            with preserved_signal_stack():
+                self.branched_model(manifest, component)
+        return frozenset(self._branches[key])
+
+    def set_lora_factors(self, manifest, component: str, engine: "OpenVinoEngine",
+                         factors: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> "OpenVinoEngine":
+        """The LoRAs as side-path inputs: the branched model compiled (or imported) once, then each
+        switch binds new A/B arrays to the same infer request."""
+        tensors = branch_tensors(self._branches[(str(manifest.folder), component)], factors)
+        if engine.branched and engine.compiled is not None:
+            engine.factors = tensors
+            engine.bind_factors()
+            return engine
+        engine.close()  # the base (or merged) compiled model goes before the branched one comes
+        engine.overrides, engine.branched, engine.factors = {}, True, tensors
+        with preserved_signal_stack():
+            engine._compile(None)
+        return engine
 
     def _compile_unguarded(self, ov, path: Path, shapes, props: dict[str, Any],
                            overrides: Mapping[str, np.ndarray] | None = None):
@@ -315,6 +376,7 @@ class OpenVinoBackend(Backend):
         them never coexist; `restore` is not needed: every compile starts from the file."""
         engine.close()
         engine.overrides = {name: np.ascontiguousarray(value) for name, value in overrides.items()}
+        engine.branched, engine.factors = False, {}
         if self.shapes == "dynamic":
             with preserved_signal_stack():
                 engine._compile(None)

@@ -7,9 +7,8 @@ one wrapping the merged numpy array (shared memory: the caller keeps the array a
 then folds and repacks the new values as it would the file's. A name that is not a Constant of the
 model, or a shape that differs, is a one-line error: the weight map and the file disagree.
 
-OpenVINO GenAI switches adapters through state variables of a model transformed for that; sdrt
-instead recompiles the component with the merged weights (a switch costs one compile without the
-cache), which keeps the compiled graph the same as the base's and unloading exact.
+This is the merged path, for LoRAs the side paths (sdrt.engines.openvino_lora) cannot carry (3x3
+convolutions, static shapes): a switch costs one compile without the cache.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import numpy as np
 from sdrt import atomic, spec
 from sdrt.engines import cuda_driver
 from sdrt.engines.base import SHARED_OPTIONS, Backend, Engine
-from sdrt.engines.ort_lora_graph import DATA_NAME, linear_initializers, lora_ready_model
+from sdrt.engines.ort_lora_graph import DATA_NAME, lora_ready_model
 from sdrt.errors import BackendUnavailable, SdrtError
 
 #: names accepted for `graph_optimization_level`, mapped to onnxruntime's enum member names.
@@ -305,7 +305,7 @@ class OrtCpuBackend(Backend):
     def _lora_graph(self, manifest, component: str, path: Path, names: set[str]):
         """The component's LoRA-ready graph (sdrt.engines.ort_lora_graph) if `names` are all weights it
         keeps open, written on first use; None: the full path (optimize with the overrides)."""
-        from sdrt.runtime.lora.base_weights import WeightMap
+        from sdrt.runtime.lora.base_weights import WeightMap, linear_initializers
 
         targets = linear_initializers(WeightMap.load(manifest, component).parameters)
         if not names <= targets:

@@ -35,20 +35,6 @@ TARGETS_FILE = "targets.json"
 DATA_NAME = "model.onnx.data"
 
 
-def linear_initializers(parameters: dict[str, list[dict[str, Any]]]) -> frozenset[str]:
-    """Initializers of a weight map's `.weight` parameters a LoRA-ready graph keeps open: 2-D ones
-    (Linear layers, as MatMul/Gemm weights) and 4-D ones with a 1x1 kernel (1x1 Conv layers)."""
-    names = set()
-    for parameter, records in parameters.items():
-        if not parameter.endswith(".weight"):
-            continue
-        for record in records:
-            shape = list(record["shape"])
-            if len(shape) == 2 or (len(shape) == 4 and shape[2:] == [1, 1]):
-                names.add(record["initializer"])
-    return frozenset(names)
-
-
 def cpu_name() -> str:
     """The CPU model (part of the key: an optimized graph may use the CPU's own blocked layouts)."""
     try:

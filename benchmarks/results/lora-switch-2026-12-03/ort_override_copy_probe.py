@@ -37,7 +37,7 @@ def build(folder):
         prev = f"h{i}"
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, N])],
                               [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, N])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     path = os.path.join(folder, "model.onnx")
     onnx.save(model, path, save_as_external_data=True, location="model.onnx.data")
     return path

@@ -12,14 +12,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, MutableMapping, Sequence, Union
+from typing import Any, Iterable, Mapping, MutableMapping, Sequence, Union
 
 import numpy as np
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.lora.base_weights import WeightMap
 from sdrt.runtime.lora.files import LoraFile, read_lora
-from sdrt.runtime.lora.merge import check_scale, merged_shapes, merged_weights, resolve
+from sdrt.runtime.lora.merge import check_scale, low_rank_factors, merged_shapes, merged_weights, resolve
 from sdrt.runtime.lora.scratch import store_for
 
 #: components whose weights a LoRA changes, in the order they are swapped
@@ -102,6 +102,7 @@ class Adapters:
         self.manifest = manifest
         self.active: list[ActiveLora] = []
         self.changed: dict[str, dict[str, np.ndarray]] = {}  # component -> initializer -> merged value
+        self.branched: set[str] = set()  # components whose LoRAs are side paths (backend.set_lora_factors)
         self._maps: dict[str, WeightMap] = {}
 
     def weight_map(self, component: str) -> WeightMap:
@@ -122,18 +123,28 @@ class Adapters:
     def apply(self, backend: Any, engines: MutableMapping[str, Any], loras: Sequence[LoraSpec]) -> None:
         """Switch to exactly `loras` ([] = none), one component at a time.
 
-        Every file is checked and every component's scratch file reserved first (a bad file or a
-        full disk leaves the pipeline as it was); then per component the old engine's weights are
-        released (`release_for_reweight`), the merged weights written into the scratch file
+        Every file is checked and every merged component's scratch file reserved first (a bad file
+        or a full disk leaves the pipeline as it was). A backend with LoRA side paths (OpenVINO,
+        `lora_branches`) gets the low-rank factors of a component whose LoRA layers all have one:
+        nothing is merged. Otherwise, per component, the old engine's weights are released
+        (`release_for_reweight`), the merged weights written into the scratch file
         (sdrt.runtime.lora.scratch: page cache, not a second resident copy of the layers) and the
         engine rebuilt or refitted with them."""
         active, placed, maps = self.prepare(loras)
-        shapes = merged_shapes(placed, maps)
+        by_component = {c: [item for item in placed if item.layer.component == c] for c in COMPONENTS}
+        side = {c for c, items in by_component.items() if items and self._side_path(backend, c, items, maps)}
+        shapes = merged_shapes([item for c, items in by_component.items() if c not in side for item in items], maps)
         stores = {component: store_for(shapes[component], self.manifest.folder) for component in shapes}
         for component in COMPONENTS:
-            items = [item for item in placed if item.layer.component == component]
+            items = by_component[component]
             old = self.changed.get(component, {})
-            if not items and not old:
+            if not items and not old and component not in self.branched:
+                continue
+            if component in side:
+                factors = low_rank_factors(items, maps).get(component, {})
+                engines[component] = backend.set_lora_factors(self.manifest, component, engines[component], factors)
+                self.changed[component] = {}
+                self.branched.add(component)
                 continue
             backend.release_for_reweight(engines[component])
             new = {}
@@ -145,7 +156,16 @@ class Adapters:
             engines[component] = backend.reweight(self.manifest, component, engines[component], new, restore,
                                                   external=external)
             self.changed[component] = new
+            self.branched.discard(component)
         self.active = active
+
+    def _side_path(self, backend: Any, component: str, items: Sequence, maps: Mapping[str, WeightMap]) -> bool:
+        """Whether `component`'s LoRA layers all go in as side paths on this backend."""
+        if not getattr(backend, "lora_branches", False):
+            return False
+        records = maps[component].parameters
+        wanted = {r["initializer"] for item in items for r in records[item.parameter]}
+        return wanted <= backend.branchable(self.manifest, component)
 
     def _base(self, component: str, initializer: str) -> np.ndarray:
         weight_map = self.weight_map(component)

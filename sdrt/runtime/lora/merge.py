@@ -117,6 +117,21 @@ def _grouped(placed: Sequence[Resolved]) -> dict[tuple[str, str], list[Resolved]
     return grouped
 
 
+def low_rank_factors(placed: Sequence[Resolved], maps: Mapping[str, WeightMap]
+                     ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """component -> {initializer: (A [in, r], B [r, out])} with A @ B = the summed update (transposed to
+    the x @ W orientation): every LoRA on the weight concatenated along r, its scale · alpha/rank
+    folded into B. For backends that add the update as a side path (sdrt.engines.openvino_lora)."""
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for (component, parameter), items in _grouped(placed).items():
+        a = np.concatenate([item.layer.down.astype(np.float32).reshape(item.layer.rank, -1).T for item in items], axis=1)
+        b = np.concatenate([(item.layer.up.astype(np.float32).reshape(-1, item.layer.rank)
+                             * np.float32(item.scale * item.layer.ratio)).T for item in items], axis=0)
+        for record in maps[component].parameters[parameter]:
+            out.setdefault(component, {})[record["initializer"]] = (a, b)
+    return out
+
+
 def merged_shapes(placed: Sequence[Resolved], maps: Mapping[str, WeightMap]
                   ) -> dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]]:
     """component -> {initializer name: (shape, dtype)} of what `merged_weights` will write."""
