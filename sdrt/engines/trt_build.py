@@ -57,12 +57,18 @@ def default_timing_cache(root: Path, features: trt_api.Features, target: str) ->
 
 
 def classify_failure(component: str, error: BaseException, log_text: str, rng: trt_profiles.DimRange,
-                     log_path: Path | None) -> SdrtError:
-    """One line for a failed build: out of GPU memory gets the knobs that lower it."""
+                     log_path: Path | None, refit: bool = False) -> SdrtError:
+    """One line for a failed build: out of GPU memory gets the knobs that lower it; a refittable build
+    that needed CUDA (measured: TensorRT-RTX 1.7 JIT-compiles a refittable tiny UNet with Myelin and
+    fails with `CHECK(status == CUDA_SUCCESS)` on a machine without a GPU) says to build on the GPU."""
     text = f"{error}\n{log_text}".lower()
     if any(p in text for p in OOM_PATTERNS):
         return SdrtError(f"out of GPU memory while building the {component} engine (profile max {rng.max}): "
                          f"lower --max-size / --max-batch, or --workspace-gb")
+    if refit and "cuda_success" in text:
+        return SdrtError(f"the refittable {component} engine needs a working GPU to build (TensorRT compiled it "
+                         f"with CUDA, which failed here): run sdrt build --refit on the GPU that will run it, "
+                         f"or build without --refit (LoRA then needs a rebuild)")
     last = next((ln.strip() for ln in reversed(log_text.splitlines()) if "error" in ln.lower()), str(error))
     where = f"; full log: {log_path}" if log_path else ""
     return SdrtError(f"TensorRT could not build the {component} engine: {last[:300]}{where}")
@@ -141,7 +147,7 @@ def polygraphy_build(trt: Any, onnx_path: Path, shapes: Mapping[str, tuple], net
     except Exception as e:  # polygraphy raises its own exception; TensorRT's reason is in the log
         G_LOGGER.log_file = None
         log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
-        raise classify_failure(component, e, log_text, rng, log_path) from None
+        raise classify_failure(component, e, log_text, rng, log_path, options.refit) from None
     G_LOGGER.log_file = None
     return Built(bytes(plan), {"attention_layers_marked_decomposable": attention})
 

@@ -84,3 +84,23 @@ def test_the_build_log_and_key_say_what_was_built(tiny_fp16, capsys):
     key = json.loads((_entries(tiny_fp16, "text_encoder")[0].path / trt_cache.KEY_FILE).read_text())
     assert key["typing"] == {"strongly_typed": True, "fp16_flag": False}
     assert key["identity"]["precision"] == "fp16" and key["input_shapes"]["input_ids"] == "1x77 / 2x77 / 2x77"
+
+
+def test_a_refittable_build_on_this_machine_is_built_or_one_line(tiny_fp16, capsys):
+    """`sdrt build --refit` (LoRA without rebuilding) on the real library and export. TensorRT-RTX 1.7
+    JIT-compiles a refittable UNet with CUDA, so without a GPU the build fails (measured on the CI
+    machine): that must be one line that says to build on the GPU, exit 2. With a GPU the engine is
+    built and keyed as refittable. Refitting itself needs a GPU: test_trt_refit.py covers its logic."""
+    from sdrt.engines import cuda_driver
+
+    code = cli.main(["build", "--model", str(tiny_fp16), "--backend", "tensorrt_rtx", "--components", "unet", "--refit"])
+    err = capsys.readouterr().err
+    if code == 0:
+        built = _entries(tiny_fp16, "unet")
+        key = json.loads((built[0].path / trt_cache.KEY_FILE).read_text())
+        assert len(built) == 1 and key["build"].get("refit") is True
+        return
+    assert cuda_driver.device_count() < 1, err  # with a GPU the build must succeed
+    message = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err
+    assert "refittable unet engine needs a working GPU" in message and "--refit" in message

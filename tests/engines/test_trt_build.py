@@ -146,3 +146,13 @@ def test_build_options_key_fields_leave_out_cache_and_force():
                                                                                   "workspace_gb": None}
     with pytest.raises(SdrtError):
         raise trt_build.classify_failure("vae", RuntimeError("x"), "", DimRange({}, {}, {}), None)
+
+
+def test_a_refit_build_that_needed_cuda_says_to_build_on_the_gpu():
+    from sdrt.engines.trt_profiles import DimRange
+
+    log = "[E] IBuilder::buildSerializedNetwork: Error Code 1: Myelin (... CHECK(status == CUDA_SUCCESS) failed ...)"
+    refit = trt_build.classify_failure("unet", RuntimeError("Invalid Engine"), log, DimRange({}, {}, {}), None, refit=True)
+    assert "needs a working GPU to build" in str(refit) and "--refit" in str(refit) and "\n" not in str(refit)
+    plain = trt_build.classify_failure("unet", RuntimeError("Invalid Engine"), log, DimRange({}, {}, {}), None)
+    assert str(plain).startswith("TensorRT could not build the unet engine")

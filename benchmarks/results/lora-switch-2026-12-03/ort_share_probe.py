@@ -5,7 +5,8 @@
 The UNet's merged weights (a random rank-32 kohya LoRA, benchmarks/lora_switch.py's) are written
 into a scratch file as a switch does; then two sessions on the LoRA-ready graph, each in turn:
 (copy) the overrides given with `add_external_initializers` (ONNX Runtime copies them), (share)
-all given with `add_initializer` (ONNX Runtime uses the caller's buffer). Printed per variant:
+all given with `add_initializer` (ONNX Runtime uses the caller's buffer), (share, no pre-packing) the
+same with `session.disable_prepacking` (MatMul reads the caller's buffer every call). Printed per variant:
 session creation time, RssAnon rise, 3 UNet calls at a 32x32 latent, batch 2; and the max |diff|
 of their outputs.
 """
@@ -46,12 +47,14 @@ def main():
     path = rewritten_model(path, backend.graph_rewrites, folder / "engines" / backend.name)
     graph, _, outside = backend._lora_graph(manifest, "unet", path, set(arrays))
     outputs = {}
-    for variant in ("copy", "share"):
+    for variant in ("copy", "share", "share, no pre-packing"):
         release_memory()
         before = anon_mb()
         values = {n: ort.OrtValue.ortvalue_from_numpy(a, "cpu", 0) for n, a in arrays.items()}
         so = backend.session_options()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if variant.endswith("no pre-packing"):
+            so.add_session_config_entry("session.disable_prepacking", "1")
         start = time.perf_counter()
         backend._override(so, values, outside if variant == "copy" else frozenset())
         session = backend._session(graph, so, "unet")
@@ -71,7 +74,8 @@ def main():
         engine.close()
         del engine, session, values, so
     for name in outputs["copy"]:
-        print(f"{name}: max |copy - share| = {np.abs(outputs['copy'][name] - outputs['share'][name]).max():.3g}")
+        for other in ("share", "share, no pre-packing"):
+            print(f"{name}: max |copy - {other}| = {np.abs(outputs['copy'][name] - outputs[other][name]).max():.3g}")
 
 
 if __name__ == "__main__":
