@@ -57,28 +57,6 @@ def _note_once(text: str) -> None:
         print(f"sdrt: {text}", file=sys.stderr)
 
 
-def mem_available() -> int | None:
-    """The kernel's estimate of memory available without swapping (Linux MemAvailable), in bytes."""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def prepacking_fits(weights: Mapping[str, Any]) -> bool:
-    """Whether ONNX Runtime may pre-pack shared LoRA overrides: its packed copy (one more time their size)
-    must fit beside the scratch-file pages it packs from, with their size again to spare. Otherwise
-    (SDXL's 8 GB of merged UNet layers on a 24 GB machine: the page cache thrashed, a switch took 1.2x a
-    fresh load) MatMul reads the shared weights in place (measured on sd15's UNet: session 0.44 s
-    instead of 1.6 s, no anonymous memory, UNet call 1.62 s instead of 1.46 s)."""
-    needed = sum(value.tensor_size_in_bytes() for value in weights.values())
-    available = mem_available()
-    return available is None or available >= 3 * needed
-
-
 def _one_line(error: BaseException, limit: int = 200) -> str:
     """onnxruntime's message without its preamble and C++ source location."""
     text = " ".join(str(error).split()).split("failed:", 1)[-1].strip()
@@ -286,10 +264,6 @@ class OrtCpuBackend(Backend):
                 # (`add_initializer`: ONNX Runtime reads the caller's buffer, here the scratch file;
                 # measured on sd15's UNet: 1.6 s instead of 3.1 s, the same output)
                 self._override(so, weights, frozenset())
-                if "session.disable_prepacking" not in self.session_config and not prepacking_fits(weights):
-                    so.add_session_config_entry("session.disable_prepacking", "1")
-                    _note_once(f"{component}: the LoRA-merged weights are used in place, not pre-packed (too little "
-                               f"free memory for a second copy): switching stays fast, each step is ~10 % slower")
                 return self._session(ready[0], so, component)
         so = self.session_options()
         model = path

@@ -105,19 +105,3 @@ def test_without_onnx_the_full_path_with_a_note(folder, tmp_path, monkeypatch, c
     monkeypatch.undo()
     assert psnr(pipe("a cat", **CALL).images, Pipeline.load(folder, "ort-cpu", loras=[(lora, 0.8)])("a cat", **CALL).images) > 80
 
-
-def test_prepacking_is_skipped_when_a_second_copy_would_not_fit(folder, tmp_path, monkeypatch, capsys):
-    ort = pytest.importorskip("onnxruntime")
-    value = ort.OrtValue.ortvalue_from_numpy(np.zeros((256, 256), dtype=np.float32))  # 256 KiB
-    monkeypatch.setattr(ort_module, "mem_available", lambda: 3 * 256 * 1024)
-    assert ort_module.prepacking_fits({"w": value})
-    monkeypatch.setattr(ort_module, "mem_available", lambda: 3 * 256 * 1024 - 1)
-    assert not ort_module.prepacking_fits({"w": value})
-
-    lora = write_kohya(tmp_path / "a.safetensors", map_shapes(folder, text=True), seed=25)
-    packed = Pipeline.load(folder, "ort-cpu", loras=[(lora, 0.8)])("a cat", **CALL).images
-    monkeypatch.setattr(ort_module, "_NOTED", set())
-    monkeypatch.setattr(ort_module, "mem_available", lambda: 1)
-    pipe = Pipeline.load(folder, "ort-cpu", loras=[(lora, 0.8)])
-    assert "used in place, not pre-packed" in capsys.readouterr().err
-    assert psnr(pipe("a cat", **CALL).images, packed) > 80

@@ -89,27 +89,6 @@ def delta_shape_of(layer: LoraLayer) -> tuple[int, ...]:
     return (out, layer.down.shape[1])
 
 
-def delta(layer: LoraLayer, factor: float = 1.0, transpose: bool = False) -> np.ndarray:
-    """factor · up @ down in float32, shaped like the layer's weight ([out, in] or [out, in, kh, kw]);
-    ``transpose``: the 2-D update laid out as [in, out] (a transposed MatMul initializer), computed
-    in that layout (down.T @ up.T) rather than transposed afterwards."""
-    up = layer.up.astype(np.float32).reshape(layer.up.shape[0], layer.rank) * np.float32(factor)  # scale the small factor
-    down = layer.down.astype(np.float32).reshape(layer.rank, -1)
-    if transpose:
-        return down.T @ up.T
-    return (up @ down).reshape(delta_shape_of(layer))
-
-
-def _update(items: Sequence[Resolved], shape: tuple[int, ...], transpose: bool) -> np.ndarray:
-    """Σ scale · alpha/rank · up @ down of every LoRA on one parameter, in the initializer's layout."""
-    total = None
-    for item in items:
-        part = delta(item.layer, item.scale * item.layer.ratio, transpose)
-        part = part if transpose else part.reshape(shape)
-        total = part if total is None else np.add(total, part, out=total)
-    return total
-
-
 def _grouped(placed: Sequence[Resolved]) -> dict[tuple[str, str], list[Resolved]]:
     grouped: dict[tuple[str, str], list[Resolved]] = {}
     for item in placed:
@@ -153,21 +132,27 @@ def merged_weights(placed: Sequence[Resolved], maps: Mapping[str, WeightMap],
                    allocate: Allocate = _in_memory) -> dict[str, dict[str, np.ndarray]]:
     """component -> {initializer name: merged array in the initializer's dtype and layout}.
 
-    Per weight: one product per LoRA written in the initializer's own layout, then the base (read
-    from the memory-mapped file, never changed) plus the update written straight into the array
-    `allocate(component, initializer, shape, dtype)` gives (a scratch-file page, sdrt.runtime.lora.
-    scratch; by default ordinary memory). float16 weights are added in float32 and cast once."""
+    Per weight: the update as one product of the stacked low-rank factors (every LoRA on the weight
+    at once), computed in the initializer's own layout (A @ B for a transposed MatMul weight, B.T @ A.T
+    for an [out, in, ...] one) straight into the array `allocate(component, initializer, shape, dtype)`
+    gives (a scratch-file page, sdrt.runtime.lora.scratch; by default ordinary memory), then the base
+    (read from the memory-mapped file, never changed) added in place: no full-size temporary.
+    float16 weights are added in float32 and cast once."""
+    factors = low_rank_factors(placed, maps)
     out: dict[str, dict[str, np.ndarray]] = {}
-    for (component, parameter), items in _grouped(placed).items():
+    for (component, parameter), _ in _grouped(placed).items():
         weight_map = maps[component]
-        shape = tuple(weight_map.parameters[parameter][0]["parameter_shape"])
         for record in weight_map.parameters[parameter]:
             base = weight_map.base(record)
-            update = _update(items, shape, record["layout"] == "transpose").reshape(base.shape)
+            a, b = factors[component][record["initializer"]]
+            transpose = record["layout"] == "transpose"
             merged = allocate(component, record["initializer"], base.shape, base.dtype)
             if base.dtype == np.float32:
-                np.add(base, update, out=merged)
+                target = merged if transpose else merged.reshape(merged.shape[0], -1)
+                np.matmul(a, b, out=target) if transpose else np.matmul(b.T, a.T, out=target)
+                np.add(target, base.reshape(target.shape), out=target)
             else:
+                update = (a @ b if transpose else b.T @ a.T).reshape(base.shape)
                 np.add(base.astype(np.float32), update, out=update)
                 merged[...] = update
             out.setdefault(component, {})[record["initializer"]] = merged
