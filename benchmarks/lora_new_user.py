@@ -11,7 +11,8 @@
    + `fuse_lora`); PSNR of the PNGs against both, and against the base image.
 
     MODEL=sd15 ONNX=~/.cache/sdrt/bench/onnx/sd15 PRESET=DIR WORK=DIR python benchmarks/lora_new_user.py
-    (tiny: MODEL=tiny FACTOR=2 SIZE=64 and a tiny export); writes WORK/result.json and the PNGs.
+    (tiny: MODEL=tiny FACTOR=2 SIZE=64 and a tiny export; BACKEND=openvino for that backend);
+    writes WORK/result.json and the PNGs.
 Needs torch, diffusers and peft (the dev install); sdrt itself runs torch-free in its own process.
 """
 import json
@@ -29,6 +30,7 @@ WORK = Path(os.environ.get("WORK", "lora-new-user"))
 PRESET = Path(os.environ.get("PRESET", WORK / f"{MODEL}-preset"))
 FACTOR = int(os.environ.get("FACTOR", 8))
 SIZE = int(os.environ.get("SIZE", 256))
+BACKEND = os.environ.get("BACKEND")  # sdrt generate --backend (default: sdrt's own choice)
 PROMPT, SEED, STEPS, SCALE, CFG = "a watercolor lighthouse at dusk", 7, 10, 0.8, 7.5
 PY = sys.executable
 log = {}
@@ -105,7 +107,8 @@ def sdrt_run(kind):
     out = WORK / f"sdrt-{kind}"
     secs = run([PY, "-m", "sdrt.cli", "generate", "--model", ONNX, "--prompt", PROMPT, "--seed", SEED,
                 "--height", SIZE, "--width", SIZE, "--steps", STEPS, "--guidance-scale", CFG,
-                "--lora", f"{WORK / f'style_{kind}.safetensors'}:{SCALE}", "--out", out, "--quiet"])
+                "--lora", f"{WORK / f'style_{kind}.safetensors'}:{SCALE}", "--out", out, "--quiet",
+                *(["--backend", BACKEND] if BACKEND else [])])
     png = sorted(out.glob("*.png"))[-1]
     img = Image.open(png)
     return {"cli_seconds": round(secs, 1), "png": str(png),
