@@ -5,8 +5,9 @@ one step would cost more than it saves): each row records what was measured on a
 sd15 UNet, latent 32x32, batch 2 (one CFG step), median; the backend with the shorter step goes first.
 A CPU matching no row keeps the default order (ONNX Runtime first at f32: it needs no extra install).
 Another backend goes first only when its measured step is shorter by more than ``SWITCH_MARGIN``:
-ort-cpu is the lean install and switches LoRAs faster (openvino compiles the model again at every
-switch), and a one-call benchmark's spread is ~5%, so a smaller gap does not pay for those.
+ort-cpu is the lean install (openvino is an extra), and a one-call benchmark's spread is ~5%, so a
+smaller gap does not pay for that. (LoRA switching no longer favours ort-cpu: openvino's side paths
+switch in ~0.2 s on sd15, ort-cpu in ~4-6 s; README, LoRA.)
 
 Only OpenVINO runs at bf16/f16, so those orders are trivially [openvino].
 """
