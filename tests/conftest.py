@@ -21,7 +21,7 @@ Fixtures (all session-scoped; each returns a `pathlib.Path`):
 Treat the folders as read-only: they are shared by the whole session and, by default, cached
 between runs in ``.pytest_cache/d/sdrt-models/`` under a key that changes whenever the export
 code, the presets or the library versions change. ``SDRT_TEST_CACHE=0`` exports into a fresh
-temporary folder instead.
+temporary folder instead; ``SDRT_TEST_CACHE_DIR=DIR`` keeps the cache in DIR (checkouts can share it).
 
 Markers (independent; a test that needs both carries both): ``@pytest.mark.gpu`` tests skip, with
 the reason, where no NVIDIA GPU is visible; ``@pytest.mark.tensorrt`` tests skip where neither the
@@ -103,6 +103,10 @@ def _cache_key(*parts: str) -> str:
 def _model_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.environ.get("SDRT_TEST_CACHE", "1") == "0":
         return tmp_path_factory.mktemp("sdrt-models")
+    shared = os.environ.get("SDRT_TEST_CACHE_DIR")  # several checkouts (worktrees) can share one cache
+    if shared:
+        Path(shared).mkdir(parents=True, exist_ok=True)
+        return Path(shared)
     return Path(request.config.cache.mkdir("sdrt-models"))
 
 
