@@ -28,4 +28,5 @@ demo: install
 	$(BIN)/sdrt demo
 
 test: install chromium
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q

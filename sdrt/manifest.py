@@ -8,8 +8,8 @@ Export writes it; engines and the runtime read it (pure JSON, no torch). Schema 
                  "content_hash": "sha256:..."},
       "exporter": {"method": "dynamo" | "torchscript", "opset": int, "torch": str, "onnx": str,
                    "diffusers": str, "transformers": str},
-      "pipeline": {"family": "sd" | "sdxl" | "sdxl-refiner",   # absent in older manifests: "sd"
-                   "variants": ["timestep_cond", "hidden_states"],  # see sdrt.spec; absent: none
+      "pipeline": {"family": "sd" | "sdxl" | "sdxl-refiner",   # a key of sdrt.spec.FAMILIES ("sd" if absent: pre-family manifests)
+                   "variants": ["timestep_cond", "hidden_states"],  # the family's variants; absent: none
                    "dims": {"D1": int, "K1": int, ...},   # the family's own model symbols (sdrt.spec)
                    "class_name": str, "prediction_type": "epsilon" | "v_prediction" | "sample",
                    "scaling_factor": float, "shift_factor": float | null, "vae_scale_factor": int,
@@ -42,6 +42,8 @@ from sdrt.errors import SdrtError
 MANIFEST_NAME = "sdrt.json"
 FORMAT = "sdrt-onnx"
 FORMAT_VERSION = 1
+#: the family of manifests written before `pipeline.family` existed (they could only be SD 1.x/2.x)
+LEGACY_FAMILY = "sd"
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,9 @@ class Manifest:
         for key in ("pipeline", "components", "sizes"):
             if key not in data:
                 raise SdrtError(f"{path} lacks the '{key}' section: export the model again with --force")
+        if isinstance(data["pipeline"], dict) and "family" not in data["pipeline"]:
+            # format 1 manifests written before families existed: sdrt exported SD 1.x/2.x only then
+            data["pipeline"]["family"] = LEGACY_FAMILY
         manifest_schema.validate(data, path)
         manifest = cls(folder, data)
         manifest.spec  # an unknown family or variant is one line here, not a KeyError later
@@ -135,17 +140,22 @@ class Manifest:
 
     @property
     def family(self) -> str:
-        """The model family (sdrt.spec.FAMILIES); manifests written before families existed are "sd"."""
-        return self.pipeline.get("family", "sd")
+        """The model family's name (a key of sdrt.spec.FAMILIES)."""
+        return self.pipeline["family"]
+
+    @property
+    def family_spec(self) -> spec.Family:
+        """The model family's table entry (sdrt.spec.families)."""
+        return self.spec.family
 
     @property
     def spec(self) -> spec.ModelSpec:
-        """The model's tensors, from its family and variants (what engines and the runtime derive from)."""
+        """The model's tensors, from its family and variants (what engines and the runtime derive from);
+        an unknown family or variant is one line naming the manifest."""
         try:
             return spec.model_spec(self.family, tuple(self.pipeline.get("variants", ())))
-        except KeyError as e:
-            raise SdrtError(f"{self.folder / MANIFEST_NAME}: {e.args[0]}: upgrade sdrt, or export the model "
-                            f"again with this version") from None
+        except SdrtError as e:
+            raise SdrtError(f"{self.folder / MANIFEST_NAME}: {e}") from None
 
     def precision(self, component: str) -> str:
         return self.components[component]["precision"]

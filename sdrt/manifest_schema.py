@@ -35,7 +35,7 @@ class PipelineFacts(_Section):
     vae_sample_size: Optional[int] = Field(default=None, ge=1)  # older manifests: none (see vae_tiling)
     text_hidden_size: int = Field(ge=1)
     token_length: int = Field(ge=1)
-    family: str = "sd"  # sdrt.spec.FAMILIES; older manifests have none
+    family: str = Field(min_length=1)  # a key of sdrt.spec.FAMILIES (checked by Manifest.spec)
     variants: list[str] = Field(default_factory=list)
     dims: dict[str, int] = Field(default_factory=dict)  # the family's own shape symbols
 

@@ -27,6 +27,7 @@ API::
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -36,22 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from sdrt import spec
 from sdrt.errors import SdrtError
 from sdrt.manifest import Manifest
 from sdrt.runtime import images as imageio
 from sdrt.runtime.timing import StageTimings
 
-MODE_CLASSES = {
-    "txt2img": "StableDiffusionPipeline",
-    "img2img": "StableDiffusionImg2ImgPipeline",
-    "inpaint": "StableDiffusionInpaintPipeline",
-}
-#: the diffusers pipeline per mode of the other families (LCM: the manifest's class is LatentConsistency...)
-FAMILY_MODE_CLASSES = {
-    "sdxl": {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
-             "inpaint": "StableDiffusionXLInpaintPipeline"},
-    "lcm": {"txt2img": "LatentConsistencyModelPipeline", "img2img": "LatentConsistencyModelImg2ImgPipeline"},
-}
 PIPELINE_MODULES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_encoder_2", "tokenizer_2")
 #: optional modules and switches of the pipelines' constructors, all off (taken where a class has them)
 OPTIONAL_MODULES = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
@@ -133,8 +124,10 @@ class Reference:
                 self.modules[k].to(self.device)
         self.config = {k: pipe.config[k] for k in ("force_zeros_for_empty_prompt", "requires_aesthetics_score")
                        if k in pipe.config}
-        name = type(pipe).__name__
-        self.family = "sdxl" if "XL" in name else "lcm" if "LatentConsistency" in name else "sd"
+        self.class_name = type(pipe).__name__
+        self.family = spec.family_of_pipeline(self.class_name, dict(pipe.config))
+        if self.family is None:
+            raise SdrtError(f"{self.class_name} is no pipeline class of a family sdrt knows: no reference for it")
         self.folder = folder
         self.scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
 
@@ -152,9 +145,10 @@ class Reference:
     def _pipeline(self, mode: str, scheduler: Any) -> Any:
         import diffusers
 
-        import inspect
-
-        cls = getattr(diffusers, FAMILY_MODE_CLASSES.get(self.family, MODE_CLASSES)[mode])
+        name = self.family.mode_class(self.class_name, mode)
+        if name is None:
+            raise SdrtError(f"diffusers has no {mode} pipeline for a {self.class_name}: no reference for {mode}")
+        cls = getattr(diffusers, name)
         accepted = inspect.signature(cls.__init__).parameters
         modules = {**self.modules, "scheduler": self.diffusers_scheduler(scheduler)}
         options = {**OPTIONAL_MODULES, **self.config, **modules}
@@ -184,9 +178,10 @@ class Reference:
             guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt, eta=eta,
             generator=torch.Generator().manual_seed(int(seed)), output_type=output_type, **extra,
         )
-        if self.family == "lcm":  # LCM pipelines take no negative prompt nor eta
-            kwargs.pop("negative_prompt")
-            kwargs.pop("eta")
+        named = inspect.signature(pipe.__call__).parameters
+        for key in ("negative_prompt", "eta"):  # LCM pipelines take neither
+            if key not in named:
+                kwargs.pop(key)
         if isinstance(image, np.ndarray) and image.ndim == 4:
             kwargs["image"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
             if strength is not None:

@@ -5,6 +5,7 @@ import pytest
 
 from sdrt import spec
 from sdrt.engines import trt_buffers, trt_profiles as tp
+from sdrt.errors import SdrtError
 from sdrt.manifest import SizeRule
 
 #: SDXL 1.0's symbols: CLIP-L (768) + bigG (1280) side by side, bigG's 1280 pooled, 6 time ids
@@ -13,10 +14,15 @@ SDXL = spec.model_values(latent_channels=4, unet_in_channels=4, text_hidden_size
 RULE = SizeRule(latent_multiple=8, min_latent=64, max_latent=256, vae_scale_factor=8)
 
 
-def test_sd_is_the_default_family_and_unchanged():
-    assert spec.model_spec() is spec.SD and spec.SD.component_names == spec.COMPONENT_NAMES
-    assert spec.SD.component("unet").input_names == ("sample", "timestep", "encoder_hidden_states")
-    assert spec.component("unet") is spec.SD.component("unet")
+def test_no_family_is_a_default_and_sd_is_unchanged():
+    with pytest.raises(TypeError):
+        spec.model_spec()  # a family must be named: nothing silently gets SD's tensors
+    sd = spec.model_spec("sd")
+    assert sd.component_names == ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+    assert sd.component("unet").input_names == ("sample", "timestep", "encoder_hidden_states")
+    assert spec.model_spec("sd") is sd and sd.denoiser is sd.component("unet")
+    with pytest.raises(TypeError, match="ComponentSpec"):
+        spec.shapes("unet", {})  # a bare name is not a component: pass the model's own
 
 
 def test_sdxl_components_and_unet_inputs():
@@ -46,10 +52,12 @@ def test_refiner_has_only_the_second_encoder_and_lcm_adds_timestep_cond():
 
 
 def test_unknown_family_or_variant_is_named():
-    with pytest.raises(KeyError, match="unknown model family 'sd3'"):
+    with pytest.raises(SdrtError, match="unknown model family 'sd3'.*knows sd, sdxl, sdxl-refiner"):
         spec.model_spec("sd3")
-    with pytest.raises(KeyError, match="unknown model variant 'lora'"):
+    with pytest.raises(SdrtError, match="unknown model variant 'lora' for the sd family"):
         spec.model_spec("sd", ["lora"])
+    with pytest.raises(SdrtError, match="unknown model variant 'hidden_states' for the sdxl family"):
+        spec.model_spec("sdxl", ["hidden_states"])
     with pytest.raises(KeyError, match="unknown component 'text_encoder'.*sdxl-refiner"):
         spec.model_spec("sdxl-refiner").component("text_encoder")
 
@@ -60,7 +68,8 @@ def test_optional_tensors_without_model_values_are_left_out():
     values = spec.model_values(latent_channels=4, unet_in_channels=4, text_hidden_size=768, vae_scale_factor=8)
     with pytest.raises(KeyError, match="'K1'"):
         spec.shapes(sd_hidden, {**values, "B": 1})
-    assert "pooler_output" in spec.shapes("text_encoder", {**values, "B": 1}, include_optional=True)
+    sd_text = spec.model_spec("sd").component("text_encoder")
+    assert "pooler_output" in spec.shapes(sd_text, {**values, "B": 1}, include_optional=True)
 
 
 def test_trt_profiles_cover_the_sdxl_inputs_with_guidance_doubling():

@@ -82,9 +82,9 @@ def make_engine(folder: Path, config: str, dims: dict[str, int]) -> tuple[Any, A
             backend.session_options = with_profiling
     engine = backend.load(manifest, "unet")
     engine.prepare(dims)
-    shapes = spec.shapes("unet", {**engine.model_values, **dims}, include_optional=True)
+    shapes = spec.shapes(engine.spec, {**engine.model_values, **dims}, include_optional=True)
     rng = np.random.default_rng(0)
-    for name in spec.component("unet").input_names:
+    for name in engine.spec.input_names:
         dtype = engine.dtype(name)
         value = rng.standard_normal(shapes[name]) if dtype.kind == "f" else np.full(shapes[name], 999)
         engine.set_input(name, np.asarray(value, dtype=dtype))
@@ -169,7 +169,7 @@ def step_flops(folder: Path, dims: dict[str, int]) -> dict[str, float]:
 
     manifest = Manifest.load(folder)
     model = ov.Core().read_model(str(manifest.onnx_path("unet")))
-    shapes = spec.shapes("unet", {**manifest.values, **dims}, include_optional=True)
+    shapes = spec.shapes(manifest.spec.component("unet"), {**manifest.values, **dims}, include_optional=True)
     model.reshape({port: ov.PartialShape(list(shapes[name])) for port in model.inputs
                    for name in port.get_names() if name in shapes})
     flops: dict[str, float] = defaultdict(float)

@@ -53,10 +53,9 @@ class Engine(abc.ABC):
     precision: str
 
     def __init__(self, component: str, model_values: Mapping[str, int], precision: str,
-                 component_spec: spec.ComponentSpec | None = None):
+                 component_spec: spec.ComponentSpec):
         self.component = component
-        # the model's own spec (its family's tensors); by name, the sd family's
-        self.spec = component_spec or spec.component(component)
+        self.spec = component_spec  # the model's own (its family's tensors: manifest.spec.component(name))
         self.model_values = dict(model_values)
         self.precision = precision
         self.dims: dict[str, int] | None = None
@@ -127,6 +126,27 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load(self, manifest, component: str) -> Engine:
         """The component's engine, ready to prepare: a broken or missing engine fails here, not later."""
+
+    def attention_bytes(self, denoiser_config: Mapping[str, Any], batch: int, h: int, w: int) -> int | None:
+        """Peak bytes of the largest attention buffer one denoiser call materializes at this latent
+        size and batch, for a backend that computes attention unfused (the runtime's memory guard
+        refuses a call that cannot fit); None: no estimate (memory-efficient attention, or unknown)."""
+        return None
+
+    # -- LoRA as side paths (a backend that adds x @ A @ B beside each layer; see sdrt.runtime.lora) ---
+    @property
+    def lora_branches(self) -> bool:
+        """Whether this backend takes LoRAs as side paths (`set_lora_factors`) instead of merged weights."""
+        return False
+
+    def branchable(self, manifest, component: str) -> frozenset[str]:
+        """The initializers that get a side path (a LoRA on others is merged instead)."""
+        return frozenset()
+
+    def set_lora_factors(self, manifest, component: str, engine: Engine,
+                         factors: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Engine:
+        """The component's engine with these low-rank factors (initializer -> (A, B)) as side paths."""
+        raise SdrtError(f"backend {self.name} has no LoRA side paths: the LoRA is merged instead")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the backend's engines share (streams, memory); engines are closed by their owner."""

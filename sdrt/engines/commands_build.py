@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--max-batch", type=int, help="most images per call (dynamic batch)")
     size.add_argument("--no-guidance", action="store_true",
                       help="build for guidance_scale <= 1 (UNet batch not doubled for classifier-free guidance)")
-    parser.add_argument("--components", nargs="+", choices=spec.ALL_COMPONENT_NAMES, metavar="NAME",
-                        help=f"components to build (default: all exported; {', '.join(spec.ALL_COMPONENT_NAMES)})")
+    parser.add_argument("--components", nargs="+", choices=spec.component_names(), metavar="NAME",
+                        help=f"components to build (default: all exported; {', '.join(spec.component_names())})")
     parser.add_argument("--opt-level", type=int, choices=range(6), metavar="0-5",
                         help="builder optimization level (TensorRT's default: 3)")
     parser.add_argument("--workspace-gb", type=float, help="cap on the builder's workspace memory, in GiB")

@@ -108,9 +108,11 @@ class OpenVinoEngine(Engine):
         self._tensors: dict[str, Any] = {}
         self._outputs: list[str] = []
         if backend.shapes == "dynamic":
-            self._compile(None)
+            self.compile(None)
 
-    def _compile(self, dims: Mapping[str, int] | None) -> None:
+    def compile(self, dims: Mapping[str, int] | None) -> None:
+        """(Re)compile this component through the backend (dims: a static shape set, None: dynamic),
+        with its current LoRA state (merged overrides or side paths), and bind a new infer request."""
         self.request = None
         self.compiled, self.loaded_from_cache, self.compile_seconds = self.backend.compile(
             self.manifest, self.component, None if dims is None else self.shapes_for(dims), self.overrides,
@@ -133,7 +135,7 @@ class OpenVinoEngine(Engine):
         if self.dims == dims:
             return
         if self.backend.shapes == "static":
-            self._compile(dims)
+            self.compile(dims)
         ov = import_openvino()
         from sdrt import spec
 
@@ -312,7 +314,7 @@ class OpenVinoBackend(Backend):
 
     def branched_model(self, manifest, component: str):
         """(the component's model with LoRA side paths, initializer -> branch); the names are kept."""
-        from sdrt.runtime.lora.base_weights import WeightMap, linear_initializers
+        from sdrt.weight_map import WeightMap, linear_initializers
 
         ov = import_openvino()
         model = self.core.read_model(str(manifest.onnx_path(component)))
@@ -345,7 +347,7 @@ class OpenVinoBackend(Backend):
         engine.close()  # the base (or merged) compiled model goes before the branched one comes
         engine.overrides, engine.branched, engine.factors = {}, True, tensors
         with preserved_signal_stack():
-            engine._compile(None)
+            engine.compile(None)
         return engine
 
     def _compile_unguarded(self, ov, path: Path, shapes, props: dict[str, Any],
@@ -379,7 +381,7 @@ class OpenVinoBackend(Backend):
         engine.branched, engine.factors = False, {}
         if self.shapes == "dynamic":
             with preserved_signal_stack():
-                engine._compile(None)
+                engine.compile(None)
         return engine
 
     def load(self, manifest, component: str) -> OpenVinoEngine:

@@ -26,6 +26,7 @@ import numpy as np
 
 from sdrt import atomic, spec
 from sdrt.engines import cuda_driver
+from sdrt.engines.attention_memory import unfused_attention_bytes
 from sdrt.engines.base import SHARED_OPTIONS, Backend, Engine
 from sdrt.engines.ort_lora_graph import DATA_NAME, lora_ready_model
 from sdrt.errors import BackendUnavailable, SdrtError
@@ -71,7 +72,7 @@ class OrtEngine(Engine):
     def __init__(self, session, component: str, model_values: Mapping[str, int], precision: str,
                  *, device: str = "cpu", device_id: int = 0, cuda_graph: bool = False,
                  to_host: cuda_driver.DeviceToHost | None = None,
-                 component_spec: spec.ComponentSpec | None = None):
+                 component_spec: spec.ComponentSpec):
         super().__init__(component, model_values, precision, component_spec)
         self.session = session
         self.device = device
@@ -191,18 +192,23 @@ class OrtCpuBackend(Backend):
     def check_available(cls) -> None:
         _import_ort()
 
-    @property
-    def materializes_attention(self) -> bool:
-        """Whether attention computes whole [S, S] score matrices (what the memory guard estimates):
-        not after the MultiHeadAttention rewrite."""
-        return "attention_to_mha" not in self.graph_rewrites
+    def attention_bytes(self, denoiser_config: Mapping[str, Any], batch: int, h: int, w: int) -> int | None:
+        """ONNX Runtime's CPU Attention op computes whole [S, S] score matrices (the estimate); after the
+        MultiHeadAttention rewrite it does not (no estimate)."""
+        if "attention_to_mha" in self.graph_rewrites:
+            return None
+        return unfused_attention_bytes(denoiser_config, batch, h, w)
 
     # -- what a subclass changes -----------------------------------------------------------------
-    def providers(self, component: str) -> list:
+    def providers(self, graphed: bool = False) -> list:
         return ["CPUExecutionProvider"]
 
-    def engine_kwargs(self, component: str) -> dict[str, Any]:
+    def engine_kwargs(self, graphed: bool = False) -> dict[str, Any]:
         return {"device": "cpu"}
+
+    def graphed(self, manifest, component: str) -> bool:
+        """Whether this component's session is captured as a CUDA graph (ort-cuda's denoiser only)."""
+        return False
 
     # -- sessions --------------------------------------------------------------------------------
     def session_options(self):
@@ -264,7 +270,7 @@ class OrtCpuBackend(Backend):
                 # (`add_initializer`: ONNX Runtime reads the caller's buffer, here the scratch file;
                 # measured on sd15's UNet: 1.6 s instead of 3.1 s, the same output)
                 self._override(so, weights, frozenset())
-                return self._session(ready[0], so, component)
+                return self._session(ready[0], so, self.providers(self.graphed(manifest, component)))
         so = self.session_options()
         model = path
         inline = self._override(so, weights, external)
@@ -281,7 +287,7 @@ class OrtCpuBackend(Backend):
                     if manifest.components[component].get("external_data"):
                         so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                                     cached.name + ".data")
-            return self._session(model, so, component, **extra)
+            return self._session(model, so, self.providers(self.graphed(manifest, component)), **extra)
 
     @staticmethod
     def _override(so, weights: Mapping[str, Any], external: frozenset[str]) -> list[str]:
@@ -296,10 +302,10 @@ class OrtCpuBackend(Backend):
             so.add_initializer(name, weights[name])
         return inline
 
-    def _session(self, model: Path, so, component: str, **extra: Any):
+    def _session(self, model: Path, so, providers: list, **extra: Any):
         ort = _import_ort()
         try:
-            return ort.InferenceSession(str(model), sess_options=so, providers=self.providers(component), **extra)
+            return ort.InferenceSession(str(model), sess_options=so, providers=providers, **extra)
         except Exception as e:  # onnxruntime raises its own pybind classes for bad files
             raise SdrtError(f"{model} could not be loaded by onnxruntime ({_one_line(e)}): "
                             f"export the model again with --force") from None
@@ -307,7 +313,7 @@ class OrtCpuBackend(Backend):
     def _lora_graph(self, manifest, component: str, path: Path, names: set[str]):
         """The component's LoRA-ready graph (sdrt.engines.ort_lora_graph) if `names` are all weights it
         keeps open, written on first use; None: the full path (optimize with the overrides)."""
-        from sdrt.runtime.lora.base_weights import WeightMap, linear_initializers
+        from sdrt.weight_map import WeightMap, linear_initializers
 
         targets = linear_initializers(WeightMap.load(manifest, component).parameters)
         if not names <= targets:
@@ -323,7 +329,7 @@ class OrtCpuBackend(Backend):
             so = self.session_options()
             so.optimized_model_filepath = str(out)
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", DATA_NAME)
-            ort.InferenceSession(str(graph), sess_options=so, providers=self.providers(component))
+            ort.InferenceSession(str(graph), sess_options=so, providers=self.providers(self.graphed(manifest, component)))
 
         try:
             ready = lora_ready_model(path, targets, manifest.folder / "engines" / self.name, labels, optimize)
@@ -345,7 +351,7 @@ class OrtCpuBackend(Backend):
             raise SdrtError(f"{manifest.onnx_path(component)} has inputs {sorted(got)}, expected "
                             f"{sorted(spec_inputs)}: export the model again with sdrt")
         engine = OrtEngine(session, component, manifest.values, manifest.precision(component),
-                           component_spec=component_spec, **self.engine_kwargs(component))
+                           component_spec=component_spec, **self.engine_kwargs(self.graphed(manifest, component)))
         engine.weights = (weights, dict(overrides or {}))  # alive as long as the session
         return engine
 
@@ -371,8 +377,6 @@ class OrtCudaBackend(OrtCpuBackend):
     providers_label = "cuda"
     default_rewrites: tuple[str, ...] = ()
     lora_graph_cache = False  # unverified on CUDA: LoRA sessions there optimize the whole graph
-    #: the component whose session may be captured as a CUDA graph (the one run once per step)
-    GRAPHED = "unet"
     options = {
         **OrtCpuBackend.options,
         "cuda_graph": SHARED_OPTIONS["cuda_graph"] + "; the UNet session only",
@@ -398,17 +402,20 @@ class OrtCudaBackend(OrtCpuBackend):
             raise BackendUnavailable("backend ort-cuda: no CUDA GPU is visible here (no driver or no device): "
                                      "use --backend ort-cpu")
 
-    def graphed(self, component: str) -> bool:
-        return self.cuda_graph and component == self.GRAPHED
+    def attention_bytes(self, denoiser_config: Mapping[str, Any], batch: int, h: int, w: int) -> int | None:
+        return None  # GPU memory: not estimated (an allocation failure is still one line)
 
-    def providers(self, component: str) -> list:
+    def graphed(self, manifest, component: str) -> bool:
+        """Only the family's denoiser (the one component run once per step) may be a CUDA graph."""
+        return self.cuda_graph and component == manifest.family_spec.denoiser
+
+    def providers(self, graphed: bool = False) -> list:
         options = {"device_id": str(self.device_id), **{k: str(v) for k, v in self.cuda_provider_options.items()}}
-        if self.graphed(component):
+        if graphed:
             options["enable_cuda_graph"] = "1"
         return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
 
-    def engine_kwargs(self, component: str) -> dict[str, Any]:
+    def engine_kwargs(self, graphed: bool = False) -> dict[str, Any]:
         if self._to_host is None:
             self._to_host = cuda_driver.DeviceToHost(self.device_id)
-        return {"device": "cuda", "device_id": self.device_id, "cuda_graph": self.graphed(component),
-                "to_host": self._to_host}
+        return {"device": "cuda", "device_id": self.device_id, "cuda_graph": graphed, "to_host": self._to_host}

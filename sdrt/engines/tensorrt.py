@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from sdrt import spec
 from sdrt.engines import trt_api, trt_buffers, trt_cache, trt_profiles
 from sdrt.engines.base import SHARED_OPTIONS, Backend
 from sdrt.engines.trt_runtime import Cuda, Session, TensorRTEngine
@@ -50,24 +51,26 @@ def target_of(features: trt_api.Features, cuda: Cuda | None, device: int = 0) ->
     return cuda.device_target(device)
 
 
-def guidance_of(component: str, dims: Mapping[str, int]) -> bool:
-    """An odd UNet batch can only be a run without classifier-free guidance."""
-    return not (component == "unet" and int(dims.get("B", 2)) % 2)
+def guidance_of(component: spec.ComponentSpec, dims: Mapping[str, int]) -> bool:
+    """An odd batch of a component that guidance doubles (the UNet) can only be a run without it."""
+    doubled = component.batch_per_image(True)[0] == 2
+    return not (doubled and int(dims.get("B", 2)) % 2)
 
 
-def no_engine_error(folder: Path, backend: str, component: str, choice: trt_cache.Choice,
+def no_engine_error(folder: Path, backend: str, comp: spec.ComponentSpec, choice: trt_cache.Choice,
                     dims: Mapping[str, int] | None, vae_scale_factor: int) -> EngineMissing:
     """Why no engine can be loaded, and the `sdrt build` command that makes one."""
+    component = comp.name
     root = trt_cache.store_root(folder, backend)
     if dims:
-        guidance = guidance_of(component, dims)
-        request = trt_profiles.request_for(component, dims, vae_scale_factor, guidance)
+        guidance = guidance_of(comp, dims)
+        request = trt_profiles.request_for(comp, dims, vae_scale_factor, guidance)
     else:
         guidance, request = True, trt_profiles.ProfileRequest()
     if choice.fresh and dims:
-        wanted = trt_profiles.describe(component, trt_profiles.DimRange(dict(dims), dict(dims), dict(dims)),
+        wanted = trt_profiles.describe(comp, trt_profiles.DimRange(dict(dims), dict(dims), dict(dims)),
                                        vae_scale_factor, guidance)
-        built = "; ".join(trt_profiles.describe(component, e.profile, vae_scale_factor, guidance)
+        built = "; ".join(trt_profiles.describe(comp, e.profile, vae_scale_factor, guidance)
                           for e in choice.fresh)
         cmd = trt_profiles.build_command(str(folder), backend, request, (component,))
         return EngineMissing(f"no {backend} engine for {component} covers {wanted} (built: {built}): "
@@ -81,7 +84,8 @@ def no_engine_error(folder: Path, backend: str, component: str, choice: trt_cach
     return EngineMissing(f"no {backend} engine for {component} in {root}: build it with `{cmd}`")
 
 
-def initial_entry(manifest, component: str, fresh: tuple[trt_cache.Entry, ...]) -> trt_cache.Entry | None:
+def initial_entry(manifest, component: spec.ComponentSpec,
+                  fresh: tuple[trt_cache.Entry, ...]) -> trt_cache.Entry | None:
     """The engine deserialized at load: the one covering the model's default call (one image at its
     default size, with guidance), else the widest; None when nothing is built yet (auto_build)."""
     if not fresh:
@@ -143,24 +147,26 @@ class TensorRTBackend(Backend):
         ident = trt_cache.identity(component, trt_cache.onnx_content_hash(onnx_dir, root.parent / trt_cache.HASH_MEMO),
                                    s.features.library, self._target, manifest.precision(component))
         f = manifest.sizes.vae_scale_factor
+        comp = manifest.spec.component(component)
         first = trt_cache.choose(trt_cache.read_entries(root, component), ident, {})
         if not first.fresh and not self.auto_build:
-            raise no_engine_error(manifest.folder, self.name, component, first, None, f)
+            raise no_engine_error(manifest.folder, self.name, comp, first, None, f)
         for entry, reasons in first.stale:
             self.log(f"ignoring stale engine {entry.path.name} (built from {', '.join(reasons)})")
-        initial = initial_entry(manifest, component, first.fresh)
+        initial = initial_entry(manifest, comp, first.fresh)
 
         def find(dims: Mapping[str, int]) -> trt_cache.Entry:
             choice = trt_cache.choose(trt_cache.read_entries(root, component), ident, dims)
             if choice.entry is not None:
                 return choice.entry
             if not self.auto_build:
-                raise no_engine_error(manifest.folder, self.name, component, choice, dims, f)
+                raise no_engine_error(manifest.folder, self.name, comp, choice, dims, f)
             return self._build_for(manifest, component, dims)
 
         return TensorRTEngine(component, manifest.values, manifest.precision(component), session=s, find=find,
-                              component_spec=manifest.spec.component(component),
-                              cuda_graph=self.cuda_graph and component == "unet", entry=initial)
+                              component_spec=comp,
+                              cuda_graph=self.cuda_graph and component == manifest.family_spec.denoiser,
+                              entry=initial)
 
     def reweight(self, manifest, component: str, engine: TensorRTEngine, overrides, restore,
                  external=frozenset()) -> TensorRTEngine:
@@ -173,8 +179,8 @@ class TensorRTBackend(Backend):
         from sdrt.engines import trt_build
 
         s = self.session()
-        request = trt_profiles.request_for(component, dims, manifest.sizes.vae_scale_factor,
-                                           guidance_of(component, dims))
+        comp = manifest.spec.component(component)
+        request = trt_profiles.request_for(comp, dims, manifest.sizes.vae_scale_factor, guidance_of(comp, dims))
         self.log(f"no {self.name} engine for {component} at {dict(dims)}: building one (once; it is cached)")
         return trt_build.build_component(manifest, component, self.name, request,
                                          self.build_options or trt_build.BuildOptions(), trt=s.trt,

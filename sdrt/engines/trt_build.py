@@ -168,7 +168,7 @@ def build_component(manifest: Any, component: str, flavor_name: str, request: tr
     precision = manifest.precision(component)
     ident = trt_cache.identity(component, onnx_hash, features.library, target, precision)
     key = trt_cache.cache_key(ident, rng, options.key_fields())
-    described = trt_profiles.describe(component, rng, manifest.sizes.vae_scale_factor, request.guidance)
+    described = trt_profiles.describe(component_spec, rng, manifest.sizes.vae_scale_factor, request.guidance)
     if not options.force:
         for entry in trt_cache.read_entries(root, component):
             if entry.path.name == key and entry.engine_file.is_file():

@@ -5,7 +5,8 @@ is static by default (min = opt = max: the requested batch and size), dynamic on
 (``--min-size/--max-size/--max-batch``, ``opt`` at the requested size). Tensor shapes come from
 `sdrt.spec`, never spelled here: pass the model's own ComponentSpec (``manifest.spec.component(name)``)
 so a family's extra inputs (SDXL's ``text_embeds`` / ``time_ids``, LCM's ``timestep_cond``) get their
-profile; a bare name means the ``sd`` family. Sizes are checked against the model's size rule.
+profile, and its batch hint (rows per image, with and without guidance). Sizes are checked against
+the model's size rule.
 """
 
 from __future__ import annotations
@@ -17,29 +18,14 @@ from sdrt import spec
 from sdrt.errors import SdrtError
 from sdrt.manifest import SizeRule
 
-#: Batch of each component per image, (smallest, largest), with and without classifier-free
-#: guidance. The UNet runs the unconditional and conditional halves together (2x). A smallest factor
-#: of 0 means "from a batch of 1": the text encoder sees one row per prompt (not per image) and the
-#: VAE encoder one per init image, so either may be smaller than the number of images.
-BATCH_PER_IMAGE: dict[bool, dict[str, tuple[int, int]]] = {
-    True: {"text_encoder": (0, 2), "text_encoder_2": (0, 2), "unet": (2, 2), "vae_decoder": (1, 1),
-           "vae_encoder": (0, 1)},
-    False: {"text_encoder": (0, 1), "text_encoder_2": (0, 1), "unet": (1, 1), "vae_decoder": (1, 1),
-            "vae_encoder": (0, 1)},
-}
-
 Dims = dict[str, int]
 
 
-def batch_factors(component: str, guidance: bool) -> tuple[int, int]:
-    """(smallest, largest) batch per image of a component; a second text encoder (SDXL's
-    ``text_encoder_2``) sees the same rows as the first."""
-    table = BATCH_PER_IMAGE[guidance]
-    if component in table:
-        return table[component]
-    if component.startswith("text_encoder"):
-        return table["text_encoder"]
-    raise SdrtError(f"no TensorRT batch rule for the component {component!r}: add it to BATCH_PER_IMAGE")
+def batch_factors(component: spec.ComponentSpec, guidance: bool) -> tuple[int, int]:
+    """(smallest, largest) batch per image of a component (the spec's `batch` hint): under classifier-free
+    guidance the UNet runs both halves together (2x); a smallest factor of 0 means "from a batch of 1"
+    (the text encoder sees one row per prompt, the VAE encoder one per init image)."""
+    return component.batch_per_image(guidance)
 
 
 @dataclass(frozen=True)
@@ -82,15 +68,9 @@ class DimRange:
         return all(self.min[s] <= int(dims[s]) <= self.max[s] for s in self.min)
 
 
-def used_symbols(component: spec.ComponentRef) -> tuple[str, ...]:
-    """The dynamic symbols a component's tensors use, in spec order (text encoder: only B)."""
-    found: list[str] = []
-    for t in spec.component(component).tensors:
-        for d in t.shape:
-            for s in spec.symbols_of(d):
-                if s in spec.DYNAMIC_SYMBOLS and s not in found:
-                    found.append(s)
-    return tuple(s for s in spec.DYNAMIC_SYMBOLS if s in found)
+def used_symbols(component: spec.ComponentSpec) -> tuple[str, ...]:
+    """The dynamic symbols a component's tensors use (text encoder: only B)."""
+    return spec.used_symbols(component)
 
 
 def _positive(label: str, value: int | None) -> None:
@@ -127,12 +107,12 @@ def batch_range(request: ProfileRequest) -> tuple[int, int, int]:
     return 1, request.batch, request.max_batch
 
 
-def dim_range(component: spec.ComponentRef, request: ProfileRequest, rule: SizeRule,
+def dim_range(component: spec.ComponentSpec, request: ProfileRequest, rule: SizeRule,
               default_size: int) -> DimRange:
     """The profile of one component for a build request."""
     (h0, w0), (h1, w1), (h2, w2) = image_range(request, rule, default_size)
     n0, n1, n2 = batch_range(request)
-    lo_factor, hi_factor = batch_factors(spec.component(component).name, request.guidance)
+    lo_factor, hi_factor = batch_factors(component, request.guidance)
     f = rule.vae_scale_factor
     full = {
         "min": {"B": max(1, lo_factor * n0), "h": h0 // f, "w": w0 // f},
@@ -143,27 +123,26 @@ def dim_range(component: spec.ComponentRef, request: ProfileRequest, rule: SizeR
     return DimRange(*({s: full[k][s] for s in keep} for k in ("min", "opt", "max")))
 
 
-def input_shapes(component: spec.ComponentRef, model_values: Mapping[str, int],
+def input_shapes(component: spec.ComponentSpec, model_values: Mapping[str, int],
                  rng: DimRange) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """(min, opt, max) shape of every input tensor: what the builder's profile gets."""
-    comp = spec.component(component)
+    comp = component
     per_key = [spec.shapes(component, {**model_values, **dims}) for dims in (rng.min, rng.opt, rng.max)]
     return {name: (per_key[0][name], per_key[1][name], per_key[2][name]) for name in comp.input_names}
 
 
-def max_shapes(component: spec.ComponentRef, model_values: Mapping[str, int], rng: DimRange,
+def max_shapes(component: spec.ComponentSpec, model_values: Mapping[str, int], rng: DimRange,
                include_optional: bool = True) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape at the profile's max: what its device buffer is sized for."""
     return spec.shapes(component, {**model_values, **rng.max}, include_optional=include_optional)
 
 
-def describe(component: spec.ComponentRef, rng: DimRange, vae_scale_factor: int, guidance: bool = True) -> str:
+def describe(component: spec.ComponentSpec, rng: DimRange, vae_scale_factor: int, guidance: bool = True) -> str:
     """A range in the user's units: 'batch 1 image(s), 512x512 px' or '... 256x256 .. 768x768 px'."""
-    component = spec.component(component).name
     _, per_image = batch_factors(component, guidance)
     parts = []
     b0, b1 = rng.min["B"], rng.max["B"]
-    parts.append(f"batch {b0}" + (f"..{b1}" if b1 != b0 else "") + f" ({component} batch; {per_image}x per image)")
+    parts.append(f"batch {b0}" + (f"..{b1}" if b1 != b0 else "") + f" ({component.name} batch; {per_image}x per image)")
     if "h" in rng.min:
         f = vae_scale_factor
         lo = f"{rng.min['h'] * f}x{rng.min['w'] * f}"
@@ -172,10 +151,10 @@ def describe(component: spec.ComponentRef, rng: DimRange, vae_scale_factor: int,
     return ", ".join(parts)
 
 
-def request_for(component: spec.ComponentRef, dims: Mapping[str, int], vae_scale_factor: int,
+def request_for(component: spec.ComponentSpec, dims: Mapping[str, int], vae_scale_factor: int,
                 guidance: bool = True) -> ProfileRequest:
     """The smallest static build request whose profile covers these engine dims."""
-    _, per_image = batch_factors(spec.component(component).name, guidance)
+    _, per_image = batch_factors(component, guidance)
     images = max(1, -(-int(dims["B"]) // per_image))
     f = vae_scale_factor
     height = int(dims["h"]) * f if "h" in dims else None

@@ -58,10 +58,10 @@ class Case:
     want: list[np.ndarray]
 
 
-def torch_case(component: spec.ComponentRef, reference: torch.nn.Module, dims: Mapping[str, int], *,
+def torch_case(component: spec.ComponentSpec, reference: torch.nn.Module, dims: Mapping[str, int], *,
                precision: str, vocab_size: int, seed: int) -> Case:
     """Random inputs at one shape and the PyTorch module's outputs for them (ValueError: PyTorch refuses)."""
-    comp = spec.component(component)
+    comp = component
     inputs = example_inputs(comp, dims, vocab_size=vocab_size, seed=seed, dtype=torch_dtype(precision))
     with torch.no_grad():
         # Same values, fp32 compute: fp16 input rounding is not counted as error.
@@ -71,9 +71,9 @@ def torch_case(component: spec.ComponentRef, reference: torch.nn.Module, dims: M
                 [w.float().numpy() for w in want])
 
 
-def judge(component: spec.ComponentRef, session: Any, case: Case) -> dict[str, Any]:
+def judge(component: spec.ComponentSpec, session: Any, case: Case) -> dict[str, Any]:
     """Errors of the graph on one case: {"dims", "max_abs_error", "max_rel_error"}."""
-    comp = spec.component(component)
+    comp = component
     graph_outputs = [o.name for o in session.get_outputs()]
     got = dict(zip(graph_outputs, session.run(graph_outputs, case.feeds)))
     max_abs = max_rel = 0.0
@@ -92,26 +92,25 @@ def judge(component: spec.ComponentRef, session: Any, case: Case) -> dict[str, A
     return {"dims": dict(case.dims), "max_abs_error": max_abs, "max_rel_error": max_rel}
 
 
-def compare(component: spec.ComponentRef, session: Any, reference: torch.nn.Module, dims: Mapping[str, int], *,
+def compare(component: spec.ComponentSpec, session: Any, reference: torch.nn.Module, dims: Mapping[str, int], *,
             precision: str, vocab_size: int, seed: int) -> dict[str, Any]:
     """Errors of one call at one shape: {"dims", "max_abs_error", "max_rel_error"}."""
     return judge(component, session, torch_case(component, reference, dims, precision=precision,
                                                 vocab_size=vocab_size, seed=seed))
 
 
-def reference_cases(component: spec.ComponentRef, module: Any, model_values: Mapping[str, int],
+def reference_cases(component: spec.ComponentSpec, module: Any, model_values: Mapping[str, int],
                     shapes: list[dict[str, int]], *, precision: str, vocab_size: int,
-                    model: spec.ModelSpec = spec.SD) -> list[Case]:
+                    model: spec.ModelSpec) -> list[Case]:
     """The PyTorch side of the check at every shape (run it, then free the module, then `judge_cases`)."""
-    comp = model.component(component) if isinstance(component, str) else component
-    reference = wrap(comp, module, model)
-    return [torch_case(comp, reference, {**model_values, **shape}, precision=precision, vocab_size=vocab_size,
+    reference = wrap(component, module, model)
+    return [torch_case(component, reference, {**model_values, **shape}, precision=precision, vocab_size=vocab_size,
                        seed=1000 + i) for i, shape in enumerate(shapes)]
 
 
-def judge_cases(component: spec.ComponentRef, path: Path, cases: list[Case], *, precision: str) -> dict[str, Any]:
+def judge_cases(component: spec.ComponentSpec, path: Path, cases: list[Case], *, precision: str) -> dict[str, Any]:
     """The ONNX Runtime side: every case within the threshold, or a one-line error."""
-    comp = spec.component(component)
+    comp = component
     session = ort_session(path)
     threshold = THRESHOLDS[precision]
     results = []
@@ -132,29 +131,24 @@ def judge_cases(component: spec.ComponentRef, path: Path, cases: list[Case], *, 
     }
 
 
-def check_component(component: spec.ComponentRef, module: Any, path: Path, model_values: Mapping[str, int],
+def check_component(component: spec.ComponentSpec, module: Any, path: Path, model_values: Mapping[str, int],
                     shapes: list[dict[str, int]], *, precision: str, vocab_size: int,
-                    model: spec.ModelSpec = spec.SD) -> dict[str, Any]:
+                    model: spec.ModelSpec) -> dict[str, Any]:
     """Check one exported graph at several shapes; raise a one-line error above the threshold."""
     cases = reference_cases(component, module, model_values, shapes, precision=precision, vocab_size=vocab_size,
                             model=model)
-    return judge_cases(model.component(component) if isinstance(component, str) else component, path, cases,
-                       precision=precision)
+    return judge_cases(component, path, cases, precision=precision)
 
 
-def check_dims(component: spec.ComponentRef, trace: Mapping[str, int], size_rule: Mapping[str, int]) -> list[dict[str, int]]:
+def check_dims(component: spec.ComponentSpec, trace: Mapping[str, int], size_rule: Mapping[str, int]) -> list[dict[str, int]]:
     """Two shapes off the trace: batch 1 and 3 (the trace uses 2), non-square latent sizes that
     the size rule admits but the trace did not use (odd ones where the rule allows)."""
     m, low = size_rule["latent_multiple"], size_rule["min_latent"]
     h, w = trace["h"], trace["w"]
-    if "h" not in _dynamic_symbols(component):  # text encoders: only the batch varies
+    if "h" not in spec.used_symbols(component):  # text encoders: only the batch varies
         return [{"B": 1, "h": h, "w": w}, {"B": 3, "h": h, "w": w}]
     return [{"B": 1, "h": max(3 * m, low), "w": max(5 * m, low)},
             {"B": 3, "h": max(h // 2 // m * m + m, low), "w": max(w // 3 // m * m + 2 * m, low)}]
-
-
-def _dynamic_symbols(component: spec.ComponentRef) -> set[str]:
-    return {s for t in spec.component(component).tensors for d in t.shape for s in spec.symbols_of(d)}
 
 
 def _describe(dims: Mapping[str, int]) -> str:

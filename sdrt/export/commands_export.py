@@ -6,7 +6,6 @@ Imports nothing heavy at module level: `sdrt --help` must not load torch.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from sdrt import spec
 
@@ -21,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"ONNX opset (default {DEFAULT_OPSET}; dynamo 18-23, torchscript 14-20)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
                         help="graph precision; with fp16 the VAE stays fp32 when its config says force_upcast")
-    parser.add_argument("--components", nargs="+", metavar="NAME", choices=spec.ALL_COMPONENT_NAMES,
-                        help=f"export only these ({', '.join(spec.ALL_COMPONENT_NAMES)}); default all the model has")
+    parser.add_argument("--components", nargs="+", metavar="NAME", choices=spec.component_names(),
+                        help=f"export only these ({', '.join(spec.component_names())}); default all the model has")
     parser.add_argument("--hidden-states", action="store_true",
                         help="SD 1.x/2.x: also export the text encoder's layer stack, for clip_skip "
                              "(SDXL exports always have it)")
@@ -46,8 +45,3 @@ def run(args: argparse.Namespace) -> int:
                  force=args.force, exporter=args.exporter, hidden_states=args.hidden_states, log=log)
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from sdrt.cli import main
-
-    sys.exit(main(["export", *sys.argv[1:]]))

@@ -19,24 +19,11 @@ from typing import Any, Callable, Sequence
 from sdrt import spec
 from sdrt.errors import SdrtError
 from sdrt.export import check, sizes, source, staging, trace, weight_map
-from sdrt.export.graphs import GRAPHS, example_inputs, wrap
+from sdrt.export.graphs import example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from sdrt.manifest_schema import component_sha256
 
 PRECISIONS = ("fp32", "fp16")
-
-#: fp16 policy per component: None = fp16 as asked; otherwise the config key that, when true,
-#: keeps the component fp32. SD VAEs overflow in fp16 (NaN/inf images at 512 px and up); diffusers
-#: marks them `force_upcast: true` and runs them in fp32 even in fp16 pipelines. We do the same,
-#: for both halves of the VAE, as diffusers does before encoding and decoding.
-FP16_KEEP_FP32_IF: dict[str, str | None] = {
-    "text_encoder": None,
-    "text_encoder_2": None,
-    "unet": None,
-    "vae_decoder": "force_upcast",
-    "vae_encoder": "force_upcast",
-}
-
 
 def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSET, precision: str = "fp32",
                  components: Sequence[str] | None = None, force: bool = False, exporter: str = "dynamo",
@@ -51,9 +38,9 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
     trace.check_opset(exporter, opset)
     if precision not in PRECISIONS:
         raise SdrtError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    unknown = [c for c in components or () if c not in spec.ALL_COMPONENT_NAMES]
+    unknown = [c for c in components or () if c not in spec.component_names()]
     if unknown:
-        raise SdrtError(f"unknown component {unknown[0]!r}: choose from {', '.join(spec.ALL_COMPONENT_NAMES)}")
+        raise SdrtError(f"unknown component {unknown[0]!r}: choose from {', '.join(spec.component_names())}")
     staging.check_target(out, force)
     source.resolve(model)
 
@@ -77,31 +64,32 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         f"model family {pipeline['family']}" + (f" ({', '.join(pipeline['variants'])})" if pipeline["variants"] else ""))
 
     # The trace shape: batch 2, the model's latent size, non-square (every check shape differs).
-    multiple = sizes.architectural_multiple(src.unet)
+    denoiser = src.module(model_spec.denoiser.source)
+    multiple = sizes.architectural_multiple(denoiser)
     h = max(pipeline["sample_size"] // multiple, 2) * multiple
     trace_dims = {**values, "B": 2, "h": h, "w": max(h * 3 // 4 // multiple, 1) * multiple}
-    num_upsamplers = int(src.unet.num_upsamplers)
+    num_upsamplers = int(denoiser.num_upsamplers)
+    del denoiser
 
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
-        size_rule = sizes.unprobed(src.unet, pipeline["sample_size"])
+        size_rule = sizes.unprobed(src.module(model_spec.denoiser.source), pipeline["sample_size"])
         entries: dict[str, dict[str, Any]] = {}
         for index, component in enumerate(components):
             comp = model_spec.component(component)
             # 3. Trace.
             started = time.perf_counter()
-            attribute = GRAPHS[component][0]
-            module = getattr(src, attribute)
-            component_precision, note = precision_policy(component, precision, module)
+            module = src.module(comp.source)
+            component_precision, note = precision_policy(comp, precision, module)
             path = tmp / component / "model.onnx"
             path.parent.mkdir()
             graph_module = copy.deepcopy(module).half() if component_precision == "fp16" else module
             example = example_inputs(comp, trace_dims, vocab_size=vocab_size, seed=0,
                                      dtype=check.torch_dtype(component_precision))
-            trace.export_graph(wrap(comp, graph_module, model_spec), component, example, path, opset=opset,
-                               exporter=exporter, precision=component_precision, model=model_spec)
-            mapped = (weight_map.write(graph_module, f"{GRAPHS[component][0]}.", path, run=lambda: wrap(
+            trace.export_graph(wrap(comp, graph_module, model_spec), comp, example, path, opset=opset,
+                               exporter=exporter, precision=component_precision)
+            mapped = (weight_map.write(graph_module, f"{comp.source}.", path, run=lambda: wrap(
                 comp, graph_module, model_spec)(*(example[name] for name in comp.input_names)))
-                      if component in weight_map.COMPONENTS else None)
+                      if component in model_spec.family.lora_components else None)
             del graph_module, example
             exported_s = time.perf_counter() - started
 
@@ -110,7 +98,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
             # UNet and its check session are never in memory together.
             started = time.perf_counter()
             probe_cases = None
-            if component == "unet":
+            if component == model_spec.family.denoiser:
                 probe_cases = sizes.probe_cases(module, values, precision=component_precision,
                                                 vocab_size=vocab_size, model=model_spec)
             shapes = check.check_dims(comp, trace_dims, size_rule)  # UNet: the architecture's rule
@@ -118,8 +106,8 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                           vocab_size=vocab_size, model=model_spec)
             save_config(module, path.parent)
             del module
-            if not any(GRAPHS[later][0] == attribute for later in components[index + 1:]):
-                setattr(src, attribute, None)
+            if not any(model_spec.component(later).source == comp.source for later in components[index + 1:]):
+                src.modules[comp.source] = None
                 gc.collect()
             # 5. Sizes (UNet): which latent sizes the graph really supports; then the check.
             if probe_cases is not None:
@@ -146,8 +134,8 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         # 6. The rest of the folder.
         from sdrt.export.tokenizer_files import write_tokenizer
 
-        for folder in source.FAMILY_TOKENIZERS[pipeline["family"]]:
-            write_tokenizer(getattr(src, folder), tmp / folder)
+        for folder, _ in model_spec.family.text_encoders.values():
+            write_tokenizer(src.tokenizers[folder], tmp / folder)
         (tmp / "scheduler").mkdir()
         write_json(tmp / "scheduler" / "scheduler_config.json", src.scheduler_config)
         write_json(tmp / "model_index.json", src.model_index)
@@ -156,26 +144,41 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
     return out
 
 
-def precision_policy(component: str, precision: str, module: Any) -> tuple[str, str]:
-    """(precision, why) of one component under --precision."""
+def precision_policy(component: spec.ComponentSpec, precision: str, module: Any) -> tuple[str, str]:
+    """(precision, why) of one component under --precision.
+
+    SD VAEs overflow in fp16 (NaN/inf images at 512 px and up); diffusers marks them
+    `force_upcast: true` and runs them in fp32 even in fp16 pipelines. The spec names that key
+    (`fp32_if_config`) for both halves of the VAE, and we do the same."""
     if precision == "fp32":
         return "fp32", "fp32 as asked (--precision fp32)"
-    key = FP16_KEEP_FP32_IF[component]
+    key = component.fp32_if_config
     if key and module.config.get(key, False):
         return "fp32", (f"kept fp32 under --precision fp16: the VAE config has {key}=true (SD VAEs overflow "
                         f"in fp16; diffusers runs them in fp32 too)")
     return "fp16", "fp16 as asked (--precision fp16); the check compares it with the fp32 PyTorch module"
 
 
+#: model symbol -> how to read it from the source's modules (the family's own symbols, sdrt.spec)
+SYMBOL_READERS: dict[str, Callable[[source.Source], int]] = {
+    "D1": lambda src: int(src.module("text_encoder").config.hidden_size),
+    "K1": lambda src: int(src.module("text_encoder").config.num_hidden_layers),
+    "D2": lambda src: int(src.module("text_encoder_2").config.hidden_size),
+    "K2": lambda src: int(src.module("text_encoder_2").config.num_hidden_layers),
+    "P": lambda src: int(src.module("text_encoder_2").config.projection_dim),
+    "T": lambda src: 5 if src.model_index.get("requires_aesthetics_score", False) else 6,
+    "G": lambda src: int(src.module("unet").config.time_cond_proj_dim),
+}
+
+
 def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str, Any]:
     """What the runtime needs to know about the model, read from its configs (never assumed)."""
-    unet, vae = src.unet.config, src.vae.config
+    unet, vae = src.module("unet").config, src.module("vae").config
     family = src.family
     latent_channels = int(vae.latent_channels)
-    encoders = [e for e in (src.text_encoder, src.text_encoder_2) if e is not None]
-    width = sum(int(e.config.hidden_size) for e in encoders)
-    names = " + ".join(f"{n}'s {int(e.config.hidden_size)}" for n, e in
-                       (("text_encoder", src.text_encoder), ("text_encoder_2", src.text_encoder_2)) if e is not None)
+    encoders = [(name, src.module(name)) for name in family.text_encoders]
+    width = sum(int(e.config.hidden_size) for _, e in encoders)
+    names = " + ".join(f"{n}'s {int(e.config.hidden_size)}" for n, e in encoders)
     if int(unet.cross_attention_dim) != width:
         raise SdrtError(f"the UNet's cross_attention_dim {unet.cross_attention_dim} differs from the text "
                         f"encoders' hidden size ({names}): the pipeline's components do not match")
@@ -183,17 +186,14 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
         raise SdrtError(f"the UNet predicts {unet.out_channels} channels but the VAE has {latent_channels} "
                         f"latent channels: the pipeline's components do not match")
     variants = [v for v, on in (("timestep_cond", unet.get("time_cond_proj_dim") is not None),
-                                ("hidden_states", hidden_states and family == "sd")) if on]
-    dims: dict[str, int] = {}
-    if src.text_encoder is not None and (family != "sd" or hidden_states):
-        dims["K1"] = int(src.text_encoder.config.num_hidden_layers)
-    if family != "sd":
-        dims.update(sdxl_dims(src, family))
-    if unet.get("time_cond_proj_dim") is not None:
-        dims["G"] = int(unet.time_cond_proj_dim)
+                                ("hidden_states", hidden_states)) if on and v in family.variants]
+    model = spec.model_spec(family.name, variants)
+    dims = {symbol: SYMBOL_READERS[symbol](src) for symbol in model.symbols() if symbol in SYMBOL_READERS}
+    if family.size_conditioning:
+        check_size_conditioning(src, dims)
     index = src.model_index
     facts = {
-        "family": family,
+        "family": family.name,
         "variants": variants,
         "dims": dims,
         "class_name": src.class_name,
@@ -213,7 +213,7 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
         "vae_encoder_output": "raw diagonal-Gaussian parameters (mean, logvar) on channels; multiply "
                               "the sampled latents by scaling_factor",
     }
-    if family != "sd":
+    if family.size_conditioning:
         # diffusers' SDXL pipelines default both (model_index.json overrides them)
         facts["force_zeros_for_empty_prompt"] = bool(index.get("force_zeros_for_empty_prompt", True))
         facts["requires_aesthetics_score"] = bool(index.get("requires_aesthetics_score", False))
@@ -228,25 +228,19 @@ def vae_sample_size(vae: Any) -> int | None:
     return int(size) if size else None
 
 
-def sdxl_dims(src: source.Source, family: str) -> dict[str, int]:
-    """D1/K1, D2/K2, P and T of an SDXL-family model; T is checked against the UNet's added embedding."""
-    unet = src.unet.config
+def check_size_conditioning(src: source.Source, dims: dict[str, int]) -> None:
+    """An SDXL-family UNet must take text_time conditioning of T time ids and the pooled projection P."""
+    unet = src.module("unet").config
     if unet.get("addition_embed_type") != "text_time":
         raise SdrtError(f"the UNet's addition_embed_type is {unet.get('addition_embed_type')!r}, an SDXL "
                         f"pipeline needs 'text_time': the pipeline's components do not match")
-    te2 = src.text_encoder_2.config
-    dims = {"D2": int(te2.hidden_size), "K2": int(te2.num_hidden_layers), "P": int(te2.projection_dim)}
-    if src.text_encoder is not None:
-        dims["D1"] = int(src.text_encoder.config.hidden_size)
-    time_ids = 5 if src.model_index.get("requires_aesthetics_score", False) else 6
+    time_ids = dims["T"]
     wanted = time_ids * int(unet.addition_time_embed_dim) + dims["P"]
     if int(unet.projection_class_embeddings_input_dim) != wanted:
         raise SdrtError(f"the UNet's projection_class_embeddings_input_dim is "
                         f"{unet.projection_class_embeddings_input_dim}, but {time_ids} time ids x "
                         f"{unet.addition_time_embed_dim} + text_encoder_2's projection_dim {dims['P']} = {wanted}"
                         f" (requires_aesthetics_score={time_ids == 5} in model_index.json): set it to match the UNet")
-    dims["T"] = time_ids
-    return dims
 
 
 def manifest(src: source.Source, pipeline: dict[str, Any], size_rule: dict[str, Any],

@@ -19,20 +19,20 @@ class TextEncoderGraph(torch.nn.Module):
     """input_ids (int32, as the runtime's tokenizer gives them) -> the component spec's outputs.
 
     ``hidden_states`` is the stack the family's pipeline picks from by ``clip_skip``
-    (see `sdrt.spec`): for ``sd``, final_layer_norm of the (k+1)-th last layer; for the SDXL
-    families, the raw (k+2)-th last layer. ``text_embeds`` is the projected pooled output
+    (see `sdrt.spec.families`): for a family whose ``text_layer`` is "last" (sd), final_layer_norm of
+    the (k+1)-th last layer; for "penultimate" (the SDXL families), the raw (k+2)-th last layer. ``text_embeds`` is the projected pooled output
     (CLIPTextModelWithProjection), ``pooler_output`` the plain pooled one.
     """
 
-    def __init__(self, text_encoder: Any, component_spec: spec.ComponentSpec, family: str):
+    def __init__(self, text_encoder: Any, component_spec: spec.ComponentSpec, family: spec.Family):
         super().__init__()
         self.text_encoder = text_encoder
         self.outputs = component_spec.output_names
-        self.family = family
+        self.text_layer = family.text_layer
 
     def _stack(self, hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
         layers = len(hidden) - 1
-        if self.family == "sd":
+        if self.text_layer == "last":
             # transformers < 5 nests the layers in `text_model`; 5 has them on the model itself
             norm = getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm
             return torch.stack([norm(hidden[-(k + 1)]) for k in range(layers)])
@@ -57,7 +57,7 @@ class UNetGraph(torch.nn.Module):
     LCM-distilled ones the guidance embedding ``timestep_cond``.
     """
 
-    def __init__(self, unet: Any, component_spec: spec.ComponentSpec, family: str):
+    def __init__(self, unet: Any, component_spec: spec.ComponentSpec, family: spec.Family):
         super().__init__()
         self.unet = unet
         self.inputs = component_spec.input_names
@@ -112,7 +112,7 @@ class CastOutput(torch.nn.Module):
 class VaeDecoderGraph(torch.nn.Module):
     """latent_sample (already divided by scaling_factor, as diffusers' pipeline does) -> sample."""
 
-    def __init__(self, vae: Any, component_spec: spec.ComponentSpec, family: str):
+    def __init__(self, vae: Any, component_spec: spec.ComponentSpec, family: spec.Family):
         super().__init__()
         self.vae = vae
 
@@ -127,7 +127,7 @@ class VaeEncoderGraph(torch.nn.Module):
     diffusers' DiagonalGaussianDistribution does, and draws the noise in numpy.
     """
 
-    def __init__(self, vae: Any, component_spec: spec.ComponentSpec, family: str):
+    def __init__(self, vae: Any, component_spec: spec.ComponentSpec, family: spec.Family):
         super().__init__()
         self.vae = vae
 
@@ -135,27 +135,27 @@ class VaeEncoderGraph(torch.nn.Module):
         return self.vae.encode(sample).latent_dist.parameters
 
 
-#: component -> (the Source attribute holding its torch module, wrapper class)
-GRAPHS: dict[str, tuple[str, type[torch.nn.Module]]] = {
-    "text_encoder": ("text_encoder", TextEncoderGraph),
-    "text_encoder_2": ("text_encoder_2", TextEncoderGraph),
-    "unet": ("unet", UNetGraph),
-    "vae_decoder": ("vae", VaeDecoderGraph),
-    "vae_encoder": ("vae", VaeEncoderGraph),
+#: the spec's graph kind (ComponentSpec.graph) -> the wrapper that traces it
+GRAPHS: dict[str, type[torch.nn.Module]] = {
+    "text_encoder": TextEncoderGraph,
+    "unet": UNetGraph,
+    "vae_decoder": VaeDecoderGraph,
+    "vae_encoder": VaeEncoderGraph,
 }
 
 
-def wrap(component: spec.ComponentRef, module: Any, model: spec.ModelSpec = spec.SD) -> torch.nn.Module:
-    """The graph module of one component of `model` (a name: that model's component of that name)."""
-    comp = model.component(component) if isinstance(component, str) else component
-    return GRAPHS[comp.name][1](module, comp, model.family).eval()
+def wrap(component: spec.ComponentSpec, module: Any, model: spec.ModelSpec) -> torch.nn.Module:
+    """The graph module of one component of `model` (its graph kind picks the wrapper)."""
+    if component.graph not in GRAPHS:
+        raise KeyError(f"no export wrapper for the graph kind {component.graph!r} of {component.name}: add it to GRAPHS")
+    return GRAPHS[component.graph](module, component, model.family).eval()
 
 
 def export_context(graph: torch.nn.Module) -> contextlib.AbstractContextManager:
     return graph.export_context() if hasattr(graph, "export_context") else contextlib.nullcontext()
 
 
-def example_inputs(component: spec.ComponentRef, dims: Mapping[str, int], *, vocab_size: int, seed: int,
+def example_inputs(component: spec.ComponentSpec, dims: Mapping[str, int], *, vocab_size: int, seed: int,
                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random inputs for one call: `dims` holds every spec symbol (B, h, w and the model's).
 
@@ -165,7 +165,7 @@ def example_inputs(component: spec.ComponentRef, dims: Mapping[str, int], *, voc
     """
     generator = torch.Generator().manual_seed(seed)
     inputs: dict[str, torch.Tensor] = {}
-    for tensor in spec.component(component).inputs:
+    for tensor in component.inputs:
         shape = spec.shape_of(tensor, dims)
         if tensor.draw == "ids":
             value = torch.randint(0, vocab_size, shape, generator=generator, dtype=torch.int64)

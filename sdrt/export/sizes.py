@@ -39,9 +39,9 @@ def architectural_multiple(unet: Any) -> int:
 
 
 def probe_cases(unet: Any, model_values: Mapping[str, int], *, precision: str, vocab_size: int,
-                model: spec.ModelSpec = spec.SD) -> dict[tuple[int, int], Case | None]:
+                model: spec.ModelSpec) -> dict[tuple[int, int], Case | None]:
     """The PyTorch side of the probe (batch 1): None where PyTorch itself refuses the size."""
-    unet_spec = model.component("unet")
+    unet_spec = model.denoiser
     reference = wrap(unet_spec, unet, model)
     cases: dict[tuple[int, int], Case | None] = {}
     for i, (h, w) in enumerate(probe_pairs(int(unet.num_upsamplers))):
@@ -54,7 +54,7 @@ def probe_cases(unet: Any, model_values: Mapping[str, int], *, precision: str, v
 
 
 def probe(unet: Any, path: Path, model_values: Mapping[str, int], *, precision: str, vocab_size: int,
-          sample_size: int, model: spec.ModelSpec = spec.SD) -> dict[str, Any]:
+          sample_size: int, model: spec.ModelSpec) -> dict[str, Any]:
     """Run the exported UNet at the probe sizes (batch 1) and derive the manifest's `sizes`."""
     cases = probe_cases(unet, model_values, precision=precision, vocab_size=vocab_size, model=model)
     return probe_rule(cases, path, int(unet.num_upsamplers), precision=precision, sample_size=sample_size,
@@ -62,12 +62,12 @@ def probe(unet: Any, path: Path, model_values: Mapping[str, int], *, precision: 
 
 
 def probe_rule(cases: dict[tuple[int, int], Case | None], path: Path, num_upsamplers: int, *, precision: str,
-               sample_size: int, model: spec.ModelSpec = spec.SD) -> dict[str, Any]:
+               sample_size: int, model: spec.ModelSpec) -> dict[str, Any]:
     """The ONNX Runtime side of the probe: which sizes pass, and the rule they admit."""
     n = num_upsamplers
     session = ort_session(path)
     threshold = THRESHOLDS[precision]
-    unet_spec = model.component("unet")
+    unet_spec = model.denoiser
     passed = {pair: case is not None and judge(unet_spec, session, case)["max_rel_error"] <= threshold
               for pair, case in cases.items()}
     del session

@@ -14,30 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from sdrt import spec
 from sdrt.errors import SdrtError
 
-#: Pipeline classes sdrt exports -> their model family (sdrt.spec). SD 1.x/2.x (and LCM-distilled
-#: SD) share CLIP + UNet2DConditionModel + AutoencoderKL; SDXL adds a second, projecting text
-#: encoder. An SDXL folder without `text_encoder` is a refiner. Inpainting differs only in the
-#: UNet's 9 input channels; Turbo and LCM models only in their UNet weights and scheduler.
-PIPELINE_FAMILIES = {
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionImg2ImgPipeline": "sd",
-    "StableDiffusionInpaintPipeline": "sd",
-    "LatentConsistencyModelPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusionXLInpaintPipeline": "sdxl",
-}
-SUPPORTED_PIPELINES = tuple(PIPELINE_FAMILIES)
+#: what `sdrt export` takes, in words (each family's pipeline classes are in sdrt.spec.FAMILIES)
 SUPPORTED_TEXT = "SD 1.x/2.x, SDXL (base, refiner, Turbo) and LCM-distilled pipelines"
-#: the diffusers modules (and tokenizers) each family's folder must have
-FAMILY_MODULES = {
-    "sd": ("text_encoder", "unet", "vae"),
-    "sdxl": ("text_encoder", "text_encoder_2", "unet", "vae"),
-    "sdxl-refiner": ("text_encoder_2", "unet", "vae"),
-}
-FAMILY_TOKENIZERS = {"sd": ("tokenizer",), "sdxl": ("tokenizer", "tokenizer_2"), "sdxl-refiner": ("tokenizer_2",)}
 
 #: Well-known pipelines sdrt does not export, with the name users know them by.
 KNOWN_UNSUPPORTED = {
@@ -59,39 +40,38 @@ KNOWN_UNSUPPORTED = {
     "StableCascadeCombinedPipeline": "Stable Cascade",
 }
 
-#: component folder -> (library, class the exporter knows how to wrap, weight file stems)
-COMPONENT_CLASSES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "text_encoder": ("transformers", "CLIPTextModel", ("model", "pytorch_model")),
-    "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", ("model", "pytorch_model")),
-    "unet": ("diffusers", "UNet2DConditionModel", ("diffusion_pytorch_model",)),
-    "vae": ("diffusers", "AutoencoderKL", ("diffusion_pytorch_model",)),
-}
+#: library -> the stems of its weight files
+WEIGHT_STEMS = {"transformers": ("model", "pytorch_model"), "diffusers": ("diffusion_pytorch_model",)}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 VARIANTS = (None, "fp16")
 
 
 @dataclass
 class Source:
-    """A loaded pipeline, in fp32, plus the facts the manifest records about where it came from."""
+    """A loaded pipeline, in fp32, plus the facts the manifest records about where it came from.
+
+    `modules` holds the family's diffusers modules by folder name (text_encoder, unet, vae, ...), and
+    `tokenizers` its tokenizers by folder name; export frees a module (sets it to None) once no later
+    component needs it."""
 
     kind: str  # "preset" or "folder"
     name: str
     path: Path | None
     class_name: str
     model_index: dict[str, Any]
-    text_encoder: Any  # None in an SDXL refiner
-    unet: Any
-    vae: Any
-    tokenizer: Any
+    family: spec.Family
+    modules: dict[str, Any]
+    tokenizers: dict[str, Any]
     scheduler_config: dict[str, Any]
     content_hash: str
-    family: str = "sd"
-    text_encoder_2: Any = None  # SDXL
-    tokenizer_2: Any = None
+
+    def module(self, name: str) -> Any:
+        return self.modules.get(name)
 
     @property
     def vocab_size(self) -> int:
-        return int((self.text_encoder or self.text_encoder_2).config.vocab_size)
+        first = next(name for name in self.family.text_encoders if self.modules.get(name) is not None)
+        return int(self.modules[first].config.vocab_size)
 
 
 def resolve(model: str) -> tuple[str, str]:
@@ -110,13 +90,15 @@ def resolve(model: str) -> tuple[str, str]:
                     f"{', '.join(presets.preset_names())} or give a diffusers folder")
 
 
-def family_of(class_name: str, index: dict[str, Any]) -> str:
-    """The model family of a supported pipeline class (an SDXL folder without text_encoder: the refiner)."""
-    family = PIPELINE_FAMILIES[class_name]
-    if family == "sdxl":
-        entry = index.get("text_encoder")
-        if not entry or entry[1] is None:
-            return "sdxl-refiner"
+def family_of(class_name: str, index: dict[str, Any]) -> spec.Family:
+    """The model family of a diffusers folder (an SDXL folder without text_encoder: the refiner)."""
+    if class_name in KNOWN_UNSUPPORTED:
+        raise SdrtError(f"{class_name} ({KNOWN_UNSUPPORTED[class_name]}) is not supported yet: sdrt exports "
+                        f"{SUPPORTED_TEXT} ({', '.join(spec.supported_classes())})")
+    family = spec.family_of_pipeline(class_name, index)
+    if family is None:
+        raise SdrtError(f"{class_name} is not supported yet: sdrt exports {SUPPORTED_TEXT} "
+                        f"({', '.join(spec.supported_classes())})")
     return family
 
 
@@ -136,16 +118,9 @@ def check_folder(path: Path) -> tuple[dict[str, Any], dict[str, str | None]]:
     except ValueError as e:
         raise SdrtError(f"{index_path} is not valid JSON ({e}): fix or re-save the pipeline")
     class_name = str(index.get("_class_name", "?"))
-    if class_name in KNOWN_UNSUPPORTED:
-        raise SdrtError(f"{class_name} ({KNOWN_UNSUPPORTED[class_name]}) is not supported yet: sdrt exports "
-                        f"{SUPPORTED_TEXT} ({', '.join(SUPPORTED_PIPELINES)})")
-    if class_name not in SUPPORTED_PIPELINES:
-        raise SdrtError(f"{class_name} is not supported yet: sdrt exports {SUPPORTED_TEXT} "
-                        f"({', '.join(SUPPORTED_PIPELINES)})")
     family = family_of(class_name, index)
     variants: dict[str, str | None] = {}
-    for name in FAMILY_MODULES[family]:
-        library, cls, stems = COMPONENT_CLASSES[name]
+    for name, (library, cls) in family.modules.items():
         entry = index.get(name)
         if not entry or entry[1] is None:
             raise SdrtError(f"{index_path} has no {name}: a {class_name} needs {cls} weights in {path / name}")
@@ -153,8 +128,8 @@ def check_folder(path: Path) -> tuple[dict[str, Any], dict[str, str | None]]:
             raise SdrtError(f"{name} is a {entry[1]}, not supported yet (sdrt exports {cls})")
         if not (path / name / "config.json").is_file():
             raise SdrtError(f"{name} config missing: {path / name / 'config.json'} does not exist")
-        variants[name] = _weight_variant(path / name, stems)
-    for tokenizer in FAMILY_TOKENIZERS[family]:
+        variants[name] = _weight_variant(path / name, WEIGHT_STEMS[library])
+    for tokenizer, _ in family.text_encoders.values():
         if not (path / tokenizer).is_dir():
             raise SdrtError(f"{tokenizer} missing: {path / tokenizer} does not exist")
     if not (path / "scheduler" / "scheduler_config.json").is_file():
@@ -183,8 +158,7 @@ def load_folder(path: Path) -> Source:
     index, variants = check_folder(path)
     family = family_of(index["_class_name"], index)
     models: dict[str, Any] = {}
-    for name in FAMILY_MODULES[family]:
-        library, cls, _ = COMPONENT_CLASSES[name]
+    for name, (library, cls) in family.modules.items():
         module = diffusers if library == "diffusers" else transformers
         dtype_key = "torch_dtype" if library == "diffusers" else "dtype"
         try:
@@ -195,16 +169,14 @@ def load_folder(path: Path) -> Source:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SdrtError(f"cannot load {name} from {path / name}: {first[:200]}") from None
     tokenizers: dict[str, Any] = {}
-    for name in FAMILY_TOKENIZERS[family]:
+    for name, _ in family.text_encoders.values():
         try:
             tokenizers[name] = transformers.CLIPTokenizer.from_pretrained(path / name, local_files_only=True)
         except (OSError, ValueError) as e:
             raise SdrtError(f"cannot load the {name} from {path / name}: {str(e).splitlines()[0]}")
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-    return Source("folder", path.name, path.resolve(), index["_class_name"], index,
-                  models.get("text_encoder"), models["unet"], models["vae"], tokenizers.get("tokenizer"),
-                  scheduler_config, hash_folder(path), family=family, text_encoder_2=models.get("text_encoder_2"),
-                  tokenizer_2=tokenizers.get("tokenizer_2"))
+    return Source("folder", path.name, path.resolve(), index["_class_name"], index, family, models, tokenizers,
+                  scheduler_config, hash_folder(path))
 
 
 def load_preset(name: str) -> Source:
@@ -215,11 +187,11 @@ def load_preset(name: str) -> Source:
     index = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(pipe.config).items()}
     index["_class_name"] = type(pipe).__name__
     family = family_of(index["_class_name"], index)
-    text_encoder_2 = getattr(pipe, "text_encoder_2", None)
-    modules = [m for m in (pipe.text_encoder, text_encoder_2, pipe.unet, pipe.vae) if m is not None]
-    return Source("preset", name, None, type(pipe).__name__, index, pipe.text_encoder, pipe.unet, pipe.vae,
-                  pipe.tokenizer, json.loads(pipe.scheduler.to_json_string()), hash_modules(name, modules),
-                  family=family, text_encoder_2=text_encoder_2, tokenizer_2=getattr(pipe, "tokenizer_2", None))
+    modules = {name: getattr(pipe, name) for name in family.modules}
+    tokenizers = {folder: getattr(pipe, folder) for folder, _ in family.text_encoders.values()}
+    return Source("preset", name, None, type(pipe).__name__, index, family, modules, tokenizers,
+                  json.loads(pipe.scheduler.to_json_string()),
+                  hash_modules(name, [m for m in modules.values() if m is not None]))
 
 
 def load(model: str) -> Source:

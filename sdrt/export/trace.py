@@ -56,10 +56,9 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_graph(graph: torch.nn.Module, component: str, example: Mapping[str, torch.Tensor], path: Path, *,
-                 opset: int, exporter: str, precision: str, model: spec.ModelSpec = spec.SD) -> None:
+def export_graph(graph: torch.nn.Module, comp: spec.ComponentSpec, example: Mapping[str, torch.Tensor], path: Path,
+                 *, opset: int, exporter: str, precision: str) -> None:
     """Write `path` (plus `path`.data when the graph is over 2 GB) and name its dynamic axes."""
-    comp = model.component(component)
     args = tuple(example[name] for name in comp.input_names)
     axes = spec.dynamic_axes(comp)
     with torch.no_grad(), export_context(graph), _quiet():
@@ -82,7 +81,7 @@ def export_graph(graph: torch.nn.Module, component: str, example: Mapping[str, t
     name_axes(path, comp, precision)
 
 
-def name_axes(path: Path, component: spec.ComponentRef, precision: str) -> None:
+def name_axes(path: Path, comp: spec.ComponentSpec, precision: str) -> None:
     """Name the graph's dynamic dims by the spec's expressions ("B", "h", "f*h") and check I/O types.
 
     The exporters call them s0, s1, ...; engines and users read the spec's names. A type that
@@ -91,7 +90,6 @@ def name_axes(path: Path, component: spec.ComponentRef, precision: str) -> None:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    comp = spec.component(component)
     component = comp.name
     axes = spec.dynamic_axes(comp)
     graph_values = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}

@@ -1,4 +1,4 @@
-"""Which ONNX initializer holds which diffusers parameter: `<component>/weight_map.json`.
+"""Building the weight map (`<component>/weight_map.json`, format in sdrt.weight_map) at export time.
 
 The dynamo exporter keeps the names of parameters it uses as they are (Conv weights, Gemm weights:
 ``unet.conv_in.weight``) but folds the transpose in front of a MatMul into a new, anonymous
@@ -27,12 +27,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from sdrt.errors import SdrtError
+from sdrt.weight_map import FILE_NAME, FORMAT, VERSION, read_record
 
-FORMAT = "sdrt-weight-map"
-VERSION = 1
-FILE_NAME = "weight_map.json"
-#: components that LoRA adapters modify (the only ones that get a map)
-COMPONENTS = ("text_encoder", "text_encoder_2", "unet")
 #: ONNX TensorProto data types the runtime can memory-map
 ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
 
@@ -204,8 +200,6 @@ def _record(init_name: str, layout: str, param: np.ndarray, init: np.ndarray, wh
 
 def verify(data: dict[str, Any], folder: Path, arrays: dict[str, np.ndarray]) -> None:
     """Read every record back through its offsets: it must equal the parameter in its layout."""
-    from sdrt.runtime.lora.base_weights import read_record
-
     for name, records in data["parameters"].items():
         for record in records:
             value = read_record(folder, record)

@@ -6,7 +6,7 @@
     result.images[0].save("bicycle.png"); print(result.timings.as_dict())
 """
 
-from sdrt.runtime.pipeline import Pipeline, PipelineOutput  # noqa: F401
+from sdrt.runtime.pipeline import Pipeline, PipelineOutput  # noqa: F401  (Pipeline.load: the family's class)
 from sdrt.runtime.timing import StageTimings  # noqa: F401
 
 __all__ = ["Pipeline", "PipelineOutput", "StageTimings"]

@@ -115,10 +115,9 @@ def check_extras(*, guidance_rescale: Any, clip_skip: Any) -> tuple[float, int |
     return rescale, clip_skip
 
 
-def check_family_arguments(family: str, sdxl: bool, folder: Any, given: dict[str, Any]) -> None:
-    """SDXL-only arguments on another family: one line naming the argument."""
-    if sdxl:
-        return
+def check_family_arguments(family: str, folder: Any, given: dict[str, Any]) -> None:
+    """SDXL-only arguments (its second prompt, its size conditioning) on a family without them: one
+    line naming the argument."""
     for key, value in given.items():
         if value is not None:
             raise SdrtError(f"{key} is an SDXL argument; {folder} is a {family} model "

@@ -15,6 +15,8 @@ import sys
 from typing import Any
 
 from sdrt.runtime import commands_sdxl
+from sdrt.runtime.infotext import a1111_parameters, image_seed
+from sdrt.runtime.load_options import cuda_graph_options, vae_tiling_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,60 +66,6 @@ def add_vae_tiling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-tile-size", type=int, default=None, metavar="PX",
                    help="tile size in pixels for --vae-tiling, a multiple of 4 x the VAE factor (default: the "
                         "VAE's sample_size, 512 for SD 1.5)")
-
-
-def vae_tiling_options(args: argparse.Namespace) -> dict[str, Any]:
-    """--vae-tiling / --vae-tile-size -> Pipeline.load's options (checked there)."""
-    tiling, size = getattr(args, "vae_tiling", False), getattr(args, "vae_tile_size", None)
-    return {"vae_tiling": tiling, "vae_tile_size": size} if tiling or size is not None else {}
-
-
-def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
-    """The "parameters" text of AUTOMATIC1111's PNGs, for one image of the call."""
-    fields = [("Steps", parameters["steps"]), ("Sampler", parameters.get("sampler") or parameters["scheduler"]),
-              ("CFG scale", parameters["guidance_scale"]), ("Seed", image_seed(parameters, index)),
-              ("Size", f"{parameters['width']}x{parameters['height']}")]
-    if parameters.get("model_hash"):
-        fields.append(("Model hash", parameters["model_hash"]))
-    fields.append(("Model", parameters["model"]))
-    if "strength" in parameters:
-        fields.append(("Denoising strength", parameters["strength"]))
-    fields += [("Batch index", index), ("Backend", parameters["backend"])]
-    if parameters.get("vae_tiling", {}).get("tiled"):
-        fields.append(("VAE tiling", f"{parameters['vae_tiling']['tile_size']} px"))
-    if parameters.get("precision"):
-        fields.append(("Precision", parameters.get("runtime_precision") or parameters["precision"].get("unet")))
-    loras = parameters.get("loras", [])
-    if loras:  # A1111 keeps the tags in the prompt and lists the files' short hashes
-        fields.append(("Lora hashes", '"' + ", ".join(f"{lora['name']}: {lora['hash']}" for lora in loras) + '"'))
-    prompts = parameters["prompt"]
-    per_prompt = parameters["num_images_per_prompt"]
-    k = index // per_prompt
-    tags = "".join(f" <lora:{lora['name']}:{lora['scale']:g}>" for lora in loras)
-    lines = [prompts[k] + tags]
-    if parameters["negative_prompt"][k]:
-        lines.append(f"Negative prompt: {parameters['negative_prompt'][k]}")
-    lines.append(", ".join(f"{name}: {value}" for name, value in fields))
-    return "\n".join(lines)
-
-
-def image_seed(parameters: dict[str, Any], index: int) -> Any:
-    """The seed that regenerates image `index` alone."""
-    seeds = parameters.get("seeds")
-    return seeds[index] if seeds else parameters["seed"]
-
-
-def cuda_graph_options(args: argparse.Namespace) -> dict[str, Any]:
-    """--cuda-graph -> the backends' one option for it; a backend without CUDA graphs says so."""
-    if not args.cuda_graph:
-        return {}
-    from sdrt.engines.base import backend_class, offering
-    from sdrt.errors import SdrtError
-
-    if args.backend != "auto" and "cuda_graph" not in backend_class(args.backend).options:
-        raise SdrtError(f"--cuda-graph needs a GPU backend ({', '.join(offering('cuda_graph'))}); "
-                        f"{args.backend} has no CUDA graphs: drop --cuda-graph")
-    return {"cuda_graph": True}
 
 
 def refiner_pipeline(args: argparse.Namespace, base: Any, options: dict[str, Any]) -> Any:
@@ -189,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                                               refiner_options=commands_sdxl.refiner_options(args), **call)
                 else:
                     result = pipe(prompt, image=args.image, strength=args.strength, mask_image=args.mask,
-                                  **call, **(commands_sdxl.refiner_options(args) if pipe.family == "sdxl-refiner"
+                                  **call, **(commands_sdxl.refiner_options(args) if pipe.family_spec.aesthetic_score
                                              else {}))
             except BaseException:
                 bar.close()

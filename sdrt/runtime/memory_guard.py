@@ -7,12 +7,11 @@ was asked (size, UNet batch) and what to try (a smaller size, `--batch-size`).
 
 Before a call, `check_fits` estimates the one buffer that dominates at large sizes -- the
 attention scores -- and refuses a call that cannot fit in the memory available now, naming the
-size, the estimate and the largest square size that would fit. The estimate is per backend:
-`ATTENTION_BYTES[backend]` (ORT CPU's Attention op materializes [B * heads, hw, hw] float32 scores:
-64 GiB for `tiny` at 512x512 without guidance). A backend with memory-efficient attention registers
-its own function (or none: then no estimate, only the one-line allocation failure). The rest of the
-call (weights, activations) is not estimated, so a call that passes can still fail; it then fails
-in one line.
+size, the estimate and the largest square size that would fit. The estimate is the backend's own
+(`Backend.attention_bytes`: ORT CPU's unfused Attention op materializes [B * heads, hw, hw] float32
+scores, 64 GiB for `tiny` at 512x512 without guidance; a backend with memory-efficient attention
+gives none: then only the one-line allocation failure). The rest of the call (weights, activations)
+is not estimated, so a call that passes can still fail; it then fails in one line.
 """
 
 from __future__ import annotations
@@ -42,31 +41,6 @@ def allocation_failure(error: BaseException, backend: str, height: int | None, w
                      f"use a smaller size, fewer images per call (--batch-size), or a machine with more memory")
 
 
-def _attention_levels(unet_config: dict[str, Any]) -> list[tuple[int, int]]:
-    """(downsampling factor, heads) of each UNet resolution that has attention (diffusers' config keys;
-    `attention_head_dim` is the head count in SD 1.x/2.x configs, per block when a list)."""
-    blocks = unet_config.get("down_block_types") or []
-    heads = unet_config.get("num_attention_heads") or unet_config.get("attention_head_dim") or 8
-    levels = []
-    for i, block in enumerate(blocks):
-        if "Attn" in block:
-            levels.append((2 ** i, int(heads[i] if isinstance(heads, (list, tuple)) else heads)))
-    return levels
-
-
-def unfused_attention_bytes(unet_config: dict[str, Any], batch: int, h: int, w: int) -> int:
-    """Peak bytes of one materialized float32 score tensor [B * heads, hw, hw] over the UNet's levels."""
-    peak = 0
-    for factor, heads in _attention_levels(unet_config):
-        tokens = (-(-h // factor)) * (-(-w // factor))
-        peak = max(peak, batch * heads * tokens * tokens * 4)
-    return peak
-
-
-#: backend -> estimate of its attention's peak buffer (bytes), or absent: no estimate
-ATTENTION_BYTES: dict[str, Callable[[dict, int, int, int], int]] = {"ort-cpu": unfused_attention_bytes}
-
-
 def available_bytes() -> Optional[int]:
     """Memory the kernel says can be allocated now (MemAvailable), None where unknown."""
     try:
@@ -78,18 +52,22 @@ def available_bytes() -> Optional[int]:
     return None
 
 
-def unet_config(folder: Path) -> dict[str, Any]:
+def denoiser_config(component_folder: Path) -> dict[str, Any]:
+    """The denoiser's diffusers config.json (what the attention estimate reads); {} when unreadable."""
     try:
-        return json.loads((Path(folder) / "unet" / "config.json").read_text())
+        return json.loads((Path(component_folder) / "config.json").read_text())
     except (OSError, ValueError):
         return {}
 
 
-def check_fits(backend: str, config: dict[str, Any], batch: int, height: int, width: int, f: int,
-               images: int, available: Optional[int] = None) -> None:
+#: a backend's attention estimate: (denoiser config, batch, latent h, latent w) -> bytes, or None
+Estimate = Callable[[dict, int, int, int], Optional[int]]
+
+
+def check_fits(backend: str, estimate: Estimate | None, config: dict[str, Any], batch: int, height: int,
+               width: int, f: int, images: int, available: Optional[int] = None) -> None:
     """Refuse (one line) a call whose attention buffer alone exceeds the memory available."""
-    estimate = ATTENTION_BYTES.get(backend)
-    if estimate is None or not config:
+    if estimate is None or not config or estimate(config, batch, height // f, width // f) is None:
         return
     available = available_bytes() if available is None else available
     need = estimate(config, batch, height // f, width // f)

@@ -1,12 +1,15 @@
 """Text conditioning for every model family: prompts -> the UNet's text inputs, as diffusers makes them.
 
-- ``sd``: one CLIP encoder; ``encoder_hidden_states`` is its last hidden state, or with ``clip_skip``
-  the final layer norm of an earlier layer (the export's ``hidden_states`` stack, entry clip_skip).
-- ``sdxl``: ``prompt`` goes to text_encoder, ``prompt_2`` (default: ``prompt``) to text_encoder_2;
-  the UNet reads both encoders' penultimate layers side by side (entry clip_skip of each stack) and
-  text_encoder_2's projected pooled output as ``text_embeds``.
-- ``sdxl-refiner``: text_encoder_2 alone, fed ``prompt`` (diffusers pairs the prompts with the
-  encoders it has, so ``prompt_2`` is unused there).
+Which prompt feeds which encoder, and which layer the UNet reads, is the family table's
+(`sdrt.spec.families`: ``text_encoders``, ``text_layer``):
+
+- ``text_layer`` "last" (sd): one CLIP encoder; ``encoder_hidden_states`` is its last hidden state,
+  or with ``clip_skip`` the final layer norm of an earlier layer (the export's ``hidden_states``
+  stack, entry clip_skip).
+- "penultimate" (sdxl): ``prompt`` goes to text_encoder, ``prompt_2`` (default: ``prompt``) to
+  text_encoder_2; the UNet reads both encoders' penultimate layers side by side (entry clip_skip of
+  each stack) and text_encoder_2's projected pooled output as ``text_embeds``. The refiner has
+  text_encoder_2 alone, fed ``prompt`` (diffusers pairs the prompts with the encoders it has).
 
 Negative prompts never use clip_skip (diffusers encodes them with the default layer). With
 ``force_zeros_for_empty_prompt`` (SDXL's model_index) and no negative prompt, the unconditional
@@ -41,9 +44,9 @@ class Encoder:
     engine: Any
 
 
-def _layer(outputs: dict[str, np.ndarray], family: str, clip_skip: int | None, name: str) -> np.ndarray:
+def _layer(outputs: dict[str, np.ndarray], text_layer: str, clip_skip: int | None, name: str) -> np.ndarray:
     """The hidden states the family's UNet reads, for one clip_skip (None: the family's default)."""
-    if family == "sd" and not clip_skip:
+    if text_layer == "last" and not clip_skip:
         return outputs[N.LAST_HIDDEN_STATE]
     if N.HIDDEN_STATES not in outputs:
         raise SdrtError(f"clip_skip needs the text encoder's layer stack, which this export lacks: export the "
@@ -62,7 +65,7 @@ def _run(encoder: Encoder, texts: list[str]) -> dict[str, np.ndarray]:
     return {k: np.array(v, dtype=np.float32) for k, v in encoder.engine.run({N.INPUT_IDS: ids}).items()}
 
 
-def encode(family: str, encoders: Sequence[Encoder], prompts: Sequence[list[str]], negatives: Sequence[list[str]],
+def encode(text_layer: str, encoders: Sequence[Encoder], prompts: Sequence[list[str]], negatives: Sequence[list[str]],
            *, per_prompt: int, guidance: bool, clip_skip: int | None = None,
            zero_negatives: bool = False) -> TextConditioning:
     """`prompts[i]` / `negatives[i]` feed `encoders[i]` (each a list, one text per prompt)."""
@@ -73,12 +76,12 @@ def encode(family: str, encoders: Sequence[Encoder], prompts: Sequence[list[str]
         outputs = _run(encoder, list(negative_texts) + list(texts) if encode_negatives else list(texts))
         pos = {k: (v[n:] if k != N.HIDDEN_STATES else v[:, n:]) for k, v in outputs.items()} if encode_negatives \
             else outputs
-        hidden_pos.append(_layer(pos, family, clip_skip, encoder.name))
+        hidden_pos.append(_layer(pos, text_layer, clip_skip, encoder.name))
         if N.TEXT_EMBEDS in pos:
             pooled_pos = pos[N.TEXT_EMBEDS]
         if encode_negatives:
             neg = {k: (v[:n] if k != N.HIDDEN_STATES else v[:, :n]) for k, v in outputs.items()}
-            hidden_neg.append(_layer(neg, family, None, encoder.name))
+            hidden_neg.append(_layer(neg, text_layer, None, encoder.name))
             if N.TEXT_EMBEDS in neg:
                 pooled_neg = neg[N.TEXT_EMBEDS]
     hidden = np.concatenate(hidden_pos, axis=-1)

@@ -20,10 +20,11 @@ LATENT_SPACE = ("latent_channels", "scaling_factor", "shift_factor", "vae_scale_
 
 def check_pair(base: Manifest, refiner: Manifest) -> None:
     """One line when `refiner` cannot continue from `base`'s latents."""
-    if base.family not in ("sd", "sdxl"):
+    if not base.family_spec.txt2img:
         raise SdrtError(f"{base.folder} is a {base.family} model, not a base model: pass the base as --model "
                         f"and the refiner as --refiner")
-    if refiner.family not in ("sdxl-refiner", "sdxl", "sd") or refiner.pipeline.get("inpainting"):
+    if refiner.family_spec.mode_class(str(refiner.pipeline.get("class_name")), "img2img") is None \
+            or refiner.pipeline.get("inpainting"):
         raise SdrtError(f"{refiner.folder} cannot refine (family {refiner.family}): give an SDXL refiner export")
     for key in LATENT_SPACE:
         a, b = base.pipeline.get(key), refiner.pipeline.get(key)

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdrt.runtime.commands_generate import a1111_parameters
+from sdrt.runtime.infotext import a1111_parameters
 from sdrt.serve import samplers
 from sdrt.serve.dispatch import png_base64, run_job
 from sdrt.serve.limits import RequestRejected

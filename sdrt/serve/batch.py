@@ -125,7 +125,7 @@ def remove_leftovers(out: Path, pending: Iterable[BatchItem]) -> int:
 
 def write_images(out: Path, item: BatchItem, images: list, parameters: dict[str, Any]) -> list[str]:
     """Each image to a temporary name, fsynced, then renamed into place."""
-    from sdrt.runtime.commands_generate import a1111_parameters
+    from sdrt.runtime.infotext import a1111_parameters
     from sdrt.runtime.images import save_png
 
     names = image_names(item.id, item.request.n)

@@ -63,7 +63,7 @@ def build_application(args: argparse.Namespace) -> Any:
     """A bound Ray Serve application for these arguments (what `serve.run` takes)."""
     from ray import serve
 
-    from sdrt.serve.commands_serve import limits_from, model_folders
+    from sdrt.serve.setup import limits_from, model_folders
 
     limits_from(args)
     folders = model_folders(args.model)  # fail here, not in every replica
@@ -77,7 +77,7 @@ def build_application(args: argparse.Namespace) -> Any:
     @serve.ingress()
     class SdrtReplica:
         def __init__(self, config: dict[str, Any]):
-            from sdrt.serve.commands_serve import build_service
+            from sdrt.serve.setup import build_service
 
             self.config = argparse.Namespace(**config)
             self.service = build_service(self.config)

@@ -16,6 +16,7 @@ import pytest
 from sdrt.engines import cuda_driver, ort
 from sdrt.engines.ort import OrtCudaBackend, OrtEngine
 from sdrt.errors import SdrtError
+from sdrt.spec import model_spec
 from tests.engines.trt_fakes import model_folder
 
 
@@ -119,7 +120,7 @@ VALUES = {"C": 4, "Cin": 4, "S": 77, "D": 8, "f": 8}
 
 
 def test_outputs_are_copied_into_the_same_host_array_every_step(device):
-    engine = OrtEngine(FakeSession(), "unet", VALUES, "fp32", device="cuda")
+    engine = OrtEngine(FakeSession(), "unet", VALUES, "fp32", component_spec=model_spec("sd").component("unet"), device="cuda")
     engine.prepare({"B": 2, "h": 4, "w": 4})
     rng = np.random.default_rng(0)
     ehs = rng.standard_normal((2, 77, 8)).astype(np.float32)
@@ -137,7 +138,7 @@ def test_outputs_are_copied_into_the_same_host_array_every_step(device):
 
 def test_a_failed_driver_copy_is_one_line(device):
     device.cuMemcpyDtoH_v2 = lambda dst, src, n: 700  # cudaErrorIllegalAddress
-    engine = OrtEngine(FakeSession(), "unet", VALUES, "fp32", device="cuda",
+    engine = OrtEngine(FakeSession(), "unet", VALUES, "fp32", component_spec=model_spec("sd").component("unet"), device="cuda",
                        to_host=cuda_driver.DeviceToHost(0, driver=device))
     engine.prepare({"B": 1, "h": 2, "w": 2})
     with pytest.raises(SdrtError, match="CUDA driver error 700 while copying an output from the GPU"):
@@ -153,7 +154,7 @@ def test_cuda_graph_reaches_only_the_unet_session(tmp_path, monkeypatch):
     def session(path, sess_options=None, providers=None):
         component = path.split("/")[-2]
         seen[component] = providers
-        inputs = [types.SimpleNamespace(name=n) for n in ort.spec.component(component).input_names]
+        inputs = [types.SimpleNamespace(name=n) for n in manifest.spec.component(component).input_names]
         return types.SimpleNamespace(get_inputs=lambda: inputs, get_outputs=lambda: [])
 
     real = ort._import_ort()

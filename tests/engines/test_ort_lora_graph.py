@@ -15,7 +15,7 @@ import pytest
 
 from sdrt.engines import ort as ort_module
 from sdrt.engines.ort import OrtCpuBackend
-from sdrt.runtime.lora.base_weights import linear_initializers
+from sdrt.weight_map import linear_initializers
 from sdrt.runtime import Pipeline
 from sdrt.runtime.images import psnr
 from tests.runtime.lora_helpers import map_shapes, write_kohya, write_peft

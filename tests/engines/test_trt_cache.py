@@ -9,12 +9,14 @@ import pytest
 
 from sdrt.engines import trt_cache as tc
 from sdrt.engines.tensorrt import no_engine_error
+from sdrt.spec import model_spec
 from sdrt.engines.trt_profiles import DimRange
 
 STATIC = DimRange({"B": 2, "h": 64, "w": 64}, {"B": 2, "h": 64, "w": 64}, {"B": 2, "h": 64, "w": 64})
 WIDE = DimRange({"B": 2, "h": 32, "w": 32}, {"B": 2, "h": 64, "w": 64}, {"B": 4, "h": 128, "w": 128})
 IDENT = tc.identity("unet", "sha256:aa", "tensorrt 10.8.0", "NVIDIA L4 (sm_89)", "fp16")
 BUILD = {"opt_level": None, "workspace_gb": None}
+UNET = model_spec("sd").component("unet")
 
 
 def _component(tmp_path, data=b"weights"):
@@ -103,15 +105,15 @@ def test_stale_reasons_name_what_changed():
 def test_no_engine_messages_name_the_engine_its_range_and_the_build_command(tmp_path):
     folder = tmp_path / "m"
     static = _entry(tmp_path, IDENT, STATIC, "unet-c")
-    outside = no_engine_error(folder, "tensorrt", "unet", tc.choose([static], IDENT, {"B": 4, "h": 96, "w": 96}),
+    outside = no_engine_error(folder, "tensorrt", UNET, tc.choose([static], IDENT, {"B": 4, "h": 96, "w": 96}),
                               {"B": 4, "h": 96, "w": 96}, 8)
     text = str(outside)
     assert "no tensorrt engine for unet covers batch 4" in text and "768x768 px" in text
     assert "built: batch 2 (unet batch; 2x per image), 512x512 px" in text
     assert f"sdrt build --model {folder} --backend tensorrt --height 768 --width 768 --batch 2 --components unet" in text
     stale = _entry(tmp_path, {**IDENT, "target": "NVIDIA A10 (sm_86)"}, STATIC, "unet-s")
-    text = str(no_engine_error(folder, "tensorrt", "unet", tc.choose([stale], IDENT, {}), None, 8))
+    text = str(no_engine_error(folder, "tensorrt", UNET, tc.choose([stale], IDENT, {}), None, 8))
     assert "unet-s for unet was built from another GPU" in text and "never loaded" in text and "--force" in text
-    none = str(no_engine_error(folder, "tensorrt_rtx", "unet", tc.choose([], IDENT, {}), None, 8))
+    none = str(no_engine_error(folder, "tensorrt_rtx", UNET, tc.choose([], IDENT, {}), None, 8))
     assert "no tensorrt_rtx engine for unet in" in none and "`sdrt build --model" in none
     assert "\n" not in text + none

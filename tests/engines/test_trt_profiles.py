@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import pytest
 
+from sdrt import spec
 from sdrt.engines import trt_profiles as tp
 from sdrt.errors import SdrtError
 from sdrt.manifest import SizeRule
+
+SD = spec.model_spec("sd")
+C = SD.component  # the sd family's components by name
 
 RULE = SizeRule(latent_multiple=8, min_latent=32, max_latent=128, vae_scale_factor=8)  # 256..1024 px
 VALUES = {"C": 4, "Cin": 9, "S": 77, "D": 768, "f": 8}
 
 
 def rng(component, **kw):
-    return tp.dim_range(component, tp.ProfileRequest(**kw), RULE, default_size=512)
+    return tp.dim_range(C(component), tp.ProfileRequest(**kw), RULE, default_size=512)
 
 
 def test_used_symbols_follow_the_spec():
-    assert tp.used_symbols("text_encoder") == ("B",)
-    assert tp.used_symbols("unet") == ("B", "h", "w")
-    assert tp.used_symbols("vae_decoder") == ("B", "h", "w")
+    assert tp.used_symbols(C("text_encoder")) == ("B",)
+    assert tp.used_symbols(C("unet")) == ("B", "h", "w")
+    assert tp.used_symbols(C("vae_decoder")) == ("B", "h", "w")
 
 
 def test_static_by_default_at_the_models_size_with_cfg_doubling_the_unet():
@@ -65,14 +69,14 @@ def test_bad_requests_are_one_line_errors(kw, words):
 
 
 def test_input_shapes_come_from_the_spec():
-    shapes = tp.input_shapes("unet", VALUES, rng("unet", height=768, width=512, min_size=256, max_size=1024))
+    shapes = tp.input_shapes(C("unet"), VALUES, rng("unet", height=768, width=512, min_size=256, max_size=1024))
     assert set(shapes) == {"sample", "timestep", "encoder_hidden_states"}
     assert shapes["sample"] == ((2, 9, 32, 32), (2, 9, 96, 64), (2, 9, 128, 128))
     assert shapes["timestep"] == ((2,), (2,), (2,))
     assert shapes["encoder_hidden_states"][2] == (2, 77, 768)
-    vae = tp.input_shapes("vae_encoder", VALUES, rng("vae_encoder"))
+    vae = tp.input_shapes(C("vae_encoder"), VALUES, rng("vae_encoder"))
     assert vae["sample"][2] == (1, 3, 512, 512)
-    assert tp.max_shapes("text_encoder", VALUES, rng("text_encoder"))["pooler_output"] == (2, 768)
+    assert tp.max_shapes(C("text_encoder"), VALUES, rng("text_encoder"))["pooler_output"] == (2, 768)
 
 
 def test_covers_and_json_round_trip():
@@ -88,13 +92,13 @@ def test_covers_and_json_round_trip():
 ])
 def test_request_for_dims_builds_a_profile_that_covers_them(component, dims):
     guidance = not (component == "unet" and dims["B"] % 2)
-    req = tp.request_for(component, dims, 8, guidance)
-    assert tp.dim_range(component, req, RULE, 512).covers(dims)
+    req = tp.request_for(C(component), dims, 8, guidance)
+    assert tp.dim_range(C(component), req, RULE, 512).covers(dims)
 
 
 def test_describe_and_build_command_speak_in_images_and_pixels():
     r = rng("unet", batch=1, height=768, width=512, min_size=256, max_size=1024)
-    text = tp.describe("unet", r, 8)
+    text = tp.describe(C("unet"), r, 8)
     assert "batch 2" in text and "256x256 .. 1024x1024 px" in text
     cmd = tp.build_command("out/m", "tensorrt", tp.ProfileRequest(batch=2, height=768, width=512, max_size=1024),
                            ("unet",), force=True)
@@ -105,6 +109,10 @@ def test_describe_and_build_command_speak_in_images_and_pixels():
 def test_a_second_text_encoder_has_the_first_ones_batch_rule():
     from sdrt.engines.trt_profiles import batch_factors
 
-    assert batch_factors("text_encoder_2", True) == batch_factors("text_encoder", True) == (0, 2)
-    with pytest.raises(SdrtError, match="no TensorRT batch rule for the component 'refiner'"):
-        batch_factors("refiner", True)
+    te2 = spec.model_spec("sdxl").component("text_encoder_2")
+    assert batch_factors(te2, True) == batch_factors(C("text_encoder"), True) == (0, 2)
+    assert batch_factors(te2, False) == (0, 1)
+    # every component of every family carries its batch rule (the spec's hint), so none can lack one
+    for family in spec.FAMILIES.values():
+        for comp in family.components(family.variants):
+            assert all(lo <= hi and hi >= 1 for lo, hi in comp.batch), comp.name

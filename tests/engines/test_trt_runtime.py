@@ -16,11 +16,13 @@ from sdrt.engines import trt_api, trt_buffers, trt_cache
 from sdrt.engines.trt_profiles import DimRange
 from sdrt.engines.trt_runtime import Cuda, Session, TensorRTEngine
 from sdrt.errors import BackendUnavailable, SdrtError
+from sdrt.spec import model_spec
 from tests.engines.trt_fakes import FakeCuda, FakeIllegalAddress, FakeRuntime, fake_plan, fake_trt
 
 VALUES = {"C": 4, "Cin": 4, "S": 77, "D": 8, "f": 8}
 SMALL = DimRange({"B": 2, "h": 8, "w": 8}, {"B": 2, "h": 8, "w": 8}, {"B": 2, "h": 16, "w": 16})
 LARGE = DimRange({"B": 2, "h": 8, "w": 8}, {"B": 4, "h": 16, "w": 16}, {"B": 4, "h": 32, "w": 32})
+UNET = model_spec("sd").component("unet")
 IDENT = trt_cache.identity("unet", "sha256:aa", "tensorrt 10.8.0", "GPU (sm_89)", "fp16")
 
 
@@ -41,7 +43,7 @@ def setup(tmp_path, *, cuda_graph=False, plan=b"PLAN", rtx=False, valid=True, pr
             raise SdrtError(f"no engine covers {dims}")
         return choice.entry
 
-    engine = TensorRTEngine("unet", VALUES, "fp16", session=session, find=find, cuda_graph=cuda_graph)
+    engine = TensorRTEngine("unet", VALUES, "fp16", component_spec=UNET, session=session, find=find, cuda_graph=cuda_graph)
     return engine, cuda, runtime, finds
 
 
@@ -145,7 +147,7 @@ def test_graph_is_captured_again_when_a_larger_engine_moves_the_activation_block
     assert cuda.launches == 2 and len(cuda.graphs) == 1
     old_block = engine.session.shared.ptr
     big = trt_cache.write_entry(tmp_path / "big", "unet-big", fake_plan(8 << 20), IDENT, SMALL, {})
-    later = TensorRTEngine("unet", VALUES, "fp16", session=engine.session, find=lambda dims: big)
+    later = TensorRTEngine("unet", VALUES, "fp16", component_spec=UNET, session=engine.session, find=lambda dims: big)
     later.prepare({"B": 2, "h": 8, "w": 8})
     assert engine.session.shared.ptr != old_block and old_block not in cuda.mem  # the block moved
     for step in range(3):  # replaying the old graph would touch the freed block
@@ -181,9 +183,9 @@ def test_engine_given_at_construction_is_deserialized_at_once(tmp_path):
     engine, _, runtime, finds = setup(tmp_path)
     entry = trt_cache.write_entry(tmp_path / "bad", "unet-bad", b"JUNK", IDENT, SMALL, {})
     with pytest.raises(SdrtError, match="corrupt"):
-        TensorRTEngine("unet", VALUES, "fp16", session=engine.session, find=lambda dims: entry, entry=entry)
+        TensorRTEngine("unet", VALUES, "fp16", component_spec=UNET, session=engine.session, find=lambda dims: entry, entry=entry)
     good = trt_cache.write_entry(tmp_path / "good", "unet-good", b"PLAN", IDENT, SMALL, {})
-    loaded = TensorRTEngine("unet", VALUES, "fp16", session=engine.session, find=lambda dims: good, entry=good)
+    loaded = TensorRTEngine("unet", VALUES, "fp16", component_spec=UNET, session=engine.session, find=lambda dims: good, entry=good)
     assert loaded.entry == good and runtime.deserialized == 2  # the junk one was tried, then this one
 
 

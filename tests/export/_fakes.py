@@ -28,7 +28,8 @@ def copying_export(folder: Path, *, corrupt_component: str | None = None,
                    before: Callable[[str], None] | None = None) -> Callable[..., None]:
     """A replacement for `sdrt.export.trace.export_graph` that copies `folder`'s graphs."""
 
-    def export_graph(graph: Any, component: str, example: Any, path: Path, **kwargs: Any) -> None:
+    def export_graph(graph: Any, comp: Any, example: Any, path: Path, **kwargs: Any) -> None:
+        component = comp.name
         if before is not None:
             before(component)
         shutil.copyfile(folder / component / "model.onnx", path)

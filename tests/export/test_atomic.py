@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from sdrt import spec
 from sdrt.cli import main
 from sdrt.errors import SdrtError
 from sdrt.export import check, exporter, trace
-from sdrt.export.graphs import GRAPHS
 from sdrt.export.source import load_folder
 from tests.export._fakes import copying_export, corrupt, leftovers
 
@@ -27,15 +27,18 @@ def test_check_fails_a_wrong_graph(tiny_onnx: Path, tiny_src: Path, tmp_path: Pa
     src = load_folder(tiny_src)
     values = {"C": 4, "Cin": 4, "S": 77, "D": 32, "f": 2}
     rule = {"latent_multiple": 1, "min_latent": 3}
-    dims = check.check_dims("vae_decoder", {"B": 2, "h": 8, "w": 6}, rule)
-    good = check.check_component("vae_decoder", src.vae, tiny_onnx / "vae_decoder" / "model.onnx", values, dims,
-                                 precision="fp32", vocab_size=49408)
+    model = spec.model_spec("sd")
+    decoder = model.component("vae_decoder")
+    dims = check.check_dims(decoder, {"B": 2, "h": 8, "w": 6}, rule)
+    good = check.check_component(decoder, src.module("vae"), tiny_onnx / "vae_decoder" / "model.onnx", values, dims,
+                                 precision="fp32", vocab_size=49408, model=model)
     assert good["passed"] and good["max_rel_error"] < 1e-4
     wrong = tmp_path / "model.onnx"
     shutil.copyfile(tiny_onnx / "vae_decoder" / "model.onnx", wrong)
     corrupt(wrong)
     with pytest.raises(SdrtError, match=r"vae_decoder export check failed: max relative error .* > 0.001"):
-        check.check_component("vae_decoder", src.vae, wrong, values, dims, precision="fp32", vocab_size=49408)
+        check.check_component(decoder, src.module("vae"), wrong, values, dims, precision="fp32", vocab_size=49408,
+                              model=model)
 
 
 def test_wrong_graph_mid_export_leaves_nothing(tiny_onnx: Path, tiny_src: Path, tmp_path: Path,
@@ -104,10 +107,11 @@ def test_force_replaces_only_at_the_end(tiny_onnx: Path, tiny_src: Path, tmp_pat
 
 
 def test_fp16_policy_keeps_force_upcast_vaes_fp32(tiny_src: Path) -> None:
-    vae = load_folder(tiny_src).vae
+    vae = load_folder(tiny_src).module("vae")
+    decoder, encoder = (spec.model_spec("sd").component(name) for name in ("vae_decoder", "vae_encoder"))
     assert vae.config.force_upcast is True
-    assert exporter.precision_policy("vae_decoder", "fp16", vae)[0] == "fp32"
-    assert "force_upcast" in exporter.precision_policy("vae_encoder", "fp16", vae)[1]
+    assert exporter.precision_policy(decoder, "fp16", vae)[0] == "fp32"
+    assert "force_upcast" in exporter.precision_policy(encoder, "fp16", vae)[1]
     vae.register_to_config(force_upcast=False)
-    assert exporter.precision_policy("vae_decoder", "fp16", vae)[0] == "fp16"
-    assert GRAPHS["vae_decoder"][0] == "vae"
+    assert exporter.precision_policy(decoder, "fp16", vae)[0] == "fp16"
+    assert decoder.source == encoder.source == "vae" and decoder.fp32_if_config == "force_upcast"

@@ -16,13 +16,15 @@ import torch
 from sdrt import spec
 from sdrt.manifest import Manifest
 
+SD = spec.model_spec("sd")
+
 
 def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def test_layout(tiny_onnx: Path) -> None:
-    for name in spec.COMPONENT_NAMES:
+    for name in SD.component_names:
         assert (tiny_onnx / name / "model.onnx").is_file()
         assert json.loads((tiny_onnx / name / "config.json").read_text())
     assert (tiny_onnx / "tokenizer" / "tokenizer.json").is_file()
@@ -50,7 +52,7 @@ def test_manifest_fields(tiny_onnx: Path, tiny_src: Path) -> None:
     assert p["text_hidden_size"] == text["hidden_size"] and p["sample_size"] == unet["sample_size"]
     assert p["prediction_type"] == "epsilon" and p["token_length"] == 77 and p["inpainting"] is False
     assert "divided by scaling_factor" in p["vae_decoder_input"]
-    assert set(m.components) == set(spec.COMPONENT_NAMES)
+    assert set(m.components) == set(SD.component_names)
     for name, entry in m.components.items():
         assert entry["precision"] == "fp32" and entry["external_data"] is False
         assert entry["sha256"] == hashlib.sha256((tiny_onnx / entry["file"]).read_bytes()).hexdigest()
@@ -65,12 +67,12 @@ def test_manifest_fields(tiny_onnx: Path, tiny_src: Path) -> None:
 
 
 def test_graph_io_matches_spec(tiny_onnx: Path) -> None:
-    for name in spec.COMPONENT_NAMES:
+    for name in SD.component_names:
         model = onnx.load(str(tiny_onnx / name / "model.onnx"), load_external_data=False)
-        comp = spec.component(name)
+        comp = SD.component(name)
         assert [i.name for i in model.graph.input] == list(comp.input_names)
         assert [o.name for o in model.graph.output] == list(comp.output_names)
-        axes = spec.dynamic_axes(name)
+        axes = spec.dynamic_axes(comp)
         for value in list(model.graph.input) + list(model.graph.output):
             dims = value.type.tensor_type.shape.dim
             for axis, expr in axes.get(value.name, {}).items():

@@ -68,10 +68,11 @@ def test_tiny_refiner_and_lcm():
 
 
 def test_fp16_policy_keeps_the_sdxl_vae_fp32():
+    xl = spec.model_spec("sdxl")
     vae = presets.build_components("sdxl", device="meta")["vae"]
-    assert precision_policy("vae_decoder", "fp16", vae)[0] == "fp32"
+    assert precision_policy(xl.component("vae_decoder"), "fp16", vae)[0] == "fp32"
     te2 = presets.build_components("tiny-sdxl", device="meta")["text_encoder_2"]
-    assert precision_policy("text_encoder_2", "fp16", te2)[0] == "fp16"
+    assert precision_policy(xl.component("text_encoder_2"), "fp16", te2)[0] == "fp16"
 
 
 def test_tiny_sdxl_export(tiny_sdxl_onnx: Path) -> None:
@@ -109,7 +110,7 @@ def test_old_manifests_without_a_family_load_as_sd(tiny_onnx: Path, tmp_path: Pa
         data["pipeline"].pop(key, None)
     (old / "sdrt.json").write_text(json.dumps(data))
     m = Manifest.load(old)
-    assert m.family == "sd" and m.spec is spec.SD
+    assert m.family == "sd" and m.spec is spec.model_spec("sd")
 
 
 def _run(capsys, *argv: str) -> tuple[int, str]:

@@ -14,7 +14,7 @@ import pytest
 from sdrt.export.weight_map import raw_data_offsets
 from sdrt.manifest import Manifest
 from sdrt.reference import load_source_pipeline
-from sdrt.runtime.lora.base_weights import WeightMap
+from sdrt.weight_map import WeightMap
 
 
 @pytest.mark.parametrize("fixture, component", [(f, c) for f in ("tiny_onnx", "tiny_sd21_onnx", "tiny_sdxl_onnx")

@@ -152,7 +152,7 @@ def write_processor_format(path: Path, shapes: dict[str, dict], *, rank: int = 4
 def map_shapes(folder: Path, *, text: bool = False, conv: bool = False) -> dict[str, dict]:
     """Like `layer_shapes`, from an export's weight maps (no torch, no diffusers pipeline)."""
     from sdrt.manifest import Manifest
-    from sdrt.runtime.lora.base_weights import WeightMap
+    from sdrt.weight_map import WeightMap
 
     manifest = Manifest.load(folder)
     out: dict[str, dict] = {}

@@ -16,7 +16,7 @@ from sdrt.errors import SdrtError
 from sdrt.manifest import Manifest
 from sdrt.runtime import Pipeline
 from sdrt.runtime.images import read_png_text
-from sdrt.runtime.lora.base_weights import WeightMap
+from sdrt.weight_map import WeightMap
 from sdrt.runtime.lora.files import read_lora
 from sdrt.runtime.lora.adapters import parse_lora_arg, prompt_loras
 
@@ -241,6 +241,6 @@ def test_a_backend_that_cannot_swap_weights_says_so(tiny_onnx, tmp_path):
         reweight = Backend.reweight  # the default of a backend that has no way to swap weights
 
     lora, _ = _kohya_from_map(tiny_onnx, tmp_path / "style.safetensors")
-    pipe = Pipeline(Manifest.load(tiny_onnx), Frozen(), Pipeline.load(tiny_onnx, "ort-cpu").tokenizer, {})
+    pipe = Pipeline(Manifest.load(tiny_onnx), Frozen(), Pipeline.load(tiny_onnx, "ort-cpu").tokenizers, {})
     with pytest.raises(SdrtError, match="backend frozen cannot change weights at run time"):
         pipe.set_loras([lora])

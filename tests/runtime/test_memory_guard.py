@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sdrt.engines.attention_memory import unfused_attention_bytes
 from sdrt.errors import SdrtError
 from sdrt.runtime import memory_guard
 
@@ -12,20 +13,20 @@ TINY = {"attention_head_dim": 4, "down_block_types": ["CrossAttnDownBlock2D", "C
 
 def test_estimate_matches_the_buffer_onnxruntime_asked_for():
     # tiny at 512x512 without guidance: ORT asked for "a buffer of size 68719476736" (measured)
-    assert memory_guard.unfused_attention_bytes(TINY, 1, 256, 256) == 68719476736
-    assert memory_guard.unfused_attention_bytes({**TINY, "attention_head_dim": [5, 10, 20]}, 2, 64, 64) == \
+    assert unfused_attention_bytes(TINY, 1, 256, 256) == 68719476736
+    assert unfused_attention_bytes({**TINY, "attention_head_dim": [5, 10, 20]}, 2, 64, 64) == \
         max(2 * 5 * 4096 ** 2 * 4, 2 * 10 * 1024 ** 2 * 4)
 
 
 def test_refusal_names_size_estimate_and_what_fits():
     with pytest.raises(SdrtError) as info:
-        memory_guard.check_fits("ort-cpu", TINY, 1, 512, 512, 2, 1, available=16 * 2**30)
+        memory_guard.check_fits("ort-cpu", unfused_attention_bytes, TINY, 1, 512, 512, 2, 1, available=16 * 2**30)
     message = str(info.value)
     assert "512x512" in message and "64.0 GiB" in message and "16.0 GiB is available" in message
     side = int(message.split("use at most about ")[1].split("x")[0])
-    assert memory_guard.unfused_attention_bytes(TINY, 1, side // 2, side // 2) <= 16 * 2**30
-    memory_guard.check_fits("ort-cpu", TINY, 1, 64, 64, 2, 1, available=16 * 2**30)  # fits: no error
-    memory_guard.check_fits("tensorrt", TINY, 1, 512, 512, 2, 1, available=1)  # no estimate: no refusal
+    assert unfused_attention_bytes(TINY, 1, side // 2, side // 2) <= 16 * 2**30
+    memory_guard.check_fits("ort-cpu", unfused_attention_bytes, TINY, 1, 64, 64, 2, 1, available=16 * 2**30)  # fits: no error
+    memory_guard.check_fits("tensorrt", None, TINY, 1, 512, 512, 2, 1, available=1)  # no estimate: no refusal
 
 
 def test_pipeline_refuses_before_running_the_unet(tiny_onnx, monkeypatch):
@@ -46,7 +47,7 @@ def test_pipeline_refuses_before_running_the_unet(tiny_onnx, monkeypatch):
 def test_no_refusal_where_attention_is_memory_efficient(pipelines, monkeypatch):
     """ort-cpu's default graph has MultiHeadAttention (no [S, S] scores): the estimate does not apply."""
     pipe = pipelines("tiny")
-    assert not pipe.backend.materializes_attention
+    assert pipe.backend.attention_bytes(TINY, 1, 256, 256) is None  # the estimate does not apply
     monkeypatch.setattr(memory_guard, "available_bytes", lambda: 2**20)
     out = pipe("a cat", num_inference_steps=1, height=64, width=64, seed=0, output_type="np")
     assert out.images.shape[1:3] == (64, 64)

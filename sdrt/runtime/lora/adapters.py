@@ -17,13 +17,10 @@ from typing import Any, Iterable, Mapping, MutableMapping, Sequence, Union
 import numpy as np
 
 from sdrt.errors import SdrtError
-from sdrt.runtime.lora.base_weights import WeightMap
+from sdrt.weight_map import WeightMap
 from sdrt.runtime.lora.files import LoraFile, read_lora
 from sdrt.runtime.lora.merge import check_scale, low_rank_factors, merged_shapes, merged_weights, resolve
 from sdrt.runtime.lora.scratch import store_for
-
-#: components whose weights a LoRA changes, in the order they are swapped
-COMPONENTS = ("text_encoder", "text_encoder_2", "unet")
 
 LoraSpec = Union[str, os.PathLike, tuple]
 
@@ -100,6 +97,8 @@ class Adapters:
 
     def __init__(self, manifest: Any):
         self.manifest = manifest
+        #: components whose weights a LoRA changes, in the order they are swapped (the family table's)
+        self.components = manifest.family_spec.lora_components
         self.active: list[ActiveLora] = []
         self.changed: dict[str, dict[str, np.ndarray]] = {}  # component -> initializer -> merged value
         self.branched: set[str] = set()  # components whose LoRAs are side paths (backend.set_lora_factors)
@@ -115,7 +114,7 @@ class Adapters:
         touches no engine and merges nothing yet."""
         files: list[tuple[LoraFile, float]] = [(read_lora(path), scale) for path, scale in _pairs(loras)]
         targets = sorted({layer.component for f, _ in files for layer in f.layers})
-        maps = {c: self.weight_map(c) for c in targets if c in COMPONENTS and self.manifest.has(c)}
+        maps = {c: self.weight_map(c) for c in targets if c in self.components and self.manifest.has(c)}
         placed = resolve(files, maps)
         active = [ActiveLora(f.name, str(f.path), scale, f.short_hash, f.format) for f, scale in files]
         return active, placed, maps
@@ -131,11 +130,11 @@ class Adapters:
         (sdrt.runtime.lora.scratch: page cache, not a second resident copy of the layers) and the
         engine rebuilt or refitted with them."""
         active, placed, maps = self.prepare(loras)
-        by_component = {c: [item for item in placed if item.layer.component == c] for c in COMPONENTS}
+        by_component = {c: [item for item in placed if item.layer.component == c] for c in self.components}
         side = {c for c, items in by_component.items() if items and self._side_path(backend, c, items, maps)}
         shapes = merged_shapes([item for c, items in by_component.items() if c not in side for item in items], maps)
         stores = {component: store_for(shapes[component], self.manifest.folder) for component in shapes}
-        for component in COMPONENTS:
+        for component in self.components:
             items = by_component[component]
             old = self.changed.get(component, {})
             if not items and not old and component not in self.branched:
@@ -161,7 +160,7 @@ class Adapters:
 
     def _side_path(self, backend: Any, component: str, items: Sequence, maps: Mapping[str, WeightMap]) -> bool:
         """Whether `component`'s LoRA layers all go in as side paths on this backend."""
-        if not getattr(backend, "lora_branches", False):
+        if not backend.lora_branches:
             return False
         records = maps[component].parameters
         wanted = {r["initializer"] for item in items for r in records[item.parameter]}

@@ -34,12 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from sdrt.errors import SdrtError
+from sdrt.spec import lora_prefixes
 
-#: kohya prefixes -> the component they target
-KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
-                  "lora_te_": "text_encoder"}
-#: diffusers prefixes -> component
-DIFFUSERS_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
+#: key prefix -> the component it targets: kohya's (lora_unet_, lora_te_, lora_te1_, ...) and diffusers'
+#: (unet., text_encoder., ...), as the family table (sdrt.spec.families) declares them
+PREFIXES = lora_prefixes()
 #: (up suffix, down suffix) of each low-rank spelling
 PAIRS = ((".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"),
          (".lora.up.weight", ".lora.down.weight"), (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
@@ -85,22 +84,21 @@ class LoraFile:
 
 def _split(key: str) -> tuple[str, str, str] | None:
     """key -> (component, layer, suffix) or None when the prefix is unknown."""
-    for table in (KOHYA_PREFIXES, DIFFUSERS_PREFIXES):
-        for prefix, component in table.items():
-            if key.startswith(prefix):
-                rest = key[len(prefix):]
-                for up, down in PAIRS:
-                    for suffix in (up, down):
-                        if rest.endswith(suffix):
-                            layer = rest[: -len(suffix)]
-                            if suffix.startswith("_lora."):  # processor LoRA: "<attn>.processor.to_q"
-                                layer = _processor_target(component, layer)
-                                if layer is None:
-                                    return component, rest, ""
-                            return component, layer, suffix
-                if rest.endswith(".alpha"):
-                    return component, rest[: -len(".alpha")], ".alpha"
-                return component, rest, ""
+    for prefix, component in PREFIXES.items():
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            for up, down in PAIRS:
+                for suffix in (up, down):
+                    if rest.endswith(suffix):
+                        layer = rest[: -len(suffix)]
+                        if suffix.startswith("_lora."):  # processor LoRA: "<attn>.processor.to_q"
+                            layer = _processor_target(component, layer)
+                            if layer is None:
+                                return component, rest, ""
+                        return component, layer, suffix
+            if rest.endswith(".alpha"):
+                return component, rest[: -len(".alpha")], ".alpha"
+            return component, rest, ""
     return None
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.lora.names import lookup
-from sdrt.runtime.lora.base_weights import WeightMap
+from sdrt.weight_map import WeightMap
 from sdrt.runtime.lora.files import LoraFile, LoraLayer
 
 

@@ -1,9 +1,11 @@
-"""The base weights of an exported component, memory-mapped from its ONNX files via the weight map.
+"""The weight map of an exported component: its format, and its base weights memory-mapped from the ONNX files.
 
-`<component>/weight_map.json` (written by `sdrt export`, see sdrt/export/weight_map.py) says which
-initializer holds which diffusers parameter, in which layout, and where its bytes lie. Reading a
-parameter maps those bytes (no copy, no protobuf parsing, no onnx or torch import); the merge reads
-them again for every switch, so a LoRA never accumulates error: the base is the file on disk.
+`<component>/weight_map.json` (built by `sdrt export`, see sdrt/export/weight_map.py) says which
+initializer holds which diffusers parameter, in which layout, and where its bytes lie. This module
+is the one place that defines the format; export writes it, the runtime's LoRA merge and the engines'
+LoRA paths read it. Reading a parameter maps those bytes (no copy, no protobuf parsing, no onnx or
+torch import); the merge reads them again for every switch, so a LoRA never accumulates error: the
+base is the file on disk.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sdrt.errors import SdrtError
 
 FORMAT = "sdrt-weight-map"
 VERSION = 1
+FILE_NAME = "weight_map.json"
 
 
 def read_record(folder: Path, record: dict[str, Any]) -> np.ndarray:

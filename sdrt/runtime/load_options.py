@@ -1,0 +1,28 @@
+"""The `Pipeline.load` options that command-line and server options ask for (--cuda-graph, --vae-tiling).
+
+Shared by `sdrt generate` and `sdrt serve` (and its Ray replicas), so a flag means the same everywhere.
+`args` is any object with the option attributes (an argparse namespace, a replica's config).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def cuda_graph_options(args: Any) -> dict[str, Any]:
+    """--cuda-graph -> the backends' one option for it; a backend without CUDA graphs says so."""
+    if not args.cuda_graph:
+        return {}
+    from sdrt.engines.base import backend_class, offering
+    from sdrt.errors import SdrtError
+
+    if args.backend != "auto" and "cuda_graph" not in backend_class(args.backend).options:
+        raise SdrtError(f"--cuda-graph needs a GPU backend ({', '.join(offering('cuda_graph'))}); "
+                        f"{args.backend} has no CUDA graphs: drop --cuda-graph")
+    return {"cuda_graph": True}
+
+
+def vae_tiling_options(args: Any) -> dict[str, Any]:
+    """--vae-tiling / --vae-tile-size -> Pipeline.load's options (checked there)."""
+    tiling, size = getattr(args, "vae_tiling", False), getattr(args, "vae_tile_size", None)
+    return {"vae_tiling": tiling, "vae_tile_size": size} if tiling or size is not None else {}

@@ -1,0 +1,308 @@
+"""The family table: every model family sdrt runs, declared once.
+
+A family entry says what a model of that family *is* — the diffusers pipeline classes it covers and
+the diffusers class that runs each mode (the reference), the folder modules export loads, its
+components and their tensors (for each variant), its tokenizers and which prompt feeds which text
+encoder, its guidance mode, default scheduler and strengths, and the key prefixes LoRA files use for
+its components. Export, the engines and the runtime derive everything family-specific from here;
+adding a family is a new entry plus the code only it needs (its graph wrapper, its conditioning).
+
+========================  ====================================================================
+family ``sd``             SD 1.x / 2.x (and LCM-distilled SD): text_encoder, unet, vae_decoder,
+                          vae_encoder
+family ``sdxl``           SDXL base (and Turbo): text_encoder + text_encoder_2, a UNet that also
+                          takes the pooled ``text_embeds`` and the micro-conditioning ``time_ids``
+family ``sdxl-refiner``   SDXL refiner: text_encoder_2 only, ``time_ids`` of 5 (aesthetic score)
+variant ``timestep_cond`` LCM-distilled UNets: the guidance embedding ``timestep_cond`` [B, G]
+variant ``hidden_states`` SD text encoders also give their layer stack (for ``clip_skip``); SDXL's
+                          always do
+========================  ====================================================================
+
+Tensor names are Optimum's where Optimum has one (``text_embeds``, ``time_ids``,
+``timestep_cond``). ``hidden_states`` is a stack ``[K, B, S, D]`` whose entry ``k`` is exactly what
+the family's diffusers pipeline feeds the UNet for ``clip_skip = k`` (``text_layer`` "last": the
+final layer norm of the ``k+1``-th last layer; "penultimate": the raw ``k+2``-th last layer, so entry
+0 is SDXL's usual penultimate layer). An unknown family or variant is one line naming it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from sdrt.errors import SdrtError
+from sdrt.spec.tensors import FLOAT, MODEL_SYMBOLS, N, ComponentSpec, TensorSpec, symbols_of
+
+T = TensorSpec
+
+# -- the tensors the UNet families are made of -----------------------------------------------------
+#: rows per image (smallest, largest) with CFG / without: a text encoder sees a prompt's negative and
+#: positive rows together (0: from one row per prompt), the UNet both halves of every image, the VAE
+#: encoder one row per init image
+TEXT_BATCH = ((0, 2), (0, 1))
+UNET_BATCH = ((2, 2), (1, 1))
+DECODER_BATCH = ((1, 1), (1, 1))
+ENCODER_BATCH = ((0, 1), (0, 1))
+
+INPUT_IDS = T(N.INPUT_IDS, "int32", ("B", "S"), draw="ids")
+VAE_DECODER = ComponentSpec("vae_decoder", inputs=(T(N.LATENT_SAMPLE, FLOAT, ("B", "C", "h", "w")),),
+                            outputs=(T(N.IMAGE, FLOAT, ("B", 3, "f*h", "f*w")),),
+                            source="vae", graph="vae_decoder", batch=DECODER_BATCH, fp32_if_config="force_upcast")
+VAE_ENCODER = ComponentSpec("vae_encoder", inputs=(T(N.IMAGE, FLOAT, ("B", 3, "f*h", "f*w"), draw="image"),),
+                            outputs=(T(N.LATENT_PARAMETERS, FLOAT, ("B", "2*C", "h", "w")),),
+                            source="vae", graph="vae_encoder", batch=ENCODER_BATCH, fp32_if_config="force_upcast")
+UNET_INPUTS = (
+    T(N.SAMPLE, FLOAT, ("B", "Cin", "h", "w")),
+    T(N.TIMESTEP, "float32", ("B",), draw="timestep"),
+    T(N.ENCODER_HIDDEN_STATES, FLOAT, ("B", "S", "D")),
+)
+UNET_OUTPUTS = (T(N.OUT_SAMPLE, FLOAT, ("B", "C", "h", "w")),)
+#: the SDXL UNet's added conditioning (addition_embed_type "text_time")
+ADDED_COND = (T(N.TEXT_EMBEDS, FLOAT, ("B", "P")), T(N.TIME_IDS, FLOAT, ("B", "T"), draw="pixels"))
+#: LCM's guidance embedding (time_cond_proj_dim)
+TIMESTEP_COND = T(N.TIMESTEP_COND, FLOAT, ("B", "G"))
+
+
+def _unet(inputs: tuple[TensorSpec, ...], variants: tuple[str, ...]) -> ComponentSpec:
+    if "timestep_cond" in variants:
+        inputs += (TIMESTEP_COND,)
+    return ComponentSpec("unet", inputs=inputs, outputs=UNET_OUTPUTS, source="unet", graph="unet", batch=UNET_BATCH)
+
+
+def _text_encoder(name: str, outputs: tuple[TensorSpec, ...]) -> ComponentSpec:
+    return ComponentSpec(name, inputs=(INPUT_IDS,), outputs=outputs, source=name, graph="text_encoder",
+                         batch=TEXT_BATCH)
+
+
+def _sd_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
+    outputs = (T(N.LAST_HIDDEN_STATE, FLOAT, ("B", "S", "D")), T(N.POOLER_OUTPUT, FLOAT, ("B", "D"), optional=True))
+    if "hidden_states" in variants:
+        outputs += (T(N.HIDDEN_STATES, FLOAT, ("K1", "B", "S", "D")),)
+    return (_text_encoder("text_encoder", outputs), _unet(UNET_INPUTS, variants), VAE_DECODER, VAE_ENCODER)
+
+
+SDXL_TEXT_ENCODER = _text_encoder("text_encoder", (T(N.HIDDEN_STATES, FLOAT, ("K1", "B", "S", "D1")),))
+SDXL_TEXT_ENCODER_2 = _text_encoder("text_encoder_2", (T(N.TEXT_EMBEDS, FLOAT, ("B", "P")),
+                                                       T(N.HIDDEN_STATES, FLOAT, ("K2", "B", "S", "D2"))))
+
+
+def _sdxl_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
+    return (SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2, _unet(UNET_INPUTS + ADDED_COND, variants), VAE_DECODER,
+            VAE_ENCODER)
+
+
+def _refiner_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
+    return (SDXL_TEXT_ENCODER_2, _unet(UNET_INPUTS + ADDED_COND, variants), VAE_DECODER, VAE_ENCODER)
+
+
+# -- the family record -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Family:
+    """One model family (see the module docstring); the fields are what the rest of sdrt reads."""
+
+    name: str
+    title: str                               # what users call it ("SD 1.x/2.x")
+    #: diffusers pipeline class this family covers -> {mode: the diffusers class that runs that mode}
+    pipelines: Mapping[str, Mapping[str, str]]
+    #: diffusers folder module -> (library, class) export loads (model_index.json must name them)
+    modules: Mapping[str, tuple[str, str]]
+    components: Callable[[tuple[str, ...]], tuple[ComponentSpec, ...]]  # for these variants
+    #: text encoder component -> (its tokenizer folder, the call argument that feeds it)
+    text_encoders: Mapping[str, tuple[str, str]]
+    denoiser: str                            # the component run once per step
+    runtime: str                             # the runtime's pipeline class for it (sdrt.runtime.pipeline.RUNTIMES)
+    default_scheduler: str                   # a preset's scheduler when it names none
+    #: where the UNet's text conditioning comes from: "last" (last_hidden_state; clip_skip picks from
+    #: the normed stack) or "penultimate" (always the raw stack, entry clip_skip)
+    text_layer: str
+    #: key prefix in a LoRA file -> the component it changes (kohya's and diffusers' spellings)
+    lora_prefixes: Mapping[str, str]
+    variants: tuple[str, ...] = ()           # the variants a model of this family may have
+    absent: tuple[str, ...] = ()             # modules its folder must not have (a refiner has no text_encoder)
+    guidance: str = "cfg"                    # "cfg": unconditional and conditional rows in one batch
+    #: diffusers' default strength per mode (SDXL's img2img is meant for refining)
+    default_strength: Mapping[str, float] = field(default_factory=lambda: {"img2img": 0.8, "inpaint": 0.8})
+    txt2img: bool = True                     # False: it refines an image, never draws from a prompt alone
+    size_conditioning: bool = False          # SDXL's micro-conditioning (time_ids, text_embeds) and arguments
+    aesthetic_score: bool = False            # time_ids carry the aesthetic score (the refiner)
+    #: the classes whose diffusers pipelines patch old scheduler configs when they load (SD 1.x/2.x's)
+    scheduler_config_fixes: tuple[str, ...] = ()
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        """Its components (with every variant), in the order export and build handle them."""
+        return tuple(c.name for c in self.components(self.variants))
+
+    @property
+    def lora_components(self) -> tuple[str, ...]:
+        """The components a LoRA may change (export writes their weight maps), in switching order."""
+        targets = set(self.lora_prefixes.values())
+        return tuple(name for name in self.component_names if name in targets)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.pipelines)
+
+    def mode_class(self, class_name: str, mode: str) -> str | None:
+        """The diffusers class that runs `mode` for a model saved as `class_name` (None: no such mode)."""
+        modes = self.pipelines.get(class_name) or next(iter(self.pipelines.values()))
+        return modes.get(mode)
+
+
+_SD_MODES = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
+             "inpaint": "StableDiffusionInpaintPipeline"}
+_LCM_MODES = {"txt2img": "LatentConsistencyModelPipeline", "img2img": "LatentConsistencyModelImg2ImgPipeline"}
+_SDXL_MODES = {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
+               "inpaint": "StableDiffusionXLInpaintPipeline"}
+_CLIP = ("transformers", "CLIPTextModel")
+_CLIP_PROJECTION = ("transformers", "CLIPTextModelWithProjection")
+_UNET = ("diffusers", "UNet2DConditionModel")
+_VAE = ("diffusers", "AutoencoderKL")
+_SDXL_LORA = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
+              "unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
+
+#: the table (the order `sdrt info` and the docs list them in)
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family(
+        "sd", "SD 1.x/2.x (and LCM-distilled SD)",
+        pipelines={**dict.fromkeys(_SD_MODES.values(), _SD_MODES), "LatentConsistencyModelPipeline": _LCM_MODES},
+        modules={"text_encoder": _CLIP, "unet": _UNET, "vae": _VAE},
+        components=_sd_components, variants=("timestep_cond", "hidden_states"),
+        text_encoders={"text_encoder": ("tokenizer", "prompt")}, denoiser="unet", runtime="unet",
+        default_scheduler="PNDMScheduler", text_layer="last",
+        lora_prefixes={"lora_unet_": "unet", "lora_te_": "text_encoder", "unet.": "unet",
+                       "text_encoder.": "text_encoder"},
+        scheduler_config_fixes=tuple(dict.fromkeys(_SD_MODES.values())),
+    ),
+    Family(
+        "sdxl", "SDXL base (and Turbo)",
+        pipelines=dict.fromkeys(_SDXL_MODES.values(), _SDXL_MODES),
+        modules={"text_encoder": _CLIP, "text_encoder_2": _CLIP_PROJECTION, "unet": _UNET, "vae": _VAE},
+        components=_sdxl_components, variants=("timestep_cond",),
+        text_encoders={"text_encoder": ("tokenizer", "prompt"), "text_encoder_2": ("tokenizer_2", "prompt_2")},
+        denoiser="unet", runtime="unet", default_scheduler="EulerDiscreteScheduler", text_layer="penultimate",
+        lora_prefixes=_SDXL_LORA, default_strength={"img2img": 0.3, "inpaint": 0.9999}, size_conditioning=True,
+    ),
+    Family(
+        "sdxl-refiner", "SDXL refiner",
+        pipelines=dict.fromkeys(_SDXL_MODES.values(), _SDXL_MODES),
+        modules={"text_encoder_2": _CLIP_PROJECTION, "unet": _UNET, "vae": _VAE}, absent=("text_encoder",),
+        components=_refiner_components, variants=("timestep_cond",),
+        # diffusers pairs the prompts with the encoders a pipeline has: the refiner's one gets `prompt`
+        text_encoders={"text_encoder_2": ("tokenizer_2", "prompt")},
+        denoiser="unet", runtime="unet", default_scheduler="EulerDiscreteScheduler", text_layer="penultimate",
+        lora_prefixes=_SDXL_LORA, default_strength={"img2img": 0.3, "inpaint": 0.9999}, txt2img=False,
+        size_conditioning=True, aesthetic_score=True,
+    ),
+)}
+#: every variant any family knows
+VARIANTS = tuple(dict.fromkeys(v for f in FAMILIES.values() for v in f.variants))
+
+
+def family(name: str) -> Family:
+    """The family of that name; an unknown name is one line listing the known ones."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise SdrtError(f"unknown model family {name!r} (this sdrt knows {', '.join(FAMILIES)}): upgrade sdrt, "
+                        f"or export the model again with this version") from None
+
+
+def family_of_pipeline(class_name: str, model_index: Mapping[str, object]) -> Family | None:
+    """The family of a diffusers folder saved as `class_name` (None: no family covers that class).
+
+    Several families may cover one class (SDXL base and refiner): the first whose `absent` modules the
+    folder lacks wins, families that require an absence tried first."""
+    def lacks(module: str) -> bool:
+        entry = model_index.get(module)
+        return not entry or (isinstance(entry, (list, tuple)) and entry[1] is None)
+
+    covering = [f for f in FAMILIES.values() if class_name in f.pipelines]
+    for f in sorted(covering, key=lambda f: not f.absent):
+        if all(lacks(m) for m in f.absent):
+            return f
+    return None
+
+
+def lora_prefixes() -> dict[str, str]:
+    """Every key prefix a family's LoRA files use -> the component it targets (a file is read the same
+    way whatever model it is applied to; the model then takes the components it has)."""
+    found: dict[str, str] = {}
+    for entry in FAMILIES.values():
+        for prefix, component in entry.lora_prefixes.items():
+            if found.setdefault(prefix, component) != component:
+                raise AssertionError(f"LoRA prefix {prefix!r} names two components in the family table")
+    return found
+
+
+def supported_classes() -> tuple[str, ...]:
+    """Every diffusers pipeline class some family covers."""
+    return tuple(dict.fromkeys(c for f in FAMILIES.values() for c in f.pipelines))
+
+
+# -- one model: family + variants -> its components --------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """The components of one model (family + variants) and their tensors."""
+
+    family: Family
+    variants: tuple[str, ...]
+    components: tuple[ComponentSpec, ...]
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.components)
+
+    @property
+    def text_encoders(self) -> tuple[str, ...]:
+        return tuple(self.family.text_encoders)
+
+    @property
+    def denoiser(self) -> ComponentSpec:
+        return self.component(self.family.denoiser)
+
+    def has(self, name: str) -> bool:
+        return name in self.component_names
+
+    def component(self, name: str) -> ComponentSpec:
+        for c in self.components:
+            if c.name == name:
+                return c
+        raise KeyError(f"unknown component {name!r} for the {self.family.name} family; known: "
+                       f"{', '.join(self.component_names)}")
+
+    def symbols(self) -> tuple[str, ...]:
+        """The model symbols this model's tensors use (what its manifest must give values for)."""
+        found = {s for c in self.components for t in c.tensors for d in t.shape for s in symbols_of(d)}
+        return tuple(s for s in MODEL_SYMBOLS if s in found)
+
+
+def model_spec(family_name: str, variants: Iterable[str] = ()) -> ModelSpec:
+    """The spec of a model of this family with these variants (one line for an unknown one)."""
+    entry = family(family_name)
+    given = tuple(variants)
+    unknown = [v for v in given if v not in entry.variants]
+    if unknown:
+        raise SdrtError(f"unknown model variant {unknown[0]!r} for the {entry.name} family (it knows "
+                        f"{', '.join(entry.variants) or 'none'}): upgrade sdrt, or export the model again")
+    return _model_spec(entry.name, tuple(v for v in entry.variants if v in given))
+
+
+@functools.lru_cache(maxsize=None)
+def _model_spec(family_name: str, variants: tuple[str, ...]) -> ModelSpec:
+    entry = FAMILIES[family_name]
+    return ModelSpec(entry, variants, entry.components(variants))
+
+
+def component_names() -> tuple[str, ...]:
+    """Every component name any family has, in the order export and build handle them (each family's
+    order kept: a name first seen in a later family goes right after its predecessor there)."""
+    merged: list[str] = []
+    for entry in FAMILIES.values():
+        previous = None
+        for name in entry.component_names:
+            if name not in merged:
+                merged.insert(merged.index(previous) + 1 if previous else 0, name)
+            previous = name
+    return tuple(merged)
