@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sdrt.errors import SdrtError
+from sdrt.hashing import update_with_file
 
 #: Pipeline classes sdrt exports -> their model family (sdrt.spec). SD 1.x/2.x (and LCM-distilled
 #: SD) share CLIP + UNet2DConditionModel + AutoencoderKL; SDXL adds a second, projecting text
@@ -254,9 +255,7 @@ def hash_folder(path: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
+        update_with_file(digest, file)
     return "sha256:" + digest.hexdigest()
 
 
