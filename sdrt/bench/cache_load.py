@@ -21,20 +21,18 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from sdrt.atomic import write_result
+from sdrt.atomic import temp_folder, write_result
 from sdrt.manifest import ENGINES_DIR
 
 
 def scratch_folder(folder: Path, parent: Path) -> Path:
     """``folder``'s entries as symlinks in a new directory under ``parent``, without ``engines/``."""
-    # a private scratch folder of links, deleted after the run (never renamed into place): mkdtemp's 0700 fits
-    scratch = Path(tempfile.mkdtemp(prefix="sdrt-cache-load-", dir=parent))
+    scratch = temp_folder(parent, "sdrt-cache-load-")  # deleted after the run (see run)
     for entry in folder.iterdir():
         if entry.name != ENGINES_DIR:
             (scratch / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())

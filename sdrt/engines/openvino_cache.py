@@ -6,8 +6,9 @@
                                                  complete entry
 
 The key hashes everything that makes a compiled model valid: the ONNX content (the manifest's
-sha256 of model.onnx and its external data, `Manifest.component_hash`; never an mtime), the OpenVINO version, the device and its name, the
-inference precision, the shape policy (dynamic, or the static dims) and the compile options.
+sha256 of model.onnx and its external data, `Manifest.component_hash`; never an mtime), the
+OpenVINO version, the device and its name, the inference precision, the shape policy (dynamic, or
+the static dims) and the compile options.
 Another value of any of them is another folder, so a stale compiled model is never loaded.
 
 An entry whose key.json exists but whose blob OpenVINO could not import is corrupt: the loader

@@ -349,14 +349,12 @@ def build_pipeline(name: str, seed: int = 0, dtype: Any = None) -> Any:
 
 def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = False) -> Path:
     """Write the preset as an ordinary diffusers folder, atomically (temporary sibling, then rename)."""
+    from sdrt.export.staging import check_target
     from sdrt.export.tokenizer_files import write_tokenizer
 
     get_preset(name)
     out = Path(out)
-    if out.exists() and not force:
-        raise SdrtError(f"{out} already exists: choose another --out or pass --force to overwrite it")
-    if out.exists() and not out.is_dir():
-        raise SdrtError(f"{out} is a file, not a folder: choose another --out")
+    check_target(out, force)
     with atomic.staged_folder(out, if_exists="replace" if force else "fail") as tmp:
         pipeline = build_pipeline(name, seed=seed)
         pipeline.save_pretrained(tmp)
