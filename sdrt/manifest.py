@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,14 @@ FORMAT = "sdrt-onnx"
 FORMAT_VERSION = 1
 #: the family of manifests written before `pipeline.family` existed (they could only be SD 1.x/2.x)
 LEGACY_FAMILY = "sd"
+#: the folder inside a model folder where every backend keeps what it builds or caches from the ONNX
+ENGINES_DIR = "engines"
+
+
+def engines_dir(folder: str | os.PathLike, backend: str | None = None) -> Path:
+    """``folder/engines`` (``folder/engines/<backend>`` for one backend's caches): the one place that names it."""
+    root = Path(folder) / ENGINES_DIR
+    return root / backend if backend else root
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class Manifest:
 
     folder: Path
     data: dict[str, Any]
+    _computed_hashes: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # -- reading -----------------------------------------------------------------------------
     @classmethod
@@ -125,6 +134,23 @@ class Manifest:
     def verify(self) -> None:
         """Every component's file still has the sha256 export recorded (one line naming the first that differs)."""
         manifest_schema.verify(self.folder, self.components)
+
+    def component_hash(self, component: str) -> str:
+        """A component's content hash, what every engine cache is keyed by: the sha256 export recorded
+        (model.onnx, then its .data); for a manifest without one, the same hash computed from the files
+        once per Manifest. Never an mtime: touching a file keeps its caches, new content does not."""
+        path = self.onnx_path(component)  # a missing component or file is one line here
+        recorded = self.components[component].get("sha256")
+        if recorded:
+            return recorded
+        if component not in self._computed_hashes:
+            files = manifest_schema.component_files(path)
+            self._computed_hashes[component] = manifest_schema.component_sha256(files)
+        return self._computed_hashes[component]
+
+    def engines_dir(self, backend: str | None = None) -> Path:
+        """Where backends keep engines and caches built from this folder (``engines/<backend>``)."""
+        return engines_dir(self.folder, backend)
 
     # -- facts about the model ---------------------------------------------------------------
     @property

@@ -12,12 +12,12 @@ export records) and names the first file that changed.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sdrt import hashing
 from sdrt.errors import SdrtError
 
 
@@ -75,15 +75,14 @@ def validate(data: Any, path: Path) -> None:
                         f"export the model again with --force") from None
 
 
+def component_files(onnx_path: Path) -> list[Path]:
+    """The files a component's recorded sha256 covers, in order: model.onnx, then its .data."""
+    return [onnx_path, onnx_path.with_name(onnx_path.name + ".data")]
+
+
 def component_sha256(paths: list[Path]) -> str:
     """sha256 over the files' bytes in order (absent files skipped): a component's recorded hash."""
-    digest = hashlib.sha256()
-    for path in paths:
-        if path.exists():
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-    return digest.hexdigest()
+    return hashing.files_sha256(paths)
 
 
 def verify(folder: Path, components: dict[str, dict[str, Any]]) -> None:
@@ -96,7 +95,7 @@ def verify(folder: Path, components: dict[str, dict[str, Any]]) -> None:
                             f"export the model again with this sdrt")
         if not path.is_file():
             raise SdrtError(f"{path} is missing: export the model again with --force")
-        actual = component_sha256([path, path.with_name(path.name + ".data")])
+        actual = component_sha256(component_files(path))
         if actual != recorded:
             changed = path.name + (" (or its .data)" if entry.get("external_data") else "")
             raise SdrtError(f"{path.parent / changed} changed since export: sha256 {actual[:12]}... but "

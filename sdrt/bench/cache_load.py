@@ -21,20 +21,20 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from sdrt.atomic import write_result
+from sdrt.atomic import temp_folder, write_result
+from sdrt.manifest import ENGINES_DIR
 
 
 def scratch_folder(folder: Path, parent: Path) -> Path:
     """``folder``'s entries as symlinks in a new directory under ``parent``, without ``engines/``."""
-    scratch = Path(tempfile.mkdtemp(prefix="sdrt-cache-load-", dir=parent))
+    scratch = temp_folder(parent, "sdrt-cache-load-")  # deleted after the run (see run)
     for entry in folder.iterdir():
-        if entry.name != "engines":
+        if entry.name != ENGINES_DIR:
             (scratch / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
     return scratch
 
@@ -44,7 +44,7 @@ def preread(folder: Path, chunk: int = 64 * 2**20) -> int:
     total = 0
     root = folder.resolve()
     for path in sorted(root.rglob("*")):
-        if path.is_file() and "engines" not in path.relative_to(root).parts:
+        if path.is_file() and ENGINES_DIR not in path.relative_to(root).parts:
             with open(path, "rb") as f:
                 while data := f.read(chunk):
                     total += len(data)

@@ -20,11 +20,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from sdrt import atomic
 from sdrt.bench.results import CallTimes
 from sdrt.errors import SdrtError
 
@@ -51,9 +50,7 @@ def build_ir(onnx_folder: Path, out: Path) -> Path:
     from sdrt.manifest import Manifest
 
     manifest = Manifest.load(onnx_folder)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic.staged_folder(out, if_exists="replace") as tmp:
         shutil.copy2(onnx_folder / "model_index.json", tmp / "model_index.json")
         shutil.copytree(onnx_folder / "scheduler", tmp / "scheduler")
         hf_tokenizer = CLIPTokenizerFast.from_pretrained(str(onnx_folder / "tokenizer"))
@@ -78,12 +75,6 @@ def build_ir(onnx_folder: Path, out: Path) -> Path:
             del model
             gc.collect()
         (tmp / "sdrt-genai.json").write_text(json.dumps({"format": IR_FORMAT, "onnx": str(onnx_folder)}) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -98,6 +98,5 @@ def run(args: argparse.Namespace) -> int:
         _log(f"[{i}/{len(components)}] {name}")
         trt_build.build_component(manifest, name, args.backend, request, options, trt=trt, features=features,
                                   target=target, log=_log)
-    _log(f"done in {time.perf_counter() - start:.1f} s; engines under "
-         f"{Path(args.model) / 'engines' / args.backend}")
+    _log(f"done in {time.perf_counter() - start:.1f} s; engines under {manifest.engines_dir(args.backend)}")
     return 0

@@ -238,9 +238,7 @@ class OpenVinoBackend(Backend):
 
     def identity(self, manifest, component: str, shapes: Mapping[str, tuple[int, ...]] | None,
                  branched: bool = False) -> dict[str, Any]:
-        entry = manifest.components[component]
-        path = manifest.onnx_path(component)
-        onnx_hash = entry.get("sha256") or f"mtime:{path.stat().st_mtime_ns}:{path.stat().st_size}"
+        onnx_hash = manifest.component_hash(component)
         try:
             device_name = str(self.core.get_property(self.device, "FULL_DEVICE_NAME"))
         except Exception:

@@ -6,8 +6,9 @@
                                                  complete entry
 
 The key hashes everything that makes a compiled model valid: the ONNX content (the manifest's
-sha256 of model.onnx and its external data), the OpenVINO version, the device and its name, the
-inference precision, the shape policy (dynamic, or the static dims) and the compile options.
+sha256 of model.onnx and its external data, `Manifest.component_hash`; never an mtime), the
+OpenVINO version, the device and its name, the inference precision, the shape policy (dynamic, or
+the static dims) and the compile options.
 Another value of any of them is another folder, so a stale compiled model is never loaded.
 
 An entry whose key.json exists but whose blob OpenVINO could not import is corrupt: the loader
@@ -22,6 +23,9 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
+
+from sdrt import atomic
+from sdrt.manifest import engines_dir
 
 KEY_FORMAT = 1
 KEY_FILE = "key.json"
@@ -42,7 +46,7 @@ def cache_key(ident: Mapping[str, Any]) -> str:
 
 
 def store_root(folder: str | os.PathLike) -> Path:
-    return Path(folder) / "engines" / "openvino"
+    return engines_dir(folder, "openvino")
 
 
 def entry_dir(folder: str | os.PathLike, ident: Mapping[str, Any]) -> Path:
@@ -57,9 +61,7 @@ def is_complete(entry: Path) -> bool:
 def mark_complete(entry: Path, ident: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> None:
     """Write key.json atomically (temp file, then rename): the entry is complete from here on."""
     entry.mkdir(parents=True, exist_ok=True)
-    tmp = entry / (KEY_FILE + ".tmp")
-    tmp.write_text(json.dumps({"identity": dict(ident), **dict(extra or {})}, indent=2) + "\n")
-    os.replace(tmp, entry / KEY_FILE)
+    atomic.write_text(entry / KEY_FILE, json.dumps({"identity": dict(ident), **dict(extra or {})}, indent=2) + "\n")
 
 
 def discard(entry: Path) -> None:

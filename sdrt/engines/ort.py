@@ -230,8 +230,7 @@ class OrtCpuBackend(Backend):
     def _cached_model(self, manifest, component: str, path: Path) -> tuple[Path, bool]:
         """(model to load, whether it is an already optimized cache entry)."""
         ort = _import_ort()
-        entry = manifest.components[component]
-        key_text = "|".join([entry.get("sha256") or str(path.stat().st_mtime_ns), ort.__version__,
+        key_text = "|".join([manifest.component_hash(component), ort.__version__,
                              self.name, self.providers_label, self.graph_optimization_level,
                              *self.graph_rewrites])
         key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
@@ -255,7 +254,8 @@ class OrtCpuBackend(Backend):
             from sdrt.engines.ort_tuning import rewritten_model
 
             try:
-                path = rewritten_model(path, self.graph_rewrites, manifest.folder / "engines" / self.name)
+                path = rewritten_model(path, self.graph_rewrites, manifest.engines_dir(self.name),
+                                       manifest.component_hash(component))
             except SdrtError:
                 raise
             except Exception:  # an unreadable or missing graph: onnxruntime's load below says what is wrong
@@ -323,7 +323,7 @@ class OrtCpuBackend(Backend):
                        "(pip install onnx makes switching faster)")
             return None
         ort = _import_ort()
-        labels = [ort.__version__, self.name, self.providers_label, self.graph_optimization_level]
+        labels = [ort.__version__, self.name, self.providers_label, self.graph_optimization_level, *self.graph_rewrites]
 
         def optimize(graph: Path, out: Path) -> None:
             so = self.session_options()
@@ -332,7 +332,8 @@ class OrtCpuBackend(Backend):
             ort.InferenceSession(str(graph), sess_options=so, providers=self.providers(self.graphed(manifest, component)))
 
         try:
-            ready = lora_ready_model(path, targets, manifest.folder / "engines" / self.name, labels, optimize)
+            ready = lora_ready_model(path, manifest.component_hash(component), targets, manifest.engines_dir(self.name),
+                                     labels, optimize)
         except Exception as e:  # a full disk, a read-only folder: this switch still works, only slower
             _note_once(f"no LoRA-ready graph for {component} ({_one_line(e)}): this switch optimizes the whole graph")
             return None

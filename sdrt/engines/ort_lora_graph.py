@@ -13,11 +13,12 @@ original names. A LoRA session then loads that graph with optimization off and t
 as initializer overrides: measured on sd15's UNet, 3.0 s instead of 37.3 s, output identical to a
 fully optimized LoRA session (max |diff| 0.0).
 
-The graph is written once per (graph, weights, ONNX Runtime version, level, CPU) under the model's
-`engines/<backend>/lora-graph-<key>/` (`model.onnx`, `model.onnx.data`, `targets.json` last), in a
-staging folder renamed into place. 3x3 convolutions are not in it (their layout pass matters for
-speed, and a LoRA on them is rarer): a LoRA touching them takes the full path, a session optimized
-with the overrides. Needs the `onnx` package; without it every switch takes the full path.
+The graph is written once per (the manifest's content hash of the component, ONNX Runtime version,
+level, rewrites, CPU) under the model's `engines/<backend>/lora-graph-<key>/` (`model.onnx`,
+`model.onnx.data`, `targets.json` last), in a staging folder renamed into place. 3x3 convolutions
+are not in it (their layout pass matters for speed, and a LoRA on them is rarer): a LoRA touching
+them takes the full path, a session optimized with the overrides. Needs the `onnx` package;
+without it every switch takes the full path.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
+
+from sdrt import atomic
 
 TARGETS_FILE = "targets.json"
 DATA_NAME = "model.onnx.data"
@@ -46,13 +48,10 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _identity(source: Path) -> list[str]:
-    files = [source, *sorted(p for p in source.parent.glob(source.name + ".*") if p.is_file())]
-    return [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files] + [str(source.resolve())]
-
-
-def graph_key(source: Path, targets: Iterable[str], labels: Iterable[str]) -> str:
-    text = "|".join([*_identity(source), *sorted(targets), *labels, cpu_name()])
+def graph_key(content_hash: str, targets: Iterable[str], labels: Iterable[str]) -> str:
+    """The graph's content hash (the manifest's, `Manifest.component_hash`), what is kept open, how it is
+    optimized (`labels`) and the CPU: never a path or an mtime."""
+    text = "|".join([content_hash, *sorted(targets), *labels, cpu_name()])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -65,16 +64,18 @@ def read_ready(folder: Path) -> tuple[Path, frozenset[str], frozenset[str]] | No
     return folder / "model.onnx", frozenset(data["targets"]), frozenset(data["external"])
 
 
-def lora_ready_model(source: Path, targets: frozenset[str], cache_dir: Path, labels: Iterable[str],
-                     optimize: Callable[[Path, Path], None]) -> tuple[Path, frozenset[str], frozenset[str]]:
+def lora_ready_model(source: Path, content_hash: str, targets: frozenset[str], cache_dir: Path,
+                     labels: Iterable[str], optimize: Callable[[Path, Path], None]
+                     ) -> tuple[Path, frozenset[str], frozenset[str]]:
     """The LoRA-ready graph of `source` (written once): (path, kept-open initializers, external ones).
 
+    `content_hash` identifies `source`'s content (with `labels`, e.g. the graph rewrites that made it);
     `optimize(graph, out)` runs ONNX Runtime's optimizer on `graph` and saves the result at `out`,
     its large initializers in `out`'s folder as DATA_NAME (the backend's own session options)."""
     import onnx
 
     source = Path(source)
-    key = graph_key(source, targets, labels)
+    key = graph_key(content_hash, targets, labels)
     folder = Path(cache_dir) / f"lora-graph-{key}"
     ready = read_ready(folder)
     if ready is not None:
@@ -87,9 +88,8 @@ def lora_ready_model(source: Path, targets: frozenset[str], cache_dir: Path, lab
     for name in chosen:  # an initializer that is also an input is not a constant to the optimizer
         tensor = initializers[name]
         graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    # another process may finish the same graph first: theirs is kept, ours dropped
+    with atomic.staged_folder(folder, if_exists="keep") as stage:
         work = stage / "source"
         work.mkdir()
         locations = {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
@@ -111,13 +111,6 @@ def lora_ready_model(source: Path, targets: frozenset[str], cache_dir: Path, lab
         open_names = sorted(n for n in chosen if n in present)
         external = sorted(n for n in open_names if present[n].data_location == onnx.TensorProto.EXTERNAL)
         (stage / TARGETS_FILE).write_text(json.dumps({"targets": open_names, "external": external}) + "\n")
-        try:
-            os.replace(stage, folder)
-        except OSError:
-            if read_ready(folder) is None:  # not another process that finished first
-                raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     ready = read_ready(folder)
     assert ready is not None
     return ready

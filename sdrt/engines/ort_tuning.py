@@ -6,8 +6,8 @@ What each lever gave on the SD 1.5 graphs is in benchmarks/README.md ("CPU lever
     pipe = Pipeline.load(folder, "ort-cpu", **backend_options("ort-cpu", "fast"))
 
 A rewritten graph is written once next to the engines (``<folder>/engines/ort-cpu/rewrites-<key>/``),
-keyed by the source graph's hash, the rewrites and the onnx version, so a stale one is never
-loaded; its weights file is hard-linked to the original (no copy of 3.4 GB).
+keyed by the component's content hash (the manifest's sha256), the rewrites and the onnx version,
+so a stale one is never loaded; its weights file is hard-linked to the original (no copy of 3.4 GB).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from sdrt import atomic
 from sdrt.errors import SdrtError
+from sdrt.hashing import files_sha256
 
 
 def physical_cores() -> int:
@@ -56,14 +57,6 @@ def backend_options(backend: str, preset: str | None, folder: str | os.PathLike 
     return options
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -71,10 +64,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def rewritten_model(path: str | os.PathLike, rewrites: Sequence[str], cache_dir: str | os.PathLike) -> Path:
+def rewritten_model(path: str | os.PathLike, rewrites: Sequence[str], cache_dir: str | os.PathLike,
+                    content_hash: str | None = None) -> Path:
     """``path``'s graph with ``rewrites`` applied, written once under ``cache_dir``; its path.
 
-    Returns ``path`` itself when no rewrite matched anything (nothing to gain from a copy).
+    Keyed by ``content_hash`` (the backend passes ``Manifest.component_hash``; without one, the
+    sha256 of the graph and its weights files), the rewrites and the onnx version. Returns ``path``
+    itself when no rewrite matched anything (nothing to gain from a copy).
     """
     import onnx
 
@@ -85,10 +81,9 @@ def rewritten_model(path: str | os.PathLike, rewrites: Sequence[str], cache_dir:
         raise SdrtError(f"unknown graph rewrite {unknown[0]!r}; choose from: {', '.join(REWRITES)}")
     path = Path(path)
     ordered = [r for r in REWRITES if r in rewrites]
-    # the graph's bytes, and the identity of its weights files (replaced weights -> a new key)
-    weights = sorted(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                     for p in path.parent.glob(path.name + ".*") if p.is_file())
-    key = hashlib.sha256("|".join([_file_digest(path), *weights, *ordered, onnx.__version__]).encode()).hexdigest()[:16]
+    if content_hash is None:
+        content_hash = files_sha256([path, *sorted(p for p in path.parent.glob(path.name + ".*") if p.is_file())])
+    key = hashlib.sha256("|".join([content_hash, *ordered, onnx.__version__]).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / f"rewrites-{key}"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -102,9 +97,8 @@ def rewritten_model(path: str | os.PathLike, rewrites: Sequence[str], cache_dir:
         return path
     model = onnx.load(str(path), load_external_data=False)
     changed = sum(REWRITES[name](model) for name in ordered)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    # another process may finish the same entry first: theirs is kept (the same graph), ours dropped
+    with atomic.staged_folder(folder, if_exists="keep") as tmp:
         if changed:
             prune_dead_nodes(model.graph)
             locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
@@ -113,11 +107,4 @@ def rewritten_model(path: str | os.PathLike, rewrites: Sequence[str], cache_dir:
             onnx.save(model, str(tmp / path.name))
         else:
             (tmp / "unchanged").write_text("no rewrite matched this graph\n")
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not folder.is_dir():  # not a race with another process that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; ours is dropped after a lost race
     return target if changed else path

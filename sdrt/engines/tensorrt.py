@@ -143,8 +143,7 @@ class TensorRTBackend(Backend):
     def load(self, manifest, component: str) -> TensorRTEngine:
         s = self.session()
         root = trt_cache.store_root(manifest.folder, self.name)
-        onnx_dir = manifest.onnx_path(component).parent
-        ident = trt_cache.identity(component, trt_cache.onnx_content_hash(onnx_dir, root.parent / trt_cache.HASH_MEMO),
+        ident = trt_cache.identity(component, manifest.component_hash(component),
                                    s.features.library, self._target, manifest.precision(component))
         f = manifest.sizes.vae_scale_factor
         comp = manifest.spec.component(component)

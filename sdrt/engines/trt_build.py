@@ -164,7 +164,7 @@ def build_component(manifest: Any, component: str, flavor_name: str, request: tr
     root = trt_cache.store_root(manifest.folder, flavor_name)
     component_spec = manifest.spec.component(component)
     rng = trt_profiles.dim_range(component_spec, request, manifest.sizes, manifest.default_image_size)
-    onnx_hash = trt_cache.onnx_content_hash(onnx_path.parent, root.parent / trt_cache.HASH_MEMO)
+    onnx_hash = manifest.component_hash(component)
     precision = manifest.precision(component)
     ident = trt_cache.identity(component, onnx_hash, features.library, target, precision)
     key = trt_cache.cache_key(ident, rng, options.key_fields())

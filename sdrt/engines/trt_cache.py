@@ -1,7 +1,8 @@
 """The TensorRT engine store: cache keys, entries on disk, and which engine a call may load.
 
 An engine is only valid for the exact ONNX it came from, the TensorRT build that made it, the GPU it
-was tuned on, the precision and the optimization profile. All five go into its key:
+was tuned on, the precision and the optimization profile. All five go into its key (the ONNX as the
+manifest's component sha256, `Manifest.component_hash`: a touched file keeps its engines):
 
     DIR/engines/<backend>/<component>-<key>/engine.plan
                                            /key.json    what the key hashed, the build options, timing
@@ -16,68 +17,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from sdrt import atomic
 from sdrt.engines.trt_profiles import DimRange
-from sdrt.errors import SdrtError
+from sdrt.manifest import engines_dir
 
 KEY_FORMAT = 1
 ENGINE_FILE = "engine.plan"
 KEY_FILE = "key.json"
-HASH_MEMO = "onnx-hashes.json"
 #: identity fields, in the order a stale-engine message names them
 IDENTITY_FIELDS = ("onnx", "library", "target", "precision")
 FIELD_WORDS = {"onnx": "another ONNX export", "library": "another TensorRT", "target": "another GPU",
                "precision": "another precision"}
-_CHUNK = 16 << 20
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def onnx_content_hash(component_dir: Path, memo_path: Path | None = None) -> str:
-    """sha256 over every file of a component folder (model.onnx and its external data), by name.
-
-    Hashing a 1.7 GB UNet takes seconds, so per-file hashes are memoized by (size, mtime) in
-    ``memo_path`` when given; a changed file is hashed again.
-    """
-    memo: dict[str, Any] = {}
-    if memo_path is not None and memo_path.is_file():
-        try:
-            memo = json.loads(memo_path.read_text())
-        except (OSError, ValueError):
-            memo = {}
-    total = hashlib.sha256()
-    changed = False
-    for path in sorted(p for p in Path(component_dir).iterdir() if p.is_file()):
-        st = path.stat()
-        tag = str(path.resolve())
-        seen = memo.get(tag)
-        if seen and seen[0] == st.st_size and seen[1] == st.st_mtime_ns:
-            digest = seen[2]
-        else:
-            digest = _file_sha256(path)
-            memo[tag] = [st.st_size, st.st_mtime_ns, digest]
-            changed = True
-        total.update(f"{path.name}\0{digest}\n".encode())
-    if changed and memo_path is not None:
-        try:
-            memo_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(memo_path, json.dumps(memo, indent=1))
-        except (OSError, SdrtError):
-            pass  # a read-only model folder: hash again next time
-    return "sha256:" + total.hexdigest()
 
 
 def identity(component: str, onnx_hash: str, library: str, target: str, precision: str) -> dict[str, str]:
@@ -94,7 +48,7 @@ def cache_key(ident: Mapping[str, str], profile: DimRange, build: Mapping[str, A
 
 
 def store_root(folder: Path, backend: str) -> Path:
-    return Path(folder) / "engines" / backend
+    return engines_dir(folder, backend)
 
 
 @dataclass(frozen=True)
@@ -132,17 +86,10 @@ def write_entry(root: Path, key: str, plan: bytes, ident: Mapping[str, str], pro
     root.mkdir(parents=True, exist_ok=True)
     info = {"format": KEY_FORMAT, "key": key, "identity": dict(ident), "profile": profile.to_json(),
             "build": dict(build), **dict(extra or {})}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    try:
+    with atomic.staged_folder(root / key, if_exists="replace") as tmp:
         (tmp / ENGINE_FILE).write_bytes(plan)
         (tmp / KEY_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        final = root / key
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    final = root / key
     return Entry(final, dict(ident), profile, info)
 
 

@@ -18,13 +18,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from sdrt import atomic
 from sdrt.errors import SdrtError
 from sdrt.export import presets_sdxl as xl
 from sdrt.export.shapes_model import SHAPES_SCHEDULER, SHAPES_TEXT, SHAPES_UNET, SHAPES_VAE
@@ -351,32 +349,17 @@ def build_pipeline(name: str, seed: int = 0, dtype: Any = None) -> Any:
 
 def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = False) -> Path:
     """Write the preset as an ordinary diffusers folder, atomically (temporary sibling, then rename)."""
+    from sdrt.export.staging import check_target
     from sdrt.export.tokenizer_files import write_tokenizer
 
     get_preset(name)
     out = Path(out)
-    if out.exists() and not force:
-        raise SdrtError(f"{out} already exists: choose another --out or pass --force to overwrite it")
-    if out.exists() and not out.is_dir():
-        raise SdrtError(f"{out} is a file, not a folder: choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()  # mode from the umask, unlike mkdtemp's 0700
-    try:
+    check_target(out, force)
+    with atomic.staged_folder(out, if_exists="replace" if force else "fail") as tmp:
         pipeline = build_pipeline(name, seed=seed)
         pipeline.save_pretrained(tmp)
         # Also vocab.json / merges.txt, as released SD folders have them (older transformers read those).
         for folder in ("tokenizer", "tokenizer_2"):
             if getattr(pipeline, folder, None) is not None:
                 write_tokenizer(getattr(pipeline, folder), tmp / folder)
-        if out.exists():
-            old = tmp.with_suffix(".old")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from sdrt import spec
 from sdrt.errors import SdrtError
+from sdrt.hashing import update_with_file
 
 #: what `sdrt export` takes, in words (each family's pipeline classes are in sdrt.spec.FAMILIES)
 SUPPORTED_TEXT = "SD 1.x/2.x, SDXL (base, refiner, Turbo) and LCM-distilled pipelines"
@@ -226,9 +227,7 @@ def hash_folder(path: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
+        update_with_file(digest, file)
     return "sha256:" + digest.hexdigest()
 
 

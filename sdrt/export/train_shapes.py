@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from sdrt import atomic
 from sdrt.export import shapes_data
 from sdrt.export.shapes_model import SCALING_KEY, SHAPES_SCHEDULER, SHAPES_TEXT, SHAPES_UNET, SHAPES_VAE, WEIGHT_FILES
 
@@ -93,16 +94,13 @@ def save_fp16(model: Any, path: Path, metadata: dict[str, str] | None = None) ->
 
     state = {k: v.detach().to("cpu").half().contiguous() for k, v in model.state_dict().items()
              if not k.endswith("position_ids")}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)  # package data: readable by all
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)  # package data: readable by all, whatever the umask of who trained it
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def train_vae(vae: Any, images: Any, args: argparse.Namespace, log: Log, generator: Any) -> None:

@@ -121,13 +121,15 @@ def to_pil(images: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(img) for img in (images * 255).round().astype(np.uint8)]
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, text: dict[str, Any] | None = None) -> Path:
-    """Write a PNG with text chunks (e.g. A1111's "parameters") that image viewers and SD tools show."""
+def save_png(image: Image.Image, path: str | os.PathLike, text: dict[str, Any] | None = None, *,
+             fsync: bool = False) -> Path:
+    """Write a PNG with text chunks (e.g. A1111's "parameters") that image viewers and SD tools show;
+    `fsync`: on disk before it appears under its name (a batch that resumes trusts what it finds)."""
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, str(value))
     path = Path(path)
-    with replacing(path) as tmp:  # whole or not at all: a full disk or Ctrl-C leaves no truncated PNG
+    with replacing(path, fsync=fsync) as tmp:  # whole or not at all: a full disk or Ctrl-C leaves no truncated PNG
         image.save(tmp, format="PNG", pnginfo=info)
     return path
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from sdrt import atomic
 from sdrt.errors import SdrtError
 from sdrt.serve.queueing import GenerationRequest
 
@@ -124,18 +125,13 @@ def remove_leftovers(out: Path, pending: Iterable[BatchItem]) -> int:
 
 
 def write_images(out: Path, item: BatchItem, images: list, parameters: dict[str, Any]) -> list[str]:
-    """Each image to a temporary name, fsynced, then renamed into place."""
+    """Each image to a temporary name (`.NAME.*.tmp`), fsynced, then renamed into place."""
     from sdrt.runtime.infotext import a1111_parameters
     from sdrt.runtime.images import save_png
 
     names = image_names(item.id, item.request.n)
     for index, (name, image) in enumerate(zip(names, images)):
-        final = out / name
-        tmp = out / f".{name}.{os.getpid()}.tmp"
-        save_png(image, tmp, {"parameters": a1111_parameters(parameters, index)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        save_png(image, out / name, {"parameters": a1111_parameters(parameters, index)}, fsync=True)
     return names
 
 
@@ -162,10 +158,7 @@ class ResultsWriter:
         if self.path.is_file() and self.path.stat().st_size:
             data = self.path.read_bytes()
             if not data.endswith(b"\n"):
-                keep = data[:data.rfind(b"\n") + 1]
-                tmp = self.path.with_name(f".{RESULTS}.tmp")
-                tmp.write_bytes(keep)
-                os.replace(tmp, self.path)
+                atomic.write_bytes(self.path, data[:data.rfind(b"\n") + 1])
 
     def write(self, line: dict[str, Any]) -> None:
         self._file.write(json.dumps(line) + "\n")

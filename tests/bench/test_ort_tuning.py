@@ -54,6 +54,26 @@ def test_rewritten_model_is_cached_and_keyed(tiny_onnx, tmp_path):
         rewritten_model(path, ("warp_speed",), tmp_path)
 
 
+def test_rewritten_model_is_keyed_by_content_not_mtime(tiny_onnx, tmp_path):
+    """The backend passes the manifest's component hash; without one the files' sha256 is the key."""
+    import os
+    import shutil
+
+    src = tmp_path / "unet"
+    shutil.copytree(tiny_onnx / "unet", src)
+    path = src / "model.onnx"
+    given = rewritten_model(path, REWRITES, tmp_path / "a", "a" * 64)
+    assert rewritten_model(path, REWRITES, tmp_path / "a", "a" * 64) == given
+    assert rewritten_model(path, REWRITES, tmp_path / "a", "b" * 64) != given  # a new export: a new entry
+    computed = rewritten_model(path, REWRITES, tmp_path / "c")
+    os.utime(path, ns=(1, 1))
+    assert rewritten_model(path, REWRITES, tmp_path / "c") == computed  # touched: the same entry
+    model = onnx.load(str(path), load_external_data=False)
+    model.doc_string = "another export"
+    onnx.save(model, str(path))  # other bytes: another entry
+    assert rewritten_model(path, REWRITES, tmp_path / "c") != computed
+
+
 def test_rewritten_model_links_external_weights(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
@@ -100,16 +120,16 @@ def test_rewritten_model_survives_losing_a_race(tiny_onnx, tmp_path, monkeypatch
     import os
     import shutil
 
-    from sdrt.engines import ort_tuning
+    from sdrt import atomic
 
     path = tiny_onnx / "unet" / "model.onnx"
-    real_replace = os.replace
+    real_rename = os.rename
 
     def other_process_first(src, dst):
         shutil.copytree(src, dst)  # the other writer's identical result lands just before ours
-        return real_replace(src, dst)  # -> OSError: the target is a non-empty folder
+        return real_rename(src, dst)  # -> OSError: the target is a non-empty folder
 
-    monkeypatch.setattr(ort_tuning.os, "replace", other_process_first)
+    monkeypatch.setattr(atomic.os, "rename", other_process_first)
     first = rewritten_model(path, REWRITES, tmp_path)
     assert first.is_file()
     assert [p.name for p in tmp_path.iterdir()] == [first.parent.name]

@@ -86,6 +86,30 @@ def test_cache_key_changes_with_each_field(tmp_path):
     assert openvino_cache.cache_key(ovb.OpenVinoBackend().identity(manifest, "unet", None)) == base_key
 
 
+def test_cache_key_follows_the_manifests_hash_not_the_mtime(tmp_path):
+    """A touched ONNX file keeps its compiled model; another recorded sha256 is another entry. A manifest
+    without a recorded sha256 is keyed by the hash computed from the files (never an mtime)."""
+    import json
+    import os
+
+    from sdrt.manifest import Manifest
+
+    manifest = model_folder(tmp_path, "fp32")
+    backend = ovb.OpenVinoBackend()
+    key = openvino_cache.cache_key(backend.identity(manifest, "unet", None))
+    assert backend.identity(manifest, "unet", None)["onnx"] == manifest.components["unet"]["sha256"]
+    os.utime(manifest.onnx_path("unet"), ns=(1, 1))
+    assert openvino_cache.cache_key(backend.identity(Manifest.load(tmp_path), "unet", None)) == key
+    data = json.loads((tmp_path / "sdrt.json").read_text())
+    data["components"]["unet"].pop("sha256")
+    (tmp_path / "sdrt.json").write_text(json.dumps(data))
+    older = Manifest.load(tmp_path)  # written before sdrt recorded hashes: computed, the same value
+    assert openvino_cache.cache_key(backend.identity(older, "unet", None)) == key
+    data["components"]["unet"]["sha256"] = "f" * 64
+    (tmp_path / "sdrt.json").write_text(json.dumps(data))
+    assert openvino_cache.cache_key(backend.identity(Manifest.load(tmp_path), "unet", None)) != key
+
+
 def test_corrupt_cache_entry_is_rebuilt_with_a_message(tmp_path):
     manifest = _folder(tmp_path)
     ovb.OpenVinoBackend().load(manifest, "unet")

@@ -139,6 +139,35 @@ def test_optimized_model_cache_is_written_then_reused(tmp_path):
     np.testing.assert_allclose(out, _expected(sample, t, ehs), rtol=1e-5, atol=1e-5)
 
 
+def _rerecord(manifest, sha256):
+    """The folder's sdrt.json with another recorded sha256 for the unet (what a new export writes)."""
+    data = json.loads((manifest.folder / "sdrt.json").read_text())
+    data["components"]["unet"]["sha256"] = sha256
+    (manifest.folder / "sdrt.json").write_text(json.dumps(data))
+    return Manifest.load(manifest.folder)
+
+
+def test_ort_caches_follow_the_manifests_hash_not_the_mtime(tmp_path):
+    """The optimized-model cache and the rewritten graphs: a touched file keeps its entries, another
+    recorded sha256 makes new ones."""
+    import os
+
+    manifest = _folder(tmp_path / "m")
+    cache = tmp_path / "cache"
+    rewrites = manifest.engines_dir("ort-cpu")
+
+    def load(m):
+        OrtCpuBackend(optimized_model_cache=cache, graph_rewrites=("group_norm_to_instance_norm",)).load(m, "unet")
+        return sorted(p.name for p in cache.iterdir()), sorted(p.name for p in rewrites.iterdir())
+
+    first = load(manifest)
+    assert len(first[0]) == 1 and len(first[1]) == 1  # one optimized model, one rewrite entry ("unchanged")
+    os.utime(manifest.onnx_path("unet"), ns=(1, 1))
+    assert load(manifest) == first
+    second = load(_rerecord(manifest, "y" * 64))
+    assert len(second[0]) == 2 and len(second[1]) == 2 and set(first[0]) < set(second[0])
+
+
 def test_registry_resolves_ort_cpu():
     assert base.resolve_backend("ort-cpu") == "ort-cpu"
     assert "ort-cpu" in base.available_backends()

@@ -105,3 +105,37 @@ def test_without_onnx_the_full_path_with_a_note(folder, tmp_path, monkeypatch, c
     monkeypatch.undo()
     assert psnr(pipe("a cat", **CALL).images, Pipeline.load(folder, "ort-cpu", loras=[(lora, 0.8)])("a cat", **CALL).images) > 80
 
+
+
+def test_lora_ready_graph_is_keyed_by_the_manifests_hash_not_the_mtime(folder):
+    """A touched graph keeps its LoRA-ready graph; another recorded sha256 (a new export) gets a new one."""
+    import json
+    import os
+
+    from sdrt.manifest import Manifest
+    from sdrt.runtime.lora.base_weights import WeightMap
+
+    def ready(manifest):
+        names = set(sorted(linear_initializers(WeightMap.load(manifest, "unet").parameters))[:1])
+        graph = OrtCpuBackend()._lora_graph(manifest, "unet", manifest.onnx_path("unet"), names)
+        assert graph is not None
+        return graph[0]
+
+    manifest = Manifest.load(folder)
+    first = ready(manifest)
+    os.utime(manifest.onnx_path("unet"), ns=(1, 1))
+    assert ready(Manifest.load(folder)) == first and len(_graphs(folder)) == 1
+    data = json.loads((folder / "sdrt.json").read_text())
+    data["components"]["unet"]["sha256"] = "0" * 64
+    (folder / "sdrt.json").write_text(json.dumps(data))
+    assert ready(Manifest.load(folder)) != first and len(_graphs(folder)) == 2
+
+
+def test_graph_key_parts():
+    from sdrt.engines.ort_lora_graph import graph_key
+
+    key = graph_key("a" * 64, {"w1", "w2"}, ["1.22", "ort-cpu"])
+    assert key == graph_key("a" * 64, ["w2", "w1"], ["1.22", "ort-cpu"])  # the targets' order does not matter
+    assert key != graph_key("b" * 64, {"w1", "w2"}, ["1.22", "ort-cpu"])
+    assert key != graph_key("a" * 64, {"w1"}, ["1.22", "ort-cpu"])
+    assert key != graph_key("a" * 64, {"w1", "w2"}, ["1.22", "ort-cpu", "attention_to_mha"])  # rewrites

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -11,7 +12,7 @@ from sdrt import cli
 from sdrt.engines import tensorrt, trt_api, trt_build, trt_cache
 from sdrt.engines.trt_profiles import DimRange, ProfileRequest
 from sdrt.errors import SdrtError
-from tests.engines.trt_fakes import FakeCuda, fake_trt, fake_unet_onnx, model_folder
+from tests.engines.trt_fakes import FakeCuda, fake_trt, fake_unet_onnx, model_folder, reexported
 
 
 class Recorder:
@@ -40,7 +41,8 @@ def test_build_stores_the_engine_with_what_its_key_hashed(tmp_path):
     assert entry.path.parent == tmp_path / "engines" / "tensorrt"
     info = json.loads((entry.path / trt_cache.KEY_FILE).read_text())
     assert info["identity"]["library"] == "tensorrt 10.8.0.43" and info["identity"]["precision"] == "fp16"
-    assert info["identity"]["target"] == "Fake GPU (sm_89)" and info["identity"]["onnx"].startswith("sha256:")
+    assert info["identity"]["target"] == "Fake GPU (sm_89)"
+    assert info["identity"]["onnx"] == manifest.components["unet"]["sha256"]  # the manifest's, not a file scan
     assert info["profile"]["max"] == {"B": 2, "h": 8, "w": 8} and info["input_shapes"]["sample"] == \
         "2x4x8x8 / 2x4x8x8 / 2x4x8x8"
     call = rec.calls[0]
@@ -59,9 +61,13 @@ def test_up_to_date_engines_are_reused_and_changes_rebuild(tmp_path):
     assert build(manifest, rec, options=trt_build.BuildOptions(opt_level=5)).path != first.path
     assert build(manifest, rec, request=ProfileRequest(max_size=128)).path != first.path
     assert build(manifest, rec, target="Other GPU (sm_90)").path != first.path
-    fake_unet_onnx(tmp_path / "unet" / "model.onnx", elem=1)  # a new export (fp32 graph): new key
+    os.utime(tmp_path / "unet" / "model.onnx", ns=(1, 1))  # a touched file (copied, restored): same engine
+    assert build(manifest, rec).path == first.path and len(rec.calls) == 5
+    fake_unet_onnx(tmp_path / "unet" / "model.onnx", elem=1)  # a new export (fp32 graph)...
+    manifest = reexported(manifest)  # ...records its sha256 in sdrt.json: new key
     assert build(manifest, rec).path != first.path
     assert len(rec.calls) == 6
+    assert [p.name for p in (tmp_path / "engines").iterdir()] == ["tensorrt"]  # no hash memo beside the engines
 
 
 def test_fp16_flag_fallback_and_rtx_without_timing_cache(tmp_path):

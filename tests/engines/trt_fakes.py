@@ -22,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from sdrt.manifest import Manifest
+from sdrt.manifest_schema import component_files, component_sha256
 
 C, S, D, F = 4, 77, 8, 8
 
@@ -53,12 +54,15 @@ def fake_unet_onnx(path: Path, elem: int = TensorProto.FLOAT16) -> None:
 
 
 def model_folder(root: Path, precision: str = "fp16", components=("unet",)) -> Manifest:
-    """A minimal sdrt ONNX folder: latent sizes 1..64 (8..512 px), default 64 px."""
+    """A minimal sdrt ONNX folder: latent sizes 1..64 (8..512 px), default 64 px; each component's
+    sha256 recorded as export records it (what the engine caches are keyed by)."""
     elem = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
     entries = {}
     for name in components:
-        fake_unet_onnx(root / name / "model.onnx", elem)
-        entries[name] = {"file": f"{name}/model.onnx", "precision": precision, "sha256": "unused"}
+        path = root / name / "model.onnx"
+        fake_unet_onnx(path, elem)
+        entries[name] = {"file": f"{name}/model.onnx", "precision": precision,
+                         "sha256": component_sha256(component_files(path))}
     data = {
         "format": "sdrt-onnx", "format_version": 1,
         "pipeline": {"latent_channels": C, "unet_in_channels": C, "text_hidden_size": D,
@@ -68,6 +72,16 @@ def model_folder(root: Path, precision: str = "fp16", components=("unet",)) -> M
     }
     (root / "sdrt.json").write_text(json.dumps(data))
     return Manifest.load(root)
+
+
+def reexported(manifest: Manifest) -> Manifest:
+    """The folder's sdrt.json with each component's sha256 recorded again from its files (what a new
+    export writes), loaded afresh."""
+    data = json.loads((manifest.folder / "sdrt.json").read_text())
+    for entry in data["components"].values():
+        entry["sha256"] = component_sha256(component_files(manifest.folder / entry["file"]))
+    (manifest.folder / "sdrt.json").write_text(json.dumps(data))
+    return Manifest.load(manifest.folder)
 
 
 # -- a fake `tensorrt` module ----------------------------------------------------------------------

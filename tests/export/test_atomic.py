@@ -106,6 +106,24 @@ def test_force_replaces_only_at_the_end(tiny_onnx: Path, tiny_src: Path, tmp_pat
     assert leftovers(tmp_path, "out") == ["out"]
 
 
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_exported_folder_follows_the_umask(umask: int, file_mode: int, folder_mode: int, tiny_onnx: Path,
+                                           tiny_src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder renamed into place once kept mkdtemp's 0700 (and sdrt.json mkstemp's 0600) whatever the umask."""
+    import stat
+
+    monkeypatch.setattr(trace, "export_graph", copying_export(tiny_onnx))
+    previous = os.umask(umask)
+    try:
+        out = exporter.export_model(str(tiny_src), tmp_path / "out", components=["text_encoder"],
+                                    log=lambda line: None)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == folder_mode
+    assert stat.S_IMODE((out / "text_encoder").stat().st_mode) == folder_mode
+    assert stat.S_IMODE((out / "sdrt.json").stat().st_mode) == file_mode
+
+
 def test_fp16_policy_keeps_force_upcast_vaes_fp32(tiny_src: Path) -> None:
     vae = load_folder(tiny_src).module("vae")
     decoder, encoder = (spec.model_spec("sd").component(name) for name in ("vae_decoder", "vae_encoder"))

@@ -194,3 +194,21 @@ def test_engine_allocation_failure_is_one_line(pipelines, monkeypatch):
     message = str(info.value)
     assert "out of memory on ort-cpu generating 1 image(s) at 16x16 (one buffer of 128.0 GiB)" in message
     assert "--batch-size" in message
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_generated_images_follow_the_umask(tiny_onnx, tmp_path, umask, file_mode, folder_mode):
+    """A web server or another user can read what `sdrt generate` wrote when the umask says so (the
+    temporary file renamed into place once kept mkstemp's 0600 whatever the umask)."""
+    import stat
+
+    out = tmp_path / "out"
+    previous = os.umask(umask)
+    try:
+        rc = main(["generate", "--model", str(tiny_onnx), "--prompt", "x", "--steps", "1", "--height", "16",
+                   "--width", "16", "--seed", "1", "--out", str(out), "--quiet"])
+    finally:
+        os.umask(previous)
+    (image,) = out.glob("*.png")
+    assert rc == 0 and stat.S_IMODE(image.stat().st_mode) == file_mode
+    assert stat.S_IMODE(out.stat().st_mode) == folder_mode

@@ -24,7 +24,6 @@ Other adapter kinds are refused in one line naming the kind: they are not low-ra
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sdrt.errors import SdrtError
+from sdrt.hashing import file_sha256
 from sdrt.spec import lora_prefixes
 
 #: key prefix -> the component it targets: kohya's (lora_unet_, lora_te_, lora_te1_, ...) and diffusers'
@@ -122,13 +122,9 @@ def _refuse_other_kinds(path: Path, keys: list[str]) -> None:
 
 def _short_hash(path: Path) -> str:
     """AUTOMATIC1111's network hash of a safetensors file: sha256 of everything after the header."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
         header = int.from_bytes(f.read(8), "little")
-        f.seek(8 + header)
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return file_sha256(path, start=8 + header)[:12]
 
 
 def read_lora(path: str | os.PathLike) -> LoraFile:

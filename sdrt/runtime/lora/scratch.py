@@ -30,6 +30,7 @@ import numpy as np
 
 from sdrt import atomic
 from sdrt.errors import SdrtError
+from sdrt.manifest import engines_dir
 
 PAGE = mmap.PAGESIZE
 ENV = "SDRT_LORA_SCRATCH"
@@ -50,7 +51,7 @@ def candidates(model_folder: Path | None) -> list[Path]:
     if os.environ.get(ENV):
         folders.append(Path(os.environ[ENV]).expanduser())
     if model_folder is not None:
-        folders.append(Path(model_folder) / "engines")
+        folders.append(engines_dir(model_folder))
     folders.append(Path(tempfile.gettempdir()))
     return folders
 
@@ -68,7 +69,7 @@ class ScratchStore:
         for folder in folders:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                fd, path = tempfile.mkstemp(prefix=".lora-scratch-", dir=folder)
+                fd, path = tempfile.mkstemp(prefix=".lora-scratch-", dir=folder)  # private, unlinked at once
             except OSError:
                 continue  # not writable: the next place
             try:
