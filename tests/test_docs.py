@@ -2,6 +2,7 @@
 
 - README.md stays within 400 lines; its relative links (and benchmarks/README.md's) point at files.
 - Every page under docs/ is in mkdocs.yml's nav, and `mkdocs build --strict` passes.
+- docs/generate.md spells out `Pipeline.__call__`'s and `Pipeline.load`'s whole signatures.
 - Every fenced ```bash or ```python block directly below a line ``<!-- example -->`` (README.md and
   docs/) runs as written, from a fresh working directory holding what `make demo` leaves:
   ``sdrt-demo/shapes-onnx`` (the shapes export), ``sdrt-demo/sample.png`` and ``sdrt-demo/mask.png``.
@@ -148,6 +149,28 @@ def test_mkdocs_builds_the_site_strictly(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _documented_signature(opening: str) -> list[str]:
+    """Parameter names of the signature block in docs/generate.md that starts with `opening`."""
+    text = (DOCS / "generate.md").read_text(encoding="utf-8")
+    block = text[text.index("\n" + opening) + 1:]
+    block = block[:block.index("```")]
+    inside = block[block.index("(") + 1:block.rindex(")")]
+    names = [part.split("=")[0].strip().lstrip("*") for part in inside.replace("\n", " ").split(",")]
+    return [name for name in names if name]
+
+
+@pytest.mark.parametrize("opening, attribute", [("pipe(", "__call__"), ("Pipeline.load(", "load")])
+def test_generate_page_documents_the_whole_signature(opening, attribute):
+    import inspect
+
+    from sdrt.runtime import Pipeline
+
+    actual = [name for name in inspect.signature(getattr(Pipeline, attribute)).parameters
+              if name not in ("self", "cls")]
+    documented = [name for name in _documented_signature(opening) if name != "folder"]
+    assert documented == [name for name in actual if name != "folder"]
 
 
 def test_no_page_points_at_the_old_demo_folder():
