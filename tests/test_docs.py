@@ -267,4 +267,5 @@ def test_example_runs_as_written(example: Example, demo_outputs: Path, sdrt_on_p
            "HF_HUB_OFFLINE": "1"}
     command = ["bash", "-euo", "pipefail", "-c", code] if example.lang == "bash" else [sys.executable, "-c", code]
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=EXAMPLE_TIMEOUT_S)
-    assert run.returncode == 0, f"{example.id} failed ({run.returncode}):\n{code}\n--- stdout\n{run.stdout}\n--- stderr\n{run.stderr}"
+    assert run.returncode == 0, (f"{example.id} failed ({run.returncode}):\n{code}\n"
+                                 f"--- stdout\n{run.stdout}\n--- stderr\n{run.stderr}")
