@@ -10,7 +10,7 @@ $(BIN)/.sdrt-installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test chromium
+.PHONY: install demo test chromium docs
 install: $(BIN)/.sdrt-installed
 
 # The page test (tests/serve/test_page.py) drives Debian's headless chromium. As root on a Debian/Ubuntu
@@ -29,4 +29,9 @@ demo: install
 
 test: install chromium
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet --site-dir site
 	$(BIN)/python -m pytest -q
+
+# The documentation site (mkdocs.yml, docs/) into site/.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
