@@ -138,9 +138,19 @@ class Manifest:
     def component_hash(self, component: str) -> str:
         """A component's content hash, what every engine cache is keyed by: the sha256 export recorded
         (model.onnx, then its .data); for a manifest without one, the same hash computed from the files
-        once per Manifest. Never an mtime: touching a file keeps its caches, new content does not."""
+        once per Manifest. Never an mtime: touching a file keeps its caches, new content does not.
+
+        Files whose size differs from the `bytes` export recorded (a truncated copy, a file replaced
+        by hand) are one line here, before any cache built from the recorded content is used."""
         path = self.onnx_path(component)  # a missing component or file is one line here
-        recorded = self.components[component].get("sha256")
+        entry = self.components[component]
+        recorded_bytes = entry.get("bytes")
+        if recorded_bytes is not None:
+            actual = manifest_schema.component_bytes(manifest_schema.component_files(path))
+            if actual != recorded_bytes:
+                raise SdrtError(f"{path} (with its .data) is {actual} bytes, sdrt.json records {recorded_bytes}: the "
+                                f"file changed since export: restore it or export the model again with --force")
+        recorded = entry.get("sha256")
         if recorded:
             return recorded
         if component not in self._computed_hashes:

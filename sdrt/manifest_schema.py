@@ -45,6 +45,7 @@ class Component(_Section):
     precision: str
     external_data: bool = False
     sha256: Optional[str] = None  # hex; checked by verify()
+    bytes: Optional[int] = Field(default=None, ge=0)  # model.onnx + .data; checked by Manifest.component_hash
 
 
 class Sizes(_Section):
@@ -78,6 +79,11 @@ def validate(data: Any, path: Path) -> None:
 def component_files(onnx_path: Path) -> list[Path]:
     """The files a component's recorded sha256 covers, in order: model.onnx, then its .data."""
     return [onnx_path, onnx_path.with_name(onnx_path.name + ".data")]
+
+
+def component_bytes(paths: list[Path]) -> int:
+    """Total size of the files (absent files skipped): a component's recorded `bytes`."""
+    return sum(path.stat().st_size for path in paths if path.exists())
 
 
 def component_sha256(paths: list[Path]) -> str:

@@ -21,7 +21,7 @@ from sdrt.errors import SdrtError
 from sdrt.export import check, sizes, source, staging, trace, weight_map
 from sdrt.export.graphs import example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
-from sdrt.manifest_schema import component_sha256
+from sdrt.manifest_schema import component_bytes, component_sha256
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -121,6 +121,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                 "external_data": data.exists(),
                 "precision": component_precision,
                 "sha256": component_sha256([path, data]),
+                "bytes": component_bytes([path, data]),
                 "precision_note": note,
                 "export_seconds": round(exported_s, 1),
                 "check": result,

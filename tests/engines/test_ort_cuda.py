@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-from sdrt.engines import cuda_driver, ort
+from sdrt.engines import cuda_driver, ort_engine
 from sdrt.engines.ort import OrtCudaBackend, OrtEngine
 from sdrt.errors import SdrtError
 from sdrt.spec import model_spec
@@ -112,7 +112,7 @@ def device(monkeypatch):
     monkeypatch.setattr(cuda_driver, "load_driver", lambda: dev)
     fake_ort = types.SimpleNamespace(OrtValue=types.SimpleNamespace(
         ortvalue_from_shape_and_type=lambda shape, dtype, where, device_id: FakeDeviceValue(dev, shape, dtype)))
-    monkeypatch.setattr(ort, "_import_ort", lambda: fake_ort)
+    monkeypatch.setattr(ort_engine, "import_ort", lambda: fake_ort)
     return dev
 
 
@@ -157,8 +157,8 @@ def test_cuda_graph_reaches_only_the_unet_session(tmp_path, monkeypatch):
         inputs = [types.SimpleNamespace(name=n) for n in manifest.spec.component(component).input_names]
         return types.SimpleNamespace(get_inputs=lambda: inputs, get_outputs=lambda: [])
 
-    real = ort._import_ort()
-    monkeypatch.setattr(ort, "_import_ort", lambda: types.SimpleNamespace(
+    real = ort_engine.import_ort()
+    monkeypatch.setattr(ort_engine, "import_ort", lambda: types.SimpleNamespace(
         InferenceSession=session, SessionOptions=real.SessionOptions, GraphOptimizationLevel=real.GraphOptimizationLevel,
         ExecutionMode=real.ExecutionMode))
     monkeypatch.setattr(cuda_driver, "load_driver", FakeDevice)

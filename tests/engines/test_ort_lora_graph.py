@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from sdrt.engines import ort as ort_module
+from sdrt.engines import ort_sessions as ort_module
 from sdrt.engines.ort import OrtCpuBackend
 from sdrt.weight_map import linear_initializers
 from sdrt.runtime import Pipeline
@@ -113,7 +113,7 @@ def test_lora_ready_graph_is_keyed_by_the_manifests_hash_not_the_mtime(folder):
     import os
 
     from sdrt.manifest import Manifest
-    from sdrt.runtime.lora.base_weights import WeightMap
+    from sdrt.weight_map import WeightMap
 
     def ready(manifest):
         names = set(sorted(linear_initializers(WeightMap.load(manifest, "unet").parameters))[:1])
