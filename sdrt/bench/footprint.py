@@ -1,11 +1,11 @@
 """Install footprint: the lean sdrt runtime against the PyTorch reference stack, in fresh venvs.
 
-    python benchmarks/footprint.py [--out benchmarks/results] [--keep]
+    python -m sdrt.bench.footprint [--out benchmarks/results] [--keep]     (from a checkout of the repository)
 
 Each stack is installed into its own new virtual environment with the repository's
 constraints.txt (so torch stays the tested CPU wheel); the size reported is what the install
 added to the venv's site-packages (an empty venv's pip and setuptools are subtracted).
-Writes ``footprint-<date>/footprint.json`` and ``footprint.md`` under --out.
+Writes ``footprint-<date>/footprint.json``, ``footprint.md`` and ``RUN.md`` under --out.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import time
 from datetime import date, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from sdrt.atomic import write_text
+from sdrt.bench.provenance import record_run
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `pip install .` and constraints.txt
 
 #: stack name -> (what is installed, pip arguments after `install`)
 STACKS: dict[str, tuple[str, list[str]]] = {
@@ -94,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
               "python": sys.version.split()[0], "stacks": rows}
     folder = Path(args.out) / f"footprint-{date.today().isoformat()}"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "footprint.json").write_text(json.dumps(result, indent=2) + "\n")
-    (folder / "footprint.md").write_text(render(result))
+    write_text(folder / "footprint.json", json.dumps(result, indent=2) + "\n")
+    write_text(folder / "footprint.md", render(result))
+    record_run(folder)
     print(render(result))
     if args.keep:
         print(f"venvs kept in {workdir}")

@@ -1,6 +1,6 @@
 """LoRA switch time and memory on an exported model, per backend: set_loras vs a fresh Pipeline.load (vs re-export).
 
-    python benchmarks/lora_switch.py --model DIR [--backends ort-cpu,openvino] [--rank 32] [--repeats 3]
+    python -m sdrt.bench.lora_switch --model DIR [--backends ort-cpu,openvino] [--rank 32] [--repeats 3]
         [--size 256] [--export-seconds S --export-note TEXT] [--out benchmarks/results]
 
 A backend is ``NAME`` or ``NAME:PRECISION`` (``openvino:bf16``). Two random kohya LoRAs (rank --rank,
@@ -16,7 +16,8 @@ first one may compile, so it is reported alone and the median is of the later on
 held); then, at --size, that B -> A gives A's image bit for bit and unloading the base image bit
 for bit. `--export-seconds` is the wall time of the `sdrt export` that made the folder, measured by
 the caller (what a user without run-time LoRA pays per LoRA); `--export-note` says how (e.g. "under
-load"). Writes lora-switch-<date>-<model>/lora_switch.json and .md.
+load"). Writes lora-switch-<date>-<model>/lora_switch.json, .md and RUN.md under --out (default
+benchmarks/results, or benchmarks/dryruns for a tiny preset's folder).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+
+from sdrt.atomic import write_text
+from sdrt.bench.output import DEFAULT_OUT, DRY_RUN_OUT, is_dry_run
+from sdrt.bench.provenance import record_run
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -196,8 +201,8 @@ def markdown(result: dict) -> list[str]:
     return lines
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m sdrt.bench.lora_switch", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--backends", default="ort-cpu,openvino", help="comma-separated NAME or NAME:PRECISION")
     ap.add_argument("--rank", type=int, default=32)
@@ -205,8 +210,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="image side for the bit-exactness check")
     ap.add_argument("--export-seconds", type=float, default=None)
     ap.add_argument("--export-note", default=None, help="how --export-seconds was measured")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = ap.parse_args()
+    ap.add_argument("--out", default=None, help="parent folder of the result folder (default: benchmarks/results, "
+                                                "benchmarks/dryruns for a tiny preset's folder)")
+    args = ap.parse_args(argv)
 
     from sdrt.bench.environment import describe_machine
 
@@ -226,11 +232,13 @@ def main() -> None:
         "machine": {**machine, "platform": platform.platform(),
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
     }
-    out = Path(args.out) / f"lora-switch-{date.today().isoformat()}-{folder.name}"
+    parent = Path(args.out) if args.out else DRY_RUN_OUT if is_dry_run(folder) else DEFAULT_OUT
+    out = parent / f"lora-switch-{date.today().isoformat()}-{folder.name}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "lora_switch.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out / "lora_switch.json", json.dumps(result, indent=2) + "\n")
     lines = markdown(result)
-    (out / "lora_switch.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "lora_switch.md", "\n".join(lines) + "\n")
+    record_run(out)
     print("\n".join(lines))
 
 

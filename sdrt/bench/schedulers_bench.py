@@ -7,7 +7,9 @@ Generator), the median of `scale_model_input` + `step`, and the median of `step`
 supplied pre-drawn (`noise=`), which separates the sampler's arithmetic from the Gaussian draw.
 Goal: under 1 ms a step.
 
-    .venv/bin/python benchmarks/schedulers_bench.py [--steps 30] [--repeats 5] [--shape 1,4,128,128]
+    .venv/bin/python -m sdrt.bench.schedulers_bench [--steps 30] [--repeats 5] [--shape 1,4,128,128]
+
+It prints a markdown table (no results folder).
 """
 
 from __future__ import annotations
@@ -70,12 +72,12 @@ def time_scheduler(name: str, shape: tuple[int, ...], steps: int, repeats: int) 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sdrt.bench.schedulers_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--shape", default="1,4,128,128")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shape = tuple(int(s) for s in args.shape.split(","))
 
     print(f"latent {shape}, float32, {args.steps}-step trajectories x {args.repeats} (after 1 warm-up run); "

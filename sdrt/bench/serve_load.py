@@ -1,13 +1,13 @@
 """Load test of `sdrt serve` on loopback: C concurrent clients x R requests each, batching on and off.
 
-    python benchmarks/serve_load.py --model TINY_ONNX [--clients 16 --requests 200] [--out DIR]
+    python -m sdrt.bench.serve_load --model TINY_ONNX [--clients 16 --requests 200] [--out DIR]
 
 For each mode the server runs as its own `sdrt serve` process on 127.0.0.1 (a free port); its RSS is
 sampled every 0.5 s with psutil. Every request must end with an image (200) or a clean 429 (queue
 full, with Retry-After): anything else, or a request that never came back, counts as lost. Bounded:
 each client stops at R requests or at --deadline-s, whichever comes first, and the server is
 stopped at the end. Also measures the pipeline alone, batch 1 vs batch B, in this process.
-Writes result.json and result.md (with the machine's load average: the machine may be shared).
+Writes result.json, result.md (with the machine's load average: the machine may be shared) and RUN.md.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 import requests
+
+from sdrt.atomic import write_text
+from sdrt.bench.provenance import record_run
 
 
 def free_port() -> int:
@@ -198,11 +201,11 @@ def markdown(report: dict) -> str:
 def rewrite(folder: Path) -> None:
     """Re-render result.md from result.json (after a change of wording; no new measurement)."""
     report = json.loads((folder / "result.json").read_text())
-    (folder / "result.md").write_text(markdown(report))
+    write_text(folder / "result.md", markdown(report))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdrt.bench.serve_load", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="tiny ONNX folder")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=200, help="per client")
@@ -212,7 +215,7 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--deadline-s", type=float, default=900.0, help="per mode")
     parser.add_argument("--out", default=None, help="folder for result.json / result.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "method": {
         "clients": args.clients, "requests_per_client": args.requests, "size": args.size, "steps": args.steps,
         "queue_size": args.queue_size, "deadline_s": args.deadline_s, "machine": platform.processor() or platform.machine(),
@@ -227,8 +230,9 @@ def main() -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out / "result.md").write_text(text)
+        write_text(out / "result.json", json.dumps(report, indent=2) + "\n")
+        write_text(out / "result.md", text)
+        record_run(out)
     lost = sum(r["lost"] for r in report["modes"].values())
     return 1 if lost else 0
 

@@ -1,18 +1,19 @@
 """What TensorRT-RTX says on this GPU, verbatim: part of benchmarks/gpu/check.sh.
 
-    python3 benchmarks/gpu/trt_rtx_probe.py MODEL_FOLDER OUT.json
+    python3 -m sdrt.bench.probes.trt_rtx MODEL_FOLDER OUT.json
 
 On an exported folder with engines built by `sdrt build --backend tensorrt_rtx`: the library version,
 the GPU and its compute capability, then for each engine the runtime's own answers
 (`get_engine_validity`, `deserialize_cuda_engine`) with TensorRT's log lines, and finally what sdrt
 makes of it (`Pipeline.load(folder, "tensorrt_rtx")`, a 4-step call compared with ort-cpu). Every
-answer is recorded, success or not; the script itself only fails when it cannot run at all.
+answer is recorded, success or not; the script itself only fails when it cannot run at all. Where
+TensorRT-RTX, a GPU or the engines are missing, OUT.json says so in the same places.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import traceback
 from pathlib import Path
 
@@ -84,8 +85,12 @@ def sdrt_answer(folder: Path) -> dict:
     return {"ok": True, "psnr_vs_ort_cpu_db": None if mse == 0 else 10 * float(np.log10(1.0 / mse))}
 
 
-def main(argv: list[str]) -> int:
-    folder, out = Path(argv[0]), Path(argv[1])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sdrt.bench.probes.trt_rtx", description=__doc__.splitlines()[0])
+    p.add_argument("model", type=Path, help="an exported folder with engines from `sdrt build --backend tensorrt_rtx`")
+    p.add_argument("out", type=Path, help="the JSON file to write")
+    args = p.parse_args(argv)
+    folder, out = args.model, args.out
     report: dict = {}
     try:
         report["raw"] = raw_answers(folder)
@@ -99,4 +104,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())
