@@ -112,3 +112,13 @@ def test_a_tool_tried_on_tiny_writes_under_dryruns(tmp_path, monkeypatch):
                            max_rss_gb=1, retry_failed=False))
     assert out == DRY_RUN_OUT / f"memory-tiny-{date.today().isoformat()}"
     assert (tmp_path / out / "RUN.md").is_file() and not (tmp_path / DEFAULT_OUT).exists()
+
+
+def test_every_results_folder_says_what_made_it():
+    results = ROOT / "benchmarks" / "results"
+    folders = sorted(p for p in results.iterdir() if p.is_dir())
+    assert folders
+    for folder in folders:
+        text = (folder / "RUN.md").read_text() if (folder / "RUN.md").is_file() else ""
+        assert "- command: `" in text and "- commit: `" in text, f"{folder.name} has no RUN.md with a command and commit"
+        assert "dryrun" not in folder.name, f"{folder.name} is a dry run: it belongs in benchmarks/dryruns/"
