@@ -121,7 +121,7 @@ def with_group_killed(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def ray_server(tiny_onnx, tmp_path_factory):
-    from tests.runtime.test_lora_input import _kohya_from_map
+    from tests.runtime.lora.test_input import _kohya_from_map
 
     lora_dir = tmp_path_factory.mktemp("loras")
     _kohya_from_map(tiny_onnx, lora_dir / "style.safetensors", count=6, rank=4, alpha=4.0, seed=3)

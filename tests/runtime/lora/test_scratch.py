@@ -22,7 +22,7 @@ from sdrt.runtime import Pipeline
 from sdrt.runtime.lora import scratch
 from sdrt.runtime.lora.adapters import Adapters
 from sdrt.runtime.lora.merge import merged_shapes, merged_weights
-from tests.runtime.lora_helpers import map_shapes, write_kohya
+from tests.runtime.lora.helpers import map_shapes, write_kohya
 
 
 def _mapped(array: np.ndarray) -> bool:

@@ -15,8 +15,8 @@ from diffusers import UniPCMultistepScheduler as Ref
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.schedulers.unipc_multistep import UniPCMultistepScheduler as Ours
-from tests.schedulers._harness import SHAPE, pseudo_model, rel_err, run_trajectory
-from tests.schedulers.test_dpmsolver_multistep import SD15, SD21, finite
+from tests.runtime.schedulers._harness import SHAPE, pseudo_model, rel_err, run_trajectory
+from tests.runtime.schedulers.test_dpmsolver_multistep import SD15, SD21, finite
 
 RTOL = 1e-5
 STEPS = [1, 2, 7, 25, 50]

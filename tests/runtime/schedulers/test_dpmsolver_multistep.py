@@ -14,7 +14,7 @@ from diffusers import DPMSolverMultistepScheduler as Ref
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler as Ours
-from tests.schedulers._harness import SHAPE, run_trajectory
+from tests.runtime.schedulers._harness import SHAPE, run_trajectory
 
 RTOL = 1e-5
 STEPS = [1, 2, 7, 25, 50]

@@ -15,7 +15,7 @@ import pytest
 from sdrt.reference import Reference, TorchReplay, load_source_pipeline
 from sdrt.runtime import Pipeline
 from sdrt.runtime.images import psnr
-from tests.runtime.lora_helpers import layer_shapes, write_kohya, write_peft
+from tests.runtime.lora.helpers import layer_shapes, write_kohya, write_peft
 
 MIN_PSNR = 40.0
 MAX_BASE_PSNR = 30.0

@@ -16,7 +16,7 @@ import pytest
 from sdrt.reference import Reference, TorchReplay, load_source_pipeline
 from sdrt.runtime import Pipeline
 from sdrt.runtime.images import psnr
-from tests.runtime.lora_helpers import (attention_only, layer_shapes, write_diffusers_training, write_kohya,
+from tests.runtime.lora.helpers import (attention_only, layer_shapes, write_diffusers_training, write_kohya,
                                         write_peft, write_processor_format)
 
 MIN_PSNR = 40.0

@@ -1,7 +1,7 @@
 """LoRA in `sdrt serve` and `sdrt batch`: AUTOMATIC1111's <lora:NAME:SCALE> prompt tags pick files of
 --lora-dir by name (never a path), the worker switches the pipeline's LoRAs before each batch, and
 the images equal the Pipeline's own with set_loras. The LoRA file is drawn from the tiny export's
-weight map, as in tests/runtime/test_lora_input.py."""
+weight map, as in tests/runtime/lora/test_input.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sdrt.serve.queueing import GenerationRequest
-from tests.runtime.test_lora_input import _kohya_from_map
+from tests.runtime.lora.test_input import _kohya_from_map
 from tests.serve.conftest import FakePipe, live_server, make_service
 
 webuiapi = pytest.importorskip("webuiapi")
