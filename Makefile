@@ -28,4 +28,9 @@ demo: install
 	$(BIN)/sdrt demo
 
 test: install chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
+
+# The inner loop: every test but those marked slow (over ~20 s each on the 2-core machine); `make test` (CI) runs all.
+.PHONY: test-fast
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"

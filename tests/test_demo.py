@@ -6,9 +6,12 @@ import json
 import re
 import shutil
 
+import pytest
+
 from sdrt.cli import main
 
 
+@pytest.mark.slow  # sdrt and PyTorch side by side: 21 s on the shared 2-core machine
 def test_demo_reuses_a_matching_export_and_reports(tiny_src, tiny_onnx, tmp_path, capsys):
     out = tmp_path / "demo"
     shutil.copytree(tiny_src, out / "tiny-diffusers")

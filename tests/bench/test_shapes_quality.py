@@ -36,6 +36,7 @@ def test_generated_images_follow_the_prompt(shapes_pipe):
     assert result["colour_rate"] >= MIN_COLOUR_RATE and result["background_rate"] >= MIN_COLOUR_RATE, result
 
 
+@pytest.mark.slow  # 150 diffusers UNet calls in torch: 56-62 s on the shared 2-core machine
 def test_random_weights_of_the_same_architecture_do_not(monkeypatch):
     """The control: the detector does not find the prompt in a random-weight model's images."""
     import diffusers

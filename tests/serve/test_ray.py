@@ -1,7 +1,7 @@
 """Ray Serve and Ray Data on a local Ray bound to 127.0.0.1 (tiny preset, ort-cpu).
 
 Ray comes with `sdrt[dev]` (CI runs these); without it (`pip install 'sdrt[ray]'`) they skip.
-Marked slow: starting Ray and its replicas takes 30-60 s on the 2-core machine. Each Ray instance
+Marked slow (the whole module): starting Ray and its replicas takes 30-60 s on the 2-core machine. Each Ray instance
 gets its own RAY_TMPDIR, so the tests can check that it stopped itself: no process carrying that
 RAY_TMPDIR in its environment outlives the run. The batch test runs first, so its Ray instances
 and the Serve fixture's never share the 2 cores.
