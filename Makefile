@@ -30,7 +30,12 @@ demo: install
 test: install chromium
 	$(BIN)/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet --site-dir site
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
+
+# The inner loop: every test but those marked slow (over ~20 s each on the 2-core machine); `make test` (CI) runs all.
+.PHONY: test-fast
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The documentation site (mkdocs.yml, docs/) into site/.
 docs: install

@@ -16,6 +16,9 @@ Fixtures (all session-scoped; each returns a `pathlib.Path`):
 ``onnx_export``        a function ``onnx_export(preset, precision="fp32", components=None,
                        hidden_states=False) -> Path`` for other variants (e.g.
                        ``onnx_export("tiny", "fp16")``), cached likewise
+``pipelines``          preset name (tiny, tiny-sd21, tiny-inpaint) -> an sdrt Pipeline on ort-cpu,
+                       loaded once
+``references``         likewise -> its diffusers reference (`sdrt.reference`), loaded once
 =====================  =======================================================================
 
 Treat the folders as read-only: they are shared by the whole session and, by default, cached
@@ -44,6 +47,7 @@ from typing import Callable
 
 import pytest
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test reaches a model hub (read when huggingface_hub is imported)
 ROOT = Path(__file__).resolve().parents[1]
 #: Files whose change makes cached models stale.
 CACHE_INPUTS = ["sdrt/manifest.py", "sdrt/weight_map.py", *sorted(
@@ -220,3 +224,36 @@ def tiny_sdxl_refiner_onnx(onnx_export: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lcm_onnx(onnx_export: Callable[..., Path]) -> Path:
     return onnx_export("tiny-lcm")
+
+
+# -- loaded pipelines (sdrt and the diffusers reference) -----------------------------------------
+@pytest.fixture(scope="session")
+def pipelines(tiny_onnx, tiny_sd21_onnx, tiny_inpaint_onnx):
+    """preset name -> sdrt Pipeline on ort-cpu (loaded once)."""
+    from sdrt.runtime import Pipeline
+
+    folders = {"tiny": tiny_onnx, "tiny-sd21": tiny_sd21_onnx, "tiny-inpaint": tiny_inpaint_onnx}
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = Pipeline.load(folders[name], backend="ort-cpu")
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def references(tiny_onnx, tiny_sd21_onnx, tiny_inpaint_onnx):
+    """preset name -> sdrt.reference.Reference (diffusers, fp32, CPU; loaded once)."""
+    from sdrt.reference import load_reference
+
+    folders = {"tiny": tiny_onnx, "tiny-sd21": tiny_sd21_onnx, "tiny-inpaint": tiny_inpaint_onnx}
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = load_reference(folders[name])
+        return cache[name]
+
+    return get

@@ -209,7 +209,7 @@ def test_the_runnable_examples_cover_the_newcomer_path():
 def _style_lora(folder: Path, demo: Path) -> None:
     """A random kohya LoRA (rank 4) on the shapes model's UNet and text encoder: what a user's own
     LoRA file for this model would look like."""
-    from tests.runtime.lora_helpers import map_shapes, write_kohya
+    from tests.runtime.lora.helpers import map_shapes, write_kohya
 
     write_kohya(folder / "style.safetensors", map_shapes(demo / "shapes-onnx", text=True), seed=3)
 

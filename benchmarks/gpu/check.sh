@@ -110,7 +110,7 @@ if [[ -f $TINY/sdrt.json ]]; then say "- export-tiny: reused $TINY"
 else step export-tiny 150 sdrt export --model tiny --precision fp16 --out "$TINY" --force; fi
 if [[ -f $TINY/sdrt.json ]]; then
   step build-tiny-rtx 90 sdrt build --model "$TINY" --backend tensorrt_rtx
-  step trt-rtx-probe 90 python3 benchmarks/gpu/trt_rtx_probe.py "$TINY" "$LOGS/trt-rtx-answer.json"
+  step trt-rtx-probe 90 python3 -m sdrt.bench.probes.trt_rtx "$TINY" "$LOGS/trt-rtx-answer.json"
   [[ -f $LOGS/trt-rtx-answer.json ]] && say "  TensorRT-RTX answer: $(python3 -c '
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -22,11 +22,13 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sdrt.atomic import temp_folder, write_result
+from sdrt.atomic import temp_folder
+from sdrt.bench.output import default_folder
+from sdrt.bench.provenance import write_result
 from sdrt.manifest import ENGINES_DIR
 
 
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> Path:
     from sdrt.bench.models import onnx_folder
 
     folder = onnx_folder(args.model, args.onnx)
-    out = Path(args.out or Path("benchmarks") / "results" / f"openvino-cache-{Path(args.model).name}-{date.today()}")
+    out = Path(args.out) if args.out else default_folder("openvino-cache", args.model)
     result: dict[str, Any] = {"schema": "sdrt-cache-load", "version": 1, "model": str(args.model),
                               "onnx": str(folder), "machine": describe_machine(),
                               "date": datetime.now().isoformat(timespec="seconds"),
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--onnx", help="an existing export of --model")
     r.add_argument("--precisions", default="f32,bf16")
     r.add_argument("--warm", type=int, default=2, help="cached loads after the first (default 2)")
-    r.add_argument("--out", help="results folder (default benchmarks/results/openvino-cache-MODEL-DATE)")
+    r.add_argument("--out", help="results folder (default benchmarks/results/openvino-cache-MODEL-DATE, "
+                                  "benchmarks/dryruns/ for a tiny preset)")
     r.add_argument("--scratch", help="where the scratch folder goes (default: beside the export)")
     r.add_argument("--timeout", type=float, default=1200.0, help="seconds per load (default 1200)")
     one = sub.add_parser("load", help="(internal) one load in this process; prints a JSON line")

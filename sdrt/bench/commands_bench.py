@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime (default: physical cores)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"prompt of every generation (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the injected initial latents")
-    parser.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
+    parser.add_argument("--out", default=None, help="results folder (default: benchmarks/results; cpu-quick and "
+                                                            "custom runs on a tiny preset: benchmarks/dryruns)")
 
 
 def _log(message: str) -> None:

@@ -102,6 +102,7 @@ def write_result(result: dict[str, Any], folder: str | Path) -> Path:
     import json
 
     from sdrt.atomic import write_text
+    from sdrt.bench.provenance import record_run
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -121,4 +122,5 @@ def write_result(result: dict[str, Any], folder: str | Path) -> Path:
           f"read after every call (psutil); load average at the end {result['load_average']} on {result['cpus']} "
           f"CPUs (a shared machine: timings are not comparable).", ""]
     write_text(folder / "result.md", "\n".join(md))
+    record_run(folder)
     return folder / "result.md"

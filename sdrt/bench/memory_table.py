@@ -33,11 +33,13 @@ import json
 import subprocess
 import sys
 import time
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sdrt.atomic import write_text
+from sdrt.bench.output import default_folder
+from sdrt.bench.provenance import record_run
 
 CONTENDERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # name -> (kind, backend or dtype, options); "sdrt" runs sdrt's Pipeline, "reference" diffusers
@@ -200,8 +202,9 @@ def run(args: argparse.Namespace) -> Path:
                   for c in args.contenders.split(",")]
     for name in contenders:
         split_name(name)
-    out = Path(args.out or Path("benchmarks") / "results" / f"memory-{Path(args.model).name}-{date.today()}")
+    out = Path(args.out) if args.out else default_folder("memory", args.model)
     (out / "cells").mkdir(parents=True, exist_ok=True)
+    record_run(out)  # a resumed run with other arguments adds its own entry
     meta_path = out / "machine.json"
     if not meta_path.is_file():
         write_text(meta_path, json.dumps({"model": str(args.model), "onnx": str(folder), "machine": describe_machine(),
@@ -309,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
                    help=f"of: {', '.join(CONTENDERS)}, each optionally NAME{TILING} (tiled VAE decode)")
     r.add_argument("--vae-tiling", action="store_true", help=f"run every contender as NAME{TILING}")
-    r.add_argument("--out", help="results folder (default benchmarks/results/memory-MODEL-DATE); reused to resume")
+    r.add_argument("--out", help="results folder (default benchmarks/results/memory-MODEL-DATE, benchmarks/dryruns/ for a "
+                                  "tiny preset); reused to resume")
     r.add_argument("--timeout", type=float, default=1800.0, help="seconds per cell (default 1800)")
     r.add_argument("--max-rss-gb", type=float, default=20.0, help="kill a cell past this RSS (0: no limit)")
     r.add_argument("--retry-failed", action="store_true", help="run failed cells again")

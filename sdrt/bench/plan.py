@@ -49,7 +49,7 @@ def split_contender(label: str) -> tuple[str, dict[str, Any]]:
 
 def plan_from_args(args: Any) -> Plan:
     """The suite with the command line's overrides; refuses what cannot run here."""
-    from sdrt.bench.output import DEFAULT_OUT
+    from sdrt.bench.output import DEFAULT_OUT, DRY_RUN_OUT
 
     if args.suite:
         suite = get_suite(args.suite)
@@ -84,7 +84,8 @@ def plan_from_args(args: Any) -> Plan:
         if args.threads < 1:
             raise SdrtError(f"--threads {args.threads} must be at least 1")
         options["intra_op_num_threads"] = args.threads
-    return Plan(suite=suite, out=Path(args.out) if args.out else DEFAULT_OUT, onnx=args.onnx,
+    default_out = DRY_RUN_OUT if suite.dry_run else DEFAULT_OUT
+    return Plan(suite=suite, out=Path(args.out) if args.out else default_out, onnx=args.onnx,
                 prompt=args.prompt, seed=args.seed, backend_options=options, tuning=args.tuning)
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sdrt.atomic import write_text
+from sdrt.bench.provenance import record_run
 from sdrt.bench.shapes_quality import GUIDANCE, QUICK_SCENES, STEPS, _psnr
 
 DEFAULT_PRESETS = ("shapes", "tiny", "tiny-sd21")
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}.")
     write_text(out / "results.json", json.dumps({"rows": rows, "method": method}, indent=2) + "\n")
     write_text(out / "results.md", f"# Reduced precision vs fp32\n\n{markdown(rows)}\n\nMethod: {method}\n")
+    record_run(out)
     print(markdown(rows))
     return 0
 

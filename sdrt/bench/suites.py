@@ -29,12 +29,13 @@ class Suite:
     #: other runtimes on the same weights: "diffusers:bf16" (autocast), "openvino-genai:f32|bf16"
     peers: tuple[str, ...] = ()
     about: str = ""
+    dry_run: bool = False  # only checks the machinery: its report goes to benchmarks/dryruns/ by default
 
 
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("cpu-quick", "tiny", None, None, steps=4, batches=(1,), backends=("ort-cpu",),
           reference_device="cpu", reference_precision="fp32", warmup=1, reps=5, needs_gpu=False,
-          about="tiny preset on the CPU: seconds; checks the machinery end to end"),
+          about="tiny preset on the CPU: seconds; checks the machinery end to end", dry_run=True),
     Suite("cpu-sd15", "sd15", 256, 256, steps=10, batches=(1,), backends=("ort-cpu", "openvino", "openvino:bf16"),
           reference_device="cpu", reference_precision="fp32", warmup=1, reps=3, needs_gpu=False,
           peers=("openvino-genai:f32", "openvino-genai:bf16", "diffusers:bf16"),
@@ -69,8 +70,11 @@ def get_suite(name: str) -> Suite:
 
 def custom_suite(model: str, *, gpu: bool) -> Suite:
     """A suite for `--model` without `--suite`: cpu-quick's protocol (or gpu-sd15's) on that model."""
+    from sdrt.bench.output import is_dry_run
+
     base = SUITES["gpu-sd15" if gpu else "cpu-quick"]
-    return replace(base, name="custom", model=model, height=None, width=None, about=f"custom run on {model}")
+    return replace(base, name="custom", model=model, height=None, width=None, about=f"custom run on {model}",
+                   dry_run=is_dry_run(model))
 
 
 def with_overrides(suite: Suite, **fields: object) -> Suite:

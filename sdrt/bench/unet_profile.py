@@ -31,13 +31,14 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sdrt.atomic import write_result
+from sdrt.bench.output import default_folder
+from sdrt.bench.provenance import write_result
 
 CONFIGS = ("openvino-f32-dynamic", "openvino-f32-static", "openvino-bf16-dynamic", "openvino-bf16-static",
            "openvino-f32-counters", "openvino-bf16-counters", "ort-cpu", "ort-cpu-profile")
@@ -310,7 +311,7 @@ def run(args: argparse.Namespace) -> Path:
             result["configs"][config] = {"error": f"timeout after {args.timeout:.0f} s"}
         r = result["configs"][config]
         print(f"{config}: " + (f"step {r['step_s']:.3f} s" if "step_s" in r else r["error"]), flush=True)
-    out = Path(args.out or Path("benchmarks") / "results" / f"unet-profile-{Path(args.model).name}-{date.today()}")
+    out = Path(args.out) if args.out else default_folder("unet-profile", args.model)
     return write_result(out, result, render(result))
 
 
@@ -325,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--reps", type=int, default=3)
     r.add_argument("--configs", default=",".join(CONFIGS))
     r.add_argument("--ghz", type=float, help="clock for the nominal peaks (default: /proc/cpuinfo)")
-    r.add_argument("--out", help="results folder (default benchmarks/results/unet-profile-MODEL-DATE)")
+    r.add_argument("--out", help="results folder (default benchmarks/results/unet-profile-MODEL-DATE, "
+                                  "benchmarks/dryruns/ for a tiny preset)")
     r.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
     c = sub.add_parser("config", help="(internal) one configuration in this process; prints a JSON line")
     c.add_argument("--model", required=True)

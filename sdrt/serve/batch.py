@@ -9,6 +9,10 @@ in place. On restart the ids already in `results.jsonl` are skipped: an interrup
 where it stopped and no request is answered twice. A request whose images were written but whose
 line was not is simply made again (same seed, same file names, same pixels); a temporary image
 that a killed run left half-written is removed before its request is made again.
+
+Test hook: with ``SDRT_BATCH_PAUSE_AFTER=N`` in the environment, a run stops after writing its N-th
+result line and waits (saying so on stderr) until it is interrupted or killed, so a test can stop it at
+a known point instead of racing it (tests/serve/test_batch.py, tests/serve/test_ray.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -25,6 +31,7 @@ from sdrt.errors import SdrtError
 from sdrt.serve.queueing import GenerationRequest
 
 RESULTS = "results.jsonl"
+PAUSE_AFTER_ENV = "SDRT_BATCH_PAUSE_AFTER"  # the test hook (module docstring)
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 FIELDS = {"id", "prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "sampler", "n",
           "model"}
@@ -152,6 +159,8 @@ class ResultsWriter:
         self.path = out / RESULTS
         self._repair()
         self._file = open(self.path, "a", encoding="utf-8")
+        self.written = 0
+        self.pause_after = int(os.environ.get(PAUSE_AFTER_ENV) or 0)
 
     def _repair(self) -> None:
         """Cut a torn last line (no newline: the previous run was killed while writing it)."""
@@ -164,6 +173,12 @@ class ResultsWriter:
         self._file.write(json.dumps(line) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
+        self.written += 1
+        if self.written == self.pause_after:
+            print(f"sdrt: {PAUSE_AFTER_ENV}={self.pause_after}: paused after {self.written} results "
+                  f"(a test hook); interrupt or kill this process", file=sys.stderr, flush=True)
+            while True:  # until a signal ends it (Ctrl-C raises KeyboardInterrupt here)
+                time.sleep(3600)
 
     def close(self) -> None:
         self._file.close()

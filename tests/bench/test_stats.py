@@ -9,6 +9,19 @@ from sdrt.bench.memory import RssSampler, slope_per_item
 from sdrt.bench.stats import quantile, ratio, summarize, time_call
 
 
+def until(condition, timeout_s: float = 60.0) -> bool:
+    """Poll `condition` until it holds (True) or `timeout_s` passes (False): the sampler thread runs
+    when the machine lets it, so the tests wait for what it must see instead of sleeping a fixed time."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
 def test_quantile_matches_numpy_linear_interpolation():
     rng = np.random.default_rng(0)
     samples = list(rng.random(17))
@@ -61,8 +74,8 @@ def test_rss_sampler_sees_a_short_lived_allocation():
     with RssSampler(interval_s=0.001, keep_samples=True) as rss:
         block = np.ones(64 * 1024 * 1024 // 8)  # 64 MB, touched
         block += 1
-        import time
-        time.sleep(0.05)
+        taken = len(rss.samples)
+        assert until(lambda: len(rss.samples) >= taken + 2)  # a whole sample taken while the block lives
         del block
     assert rss.growth_mb > 40
     assert rss.samples and all(math.isfinite(v) for _, v in rss.samples)
@@ -70,7 +83,6 @@ def test_rss_sampler_sees_a_short_lived_allocation():
 
 def test_rss_sampler_tells_anonymous_from_file_pages(tmp_path):
     import mmap
-    import time
 
     from sdrt.bench.memory import anon_mb
 
@@ -82,12 +94,12 @@ def test_rss_sampler_tells_anonymous_from_file_pages(tmp_path):
         mapped = mmap.mmap(f.fileno(), 0)
         view = np.frombuffer(mapped, dtype=np.uint8)
         view[::4096] = 1  # every page touched: resident, but file pages
-        time.sleep(0.05)
+        until(lambda: file_backed.growth_mb > 40)  # the sampler saw the pages (asserted below)
         del view
         mapped.close()
     with RssSampler(interval_s=0.001) as anonymous:
         block = np.ones(64 * 1024 * 1024 // 8)
-        time.sleep(0.05)
+        until(lambda: anonymous.anon_peak_mb - anonymous.anon_start_mb > 40)  # asserted below
         del block
     assert file_backed.growth_mb > 40 and file_backed.anon_peak_mb - file_backed.anon_start_mb < 20
     assert anonymous.anon_peak_mb - anonymous.anon_start_mb > 40

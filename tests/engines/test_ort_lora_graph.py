@@ -18,7 +18,7 @@ from sdrt.engines.ort import OrtCpuBackend
 from sdrt.weight_map import linear_initializers
 from sdrt.runtime import Pipeline
 from sdrt.runtime.images import psnr
-from tests.runtime.lora_helpers import map_shapes, write_kohya, write_peft
+from tests.runtime.lora.helpers import map_shapes, write_kohya, write_peft
 
 CALL = dict(num_inference_steps=2, height=32, width=32, seed=7, output_type="np", scheduler="euler")
 

@@ -113,18 +113,24 @@ def test_cli_killed_mid_run_resumes_to_exactly_all_images(tmp_path, tiny_onnx):
     command = [sys.executable, "-m", "sdrt.cli", "batch", str(requests), "--model", str(tiny_onnx), "--out",
                str(out), "--backend", "ort-cpu", "--max-batch", "1", "--quiet"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env.pop(batch.PAUSE_AFTER_ENV, None)
+    # the first run pauses itself after its 2nd result line (the batch module's test hook), so the kill
+    # always lands mid-way, however fast the machine
+    first = subprocess.Popen(command, env={**env, batch.PAUSE_AFTER_ENV: "2"}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and first.poll() is None:
             if (out / batch.RESULTS).is_file() and len((out / batch.RESULTS).read_bytes().splitlines()) >= 2:
                 break
             time.sleep(0.05)
+        assert first.poll() is None, f"the first run ended by itself (exit {first.returncode})"
         first.send_signal(signal.SIGKILL)
     finally:
+        first.kill()
         first.wait(30)
     before = len(batch.finished_ids(out))
-    assert 2 <= before < n, f"the first run was not interrupted mid-way ({before} of {n})"
+    assert before == 2, f"the first run was not stopped at its 2nd result ({before} of {n})"
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = results(out)

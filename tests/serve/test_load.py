@@ -1,4 +1,4 @@
-"""A CI-size load test (the full one is benchmarks/serve_load.py): 16 concurrent clients against a small
+"""A CI-size load test (the full one is sdrt/bench/serve_load.py): 16 concurrent clients against a small
 queue on the tiny preset; every request ends with an image or a clean 429, none is lost."""
 
 from __future__ import annotations

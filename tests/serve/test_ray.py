@@ -1,7 +1,7 @@
 """Ray Serve and Ray Data on a local Ray bound to 127.0.0.1 (tiny preset, ort-cpu).
 
 Ray comes with `sdrt[dev]` (CI runs these); without it (`pip install 'sdrt[ray]'`) they skip.
-Marked slow: starting Ray and its replicas takes 30-60 s on the 2-core machine. Each Ray instance
+Marked slow (the whole module): starting Ray and its replicas takes 30-60 s on the 2-core machine. Each Ray instance
 gets its own RAY_TMPDIR, so the tests can check that it stopped itself: no process carrying that
 RAY_TMPDIR in its environment outlives the run. The batch test runs first, so its Ray instances
 and the Serve fixture's never share the 2 cores.
@@ -28,6 +28,7 @@ import pytest
 
 from tests.serve.conftest import decode_b64_png, wait_for
 
+from sdrt.serve import batch
 from sdrt.serve.ray_local import local_only_env
 
 local_only_env()  # before Ray is imported, as sdrt does (Ray reads it on import)
@@ -76,19 +77,24 @@ def test_batch_on_ray_interrupted_and_resumed_makes_exactly_100_images(tmp_path,
     command = [sys.executable, "-m", "sdrt.cli", "batch", str(requests_file), "--model", str(tiny_onnx), "--out",
                str(out), "--backend", "ort-cpu", "--ray", "--ray-actors", "2", "--quiet"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmpdir}
+    env.pop(batch.PAUSE_AFTER_ENV, None)
     results = out / "results.jsonl"
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    # the first run pauses itself after its 10th result line (sdrt.serve.batch's test hook), so the
+    # Ctrl-C below always lands mid-way, however fast the machine
+    first = subprocess.Popen(command, env={**env, batch.PAUSE_AFTER_ENV: "10"}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        assert wait_for(lambda: results.is_file() and len(results.read_bytes().splitlines()) >= 10, 300)
+        assert wait_for(lambda: results.is_file() and len(results.read_bytes().splitlines()) >= 10
+                        or first.poll() is not None, 300)
+        assert first.poll() is None, f"the first run ended by itself (exit {first.returncode})"
         first.send_signal(signal.SIGINT)  # Ctrl-C
-        first.wait(120)
+        assert first.wait(120) == 130  # sdrt's exit status for an interrupted command
         assert_ray_stopped(ray_tmpdir)  # Ctrl-C stops the local Ray it started
     finally:
         with_group_killed(first)
     before = len(results.read_bytes().splitlines())
     print(f"results after the interrupt: {before} of 100")
-    assert 10 <= before < 100, f"the first run was not interrupted mid-way ({before} of 100)"
+    assert before == 10, f"the first run was not stopped at its 10th result ({before} of 100)"
     second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
     try:
@@ -115,7 +121,7 @@ def with_group_killed(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def ray_server(tiny_onnx, tmp_path_factory):
-    from tests.runtime.test_lora_input import _kohya_from_map
+    from tests.runtime.lora.test_input import _kohya_from_map
 
     lora_dir = tmp_path_factory.mktemp("loras")
     _kohya_from_map(tiny_onnx, lora_dir / "style.safetensors", count=6, rank=4, alpha=4.0, seed=3)
@@ -236,8 +242,11 @@ def test_a_killed_replica_is_restarted_and_no_request_is_lost(ray_server):
     threads = [threading.Thread(target=client, args=(s,)) for s in range(12)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
-    os.kill(victim, signal.SIGKILL)  # the replica's process dies mid-run
+    # the replica's process dies mid-run: once the first answer is back, the other requests are still out
+    # (a fixed sleep could kill it after the last one on a fast machine, and prove nothing)
+    assert wait_for(lambda: len(outcomes) >= 1, 300)
+    outstanding = 12 - len(outcomes)
+    os.kill(victim, signal.SIGKILL)
     for t in threads:
         t.join(300)
     assert sorted(outcomes) == list(range(12))
@@ -246,7 +255,7 @@ def test_a_killed_replica_is_restarted_and_no_request_is_lost(ray_server):
         assert json.loads(r.json()["info"])["all_seeds"] == [1000 + seed]
         assert int(r.headers["x-sdrt-replica"]) != victim or attempts == 1
     retried = sum(1 for _, attempts in outcomes.values() if attempts > 1)
-    print(f"requests retried after the kill: {retried} of 12")
+    print(f"requests retried after the kill: {retried} of 12 ({outstanding} were out when it died)")
 
     def restarted() -> bool:
         pids = {requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64,
