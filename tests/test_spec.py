@@ -10,8 +10,8 @@ SD15 = spec.model_values(latent_channels=4, unet_in_channels=4, text_hidden_size
 
 
 def test_unet_shapes_follow_symbols():
-    s = spec.shapes(C("unet"), {**SD15, "B": 2, "h": 64, "w": 48})
-    assert s == {"sample": (2, 4, 64, 48), "timestep": (2,), "encoder_hidden_states": (2, 77, 768),
+    s = spec.shapes(C("unet"), {**SD15, "B": 2, "h": 64, "w": 48, "L": 154})
+    assert s == {"sample": (2, 4, 64, 48), "timestep": (2,), "encoder_hidden_states": (2, 154, 768),
                  "out_sample": (2, 4, 64, 48)}
 
 
@@ -23,7 +23,7 @@ def test_vae_shapes_scale_by_factor():
 
 
 def test_inpainting_unet_input_channels():
-    values = {**SD15, "Cin": 9, "B": 2, "h": 8, "w": 8}
+    values = {**SD15, "Cin": 9, "B": 2, "h": 8, "w": 8, "L": 77}
     s = spec.shapes(C("unet"), values)
     assert s["sample"] == (2, 9, 8, 8) and s["out_sample"] == (2, 4, 8, 8)
 
@@ -37,6 +37,7 @@ def test_optional_outputs_only_on_request():
 def test_dynamic_axes():
     assert spec.dynamic_axes(C("unet"))["sample"] == {0: "B", 2: "h", 3: "w"}
     assert spec.dynamic_axes(C("unet"))["timestep"] == {0: "B"}
+    assert spec.dynamic_axes(C("unet"))["encoder_hidden_states"] == {0: "B", 1: "L"}  # long prompts
     assert spec.dynamic_axes(C("text_encoder")) == {"input_ids": {0: "B"}, "last_hidden_state": {0: "B"},
                                                  "pooler_output": {0: "B"}}
     assert spec.dynamic_axes(C("vae_decoder"))["sample"] == {0: "B", 2: "f*h", 3: "f*w"}

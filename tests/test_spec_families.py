@@ -30,7 +30,7 @@ def test_sdxl_components_and_unet_inputs():
     assert xl.component_names == ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
     unet = xl.component("unet")
     assert unet.input_names == ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")
-    shapes = spec.shapes(unet, {**SDXL, "B": 2, "h": 128, "w": 96})
+    shapes = spec.shapes(unet, {**SDXL, "B": 2, "h": 128, "w": 96, "L": 77})
     assert shapes["encoder_hidden_states"] == (2, 77, 2048)
     assert shapes["text_embeds"] == (2, 1280) and shapes["time_ids"] == (2, 6)
     te2 = spec.shapes(xl.component("text_encoder_2"), {**SDXL, "B": 3})
@@ -43,11 +43,11 @@ def test_refiner_has_only_the_second_encoder_and_lcm_adds_timestep_cond():
     refiner = spec.model_spec("sdxl-refiner")
     assert refiner.text_encoders == ("text_encoder_2",) and not refiner.has("text_encoder")
     values = {**SDXL, "T": 5, "D": 1280}
-    assert spec.shapes(refiner.component("unet"), {**values, "B": 1, "h": 8, "w": 8})["time_ids"] == (1, 5)
+    assert spec.shapes(refiner.component("unet"), {**values, "B": 1, "h": 8, "w": 8, "L": 77})["time_ids"] == (1, 5)
     lcm = spec.model_spec("sd", ["timestep_cond"])
     unet = lcm.component("unet")
     assert unet.input_names[-1] == "timestep_cond"
-    assert spec.shapes(unet, {**SDXL, "D": 768, "G": 256, "B": 2, "h": 8, "w": 8})["timestep_cond"] == (2, 256)
+    assert spec.shapes(unet, {**SDXL, "D": 768, "G": 256, "B": 2, "h": 8, "w": 8, "L": 77})["timestep_cond"] == (2, 256)
     assert spec.model_spec("sdxl", ("timestep_cond",)).component("unet").input_names[-1] == "timestep_cond"
 
 

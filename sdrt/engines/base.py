@@ -2,7 +2,7 @@
 
 One engine runs one component (text_encoder, unet, vae_decoder, vae_encoder). Its life:
 
-1. ``prepare(dims)`` — allocate one buffer per tensor for these dynamic dims (``{"B", "h", "w"}``)
+1. ``prepare(dims)`` — allocate one buffer per tensor for these dynamic dims (``{"B", "h", "w", "L"}``)
    and bind them once. Calling it again with the same dims does nothing (no allocation); new dims
    re-allocate and re-bind.
 2. ``set_input(name, array)`` — copy a host array into the bound input buffer (in place).
@@ -59,6 +59,14 @@ class Engine(abc.ABC):
         self.model_values = dict(model_values)
         self.precision = precision
         self.dims: dict[str, int] | None = None
+
+    def full_dims(self, dims: Mapping[str, int]) -> dict[str, int]:
+        """The dims as ints, with ``L`` (the text tokens the denoiser attends to) defaulting to the
+        model's token length ``S`` where the component uses it and the caller left it out."""
+        full = {k: int(v) for k, v in dims.items()}
+        if "L" not in full and "L" in spec.used_symbols(self.spec):
+            full["L"] = int(self.model_values["S"])
+        return full
 
     def shapes_for(self, dims: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
         return spec.shapes(self.spec, {**self.model_values, **dims})

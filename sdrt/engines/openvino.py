@@ -131,7 +131,7 @@ class OpenVinoEngine(Engine):
 
     # -- buffers ---------------------------------------------------------------------------------
     def prepare(self, dims: Mapping[str, int]) -> None:
-        dims = {k: int(v) for k, v in dims.items()}
+        dims = self.full_dims(dims)
         if self.dims == dims:
             return
         if self.backend.shapes == "static":

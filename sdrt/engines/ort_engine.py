@@ -64,7 +64,7 @@ class OrtEngine(Engine):
 
     # -- buffers ---------------------------------------------------------------------------------
     def prepare(self, dims: Mapping[str, int]) -> None:
-        dims = {k: int(v) for k, v in dims.items()}
+        dims = self.full_dims(dims)
         if self.dims == dims:
             return
         if self.cuda_graph and self.dims is not None:

@@ -39,6 +39,7 @@ class ProfileRequest:
     max_size: int | None = None
     max_batch: int | None = None   # images; dynamic batch when set
     guidance: bool = True          # classifier-free guidance doubles the UNet batch
+    tokens: int = spec.TOKEN_LENGTH  # text tokens the denoiser attends to (L; 77 = one CLIP chunk)
 
     @property
     def dynamic(self) -> bool:
@@ -115,9 +116,9 @@ def dim_range(component: spec.ComponentSpec, request: ProfileRequest, rule: Size
     lo_factor, hi_factor = batch_factors(component, request.guidance)
     f = rule.vae_scale_factor
     full = {
-        "min": {"B": max(1, lo_factor * n0), "h": h0 // f, "w": w0 // f},
-        "opt": {"B": hi_factor * n1, "h": h1 // f, "w": w1 // f},
-        "max": {"B": hi_factor * n2, "h": h2 // f, "w": w2 // f},
+        "min": {"B": max(1, lo_factor * n0), "h": h0 // f, "w": w0 // f, "L": request.tokens},
+        "opt": {"B": hi_factor * n1, "h": h1 // f, "w": w1 // f, "L": request.tokens},
+        "max": {"B": hi_factor * n2, "h": h2 // f, "w": w2 // f, "L": request.tokens},
     }
     keep = used_symbols(component)
     return DimRange(*({s: full[k][s] for s in keep} for k in ("min", "opt", "max")))
@@ -159,7 +160,8 @@ def request_for(component: spec.ComponentSpec, dims: Mapping[str, int], vae_scal
     f = vae_scale_factor
     height = int(dims["h"]) * f if "h" in dims else None
     width = int(dims["w"]) * f if "w" in dims else None
-    return ProfileRequest(batch=images, height=height, width=width, guidance=guidance)
+    tokens = int(dims.get("L", spec.TOKEN_LENGTH))
+    return ProfileRequest(batch=images, height=height, width=width, guidance=guidance, tokens=tokens)
 
 
 def build_command(folder: str, backend: str, request: ProfileRequest, components: tuple[str, ...] = (),

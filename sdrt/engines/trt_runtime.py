@@ -205,7 +205,7 @@ class TensorRTEngine(Engine):
         context = trt_api.create_context(s.trt, engine, s.features, shared)
         if shared:
             s.shared.attach(context, trt_api.device_memory_size(engine, s.features), on_move=self._drop_graph)
-        max_shapes = {k: v for k, v in spec.shapes(self.spec, {**self.model_values, **entry.profile.max},
+        max_shapes = {k: v for k, v in spec.shapes(self.spec, {**self.model_values, **self.full_dims(entry.profile.max)},
                                                    include_optional=True).items() if k in io}
         sizes = trt_buffers.plan(max_shapes, {k: io[k][1] for k in max_shapes})
         for name, nbytes in sizes.items():
@@ -217,7 +217,8 @@ class TensorRTEngine(Engine):
         s.log(f"loaded {self.component} engine {entry.path.name}")
 
     def prepare(self, dims: Mapping[str, int]) -> None:
-        dims = {s: int(dims[s]) for s in used_symbols(self.spec)}
+        full = self.full_dims(dims)
+        dims = {s: full[s] for s in used_symbols(self.spec)}
         if self.dims == dims:
             return
         if self.entry is None or not self.entry.profile.covers(dims):

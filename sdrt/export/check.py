@@ -67,7 +67,8 @@ def torch_case(component: spec.ComponentSpec, reference: torch.nn.Module, dims: 
         # Same values, fp32 compute: fp16 input rounding is not counted as error.
         want = reference(*(v.float() if v.is_floating_point() else v for v in inputs.values()))
     want = want if isinstance(want, tuple) else (want,)
-    return Case({k: int(dims[k]) for k in ("B", "h", "w")}, {name: value.numpy() for name, value in inputs.items()},
+    used = {"B", "h", "w"} | set(spec.used_symbols(component))
+    return Case({k: int(dims[k]) for k in spec.DYNAMIC_SYMBOLS if k in used}, {name: value.numpy() for name, value in inputs.items()},
                 [w.float().numpy() for w in want])
 
 
@@ -144,11 +145,12 @@ def check_dims(component: spec.ComponentSpec, trace: Mapping[str, int], size_rul
     """Two shapes off the trace: batch 1 and 3 (the trace uses 2), non-square latent sizes that
     the size rule admits but the trace did not use (odd ones where the rule allows)."""
     m, low = size_rule["latent_multiple"], size_rule["min_latent"]
-    h, w = trace["h"], trace["w"]
+    h, w, tokens = trace["h"], trace["w"], trace["L"]
     if "h" not in spec.used_symbols(component):  # text encoders: only the batch varies
-        return [{"B": 1, "h": h, "w": w}, {"B": 3, "h": h, "w": w}]
-    return [{"B": 1, "h": max(3 * m, low), "w": max(5 * m, low)},
-            {"B": 3, "h": max(h // 2 // m * m + m, low), "w": max(w // 3 // m * m + 2 * m, low)}]
+        return [{"B": 1, "h": h, "w": w, "L": tokens}, {"B": 3, "h": h, "w": w, "L": tokens}]
+    # the second shape also attends to two chunks of text where the graph takes L (long prompts)
+    return [{"B": 1, "h": max(3 * m, low), "w": max(5 * m, low), "L": tokens},
+            {"B": 3, "h": max(h // 2 // m * m + m, low), "w": max(w // 3 // m * m + 2 * m, low), "L": 2 * tokens}]
 
 
 def _describe(dims: Mapping[str, int]) -> str:

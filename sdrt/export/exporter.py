@@ -67,7 +67,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
     denoiser = src.module(model_spec.denoiser.source)
     multiple = sizes.architectural_multiple(denoiser)
     h = max(pipeline["sample_size"] // multiple, 2) * multiple
-    trace_dims = {**values, "B": 2, "h": h, "w": max(h * 3 // 4 // multiple, 1) * multiple}
+    trace_dims = {**values, "B": 2, "h": h, "w": max(h * 3 // 4 // multiple, 1) * multiple, "L": spec.TOKEN_LENGTH}
     num_upsamplers = int(denoiser.num_upsamplers)
     del denoiser
 

@@ -46,7 +46,7 @@ def probe_cases(unet: Any, model_values: Mapping[str, int], *, precision: str, v
     cases: dict[tuple[int, int], Case | None] = {}
     for i, (h, w) in enumerate(probe_pairs(int(unet.num_upsamplers))):
         try:
-            cases[(h, w)] = torch_case(unet_spec, reference, {**model_values, "B": 1, "h": h, "w": w},
+            cases[(h, w)] = torch_case(unet_spec, reference, {**model_values, "B": 1, "h": h, "w": w, "L": spec.TOKEN_LENGTH},
                                        precision=precision, vocab_size=vocab_size, seed=2000 + i)
         except ValueError:  # GroupNorm over one value per group
             cases[(h, w)] = None

@@ -204,7 +204,7 @@ class UNetPipeline(Pipeline):
         batch = 2 * n if call.cfg else n
         memory_guard.check_fits(self.backend_name, self.backend.attention_bytes, self._denoiser_config, batch,
                                 call.height, call.width, f, n)
-        engine.prepare({"B": batch, "h": h, "w": w})
+        engine.prepare({"B": batch, "h": h, "w": w, "L": cond.hidden.shape[1]})
         engine.set_input(N.ENCODER_HIDDEN_STATES, cond.hidden)
         if self.family_spec.size_conditioning:
             size_cond = added_conditioning.size_conditioning(call.height, call.width, call.sizes, call.aesthetic_score,

@@ -55,7 +55,7 @@ VAE_ENCODER = ComponentSpec("vae_encoder", inputs=(T(N.IMAGE, FLOAT, ("B", 3, "f
 UNET_INPUTS = (
     T(N.SAMPLE, FLOAT, ("B", "Cin", "h", "w")),
     T(N.TIMESTEP, "float32", ("B",), draw="timestep"),
-    T(N.ENCODER_HIDDEN_STATES, FLOAT, ("B", "S", "D")),
+    T(N.ENCODER_HIDDEN_STATES, FLOAT, ("B", "L", "D")),
 )
 UNET_OUTPUTS = (T(N.OUT_SAMPLE, FLOAT, ("B", "C", "h", "w")),)
 #: the SDXL UNet's added conditioning (addition_embed_type "text_time")

@@ -6,7 +6,9 @@ A component's tensors are `TensorSpec`s whose shapes are tuples of expressions o
 ``B``  batch (under classifier-free guidance the UNet batch is 2x)
 ``h``  latent height          ``w``  latent width
 ``C``  latent channels        ``Cin`` UNet input channels (C, or 9 for inpainting)
-``S``  token length (77)      ``D``  the UNet's cross-attention width (sd: text hidden size)
+``S``  a text encoder's token length (77)
+``L``  text tokens the denoiser attends to (77: one CLIP chunk; more for long prompts or T5)
+``D``  the UNet's cross-attention width (sd: text hidden size)
 ``f``  VAE scale factor (image size = f * latent size)
 ``D1`` text_encoder hidden    ``D2`` text_encoder_2 hidden (sdxl)
 ``K1`` text_encoder layers    ``K2`` text_encoder_2 layers selectable by clip_skip
@@ -14,9 +16,9 @@ A component's tensors are `TensorSpec`s whose shapes are tuples of expressions o
 ``G``  timestep_cond width (LCM's time_cond_proj_dim)
 ====== ==========================================================
 
-An expression is an int, a symbol, or a product such as ``"f*h"`` or ``"2*C"``. ``B``, ``h`` and
-``w`` change from call to call (the dynamic axes of every graph); the others are fixed by the model
-and recorded in its manifest. This module is pure Python: the lean runtime imports it.
+An expression is an int, a symbol, or a product such as ``"f*h"`` or ``"2*C"``. ``B``, ``h``, ``w``
+and ``L`` change from call to call (the dynamic axes of every graph); the others are fixed by the
+model and recorded in its manifest. An engine prepared without ``L`` takes ``S`` tokens (one chunk). This module is pure Python: the lean runtime imports it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Mapping, Union
 Dim = Union[int, str]
 
 #: Symbols whose value changes from call to call (the rest come from the model).
-DYNAMIC_SYMBOLS = ("B", "h", "w")
+DYNAMIC_SYMBOLS = ("B", "h", "w", "L")
 #: Symbols fixed by the model (read from the manifest).
 MODEL_SYMBOLS = ("C", "Cin", "S", "D", "f", "D1", "D2", "K1", "K2", "P", "T", "G")
 

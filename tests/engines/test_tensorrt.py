@@ -79,10 +79,10 @@ def test_auto_build_makes_a_static_engine_for_the_dims_asked(tmp_path, fakes):
     backend = tensorrt.TensorRTBackend(auto_build=True, log=messages.append)
     engine = backend.load(manifest, "unet")
     engine.prepare({"B": 2, "h": 8, "w": 16})
-    assert engine.entry.profile.static and engine.entry.profile.max == {"B": 2, "h": 8, "w": 16}
+    assert engine.entry.profile.static and engine.entry.profile.max == {"B": 2, "h": 8, "w": 16, "L": 77}
     assert any("building one" in m for m in messages)
     engine.prepare({"B": 1, "h": 8, "w": 8})  # odd UNet batch: a build without guidance
-    assert engine.entry.profile.max == {"B": 1, "h": 8, "w": 8}
+    assert engine.entry.profile.max == {"B": 1, "h": 8, "w": 8, "L": 77}
 
 
 def test_backend_is_unavailable_here_with_one_line(monkeypatch):

@@ -43,7 +43,7 @@ def test_build_stores_the_engine_with_what_its_key_hashed(tmp_path):
     assert info["identity"]["library"] == "tensorrt 10.8.0.43" and info["identity"]["precision"] == "fp16"
     assert info["identity"]["target"] == "Fake GPU (sm_89)"
     assert info["identity"]["onnx"] == manifest.components["unet"]["sha256"]  # the manifest's, not a file scan
-    assert info["profile"]["max"] == {"B": 2, "h": 8, "w": 8} and info["input_shapes"]["sample"] == \
+    assert info["profile"]["max"] == {"B": 2, "h": 8, "w": 8, "L": 77} and info["input_shapes"]["sample"] == \
         "2x4x8x8 / 2x4x8x8 / 2x4x8x8"
     call = rec.calls[0]
     assert call["shapes"]["encoder_hidden_states"] == ((2, 77, 8),) * 3

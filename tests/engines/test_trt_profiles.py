@@ -22,13 +22,13 @@ def rng(component, **kw):
 
 def test_used_symbols_follow_the_spec():
     assert tp.used_symbols(C("text_encoder")) == ("B",)
-    assert tp.used_symbols(C("unet")) == ("B", "h", "w")
+    assert tp.used_symbols(C("unet")) == ("B", "h", "w", "L")  # L: the text tokens it attends to
     assert tp.used_symbols(C("vae_decoder")) == ("B", "h", "w")
 
 
 def test_static_by_default_at_the_models_size_with_cfg_doubling_the_unet():
     r = rng("unet")
-    assert r.static and r.min == {"B": 2, "h": 64, "w": 64}
+    assert r.static and r.min == {"B": 2, "h": 64, "w": 64, "L": 77}
     assert rng("vae_decoder").max == {"B": 1, "h": 64, "w": 64}
     assert rng("unet", guidance=False).max["B"] == 1
 
@@ -41,9 +41,9 @@ def test_text_encoder_takes_one_row_per_prompt_up_to_twice_the_images():
 
 def test_dynamic_profile_puts_opt_at_the_requested_size():
     r = rng("unet", batch=2, height=768, width=512, min_size=256, max_size=1024, max_batch=4)
-    assert r.min == {"B": 2, "h": 32, "w": 32}
-    assert r.opt == {"B": 4, "h": 96, "w": 64}
-    assert r.max == {"B": 8, "h": 128, "w": 128}
+    assert r.min == {"B": 2, "h": 32, "w": 32, "L": 77}
+    assert r.opt == {"B": 4, "h": 96, "w": 64, "L": 77}
+    assert r.max == {"B": 8, "h": 128, "w": 128, "L": 77}
     assert not r.static
 
 
@@ -81,13 +81,13 @@ def test_input_shapes_come_from_the_spec():
 
 def test_covers_and_json_round_trip():
     r = rng("unet", min_size=256, max_size=768)
-    assert r.covers({"B": 2, "h": 32, "w": 96}) and not r.covers({"B": 2, "h": 32, "w": 97})
-    assert not r.covers({"B": 4, "h": 64, "w": 64})
+    assert r.covers({"B": 2, "h": 32, "w": 96, "L": 77}) and not r.covers({"B": 2, "h": 32, "w": 97, "L": 77})
+    assert not r.covers({"B": 4, "h": 64, "w": 64, "L": 77}) and not r.covers({"B": 2, "h": 32, "w": 96, "L": 154})
     assert tp.DimRange.from_json(r.to_json()) == r
 
 
 @pytest.mark.parametrize("component, dims", [
-    ("unet", {"B": 6, "h": 96, "w": 64}), ("unet", {"B": 3, "h": 40, "w": 40}),
+    ("unet", {"B": 6, "h": 96, "w": 64, "L": 77}), ("unet", {"B": 3, "h": 40, "w": 40, "L": 154}),
     ("text_encoder", {"B": 2}), ("vae_decoder", {"B": 2, "h": 48, "w": 128}),
 ])
 def test_request_for_dims_builds_a_profile_that_covers_them(component, dims):

@@ -74,7 +74,7 @@ def test_denoising_loop_reuses_everything(tmp_path):
                                    rtol=2e-3, atol=0.5)
         assert engine.buffers == buffers and all(engine.buffers[k] is buffers[k] for k in buffers)
     assert cuda.mallocs == mallocs == 5  # 4 tensors + one shared activation block, before the loop
-    assert runtime.deserialized == 1 and finds == [{"B": 2, "h": 8, "w": 8}]
+    assert runtime.deserialized == 1 and finds == [{"B": 2, "h": 8, "w": 8, "L": 77}]
     assert len(calls(engine, "set_input_shape")) == 3
     assert len(calls(engine, "set_tensor_address")) == 4
     assert len(calls(engine, "set_device_memory")) == 1
