@@ -3,8 +3,11 @@
 Writes the preset as a diffusers folder, exports it to ONNX (reused when a previous export's
 manifest matches the folder's content hash), generates with the best backend installed, runs
 diffusers on the same weights and the same initial latents, and prints per-stage timings, the
-speedup over PyTorch and the PSNR between the two images. Everything lands in one folder
-(`./sdrt-demo/` by default): the image of each side and `report.md`.
+speedup over PyTorch and the PSNR between the two images. Each side is warmed up by one untimed call
+(the same call, so the same shapes) before its timed calls, and the numbers are medians. Everything
+lands in one folder (`./sdrt-demo/` by default): the image of each side, `report.md`, and inputs to try
+next (`sample.png`, `mask.png`); the demo ends by printing the commands that use them
+(sdrt/demo_next_steps.py).
 """
 
 from __future__ import annotations
@@ -16,31 +19,34 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 #: exported components: all four, so the demo's folder also serves `sdrt generate --image/--mask`
 DEMO_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 #: quick calls are repeated (medians steady the numbers on a busy machine); slow ones run once
-QUICK_REPEAT, QUICK_CALL_S = 3, 10.0
+QUICK_REPEAT, QUICK_CALL_S = 5, 10.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="sdrt-demo", help="output folder (default ./sdrt-demo)")
+    p.add_argument("--out", default="sdrt-demo",
+                   help="output folder (default ./sdrt-demo): the model (PRESET-diffusers, PRESET-onnx), the "
+                        "pictures, report.md, sample.png and mask.png")
     p.add_argument("--preset", default="shapes",
-                   help="embedded preset: shapes (default: trained, seconds), tiny (random weights), sd15, ...")
+                   help="built-in model (sdrt preset --list): shapes (default: trained by sdrt, real pictures in "
+                        "seconds), or a random-weight one (tiny, sd15, ...: timings only, noise pictures)")
     p.add_argument("--height", type=int, default=None, help="pixels (default: the preset's)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the preset's)")
     p.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
     p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
     p.add_argument("--scheduler", default=None, help="sampler name (default: the preset's)")
-    p.add_argument("--backend", default="auto", help="sdrt backend (default: the fastest installed)")
+    p.add_argument("--backend", default="auto", help="sdrt backend, as for `sdrt generate` (default auto: the fastest usable)")
     p.add_argument("--prompt", default="a red circle on a blue background",
                    help="the prompt (shapes knows \"a COLOUR SHAPE on a COLOUR background\": red, green, blue, "
                         "yellow, white; circle, square, triangle)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shared initial latents (default 0)")
     p.add_argument("--repeat", type=int, default=None,
-                   help=f"timed calls per side, medians reported (default {QUICK_REPEAT} when a call takes "
-                        f"under {QUICK_CALL_S:g} s, else 1)")
+                   help=f"timed calls per side after one untimed warm-up call each, medians reported (default "
+                        f"{QUICK_REPEAT} when the warm-up took under {QUICK_CALL_S:g} s, else 1)")
 
 
 def log(text: str) -> None:
@@ -107,10 +113,22 @@ def table(rows: list[tuple[str, float, float]], backend: str) -> list[str]:
     return lines
 
 
+def warm_and_time(call: Callable[[], Any], repeat: int | None) -> list[Any]:
+    """One untimed warm-up `call()` (the very same call: same shapes, so every lazy initialisation and
+    kernel choice happens there), then `repeat` timed calls, their results returned. `repeat` None:
+    QUICK_REPEAT when the warm-up took under QUICK_CALL_S, else 1."""
+    started = time.perf_counter()
+    call()
+    if repeat is None:
+        repeat = QUICK_REPEAT if time.perf_counter() - started < QUICK_CALL_S else 1
+    return [call() for _ in range(max(1, repeat))]
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from sdrt import __version__
+    from sdrt.demo_next_steps import next_steps_text, write_sample_inputs
     from sdrt.demo_picture import compose
     from sdrt.reference import TorchReplay, load_reference
     from sdrt.runtime import Pipeline
@@ -132,20 +150,16 @@ def run(args: argparse.Namespace) -> int:
         (1, pipe.latent_channels, height // f, width // f), dtype=np.float32)
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, height=height, width=width,
                 latents=latents, scheduler=args.scheduler)
-    log(f"sdrt on {pipe.backend_name}: warm-up, then {args.steps} steps at {width}x{height}")
-    pipe(args.prompt, **{**call, "num_inference_steps": 1}, output_type="np")
+    log(f"sdrt on {pipe.backend_name}: one untimed warm-up call, then the timed calls ({args.steps} steps at "
+        f"{width}x{height})")
     # the sampler's own draws (ancestral / SDE schedulers) replay torch's, so any --scheduler compares
-    runs = [pipe(args.prompt, **call, generator=TorchReplay(args.seed), output_type="np")]
-    repeat = args.repeat or (QUICK_REPEAT if runs[0].timings.total < QUICK_CALL_S else 1)
-    runs += [pipe(args.prompt, **call, generator=TorchReplay(args.seed), output_type="np")
-             for _ in range(repeat - 1)]
-    ours = runs[0]
-
-    log("PyTorch reference (diffusers, fp32, CPU): warm-up, then the same call")
+    runs = warm_and_time(lambda: pipe(args.prompt, **call, generator=TorchReplay(args.seed), output_type="np"),
+                         args.repeat)
+    repeat = len(runs)
+    log(f"PyTorch reference (diffusers, fp32, CPU): one untimed warm-up call, then {repeat} timed call(s)")
     ref = load_reference(onnx, source=src)
-    ref(args.prompt, **{**call, "num_inference_steps": 1})
-    theirs = ref(args.prompt, **call, seed=args.seed)
-    ref_runs = [theirs] + [ref(args.prompt, **call, seed=args.seed) for _ in range(repeat - 1)]
+    ref_runs = warm_and_time(lambda: ref(args.prompt, **call, seed=args.seed), repeat)
+    ours, theirs = runs[0], ref_runs[0]
     quality = psnr(ours.images, theirs.images)
 
     save_png(to_pil(ours.images)[0], out / "sdrt.png")
@@ -159,16 +173,21 @@ def run(args: argparse.Namespace) -> int:
             ("VAE decode", a.vae_decoder, b.vae_decoder),
             ("end to end", a.total, b.total)]
     lines = table(rows, pipe.backend_name)
-    summary = (f"PSNR sdrt vs PyTorch: {quality:.1f} dB (>= 40 dB: the same image); "
-               f"end-to-end speedup {b.total / a.total:.2f}x (a model this small runs in milliseconds a step: "
-               f"this ratio mostly "
-               f"measures per-call overhead and swings with machine load, 1-min load {os.getloadavg()[0]:.1f}; "
-               f"`sdrt bench` times real model sizes)")
+    summary = "\n".join([
+        f"PSNR sdrt vs PyTorch: {quality:.1f} dB (>= 40 dB: the same image)",
+        f"End-to-end speedup {b.total / a.total:.2f}x: both sides warmed up (one untimed call each), then the "
+        f"median of {repeat} timed call{'s' if repeat > 1 else ''} per side. A model this small runs in "
+        f"milliseconds a step, so this ratio mostly measures per-call overhead and swings with machine load "
+        f"(1-min load {os.getloadavg()[0]:.1f}); `sdrt bench` times real model sizes.",
+    ])
     print("\n".join(lines))
     print(summary)
     write_report(out, args, pipe, (width, height), lines, summary, ours, __version__, repeat)
-    log(f"wrote {out / 'demo.png'} (side by side), {out / 'sdrt.png'}, {out / 'pytorch.png'} and {out / 'report.md'} "
-        f"({time.perf_counter() - started:.1f} s in all)")
+    sample, mask = write_sample_inputs(out, ours.images[0])
+    log(f"wrote {out / 'demo.png'} (side by side), {out / 'sdrt.png'}, {out / 'pytorch.png'}, {out / 'report.md'}, "
+        f"{sample} and {mask} ({time.perf_counter() - started:.1f} s in all)")
+    print()
+    print(next_steps_text(out, onnx, args.prompt, args.steps, args.preset), flush=True)
     return 0
 
 
@@ -179,8 +198,8 @@ def write_report(out: Path, args: argparse.Namespace, pipe: Any, size: tuple[int
     import onnxruntime
     import torch
 
-    method = (f"One process, one warm-up call each, then {repeat} timed call(s) each (medians; UNet: median "
-              f"over all steps); sdrt on `{pipe.backend_name}` (fp32 ONNX), PyTorch = "
+    method = (f"One process, one untimed warm-up call each (the same call as the timed ones), then {repeat} "
+              f"timed call(s) each (medians; UNet: median over all steps); sdrt on `{pipe.backend_name}` (fp32 ONNX), PyTorch = "
               f"diffusers StableDiffusionPipeline fp32 on the CPU, same weights, prompt, scheduler "
               f"({ours.parameters['scheduler']}) and initial latents (seed {args.seed}). A quick look, not a "
               f"benchmark: use `sdrt bench` for measurements.")
