@@ -98,9 +98,10 @@ def python_lines(out: Path, onnx: Path, prompt: str, steps: int) -> list[str]:
 def next_steps_text(out: Path, onnx: Path, prompt: str, steps: int, preset: str) -> str:
     shell = commands(out, onnx, prompt, steps, preset)
     python = python_lines(out, onnx, prompt, steps)
+    where = "" if os.path.isabs(_shown(out)) else "from this folder; "  # relative paths: run where the demo ran
     return "\n".join([
-        f"Next, try (from this folder; {_shown(out / SAMPLE)} is a start image, {_shown(out / MASK)} an "
-        f"inpainting mask: white = repaint, black = keep):",
+        f"Next, try ({where}{_shown(out / SAMPLE)} is a start image, {_shown(out / MASK)} an inpainting mask: "
+        f"white = repaint, black = keep):",
         *(f"  {line}" for line in shell),
         f"In Python ({_program(sys.executable)}):",
         *(f"  {line}" for line in python),
