@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
     p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
     p.add_argument("--scheduler", default=None, help="sampler name (default: the preset's)")
-    p.add_argument("--backend", default="auto", help="sdrt backend, as for `sdrt generate` (default auto: the fastest usable)")
+    p.add_argument("--backend", default="auto",
+                   help="sdrt backend, as for `sdrt generate` (default auto: the fastest usable)")
     p.add_argument("--prompt", default="a red circle on a blue background",
                    help="the prompt (shapes knows \"a COLOUR SHAPE on a COLOUR background\": red, green, blue, "
                         "yellow, white; circle, square, triangle)")
@@ -199,7 +200,8 @@ def write_report(out: Path, args: argparse.Namespace, pipe: Any, size: tuple[int
     import torch
 
     method = (f"One process, one untimed warm-up call each (the same call as the timed ones), then {repeat} "
-              f"timed call(s) each (medians; UNet: median over all steps); sdrt on `{pipe.backend_name}` (fp32 ONNX), PyTorch = "
+              f"timed call(s) each (medians; UNet: median over all steps); sdrt on `{pipe.backend_name}` "
+              f"(fp32 ONNX), PyTorch = "
               f"diffusers StableDiffusionPipeline fp32 on the CPU, same weights, prompt, scheduler "
               f"({ours.parameters['scheduler']}) and initial latents (seed {args.seed}). A quick look, not a "
               f"benchmark: use `sdrt bench` for measurements.")

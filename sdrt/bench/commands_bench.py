@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="image height in pixels (default: the suite's, else the model's)")
     parser.add_argument("--width", type=int, help="image width in pixels (default: the suite's, else the model's)")
     parser.add_argument("--steps", type=int, help="denoising steps per generation (default: the suite's)")
-    parser.add_argument("--batch", type=int, action="append", help="images per prompt (repeatable; default: the suite's)")
+    parser.add_argument("--batch", type=int, action="append",
+                        help="images per prompt (repeatable; default: the suite's)")
     parser.add_argument("--scheduler", help="scheduler class name (default: the model's own)")
     parser.add_argument("--guidance-scale", type=float,
                         help="classifier-free guidance; <= 1 turns it off (default: the suite's)")

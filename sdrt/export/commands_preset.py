@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     def listing(trained: bool) -> list[str]:
         return [textwrap.fill(p.description, 79, initial_indent=f"  {name:<{width}}  ",
-                              subsequent_indent=" " * (width + 4)) for name, p in PRESETS.items() if p.trained == trained]
+                              subsequent_indent=" " * (width + 4))
+                for name, p in PRESETS.items() if p.trained == trained]
 
     parser.epilog = "\n".join(["presets with weights trained by sdrt (real pictures):", *listing(True),
                                 "presets with seeded random weights (for timings and tests; noise pictures):",

@@ -1,6 +1,7 @@
 """The FastAPI app: A1111 and OpenAI routes over one `Service`, plus health, metrics, the page and the guards.
 
-Outermost, the access log (sdrt.serve.access_log: one line per request). Guards, outermost first: the body-size limit (413 before a byte past the limit is read), the API key
+Outermost, the access log (sdrt.serve.access_log: one line per request). Then the guards, outermost
+first: the body-size limit (413 before a byte past the limit is read), the API key
 (Bearer, or HTTP Basic with the key as password for A1111 clients; compared in constant time; the
 page and the health probes stay open), CORS only for the origins given. Every error is JSON with
 a 4xx/5xx status: requests the server refuses say why and what to send instead, and an internal
