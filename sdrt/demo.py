@@ -114,15 +114,45 @@ def table(rows: list[tuple[str, float, float]], backend: str) -> list[str]:
     return lines
 
 
-def warm_and_time(call: Callable[[], Any], repeat: int | None) -> list[Any]:
-    """One untimed warm-up `call()` (the very same call: same shapes, so every lazy initialisation and
-    kernel choice happens there), then `repeat` timed calls, their results returned. `repeat` None:
-    QUICK_REPEAT when the warm-up took under QUICK_CALL_S, else 1."""
-    started = time.perf_counter()
-    call()
+def warm_and_time(sides: dict[str, Callable[[], Any]], repeat: int | None,
+                  log: Callable[[str], None] = lambda line: None) -> dict[str, list[Any]]:
+    """Each side's call once, untimed (the very same call as the timed ones: same shapes, so lazy
+    initialisation and kernel choices happen there), then `repeat` rounds of timed calls, the sides
+    taking turns so both meet the same machine load. Returns each side's timed results. `repeat`
+    None: QUICK_REPEAT when the slowest warm-up took under QUICK_CALL_S, else 1."""
+    slowest = 0.0
+    for name, call in sides.items():
+        log(f"{name}: one untimed warm-up call")
+        started = time.perf_counter()
+        call()
+        slowest = max(slowest, time.perf_counter() - started)
     if repeat is None:
-        repeat = QUICK_REPEAT if time.perf_counter() - started < QUICK_CALL_S else 1
-    return [call() for _ in range(max(1, repeat))]
+        repeat = QUICK_REPEAT if slowest < QUICK_CALL_S else 1
+    repeat = max(1, repeat)
+    log(f"{repeat} timed call(s) per side, taking turns")
+    results: dict[str, list[Any]] = {name: [] for name in sides}
+    for _ in range(repeat):
+        for name, call in sides.items():
+            results[name].append(call())
+    return results
+
+
+def busy_machine_note(load: float | None = None, cpus: int | None = None) -> str:
+    """A warning when other work shares the CPUs (1-min load over the CPU count plus one: the demo's own
+    threads count about one per CPU): PyTorch's worker threads wait for each other at every operator,
+    so a descheduled one stalls them all and its times grow many-fold, far more than sdrt's."""
+    load = os.getloadavg()[0] if load is None else load
+    cpus = cpus or os.cpu_count() or 1
+    if load <= cpus + 1:
+        return ""
+    return (f" The machine looks busy (load {load:.1f} on {cpus} CPUs): PyTorch slows down far more than sdrt "
+            f"when other work shares the CPUs, so rerun `sdrt demo` on an idle machine before quoting this ratio.")
+
+
+def _spread(runs: list[Any]) -> str:
+    """The end-to-end times of the timed calls, fastest to slowest (how much to trust their median)."""
+    totals = sorted(r.timings.total for r in runs)
+    return _ms(totals[0]) if len(totals) == 1 else f"{_ms(totals[0])} to {_ms(totals[-1])}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,15 +181,16 @@ def run(args: argparse.Namespace) -> int:
         (1, pipe.latent_channels, height // f, width // f), dtype=np.float32)
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, height=height, width=width,
                 latents=latents, scheduler=args.scheduler)
-    log(f"sdrt on {pipe.backend_name}: one untimed warm-up call, then the timed calls ({args.steps} steps at "
-        f"{width}x{height})")
-    # the sampler's own draws (ancestral / SDE schedulers) replay torch's, so any --scheduler compares
-    runs = warm_and_time(lambda: pipe(args.prompt, **call, generator=TorchReplay(args.seed), output_type="np"),
-                         args.repeat)
-    repeat = len(runs)
-    log(f"PyTorch reference (diffusers, fp32, CPU): one untimed warm-up call, then {repeat} timed call(s)")
     ref = load_reference(onnx, source=src)
-    ref_runs = warm_and_time(lambda: ref(args.prompt, **call, seed=args.seed), repeat)
+    log(f"timing sdrt on {pipe.backend_name} and PyTorch (diffusers, fp32, CPU): {args.steps} steps at "
+        f"{width}x{height}")
+    # the sampler's own draws (ancestral / SDE schedulers) replay torch's, so any --scheduler compares
+    timed = warm_and_time({"sdrt": lambda: pipe(args.prompt, **call, generator=TorchReplay(args.seed),
+                                                output_type="np"),
+                           "PyTorch": lambda: ref(args.prompt, **call, seed=args.seed)},
+                          args.repeat, log=lambda line: log("  " + line))
+    runs, ref_runs = timed["sdrt"], timed["PyTorch"]
+    repeat = len(runs)
     ours, theirs = runs[0], ref_runs[0]
     quality = psnr(ours.images, theirs.images)
 
@@ -177,9 +208,10 @@ def run(args: argparse.Namespace) -> int:
     summary = "\n".join([
         f"PSNR sdrt vs PyTorch: {quality:.1f} dB (>= 40 dB: the same image)",
         f"End-to-end speedup {b.total / a.total:.2f}x: both sides warmed up (one untimed call each), then the "
-        f"median of {repeat} timed call{'s' if repeat > 1 else ''} per side. A model this small runs in "
-        f"milliseconds a step, so this ratio mostly measures per-call overhead and swings with machine load "
-        f"(1-min load {os.getloadavg()[0]:.1f}); `sdrt bench` times real model sizes.",
+        f"median of {repeat} timed call{'s' if repeat > 1 else ''} per side (sdrt {_spread(runs)}, PyTorch "
+        f"{_spread(ref_runs)}). A model this small runs in milliseconds a step, so this ratio mostly measures "
+        f"per-call overhead and swings with machine load (1-min load {os.getloadavg()[0]:.1f}); `sdrt bench` "
+        f"times real model sizes.{busy_machine_note()}",
     ])
     print("\n".join(lines))
     print(summary)
@@ -200,7 +232,7 @@ def write_report(out: Path, args: argparse.Namespace, pipe: Any, size: tuple[int
     import torch
 
     method = (f"One process, one untimed warm-up call each (the same call as the timed ones), then {repeat} "
-              f"timed call(s) each (medians; UNet: median over all steps); sdrt on `{pipe.backend_name}` "
+              f"timed call(s) each, the two sides taking turns (medians; UNet: median over all steps); sdrt on `{pipe.backend_name}` "
               f"(fp32 ONNX), PyTorch = "
               f"diffusers StableDiffusionPipeline fp32 on the CPU, same weights, prompt, scheduler "
               f"({ours.parameters['scheduler']}) and initial latents (seed {args.seed}). A quick look, not a "

@@ -29,7 +29,8 @@ def test_demo_reuses_a_matching_export_and_reports(tiny_src, tiny_onnx, tmp_path
         assert (out / name).is_file()
     assert "(demo.png)" in (out / "report.md").read_text()
     headline = re.search(r"End-to-end speedup [\d.]+x: both sides warmed up \(one untimed call each\), then the "
-                         r"median of (\d+) timed calls per side", captured.out)
+                         r"median of (\d+) timed calls per side \(sdrt [\d.]+ ms to [\d.]+ ms, PyTorch [\d.]+ ms "
+                         r"to [\d.]+ ms\)", captured.out)
     assert headline and headline.group(1) == "5"  # a quick call: QUICK_REPEAT timed calls
     assert headline.group(0) in (out / "report.md").read_text()
     from PIL import Image
@@ -52,10 +53,12 @@ def test_demo_warms_up_each_side_with_the_timed_call_first(tiny_src, tiny_onnx, 
     shutil.copytree(tiny_src, out / "tiny-diffusers")
     shutil.copytree(tiny_onnx, out / "tiny-onnx")
     calls = {"sdrt": [], "pytorch": []}
+    order = []
 
     def counting(side, original):
         def call(self, prompt, **kwargs):
             calls[side].append({k: kwargs[k] for k in ("num_inference_steps", "height", "width")})
+            order.append(side)
             return original(self, prompt, **kwargs)
         return call
 
@@ -66,6 +69,7 @@ def test_demo_warms_up_each_side_with_the_timed_call_first(tiny_src, tiny_onnx, 
     assert rc == 0, captured.err
     same = {"num_inference_steps": 2, "height": 64, "width": 64}
     assert calls == {"sdrt": [same] * 3, "pytorch": [same] * 3}  # warm-up + 2 timed, each side
+    assert order == ["sdrt", "pytorch"] * 3  # both warm-ups before any timed call, then taking turns
     assert "median of 2 timed calls per side" in captured.out
 
 
@@ -73,10 +77,16 @@ def test_warm_and_time_returns_only_the_timed_calls():
     from sdrt import demo
 
     made = []
-    results = demo.warm_and_time(lambda: made.append(len(made)) or len(made), repeat=3)
-    assert made == [0, 1, 2, 3] and results == [2, 3, 4]  # call 1 was the warm-up
+
+    def side(name):
+        return lambda: made.append(name) or len(made)
+
+    results = demo.warm_and_time({"a": side("a"), "b": side("b")}, repeat=2)
+    assert made == ["a", "b", "a", "b", "a", "b"]  # the warm-ups (calls 1 and 2) are not returned
+    assert results == {"a": [3, 5], "b": [4, 6]}
     made.clear()
-    assert len(demo.warm_and_time(lambda: made.append(1), repeat=None)) == demo.QUICK_REPEAT  # a quick call
+    quick = demo.warm_and_time({"a": side("a")}, repeat=None)  # a quick call: QUICK_REPEAT timed ones
+    assert len(quick["a"]) == demo.QUICK_REPEAT
 
 
 def test_demo_exports_again_when_the_source_changed(tiny_src, tiny_onnx, tmp_path, monkeypatch):
@@ -198,3 +208,10 @@ def test_the_next_commands_call_sdrt_the_way_the_demo_was_called(monkeypatch, tm
     assert demo_next_steps.sdrt_command() == "sdrt"
     monkeypatch.setattr(sys, "argv", ["/somewhere/sdrt/cli.py", "demo"])  # python -m sdrt.cli
     assert demo_next_steps.sdrt_command().endswith(" -m sdrt.cli")
+
+
+def test_a_busy_machine_is_named_in_the_headline():
+    from sdrt.demo import busy_machine_note
+
+    assert busy_machine_note(load=1.9, cpus=2) == "" and busy_machine_note(load=3.0, cpus=2) == ""
+    assert "looks busy (load 3.5 on 2 CPUs)" in busy_machine_note(load=3.5, cpus=2)
