@@ -4,10 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
+# The first time this downloads torch, diffusers, onnxruntime, ... (a few minutes): each step says what
+# it installs before it starts, and pip shows its downloads with progress bars (no -q) on the long one.
 $(BIN)/.sdrt-installed: pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { echo "make: creating the virtual environment $(VENV) (seconds)"; $(PYTHON) -m venv $(VENV); }
+	@echo "make: upgrading pip in $(VENV) (seconds)"
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@echo "make: installing sdrt and its tested dependencies (constraints.txt: torch, diffusers, onnxruntime, ...) into $(VENV): the first time this downloads a few GB and takes a few minutes"
+	$(BIN)/python -m pip install --progress-bar on -c constraints.txt -e '.[dev]'
+	@echo "make: $(VENV) is ready"
 	touch $@
 
 .PHONY: install demo test chromium docs

@@ -15,12 +15,19 @@ from sdrt.errors import SdrtError, print_warnings_one_line
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "preset": ("sdrt.export.commands_preset", "write a seeded random-weight preset as a diffusers folder"),
+    "preset": ("sdrt.export.commands_preset",
+               "write a built-in model as a diffusers folder (shapes: trained by sdrt; the others: seeded random "
+               "weights; --list)"),
     "export": ("sdrt.export.commands_export", "export a diffusers folder or a preset to an ONNX model folder"),
-    "build": ("sdrt.engines.commands_build", "build engines (TensorRT, ONNX Runtime) for an ONNX model folder"),
-    "generate": ("sdrt.runtime.commands_generate", "generate images with the torch-free pipeline"),
-    "bench": ("sdrt.bench.commands_bench", "benchmark sdrt against the PyTorch reference in one run"),
-    "demo": ("sdrt.demo", "export the tiny preset, generate, and compare with PyTorch"),
+    "build": ("sdrt.engines.commands_build",
+              "build TensorRT / TensorRT-RTX engines for an ONNX model folder (ONNX Runtime and OpenVINO need "
+              "no build step)"),
+    "generate": ("sdrt.runtime.commands_generate",
+                 "generate images (txt2img, img2img, inpainting) from an ONNX model folder, without torch"),
+    "bench": ("sdrt.bench.commands_bench",
+              "benchmark sdrt's backends against PyTorch (diffusers) on the same weights, stage by stage"),
+    "demo": ("sdrt.demo", "export the trained shapes preset, generate with sdrt and with PyTorch, compare them, "
+                          "and print the commands to try next"),
     "info": ("sdrt.info", "show versions, backends usable here, and an ONNX folder's manifest"),
     "serve": ("sdrt.serve.commands_serve", "serve images over HTTP (AUTOMATIC1111- and OpenAI-compatible APIs)"),
     "batch": ("sdrt.serve.commands_batch", "generate a JSONL file of requests offline, resumably (--ray: on Ray Data)"),
@@ -39,7 +46,11 @@ EXTRA_FOR_MODULE: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     from sdrt import __version__
 
-    parser = argparse.ArgumentParser(prog="sdrt", description="Stable Diffusion inference runtime.")
+    parser = argparse.ArgumentParser(
+        prog="sdrt", description="Stable Diffusion inference runtime: export diffusers pipelines to ONNX, then "
+                                 "generate, serve and benchmark them without torch.",
+        epilog="New here? `sdrt demo` exports a small model trained by sdrt, compares sdrt with PyTorch on it and "
+               "prints the commands to try next. `sdrt COMMAND --help` explains each command.")
     parser.add_argument("--version", action="version", version=f"sdrt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():

@@ -41,7 +41,7 @@ def backend_status() -> dict[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", help="an ONNX model folder (written by `sdrt export`)")
+    parser.add_argument("model", nargs="?", help="an ONNX model folder (written by `sdrt export` or `sdrt demo`)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--verify", action="store_true",
                         help="check every component file against the sha256 recorded at export (reads all weights)")

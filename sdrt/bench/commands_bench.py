@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.bench.suites import SUITES
+from sdrt.engines.ort_tuning import CPU_PRESETS, DEFAULT_PRESET
 
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
 
@@ -37,17 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="image height in pixels (default: the suite's, else the model's)")
     parser.add_argument("--width", type=int, help="image width in pixels (default: the suite's, else the model's)")
     parser.add_argument("--steps", type=int, help="denoising steps per generation (default: the suite's)")
-    parser.add_argument("--batch", type=int, action="append", help="images per prompt (repeatable)")
+    parser.add_argument("--batch", type=int, action="append",
+                        help="images per prompt (repeatable; default: the suite's)")
     parser.add_argument("--scheduler", help="scheduler class name (default: the model's own)")
     parser.add_argument("--guidance-scale", type=float,
                         help="classifier-free guidance; <= 1 turns it off (default: the suite's)")
-    parser.add_argument("--reps", type=int, help="timed calls per contender")
-    parser.add_argument("--warmup", type=int, help="untimed calls before timing")
-    parser.add_argument("--generations", type=int, help="soak: number of timed generations")
-    parser.add_argument("--tuning", default=None, help="ONNX Runtime CPU tuning preset (sdrt/engines/ort_tuning.py)")
+    parser.add_argument("--reps", type=int, help="timed calls per contender (default: the suite's)")
+    parser.add_argument("--warmup", type=int, help="untimed calls per contender before timing (default: the suite's)")
+    parser.add_argument("--generations", type=int, help="soak: number of timed generations (default: the suite's)")
+    parser.add_argument("--tuning", default=None,
+                        help=f"ONNX Runtime CPU tuning preset: {', '.join(CPU_PRESETS)} (default {DEFAULT_PRESET}; "
+                             f"default = onnxruntime's own settings)")
     parser.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime (default: physical cores)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"prompt of every generation (default: {DEFAULT_PROMPT!r})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the injected initial latents")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the injected initial latents (default 0)")
     parser.add_argument("--out", default=None, help="results folder (default: benchmarks/results; cpu-quick and "
                                                             "custom runs on a tiny preset: benchmarks/dryruns)")
 

@@ -1,7 +1,8 @@
 """`sdrt build`: make the engines of an ONNX model folder ahead of time.
 
-TensorRT engines take seconds to minutes to build, so they are built once, here, and cached under
-DIR/engines/<backend>/. ONNX Runtime needs no build step (its sessions are created at load).
+TensorRT and TensorRT-RTX engines take seconds to minutes to build, so they are built once, here, and
+cached under DIR/engines/<backend>/. ONNX Runtime needs no build step (its sessions are created at
+load), nor does OpenVINO (it compiles each component at its first load and caches the result).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ DEFAULT_OPSET = 23  # trace.DEFAULT_OPSET, spelled here so argparse needs no tor
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="SRC",
-                        help="a local diffusers folder (with model_index.json) or a preset name (e.g. tiny, sd15)")
+                        help="a local diffusers folder (with model_index.json) or a preset name "
+                             "(e.g. shapes, tiny, sd15: sdrt preset --list)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the ONNX model folder to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET}; dynamo 18-23, torchscript 14-20)")

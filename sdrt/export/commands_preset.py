@@ -1,18 +1,39 @@
-"""`sdrt preset NAME --out DIR`: write a seeded random-weight preset as an ordinary diffusers folder."""
+"""`sdrt preset NAME --out DIR`: write a built-in model as an ordinary diffusers folder.
+
+`shapes` carries weights sdrt trained (sdrt/data/shapes); every other preset is a released
+architecture or a tiny variant with seeded random weights. `--help` lists them all (sdrt.export.presets).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 import time
 
 from sdrt.errors import SdrtError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", metavar="NAME", help="preset name (see --list)")
+    from sdrt.export.presets import PRESETS
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # the preset list, one per line
+    parser.description = textwrap.fill(parser.description or "", 79)
+    width = max(map(len, PRESETS))
+
+    def listing(trained: bool) -> list[str]:
+        return [textwrap.fill(p.description, 79, initial_indent=f"  {name:<{width}}  ",
+                              subsequent_indent=" " * (width + 4))
+                for name, p in PRESETS.items() if p.trained == trained]
+
+    parser.epilog = "\n".join(["presets with weights trained by sdrt (real pictures):", *listing(True),
+                                "presets with seeded random weights (for timings and tests; noise pictures):",
+                                *listing(False)])
+    parser.add_argument("name", nargs="?", metavar="NAME", help="preset name (listed below and by --list)")
     parser.add_argument("--out", metavar="DIR", help="folder to write (must not exist, unless --force)")
-    parser.add_argument("--seed", type=int, default=0, help="weight seed: the same seed gives the same weights")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="weight seed of the random-weight presets: the same seed gives the same weights "
+                             "(default 0; shapes' trained weights do not use it)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.add_argument("--list", action="store_true", help="list the presets and exit")
 

@@ -20,7 +20,8 @@ from sdrt.runtime.load_options import cuda_graph_options, vae_tiling_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="ONNX model folder written by `sdrt export`")
+    p.add_argument("--model", required=True,
+                   help="ONNX model folder written by `sdrt export` (or by `sdrt demo`: sdrt-demo/shapes-onnx)")
     p.add_argument("--prompt", required=True, help="what to draw")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (needs --guidance-scale > 1)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")

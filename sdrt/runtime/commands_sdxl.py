@@ -22,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="SDXL refiner: negative aesthetic score (default 2.5)")
     g.add_argument("--guidance-rescale", type=float, default=0.0,
                    help="rescale the guided prediction's std toward the text one, 0..1 (default 0; 0.7 is usual)")
-    g.add_argument("--clip-skip", type=int, default=None, help="use an earlier text-encoder layer (1 = the one before the last)")
+    g.add_argument("--clip-skip", type=int, default=None,
+                   help="use an earlier text-encoder layer (1 = the one before the last; SD 1.x/2.x need an "
+                        "export with --hidden-states)")
     g.add_argument("--refiner", default=None, metavar="DIR",
                    help="an SDXL refiner export: the base stops at --denoising-end, the refiner finishes")
     g.add_argument("--denoising-end", type=float, default=None,

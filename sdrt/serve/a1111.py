@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdrt.runtime.infotext import a1111_parameters
 from sdrt.serve import samplers
+from sdrt.serve.access_log import note
 from sdrt.serve.dispatch import png_base64, run_job
 from sdrt.serve.limits import RequestRejected
 from sdrt.serve.queueing import GenerationRequest
@@ -155,9 +156,12 @@ def router(service: Any) -> APIRouter:
     api = APIRouter(prefix="/sdapi/v1")
 
     async def generate(body: Txt2ImgRequest, http_request: Request) -> dict[str, Any]:
+        note(http_request, prompt=body.prompt)
         request = to_generation(body, service)
         result = await run_job(service, request, http_request)
-        return _answer(body, request, result, service)
+        answer = _answer(body, request, result, service)
+        note(http_request, images=len(answer["images"]))
+        return answer
 
     @api.post("/txt2img")
     async def txt2img(body: Txt2ImgRequest, http_request: Request) -> dict[str, Any]:

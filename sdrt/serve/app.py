@@ -1,6 +1,7 @@
 """The FastAPI app: A1111 and OpenAI routes over one `Service`, plus health, metrics, the page and the guards.
 
-Guards, outermost first: the body-size limit (413 before a byte past the limit is read), the API key
+Outermost, the access log (sdrt.serve.access_log: one line per request). Then the guards, outermost
+first: the body-size limit (413 before a byte past the limit is read), the API key
 (Bearer, or HTTP Basic with the key as password for A1111 clients; compared in constant time; the
 page and the health probes stay open), CORS only for the origins given. Every error is JSON with
 a 4xx/5xx status: requests the server refuses say why and what to send instead, and an internal
@@ -23,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdrt.serve import a1111, openai_api
+from sdrt.serve.access_log import AccessLog
 from sdrt.serve.dispatch import ClientGone, Overloaded
 from sdrt.serve.limits import RequestRejected
 from sdrt.serve.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -135,7 +137,8 @@ def _header(scope: dict, name: bytes) -> str | None:
 
 
 def create_app(service: Any, *, api_key: str | None = None, cors_origins: tuple[str, ...] = (),
-               metrics: Metrics | None = None) -> FastAPI:
+               metrics: Metrics | None = None, log_prompts: bool = False) -> FastAPI:
+    """The app over `service`; `log_prompts`: the access log also writes each request's prompt."""
     metrics = metrics or service.metrics or Metrics()
     app = FastAPI(title="sdrt serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
@@ -147,6 +150,7 @@ def create_app(service: Any, *, api_key: str | None = None, cors_origins: tuple[
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(Guard, api_key=api_key, metrics=metrics)
     app.add_middleware(BodyLimit, max_bytes=service.limits.max_body_bytes)
+    app.add_middleware(AccessLog, log_prompts=log_prompts)  # added last: outermost, sees every answer
 
     @app.exception_handler(RequestRejected)
     async def rejected(request: Request, e: RequestRejected) -> JSONResponse:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("requests", help="JSONL file: one request per line ({\"prompt\": ..., \"seed\": ..., ...})")
-    p.add_argument("--model", required=True, help="ONNX model folder written by `sdrt export`")
+    p.add_argument("--model", required=True, help="ONNX model folder written by `sdrt export` or `sdrt demo`")
     p.add_argument("--out", required=True, help="output folder: the PNGs and results.jsonl (reused to resume)")
     p.add_argument("--backend", default="auto", help="engine backend, as for `sdrt generate` (default auto)")
     p.add_argument("--precision", default=None, choices=("f32", "bf16", "f16"),

@@ -47,7 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-replicas", type=int, default=None,
                    help="Ray Serve autoscaling: grow up to this many replicas under load (default: fixed --replicas)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per Ray Serve replica (default 0)")
-    p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    p.add_argument("--log-prompts", action="store_true",
+                   help="also write each request's prompt in the access log (default: never; the log has one line "
+                        "per request on stderr: method, path, status, seconds, images)")
+    p.add_argument("--log-level", default="warning",
+                   help="uvicorn's own log level (default warning); the access log is sdrt's and always on")
 
 
 def is_loopback(host: str) -> bool:
@@ -78,14 +82,18 @@ def run(args: argparse.Namespace) -> int:
         return run_ray_serve(args)
     import uvicorn
 
+    from sdrt.serve import access_log
     from sdrt.serve.app import create_app
 
     service = build_service(args)
-    app = create_app(service, api_key=args.api_key, cors_origins=tuple(args.cors_origin))
+    app = create_app(service, api_key=args.api_key, cors_origins=tuple(args.cors_origin),
+                     log_prompts=args.log_prompts)
+    access_log.to_stderr()
     print(f"sdrt serve: {', '.join(service.pipelines)} on http://{args.host}:{args.port}/ "
           f"({'API key required' if args.api_key else 'no API key'})", flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        # access_log=False: sdrt's access log (with images and timing) replaces uvicorn's, no duplicates
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     finally:
         service.close()
     return 0

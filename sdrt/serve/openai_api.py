@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
 from sdrt.serve import samplers
+from sdrt.serve.access_log import note
 from sdrt.serve.dispatch import png_base64, run_job
 from sdrt.serve.limits import RequestRejected
 from sdrt.serve.queueing import GenerationRequest
@@ -78,11 +79,13 @@ def router(service: Any) -> APIRouter:
 
     @api.post("/images/generations")
     async def generations(body: ImageGenerationRequest, http_request: Request) -> dict[str, Any]:
+        note(http_request, prompt=body.prompt)
         request = to_generation(body, service)
         result = await run_job(service, request, http_request)
-        return {"created": int(time.time()),
-                "data": [{"b64_json": png_base64(image), "revised_prompt": None} for image in result.images],
-                "output_format": "png", "size": f"{request.width}x{request.height}"}
+        data = [{"b64_json": png_base64(image), "revised_prompt": None} for image in result.images]
+        note(http_request, images=len(data))
+        return {"created": int(time.time()), "data": data, "output_format": "png",
+                "size": f"{request.width}x{request.height}"}
 
     @api.get("/models")
     async def models() -> dict[str, Any]:

@@ -22,7 +22,7 @@ BUILDER_DEFAULTS: dict[str, Any] = {
     "model": None, "backend": "auto", "precision": None, "cuda_graph": False, "api_key": None, "queue_size": 64, "max_batch": 4,
     "batch_wait_ms": 10.0, "timeout": 600.0, "max_body_mb": 32.0, "max_pixels": 1536 * 1536, "max_steps": 150,
     "max_images": 8, "max_prompt_chars": 4000, "cors_origin": [], "replicas": 1, "max_replicas": None,
-    "num_gpus": 0.0, "lora_dir": None, "vae_tiling": False, "vae_tile_size": None,
+    "num_gpus": 0.0, "lora_dir": None, "vae_tiling": False, "vae_tile_size": None, "log_prompts": False,
 }
 
 
@@ -83,10 +83,12 @@ def build_application(args: argparse.Namespace) -> Any:
             self.service = build_service(self.config)
 
         def __serve_build_asgi_app__(self) -> Any:
+            from sdrt.serve import access_log
             from sdrt.serve.app import create_app
 
             app = create_app(self.service, api_key=self.config.api_key,
-                             cors_origins=tuple(self.config.cors_origin))
+                             cors_origins=tuple(self.config.cors_origin), log_prompts=self.config.log_prompts)
+            access_log.to_stderr()  # the replica's stderr: Ray forwards it to the driver's terminal
             app.add_middleware(ReplicaPid)
             return app
 
