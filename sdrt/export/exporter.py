@@ -59,31 +59,30 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                text_hidden_size=pipeline["text_hidden_size"],
                                vae_scale_factor=pipeline["vae_scale_factor"],
                                token_length=pipeline["token_length"], extra=pipeline["dims"])
-    vocab_size = src.vocab_size
     log(f"loaded {src.kind} {src.name} ({src.class_name}) in {time.perf_counter() - started:.1f} s; "
         f"model family {pipeline['family']}" + (f" ({', '.join(pipeline['variants'])})" if pipeline["variants"] else ""))
 
     # The trace shape: batch 2, the model's latent size, non-square (every check shape differs).
-    denoiser = src.module(model_spec.denoiser.source)
-    multiple = sizes.architectural_multiple(denoiser)
-    h = max(pipeline["sample_size"] // multiple, 2) * multiple
-    trace_dims = {**values, "B": 2, "h": h, "w": max(h * 3 // 4 // multiple, 1) * multiple, "L": spec.TOKEN_LENGTH}
-    num_upsamplers = int(denoiser.num_upsamplers)
-    del denoiser
+    geometry = denoiser_sizes(model_spec.family, src.module(model_spec.denoiser.source), pipeline["sample_size"])
+    h, w = geometry.trace_latent()
+    trace_dims = {**values, "B": 2, "h": h, "w": w, "L": spec.TOKEN_LENGTH}
 
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
-        size_rule = sizes.unprobed(src.module(model_spec.denoiser.source), pipeline["sample_size"])
+        size_rule = geometry.unprobed()
         entries: dict[str, dict[str, Any]] = {}
         for index, component in enumerate(components):
             comp = model_spec.component(component)
+            grid = model_spec.family.grid(component)  # Flux's transformer: h and w count 2x2-patch tokens
             # 3. Trace.
             started = time.perf_counter()
             module = src.module(comp.source)
+            vocab_size = int(module.config.get("vocab_size", 0) if hasattr(module.config, "get") else 0)
+            vocab_size = vocab_size or int(getattr(module.config, "vocab_size", 1))  # each text encoder its own
             component_precision, note = precision_policy(comp, precision, module)
             path = tmp / component / "model.onnx"
             path.parent.mkdir()
             graph_module = copy.deepcopy(module).half() if component_precision == "fp16" else module
-            example = example_inputs(comp, trace_dims, vocab_size=vocab_size, seed=0,
+            example = example_inputs(comp, in_units(trace_dims, grid), vocab_size=vocab_size, seed=0,
                                      dtype=check.torch_dtype(component_precision))
             trace.export_graph(wrap(comp, graph_module, model_spec), comp, example, path, opset=opset,
                                exporter=exporter, precision=component_precision)
@@ -99,9 +98,10 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
             started = time.perf_counter()
             probe_cases = None
             if component == model_spec.family.denoiser:
-                probe_cases = sizes.probe_cases(module, values, precision=component_precision,
-                                                vocab_size=vocab_size, model=model_spec)
-            shapes = check.check_dims(comp, trace_dims, size_rule)  # UNet: the architecture's rule
+                probe_cases = geometry.probe_cases(module, values, precision=component_precision,
+                                                   vocab_size=vocab_size, model=model_spec)
+            # the denoiser: the architecture's rule
+            shapes = [in_units(dims, grid) for dims in check.check_dims(comp, trace_dims, size_rule)]
             cases = check.reference_cases(comp, module, values, shapes, precision=component_precision,
                                           vocab_size=vocab_size, model=model_spec)
             save_config(module, path.parent)
@@ -111,8 +111,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                 gc.collect()
             # 5. Sizes (UNet): which latent sizes the graph really supports; then the check.
             if probe_cases is not None:
-                size_rule = sizes.probe_rule(probe_cases, path, num_upsamplers, precision=component_precision,
-                                             sample_size=pipeline["sample_size"], model=model_spec)
+                size_rule = geometry.probe_rule(probe_cases, path, precision=component_precision, model=model_spec)
             result = check.judge_cases(comp, path, cases, precision=component_precision)
             del cases, probe_cases
             data = path.with_name(path.name + ".data")
@@ -133,16 +132,30 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                 f" (threshold {result['threshold']['max_rel']:g}) in {time.perf_counter() - started:.1f} s")
 
         # 6. The rest of the folder.
-        from sdrt.export.tokenizer_files import write_tokenizer
+        from sdrt.export.tokenizer_files import write_folder_tokenizer
 
         for folder, _ in model_spec.family.text_encoders.values():
-            write_tokenizer(src.tokenizers[folder], tmp / folder)
+            write_folder_tokenizer(src.tokenizers[folder], tmp / folder)
         (tmp / "scheduler").mkdir()
         write_json(tmp / "scheduler" / "scheduler_config.json", src.scheduler_config)
         write_json(tmp / "model_index.json", src.model_index)
         write_manifest(tmp, manifest(src, pipeline, size_rule, entries, opset=opset, exporter=exporter))
     log(f"wrote {out}")
     return out
+
+
+def denoiser_sizes(family: spec.Family, denoiser: Any, sample_size: int) -> Any:
+    """The size rule of the family's denoiser: the UNet's (sdrt.export.sizes) or Flux's (sdrt.export.flux)."""
+    if family.denoiser == "unet":
+        return sizes.UNetSizes(denoiser, sample_size)
+    from sdrt.export.flux import FluxSizes
+
+    return FluxSizes(denoiser, sample_size)
+
+
+def in_units(dims: dict[str, int], grid: int) -> dict[str, int]:
+    """Latent dims in a component's own units: Flux's transformer counts 2x2-patch tokens (`grid` 2)."""
+    return dims if grid == 1 else {**dims, "h": dims["h"] // grid, "w": dims["w"] // grid}
 
 
 def precision_policy(component: spec.ComponentSpec, precision: str, module: Any) -> tuple[str, str]:
@@ -174,8 +187,12 @@ SYMBOL_READERS: dict[str, Callable[[source.Source], int]] = {
 
 def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str, Any]:
     """What the runtime needs to know about the model, read from its configs (never assumed)."""
-    unet, vae = src.module("unet").config, src.module("vae").config
     family = src.family
+    if family.denoiser != "unet":
+        from sdrt.export import flux
+
+        return flux.pipeline_facts(src)
+    unet, vae = src.module("unet").config, src.module("vae").config
     latent_channels = int(vae.latent_channels)
     encoders = [(name, src.module(name)) for name in family.text_encoders]
     width = sum(int(e.config.hidden_size) for _, e in encoders)

@@ -135,10 +135,47 @@ class VaeEncoderGraph(torch.nn.Module):
         return self.vae.encode(sample).latent_dist.parameters
 
 
+class T5EncoderGraph(torch.nn.Module):
+    """input_ids (int32, [B, L]: the prompt padded to max_sequence_length) -> last_hidden_state, no
+    attention mask: every pad token attends, as diffusers' Flux and SD3 pipelines run the encoder."""
+
+    def __init__(self, text_encoder: Any, component_spec: spec.ComponentSpec, family: spec.Family):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids.to(torch.int64), output_hidden_states=False, return_dict=True).last_hidden_state
+
+
+class FluxTransformerGraph(torch.nn.Module):
+    """Flux's transformer on the spec's inputs, in order -> out_hidden_states (the packed velocity).
+
+    ``timestep`` is the scheduler's t in [0, 1000) like the UNet's; the graph divides it by 1000 as
+    FluxPipeline does before calling the transformer (which multiplies back: the same fp32 ops).
+    ``guidance`` (guidance-distilled models) is the guidance scale itself, as the pipeline passes it.
+    """
+
+    def __init__(self, transformer: Any, component_spec: spec.ComponentSpec, family: spec.Family):
+        super().__init__()
+        self.transformer = transformer
+        self.inputs = component_spec.input_names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        named = dict(zip(self.inputs, inputs))
+        FN = spec.FluxName
+        return self.transformer(
+            hidden_states=named[FN.PACKED_LATENTS], encoder_hidden_states=named[FN.ENCODER_HIDDEN_STATES],
+            pooled_projections=named[FN.POOLED_PROJECTIONS], timestep=named[FN.TIMESTEP] / 1000,
+            img_ids=named[FN.IMG_IDS], txt_ids=named[FN.TXT_IDS], guidance=named.get(FN.GUIDANCE),
+            return_dict=False)[0]
+
+
 #: the spec's graph kind (ComponentSpec.graph) -> the wrapper that traces it
 GRAPHS: dict[str, type[torch.nn.Module]] = {
     "text_encoder": TextEncoderGraph,
+    "t5_encoder": T5EncoderGraph,
     "unet": UNetGraph,
+    "flux_transformer": FluxTransformerGraph,
     "vae_decoder": VaeDecoderGraph,
     "vae_encoder": VaeEncoderGraph,
 }
@@ -160,14 +197,22 @@ def example_inputs(component: spec.ComponentSpec, dims: Mapping[str, int], *, vo
     """Random inputs for one call: `dims` holds every spec symbol (B, h, w and the model's).
 
     Values come from each tensor's realistic range (`TensorSpec.draw`: images in [-1, 1],
-    timesteps in [0, 1000), ids in the vocabulary), so errors are judged where the model works.
-    Float tensors of the component's precision get `dtype`; int32 and float32 tensors keep theirs.
+    timesteps in [0, 1000), ids in the vocabulary; Flux's token positions are the (0, row, column)
+    grid of its ``h`` x ``w`` tokens, its text positions zeros, its guidance scale in [1, 10)), so
+    errors are judged where the model works. Float tensors of the component's precision get `dtype`;
+    int32 and float32 tensors keep theirs.
     """
     generator = torch.Generator().manual_seed(seed)
     inputs: dict[str, torch.Tensor] = {}
     for tensor in component.inputs:
         shape = spec.shape_of(tensor, dims)
-        if tensor.draw == "ids":
+        if tensor.draw == "positions":
+            value = token_positions(int(dims["h"]), int(dims["w"]))
+        elif tensor.draw == "zeros":
+            value = torch.zeros(shape)
+        elif tensor.draw == "guidance":
+            value = 1.0 + torch.rand(shape, generator=generator) * 9.0
+        elif tensor.draw == "ids":
             value = torch.randint(0, vocab_size, shape, generator=generator, dtype=torch.int64)
         elif tensor.draw == "timestep":
             value = torch.rand(shape, generator=generator) * 999.0
@@ -180,3 +225,10 @@ def example_inputs(component: spec.ComponentSpec, dims: Mapping[str, int], *, vo
         target = dtype if tensor.dtype == spec.FLOAT else getattr(torch, tensor.dtype)
         inputs[tensor.name] = value.to(target)
     return inputs
+
+
+def token_positions(h: int, w: int) -> torch.Tensor:
+    """[h*w, 3] float32: (0, row, column) of each token, row-major (FluxPipeline's latent image ids)."""
+    rows = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w)
+    columns = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w)
+    return torch.stack([torch.zeros(h, w), rows, columns], dim=-1).reshape(h * w, 3)

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from sdrt import atomic
 from sdrt.errors import SdrtError
-from sdrt.export import presets_sdxl as xl
+from sdrt.export import presets_flux as fx, presets_sdxl as xl
 from sdrt.export.shapes_model import SHAPES_SCHEDULER, SHAPES_TEXT, SHAPES_UNET, SHAPES_VAE
 
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
@@ -90,7 +90,7 @@ class Preset:
 
     name: str
     description: str
-    unet: dict[str, Any]
+    unet: dict[str, Any] | None  # None: a transformer family (Flux)
     vae: dict[str, Any]
     text_encoder: dict[str, Any] | None  # None: the SDXL refiner (text_encoder_2 only)
     scheduler: dict[str, Any]
@@ -102,6 +102,7 @@ class Preset:
     pipeline_options: dict[str, Any] = field(default_factory=dict)  # model_index keys (force_zeros_...)
     init_std: dict[str, float] = field(default_factory=lambda: {"embedding": 0.02, "bias": 0.02, "norm": 0.02})
     trained: bool = False  # weights shipped in sdrt/data/<name>/ (see shapes_model.py), not seeded
+    transformer: dict[str, Any] | None = None  # Flux: FluxTransformer2DModel (text_encoder_2 is then T5)
 
 
 PRESETS: dict[str, Preset] = {
@@ -218,6 +219,37 @@ PRESETS: dict[str, Preset] = {
             pipeline_class="StableDiffusionXLPipeline",
             pipeline_options=xl.SDXL_BASE_OPTIONS,
         ),
+        Preset(
+            "tiny-flux",
+            "a tiny Flux.1-dev-style pipeline: guidance-embedded transformer (2 double + 2 single blocks), T5 and "
+            "CLIP encoders, 16-channel 8x VAE: exports and runs in seconds on a CPU",
+            unet=None, transformer=fx.TINY_FLUX_TRANSFORMER, vae=fx.TINY_FLUX_VAE, text_encoder=fx.TINY_CLIP,
+            text_encoder_2=fx.TINY_T5, scheduler=fx.DEV_SCHEDULER, scheduler_class="FlowMatchEulerDiscreteScheduler",
+            pipeline_class="FluxPipeline",
+        ),
+        Preset(
+            "tiny-flux-schnell",
+            "a tiny Flux.1-schnell-style pipeline: no guidance embedding, no resolution-dependent shift (4 steps)",
+            unet=None, transformer={**fx.TINY_FLUX_TRANSFORMER, "guidance_embeds": False}, vae=fx.TINY_FLUX_VAE,
+            text_encoder=fx.TINY_CLIP, text_encoder_2=fx.TINY_T5, scheduler=fx.SCHNELL_SCHEDULER,
+            scheduler_class="FlowMatchEulerDiscreteScheduler", pipeline_class="FluxPipeline",
+        ),
+        Preset(
+            "flux-schnell",
+            "the FLUX.1-schnell architecture (11.9B-parameter transformer, CLIP ViT-L + T5-XXL, 1024 px, 4 steps), "
+            "random weights",
+            unet=None, transformer={**fx.FLUX_TRANSFORMER, "guidance_embeds": False}, vae=fx.FLUX_VAE,
+            text_encoder=fx.CLIP_L, text_encoder_2=fx.T5_XXL, scheduler=fx.SCHNELL_SCHEDULER,
+            scheduler_class="FlowMatchEulerDiscreteScheduler", pipeline_class="FluxPipeline",
+        ),
+        Preset(
+            "flux-dev",
+            "the FLUX.1-dev architecture (11.9B-parameter guidance-distilled transformer, CLIP ViT-L + T5-XXL, "
+            "1024 px), random weights",
+            unet=None, transformer=fx.FLUX_TRANSFORMER, vae=fx.FLUX_VAE, text_encoder=fx.CLIP_L,
+            text_encoder_2=fx.T5_XXL, scheduler=fx.DEV_SCHEDULER, scheduler_class="FlowMatchEulerDiscreteScheduler",
+            pipeline_class="FluxPipeline",
+        ),
     )
 }
 
@@ -256,10 +288,14 @@ def _parameters_on_meta() -> Iterator[None]:
         torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
+#: norm layers of the transformer families that are not torch's own (RMS norms: a weight, no bias)
+RMS_NORMS = ("RMSNorm", "T5LayerNorm")
+
+
 def _param_kind(module: Any, param_name: str) -> str:
     import torch
 
-    if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+    if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)) or type(module).__name__ in RMS_NORMS:
         return "norm_" + param_name
     if isinstance(module, torch.nn.Embedding):
         return "embedding"
@@ -293,33 +329,54 @@ def _fill_seeded(models: list[Any], seed: int, preset: Preset, dtype: Any) -> No
                 module._parameters[pname] = torch.nn.Parameter(values.to(dtype), requires_grad=False)
 
 
+def _family(preset: Preset) -> Any:
+    """The family the preset's pipeline class belongs to (which modules it has, of which classes)."""
+    from sdrt import spec
+
+    index = {"text_encoder": ["transformers", "x"] if preset.text_encoder is not None else [None, None]}
+    return spec.family_of_pipeline(preset.pipeline_class, index)
+
+
+def _module(library: str, cls: str, config: dict[str, Any]) -> Any:
+    """One module of the pipeline from its config (transformers: through the model's config class)."""
+    import diffusers
+    import transformers
+
+    if library == "transformers":
+        model = getattr(transformers, cls)
+        return model(model.config_class(**config))
+    return getattr(diffusers, cls)(**config)
+
+
 def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str = "cpu") -> dict[str, Any]:
     """The pipeline's parts, keyed as diffusers names them. ``device="meta"`` skips the weights
-    (configs and parameter counts of sd15/sd21 without 4 GB of memory); weights are drawn on
-    the CPU, so another device gets the same bits."""
+    (configs and parameter counts of sd15/sd21/flux without their gigabytes of memory); weights are
+    drawn on the CPU, so another device gets the same bits."""
     import diffusers
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from sdrt.export.tokenizer_files import build_clip_tokenizer
 
     preset = get_preset(name)
+    family = _family(preset)
     dtype = dtype or torch.float32
+    configs = {"text_encoder": preset.text_encoder, "text_encoder_2": preset.text_encoder_2, "unet": preset.unet,
+               "transformer": preset.transformer, "vae": preset.vae}
+    t5 = family.modules.get("text_encoder_2", ("", ""))[1] == "T5EncoderModel"
+    tokenizer_2 = fx.t5_tokenizer() if t5 else build_clip_tokenizer(preset.pad_token_2)
+    if t5 and preset.text_encoder_2["vocab_size"] is None:  # a tiny T5: as many embeddings as the tokenizer has
+        configs["text_encoder_2"] = {**preset.text_encoder_2, "vocab_size": len(tokenizer_2)}
     models: dict[str, Any] = {}
     with _parameters_on_meta():  # deep copies: a model's config must not share lists with the table
-        if preset.text_encoder is not None:
-            models["text_encoder"] = CLIPTextModel(CLIPTextConfig(**copy.deepcopy(preset.text_encoder)))
-        if preset.text_encoder_2 is not None:
-            models["text_encoder_2"] = CLIPTextModelWithProjection(
-                CLIPTextConfig(**copy.deepcopy(preset.text_encoder_2)))
-        models["unet"] = diffusers.UNet2DConditionModel(**copy.deepcopy(preset.unet))
-        models["vae"] = diffusers.AutoencoderKL(**copy.deepcopy(preset.vae))
+        # the family's modules in its table order (text encoders, denoiser, vae): the same seed, the same bits
+        for module, (library, cls) in family.modules.items():
+            if configs[module] is not None:
+                models[module] = _module(library, cls, copy.deepcopy(configs[module]))
     if device != "meta" and preset.trained:
         from sdrt.export.shapes_model import load_shipped_weights
 
         load_shipped_weights(models, dtype)
     elif device != "meta":
-        # A fixed order (text encoders, unet, vae): the same seed gives the same bits.
         _fill_seeded(list(models.values()), seed, preset, dtype)
         for model in models.values():
             model.eval().to(device)
@@ -328,7 +385,7 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
     if preset.text_encoder is not None:
         tokenizers["tokenizer"] = build_clip_tokenizer(preset.pad_token)
     if preset.text_encoder_2 is not None:
-        tokenizers["tokenizer_2"] = build_clip_tokenizer(preset.pad_token_2)
+        tokenizers["tokenizer_2"] = tokenizer_2
     return {**models, "scheduler": scheduler, **tokenizers}
 
 
@@ -358,8 +415,10 @@ def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = Fal
     with atomic.staged_folder(out, if_exists="replace" if force else "fail") as tmp:
         pipeline = build_pipeline(name, seed=seed)
         pipeline.save_pretrained(tmp)
-        # Also vocab.json / merges.txt, as released SD folders have them (older transformers read those).
+        # Also vocab.json / merges.txt, as released SD folders have them (older transformers read those);
+        # a T5 tokenizer's save_pretrained files are already what released Flux folders have.
         for folder in ("tokenizer", "tokenizer_2"):
-            if getattr(pipeline, folder, None) is not None:
-                write_tokenizer(getattr(pipeline, folder), tmp / folder)
+            tokenizer = getattr(pipeline, folder, None)
+            if tokenizer is not None and type(tokenizer).__name__.startswith("CLIPTokenizer"):
+                write_tokenizer(tokenizer, tmp / folder)
     return out

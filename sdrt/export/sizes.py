@@ -114,3 +114,35 @@ def unprobed(unet: Any, sample_size: int) -> dict[str, Any]:
             "rule": f"unet not exported, sizes not probed: multiples of 2**{unet.num_upsamplers} = {multiple} "
                     f"(the UNet's plain upsampling), up to a practical cap of {max_latent}",
             "probed": []}
+
+
+class UNetSizes:
+    """The UNet's size rule for export (the functions above, for one UNet): its trace size, the rule
+    without a probe, and the probe. Keeps numbers only, never the module (export frees it)."""
+
+    def __init__(self, unet: Any, sample_size: int):
+        self.num_upsamplers = int(unet.num_upsamplers)
+        self.multiple = architectural_multiple(unet)
+        self.sample_size = sample_size
+
+    def trace_latent(self) -> tuple[int, int]:
+        """Non-square at the model's latent size (every check shape differs from it)."""
+        m = self.multiple
+        h = max(self.sample_size // m, 2) * m
+        return h, max(h * 3 // 4 // m, 1) * m
+
+    def unprobed(self) -> dict[str, Any]:
+        max_latent = max(MAX_LATENT_CAP, 4 * self.sample_size) // self.multiple * self.multiple
+        return {"latent_multiple": self.multiple, "min_latent": self.multiple, "max_latent": max_latent,
+                "rule": f"unet not exported, sizes not probed: multiples of 2**{self.num_upsamplers} = "
+                        f"{self.multiple} (the UNet's plain upsampling), up to a practical cap of {max_latent}",
+                "probed": []}
+
+    def probe_cases(self, unet: Any, model_values: Mapping[str, int], *, precision: str, vocab_size: int,
+                    model: spec.ModelSpec) -> dict[tuple[int, int], Case | None]:
+        return probe_cases(unet, model_values, precision=precision, vocab_size=vocab_size, model=model)
+
+    def probe_rule(self, cases: dict[tuple[int, int], Case | None], path: Path, *, precision: str,
+                   model: spec.ModelSpec) -> dict[str, Any]:
+        return probe_rule(cases, path, self.num_upsamplers, precision=precision, sample_size=self.sample_size,
+                          model=model)

@@ -19,26 +19,43 @@ from sdrt.errors import SdrtError
 from sdrt.hashing import update_with_file
 
 #: what `sdrt export` takes, in words (each family's pipeline classes are in sdrt.spec.FAMILIES)
-SUPPORTED_TEXT = "SD 1.x/2.x, SDXL (base, refiner, Turbo) and LCM-distilled pipelines"
+SUPPORTED_TEXT = "SD 1.x/2.x, SDXL (base, refiner, Turbo), LCM-distilled and Flux.1 (dev, schnell, Fill) pipelines"
 
 #: Well-known pipelines sdrt does not export, with the name users know them by.
 KNOWN_UNSUPPORTED = {
     "StableDiffusion3Pipeline": "SD3",
     "StableDiffusion3Img2ImgPipeline": "SD3",
-    "FluxImg2ImgPipeline": "Flux",
     "StableDiffusionXLControlNetPipeline": "SDXL with ControlNet",
     "StableDiffusionControlNetPipeline": "SD with ControlNet",
     "AuraFlowPipeline": "AuraFlow",
     "SanaPipeline": "Sana",
     "HunyuanDiTPipeline": "Hunyuan-DiT",
     "KolorsPipeline": "Kolors",
-    "FluxPipeline": "Flux",
     "PixArtAlphaPipeline": "PixArt-alpha",
     "PixArtSigmaPipeline": "PixArt-sigma",
     "StableDiffusionUpscalePipeline": "the SD x4 upscaler",
     "StableDiffusionDepth2ImgPipeline": "SD 2 depth-to-image",
     "KandinskyV22Pipeline": "Kandinsky 2.2",
     "StableCascadeCombinedPipeline": "Stable Cascade",
+    # the Flux relatives a Flux.1 export does not cover (another transformer, or extra image inputs)
+    "Flux2Pipeline": "Flux.2",
+    "Flux2KleinPipeline": "Flux.2 klein",
+    "FluxKontextPipeline": "Flux.1 Kontext",
+    "FluxControlPipeline": "Flux.1 Control (Canny/Depth)",
+    "FluxControlNetPipeline": "Flux.1 with ControlNet",
+    "FluxPriorReduxPipeline": "Flux.1 Redux",
+    "ChromaPipeline": "Chroma",
+    "QwenImagePipeline": "Qwen-Image",
+    "QwenImageEditPipeline": "Qwen-Image-Edit",
+    "HiDreamImagePipeline": "HiDream-I1",
+    # video models
+    "WanPipeline": "Wan (video)",
+    "WanImageToVideoPipeline": "Wan (video)",
+    "LTXPipeline": "LTX-Video (video)",
+    "LTX2Pipeline": "LTX-2 (video)",
+    "HunyuanVideoPipeline": "HunyuanVideo (video)",
+    "CogVideoXPipeline": "CogVideoX (video)",
+    "MochiPipeline": "Mochi (video)",
 }
 
 #: library -> the stems of its weight files
@@ -171,9 +188,13 @@ def load_folder(path: Path) -> Source:
             raise SdrtError(f"cannot load {name} from {path / name}: {first[:200]}") from None
     tokenizers: dict[str, Any] = {}
     for name, _ in family.text_encoders.values():
+        entry = index.get(name)  # ["transformers", "T5TokenizerFast"]: Flux's second tokenizer is T5's
+        cls = str(entry[1]) if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] else "CLIPTokenizer"
+        if "T5" not in cls:
+            cls = "CLIPTokenizer"  # SD's folders name CLIPTokenizer or its fast twin: the same ids
         try:
-            tokenizers[name] = transformers.CLIPTokenizer.from_pretrained(path / name, local_files_only=True)
-        except (OSError, ValueError) as e:
+            tokenizers[name] = getattr(transformers, cls).from_pretrained(path / name, local_files_only=True)
+        except (OSError, ValueError, TypeError) as e:
             raise SdrtError(f"cannot load the {name} from {path / name}: {str(e).splitlines()[0]}")
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     return Source("folder", path.name, path.resolve(), index["_class_name"], index, family, models, tokenizers,

@@ -113,3 +113,16 @@ def write_tokenizer(tokenizer: Any, out_dir: str | Path) -> Path:
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2, ensure_ascii=False) + "\n")
     return out
+
+
+def write_folder_tokenizer(tokenizer: Any, out_dir: str | Path) -> Path:
+    """A model folder's tokenizer: a CLIP one as `write_tokenizer` writes it; another kind (Flux's T5)
+    as transformers saves it (tokenizer.json, which the runtime reads, and its config files)."""
+    if type(tokenizer).__name__.startswith("CLIPTokenizer"):
+        return write_tokenizer(tokenizer, out_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out))
+    if not (out / "tokenizer.json").is_file():
+        _fast_backend(tokenizer).save(str(out / "tokenizer.json"))
+    return out

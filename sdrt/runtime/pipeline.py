@@ -46,7 +46,8 @@ from sdrt.runtime.timing import StageTimings
 from sdrt.spec import N
 
 #: the family table's `runtime` -> the class that generates for it ("module:Class", imported on use)
-RUNTIMES: dict[str, str] = {"unet": "sdrt.runtime.unet_pipeline:UNetPipeline"}
+RUNTIMES: dict[str, str] = {"unet": "sdrt.runtime.unet_pipeline:UNetPipeline",
+                            "flux": "sdrt.runtime.flux_pipeline:FluxPipeline"}
 
 
 def runtime_class(name: str) -> type["Pipeline"]:

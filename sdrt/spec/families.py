@@ -96,6 +96,50 @@ def _refiner_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
     return (SDXL_TEXT_ENCODER_2, _unet(UNET_INPUTS + ADDED_COND, variants), VAE_DECODER, VAE_ENCODER)
 
 
+# -- the tensors of Flux.1 -------------------------------------------------------------------------
+class FluxName(N):
+    """The spec's tensor names plus the Flux graphs' own (Optimum's names for FluxTransformer2DModel).
+
+    They sit beside the family entry until `sdrt.spec.tensors.Name` holds the transformer
+    generation's names (that module is the SD3 work's to change)."""
+
+    PACKED_LATENTS = "hidden_states"        # [B, h*w, Cin]: 2x2 latent patches packed into tokens
+    POOLED_PROJECTIONS = "pooled_projections"
+    IMG_IDS = "img_ids"                     # [h*w, 3]: (0, row, column) of each image token
+    TXT_IDS = "txt_ids"                     # [L, 3]: zeros, one row per text token
+    GUIDANCE = "guidance"                   # [B]: the distilled guidance scale (Flux dev)
+    OUT_HIDDEN_STATES = "out_hidden_states"  # [B, h*w, 4*C]: the packed velocity
+
+
+#: rows per image of the transformer: true CFG runs the negative prompt's rows beside the positive ones
+FLUX_TRANSFORMER_BATCH = ((2, 2), (1, 1))
+#: the CLIP encoder feeds only its pooled output; the T5 encoder its hidden states, L tokens long
+FLUX_TEXT_ENCODER = _text_encoder("text_encoder", (T(N.POOLER_OUTPUT, FLOAT, ("B", "P")),))
+FLUX_TEXT_ENCODER_2 = ComponentSpec(
+    "text_encoder_2", inputs=(T(N.INPUT_IDS, "int32", ("B", "L"), draw="ids"),),
+    outputs=(T(N.LAST_HIDDEN_STATE, FLOAT, ("B", "L", "D")),), source="text_encoder_2", graph="t5_encoder",
+    batch=TEXT_BATCH)
+
+
+def _flux_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
+    """The transformer's ``h`` and ``w`` count tokens, each a 2x2 patch of latent pixels (`Family.patch`)."""
+    FN = FluxName
+    inputs = (
+        T(FN.PACKED_LATENTS, FLOAT, ("B", "h*w", "Cin")),
+        T(FN.ENCODER_HIDDEN_STATES, FLOAT, ("B", "L", "D")),
+        T(FN.POOLED_PROJECTIONS, FLOAT, ("B", "P")),
+        T(FN.TIMESTEP, "float32", ("B",), draw="timestep"),
+        T(FN.IMG_IDS, "float32", ("h*w", 3), draw="positions"),
+        T(FN.TXT_IDS, "float32", ("L", 3), draw="zeros"),
+    )
+    if "guidance" in variants:
+        inputs += (T(FN.GUIDANCE, "float32", ("B",), draw="guidance"),)
+    transformer = ComponentSpec("transformer", inputs=inputs,
+                                outputs=(T(FN.OUT_HIDDEN_STATES, FLOAT, ("B", "h*w", "4*C")),),
+                                source="transformer", graph="flux_transformer", batch=FLUX_TRANSFORMER_BATCH)
+    return (FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, transformer, VAE_DECODER, VAE_ENCODER)
+
+
 # -- the family record -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Family:
@@ -128,6 +172,13 @@ class Family:
     aesthetic_score: bool = False            # time_ids carry the aesthetic score (the refiner)
     #: the classes whose diffusers pipelines patch old scheduler configs when they load (SD 1.x/2.x's)
     scheduler_config_fixes: tuple[str, ...] = ()
+    #: latent pixels per side of one denoiser token: Flux packs 2x2 latent patches, so its transformer's
+    #: ``h`` and ``w`` count tokens (latent / 2); the other components' always count latent pixels
+    patch: int = 1
+
+    def grid(self, component: str) -> int:
+        """Latent pixels per unit of a component's ``h`` and ``w`` (`patch` for the denoiser, else 1)."""
+        return self.patch if component == self.denoiser else 1
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -159,6 +210,14 @@ _CLIP = ("transformers", "CLIPTextModel")
 _CLIP_PROJECTION = ("transformers", "CLIPTextModelWithProjection")
 _UNET = ("diffusers", "UNet2DConditionModel")
 _VAE = ("diffusers", "AutoencoderKL")
+_FLUX_MODES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}
+#: Flux LoRA key prefixes: diffusers/PEFT (ai-toolkit, SimpleTuner), kohya sd-scripts (BFL layer names
+#: underscored; lora_te1_ CLIP, lora_te3_ T5), BFL/ComfyUI (``diffusion_model.``), XLabs (no prefix: BFL
+#: block names); sdrt.runtime.lora.flux_names maps BFL's names onto diffusers' modules
+_FLUX_LORA = {"transformer.": "transformer", "lora_unet_": "transformer", "lora_transformer_": "transformer",
+              "diffusion_model.": "transformer", "double_blocks.": "transformer", "single_blocks.": "transformer",
+              "text_encoder.": "text_encoder", "lora_te1_": "text_encoder",
+              "text_encoder_2.": "text_encoder_2", "lora_te3_": "text_encoder_2"}
 _SDXL_LORA = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
               "unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
 
@@ -195,6 +254,17 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         lora_prefixes=_SDXL_LORA, default_strength={"img2img": 0.3, "inpaint": 0.9999}, txt2img=False,
         size_conditioning=True, aesthetic_score=True,
     ),
+    Family(
+        "flux", "Flux.1 (dev, schnell and their fine-tunes)",
+        pipelines={**dict.fromkeys(_FLUX_MODES.values(), _FLUX_MODES), "FluxFillPipeline": {"inpaint": "FluxFillPipeline"}},
+        modules={"text_encoder": _CLIP, "text_encoder_2": ("transformers", "T5EncoderModel"),
+                 "transformer": ("diffusers", "FluxTransformer2DModel"), "vae": _VAE},
+        components=_flux_components, variants=("guidance",),
+        text_encoders={"text_encoder": ("tokenizer", "prompt"), "text_encoder_2": ("tokenizer_2", "prompt_2")},
+        denoiser="transformer", runtime="flux", default_scheduler="FlowMatchEulerDiscreteScheduler",
+        text_layer="last", lora_prefixes=_FLUX_LORA, guidance="distilled",
+        default_strength={"img2img": 0.6, "inpaint": 0.6}, patch=2,
+    ),
 )}
 #: every variant any family knows
 VARIANTS = tuple(dict.fromkeys(v for f in FAMILIES.values() for v in f.variants))
@@ -225,14 +295,18 @@ def family_of_pipeline(class_name: str, model_index: Mapping[str, object]) -> Fa
     return None
 
 
-def lora_prefixes() -> dict[str, str]:
-    """Every key prefix a family's LoRA files use -> the component it targets (a file is read the same
-    way whatever model it is applied to; the model then takes the components it has)."""
+def lora_prefixes(family_name: str | None = None) -> dict[str, str]:
+    """Key prefix in a LoRA file -> the component it targets: one family's table, or (None) every
+    prefix of the UNet families (where kohya's ``lora_unet_`` means the UNet; a family whose files
+    spell a prefix otherwise, Flux's, is read with its own table)."""
+    if family_name is not None:
+        return dict(family(family_name).lora_prefixes)
     found: dict[str, str] = {}
     for entry in FAMILIES.values():
-        for prefix, component in entry.lora_prefixes.items():
-            if found.setdefault(prefix, component) != component:
-                raise AssertionError(f"LoRA prefix {prefix!r} names two components in the family table")
+        if entry.denoiser == "unet":
+            for prefix, component in entry.lora_prefixes.items():
+                if found.setdefault(prefix, component) != component:
+                    raise AssertionError(f"LoRA prefix {prefix!r} names two components in the family table")
     return found
 
 
