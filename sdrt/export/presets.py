@@ -235,6 +235,14 @@ PRESETS: dict[str, Preset] = {
             scheduler_class="FlowMatchEulerDiscreteScheduler", pipeline_class="FluxPipeline",
         ),
         Preset(
+            "tiny-flux-fill",
+            "a tiny Flux.1-Fill-style pipeline: the transformer also takes the masked image's latents and the "
+            "mask (384 input channels); it repaints the masked part of an image",
+            unet=None, transformer={**fx.TINY_FLUX_TRANSFORMER, "in_channels": 384, "out_channels": 64},
+            vae=fx.TINY_FLUX_VAE, text_encoder=fx.TINY_CLIP, text_encoder_2=fx.TINY_T5, scheduler=fx.DEV_SCHEDULER,
+            scheduler_class="FlowMatchEulerDiscreteScheduler", pipeline_class="FluxFillPipeline",
+        ),
+        Preset(
             "flux-schnell",
             "the FLUX.1-schnell architecture (11.9B-parameter transformer, CLIP ViT-L + T5-XXL, 1024 px, 4 steps), "
             "random weights",

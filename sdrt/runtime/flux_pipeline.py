@@ -175,23 +175,20 @@ class FluxPipeline(Pipeline):
     # -- 4. latents -----------------------------------------------------------------------------------
     def _initial_latents(self, call: flux_call.FluxCall, sched: Any, timesteps: np.ndarray, h: int,
                          w: int) -> _Start:
-        """Packed starting latents (and inpainting's blend inputs), in diffusers' order of random draws:
-        the VAE sample of the image, the initial noise, the VAE sample of the masked image."""
+        """Packed starting latents and the image conditioning, in diffusers' order of random draws: the
+        VAE sample of the image, the initial noise, the VAE sample of the masked image."""
         n, C, rng = call.n, self.latent_channels, call.rng
-        if self.inpainting_unet:
-            return self._fill_latents(call, h, w)
-        image_latents = None
-        if call.given_latents is not None:
-            image_latents = call.given_latents
-        elif call.images:
-            pixels = imageio.images_to_array(call.images)
-            image_latents = tile(self.encode_images(pixels, rng), n, "image")
         if call.mode == "txt2img":
             noise = call.latents if call.latents is not None else tokens.pack(
                 rng.standard_normal((n, C, h, w), dtype=np.float32))
             return _Start(np.asarray(noise, dtype=np.float32))
+        pixels = imageio.images_to_array(call.images) if call.images else None
+        image_latents = call.given_latents
+        blend = call.mode == "inpaint" and not self.inpainting_unet  # the known region comes from the image
+        if image_latents is None and pixels is not None and (call.latents is None or blend):
+            image_latents = tile(self.encode_images(pixels, rng), n, "image")
         if call.latents is not None:  # diffusers takes given latents as they are: no noise is added
-            noise = x = call.latents
+            x = noise = call.latents
         else:
             raw_noise = rng.standard_normal((n, C, h, w), dtype=np.float32)
             x = tokens.pack(np.asarray(sched.scale_noise(image_latents, np.repeat(timesteps[:1], n), raw_noise),
@@ -200,23 +197,13 @@ class FluxPipeline(Pipeline):
         if call.mode == "img2img":
             return _Start(x)
         masks = imageio.masks_to_array(call.masks)
-        masked = imageio.images_to_array(call.images) * (masks < 0.5)
-        tile(self.encode_images(masked, rng), n, "image")  # FluxInpaintPipeline draws it (unused by the loop)
+        if self.inpainting_unet:  # Fill: the masked image's latents and the mask's pixels, after the latents
+            masked = tile(self.encode_images(pixels * (1 - masks), rng), n, "image")
+            mask = tile(tokens.fill_mask_tokens(masks, h, w, self.vae_scale_factor), n, "mask")
+            return _Start(x, condition=np.concatenate([tokens.pack(masked), mask], axis=2))
+        tile(self.encode_images(pixels * (masks < 0.5), rng), n, "image")  # FluxInpaintPipeline draws it (unused)
         mask = tile(tokens.mask_tokens(masks, h, w, C), n, "mask")
         return _Start(x, tokens.pack(image_latents), noise, mask)
-
-    def _fill_latents(self, call: flux_call.FluxCall, h: int, w: int) -> _Start:
-        """FluxFillPipeline: fresh noise, and the masked image's latents and the mask as extra channels."""
-        n, C, rng = call.n, self.latent_channels, call.rng
-        noise = call.latents if call.latents is not None else tokens.pack(
-            rng.standard_normal((n, C, h, w), dtype=np.float32))
-        masks = imageio.masks_to_array(call.masks)
-        pixels = imageio.images_to_array(call.images)
-        masked = tile(self.encode_images(pixels * (1 - masks), rng), n, "image")
-        condition = np.concatenate([tokens.pack(masked),
-                                    tile(tokens.fill_mask_tokens(masks, h, w, self.vae_scale_factor), n, "mask")],
-                                   axis=2)
-        return _Start(np.asarray(noise, dtype=np.float32), condition=condition)
 
     # -- 6. the loop ----------------------------------------------------------------------------------
     def _denoise(self, engine: Any, call: flux_call.FluxCall, sched: Any, timesteps: np.ndarray, start: _Start,
