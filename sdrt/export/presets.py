@@ -364,6 +364,7 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
     import torch
 
     from sdrt.export.tokenizer_files import build_clip_tokenizer
+    from sdrt.export.tokenizer_t5 import build_t5_tokenizer
 
     preset = get_preset(name)
     family = _family(preset)
@@ -371,7 +372,7 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
     configs = {"text_encoder": preset.text_encoder, "text_encoder_2": preset.text_encoder_2, "unet": preset.unet,
                "transformer": preset.transformer, "vae": preset.vae}
     t5 = family.modules.get("text_encoder_2", ("", ""))[1] == "T5EncoderModel"
-    tokenizer_2 = fx.t5_tokenizer() if t5 else build_clip_tokenizer(preset.pad_token_2)
+    tokenizer_2 = build_t5_tokenizer() if t5 else build_clip_tokenizer(preset.pad_token_2)
     if t5 and preset.text_encoder_2["vocab_size"] is None:  # a tiny T5: as many embeddings as the tokenizer has
         configs["text_encoder_2"] = {**preset.text_encoder_2, "vocab_size": len(tokenizer_2)}
     models: dict[str, Any] = {}

@@ -11,19 +11,16 @@ blocks, rotary position axes, 16 latent channels packed 2x2 into 64-wide tokens,
 with relative attention buckets.
 
 Tokenizers: the CLIP one is the real vocabulary (as for every preset). The real T5 vocabulary
-(SentencePiece, 32k pieces) cannot be downloaded here; the presets ship a small T5-style
-(Unigram, ``</s>``-terminated, ``<pad>`` = 0) tokenizer instead (`t5_tokenizer`); the T5 encoder's
-vocabulary keeps the released size (32128), so the real architectures' parameter counts are the
-released ones, and a tiny preset's embedding is as large as its tokenizer.
+(SentencePiece, 32k pieces) cannot be downloaded here; the presets use the small T5-style
+SentencePiece Unigram vocabulary sdrt ships (`sdrt.export.tokenizer_t5`: 4,000 pieces + 100
+sentinels, T5's special tokens and normalisation). The real architectures' T5 keeps the released
+vocabulary size (32128), so their parameter counts are the released ones; a tiny preset's embedding is
+as large as its tokenizer.
 """
 
 from __future__ import annotations
 
-import string
 from typing import Any
-
-#: the T5 context diffusers' Flux pipelines allow (max_sequence_length <= 512)
-T5_MAX_LENGTH = 512
 
 #: black-forest-labs/FLUX.1-dev transformer/config.json (schnell: guidance_embeds false)
 FLUX_TRANSFORMER: dict[str, Any] = {
@@ -67,23 +64,3 @@ TINY_T5: dict[str, Any] = {  # vocab_size None: the presets' tokenizer's size
     **T5_XXL, "vocab_size": None, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4,
     "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16,
 }
-
-
-def t5_pieces() -> list[tuple[str, float]]:
-    """A small T5-style Unigram vocabulary: T5's three special tokens first (ids 0-2), then word-start
-    and inner pieces for letters, digits and common words (scores favour whole words)."""
-    words = ("a an the of and in on with at to photo painting picture portrait cat dog red blue green white "
-             "black yellow bicycle house tree sky sea city street night day light dark small big old new "
-             "watercolor oil sketch style detailed sharp blurry ugly beautiful man woman child car flower").split()
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [("\u2581" + w, -4.0) for w in words]
-    chars = string.ascii_lowercase + string.ascii_uppercase + string.digits + ".,!?'-:;()"
-    pieces += [("\u2581" + c, -8.0) for c in chars] + [(c, -9.0) for c in chars]
-    return pieces
-
-
-def t5_tokenizer(model_max_length: int = T5_MAX_LENGTH) -> Any:
-    """transformers' T5 tokenizer on the presets' small vocabulary (see the module docstring)."""
-    from transformers import T5TokenizerFast
-
-    return T5TokenizerFast(vocab=t5_pieces(), extra_ids=0, model_max_length=model_max_length)

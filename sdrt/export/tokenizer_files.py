@@ -116,13 +116,10 @@ def write_tokenizer(tokenizer: Any, out_dir: str | Path) -> Path:
 
 
 def write_folder_tokenizer(tokenizer: Any, out_dir: str | Path) -> Path:
-    """A model folder's tokenizer: a CLIP one as `write_tokenizer` writes it; another kind (Flux's T5)
-    as transformers saves it (tokenizer.json, which the runtime reads, and its config files)."""
+    """A model folder's tokenizer: a CLIP one as `write_tokenizer` writes it, a T5 one (Flux's second)
+    as `sdrt.export.tokenizer_t5.write_t5_tokenizer` does."""
     if type(tokenizer).__name__.startswith("CLIPTokenizer"):
         return write_tokenizer(tokenizer, out_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(out))
-    if not (out / "tokenizer.json").is_file():
-        _fast_backend(tokenizer).save(str(out / "tokenizer.json"))
-    return out
+    from sdrt.export.tokenizer_t5 import write_t5_tokenizer
+
+    return write_t5_tokenizer(tokenizer, out_dir)

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from sdrt.errors import SdrtError
 from sdrt.runtime import flux_call, flux_latents as tokens, images as imageio, metadata
+from sdrt.runtime.conditioning import tile_to
 from sdrt.runtime.denoise import StepCallback
 from sdrt.runtime.pipeline import Pipeline, PipelineOutput
+from sdrt.runtime.schedulers import mu_for
+from sdrt.runtime.t5_tokenizer import T5Tokenizer
 from sdrt.runtime.timing import StageTimings
 from sdrt.spec import FluxName as FN
 
@@ -48,6 +50,11 @@ class _Start:
 
 class FluxPipeline(Pipeline):
     """Flux.1 on its transformer: diffusers' arguments, diffusers' numbers."""
+
+    def __init__(self, manifest: Any, backend: Any, tokenizers: dict[str, Any], scheduler_config: dict[str, Any]):
+        super().__init__(manifest, backend, tokenizers, scheduler_config)
+        # the second tokenizer is T5's: its length is the call's max_sequence_length
+        self.tokenizers["tokenizer_2"] = T5Tokenizer.from_folder(manifest.folder / "tokenizer_2")
 
     @property
     def inpainting_unet(self) -> bool:
@@ -144,7 +151,7 @@ class FluxPipeline(Pipeline):
         clip.prepare({"B": len(texts)})
         pooled = np.array(clip.run({FN.INPUT_IDS: self.tokenizers["tokenizer"](texts)})[FN.POOLER_OUTPUT],
                            dtype=np.float32)
-        ids = t5_ids(self.manifest.folder / "tokenizer_2", texts_2, call.max_sequence_length)
+        ids = self.tokenizers["tokenizer_2"](texts_2, call.max_sequence_length)
         t5 = self.engine("text_encoder_2")
         t5.prepare({"B": len(texts_2), "L": ids.shape[1]})
         hidden = np.array(t5.run({FN.INPUT_IDS: ids})[FN.LAST_HIDDEN_STATE], dtype=np.float32)
@@ -158,7 +165,7 @@ class FluxPipeline(Pipeline):
         sigmas = np.linspace(1.0, 1 / steps, steps) if call.sigmas is None else call.sigmas
         if sched.config.get("use_flow_sigmas"):
             sigmas = None
-        sched.set_timesteps(steps, sigmas=sigmas, mu=image_shift(sched.config, image_tokens))
+        sched.set_timesteps(steps, sigmas=sigmas, mu=mu_for(sched.config, image_tokens))
         timesteps = np.asarray(sched.timesteps)
         if call.mode == "txt2img":
             sched.set_begin_index(0)
@@ -186,7 +193,7 @@ class FluxPipeline(Pipeline):
         image_latents = call.given_latents
         blend = call.mode == "inpaint" and not self.inpainting_unet  # the known region comes from the image
         if image_latents is None and pixels is not None and (call.latents is None or blend):
-            image_latents = tile(self.encode_images(pixels, rng), n, "image")
+            image_latents = tile_to(self.encode_images(pixels, rng), n, "image")
         if call.latents is not None:  # diffusers takes given latents as they are: no noise is added
             x = noise = call.latents
         else:
@@ -198,11 +205,11 @@ class FluxPipeline(Pipeline):
             return _Start(x)
         masks = imageio.masks_to_array(call.masks)
         if self.inpainting_unet:  # Fill: the masked image's latents and the mask's pixels, after the latents
-            masked = tile(self.encode_images(pixels * (1 - masks), rng), n, "image")
-            mask = tile(tokens.fill_mask_tokens(masks, h, w, self.vae_scale_factor), n, "mask")
+            masked = tile_to(self.encode_images(pixels * (1 - masks), rng), n, "image")
+            mask = tile_to(tokens.fill_mask_tokens(masks, h, w, self.vae_scale_factor), n, "mask")
             return _Start(x, condition=np.concatenate([tokens.pack(masked), mask], axis=2))
-        tile(self.encode_images(pixels * (masks < 0.5), rng), n, "image")  # FluxInpaintPipeline draws it (unused)
-        mask = tile(tokens.mask_tokens(masks, h, w, C), n, "mask")
+        tile_to(self.encode_images(pixels * (masks < 0.5), rng), n, "image")  # FluxInpaintPipeline draws it (unused)
+        mask = tile_to(tokens.mask_tokens(masks, h, w, C), n, "mask")
         return _Start(x, tokens.pack(image_latents), noise, mask)
 
     # -- 6. the loop ----------------------------------------------------------------------------------
@@ -273,30 +280,3 @@ class FluxPipeline(Pipeline):
         if call.guidance is None:
             parameters["guidance_embedded"] = False
         return parameters
-
-
-def tile(batch: np.ndarray, n: int, label: str) -> np.ndarray:
-    from sdrt.runtime.conditioning import tile_to
-
-    return tile_to(batch, n, label)
-
-
-def image_shift(config: Any, image_tokens: int) -> float:
-    """FluxPipeline's `calculate_shift`: mu grows linearly with the image's token count (the scheduler uses
-    it only with use_dynamic_shifting, as diffusers' does)."""
-    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
-    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
-    slope = (max_shift - base_shift) / (max_len - base_len)
-    return image_tokens * slope + (base_shift - slope * base_len)
-
-
-def t5_ids(folder: Path, prompts: list[str], length: int) -> np.ndarray:
-    """T5 token ids [N, length] int32 (diffusers' padding="max_length", truncation at max_sequence_length,
-    </s> kept last). A stand-in until the runtime's own T5 tokenizer lands (the SD3 work's)."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    pad = tokenizer.token_to_id("<pad>")
-    tokenizer.enable_truncation(max_length=length)
-    tokenizer.enable_padding(length=length, pad_id=0 if pad is None else pad, pad_token="<pad>")
-    return np.asarray([e.ids for e in tokenizer.encode_batch(prompts)], dtype=np.int32).reshape(len(prompts), length)
