@@ -43,7 +43,8 @@ from sdrt.manifest import Manifest
 from sdrt.runtime import images as imageio
 from sdrt.runtime.timing import StageTimings
 
-PIPELINE_MODULES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_encoder_2", "tokenizer_2")
+PIPELINE_MODULES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_encoder_2", "tokenizer_2",
+                    "transformer")
 #: optional modules and switches of the pipelines' constructors, all off (taken where a class has them)
 OPTIONAL_MODULES = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
                     "image_encoder": None, "add_watermarker": False}
@@ -119,7 +120,7 @@ class Reference:
 
         self.device = torch.device(device)
         self.modules = {k: getattr(pipe, k, None) for k in PIPELINE_MODULES}
-        for k in ("vae", "text_encoder", "text_encoder_2", "unet"):
+        for k in ("vae", "text_encoder", "text_encoder_2", "unet", "transformer"):
             if self.modules[k] is not None:
                 self.modules[k].to(self.device)
         self.config = {k: pipe.config[k] for k in ("force_zeros_for_empty_prompt", "requires_aesthetics_score")
@@ -171,6 +172,7 @@ class Reference:
             raise SdrtError(f"{mode} at strength {strength}: diffusers cannot take injected latents here; "
                             f"pass seed= here and generator=TorchReplay(seed) to sdrt")
         pipe = self._pipeline(mode, scheduler)
+        named = inspect.signature(pipe.__call__).parameters
         if isinstance(negative_prompt, str) and not isinstance(prompt, str):
             negative_prompt = [negative_prompt] * len(prompt)
         kwargs: dict[str, Any] = dict(
@@ -178,8 +180,7 @@ class Reference:
             guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt, eta=eta,
             generator=torch.Generator().manual_seed(int(seed)), output_type=output_type, **extra,
         )
-        named = inspect.signature(pipe.__call__).parameters
-        for key in ("negative_prompt", "eta"):  # LCM pipelines take neither
+        for key in ("negative_prompt", "eta"):  # LCM pipelines take neither, Flux's no eta
             if key not in named:
                 kwargs.pop(key)
         if isinstance(image, np.ndarray) and image.ndim == 4:
@@ -196,7 +197,7 @@ class Reference:
         if mask_image is not None:
             masks = imageio.load_images(mask_image, "mask")
             kwargs["mask_image"] = masks[0] if len(masks) == 1 else masks
-        if mode != "img2img":
+        if mode != "img2img" or "height" in named:  # Flux's img2img takes the size (its default is 1024 px)
             kwargs["height"], kwargs["width"] = height, width
         if latents is not None:
             kwargs["latents"] = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).to(self.device)
@@ -212,8 +213,9 @@ class Reference:
             return lambda seconds: setattr(timings, stage, getattr(timings, stage) + seconds)
 
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+        denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer  # Flux: the transformer
         hooks = [*((e, "forward", add_to("text_encoder")) for e in encoders),
-                 (pipe.unet, "forward", timings.unet_steps.append),
+                 (denoiser, "forward", timings.unet_steps.append),
                  (pipe.vae, "decode", add_to("vae_decoder")),
                  (pipe.vae, "encode", add_to("vae_encoder"))]
         originals = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in hooks]

@@ -13,6 +13,9 @@ Fixtures (all session-scoped; each returns a `pathlib.Path`):
 ``tiny_sdxl_onnx``     fp32 ONNX model folder of ``tiny-sdxl`` (two text encoders, text_time UNet)
 ``tiny_sdxl_refiner_onnx``  likewise, ``tiny-sdxl-refiner`` (text_encoder_2 only, aesthetic time ids)
 ``tiny_lcm_onnx``      likewise, ``tiny-lcm`` (UNet with time_cond_proj_dim: ``timestep_cond``)
+``tiny_flux_onnx``     likewise, ``tiny-flux`` (Flux dev-style: CLIP + T5, guidance-embedded transformer)
+``tiny_flux_schnell_onnx``  likewise, ``tiny-flux-schnell`` (no guidance embedding)
+``tiny_flux_fill_onnx``  likewise, ``tiny-flux-fill`` (Flux Fill: 384-channel transformer)
 ``onnx_export``        a function ``onnx_export(preset, precision="fp32", components=None,
                        hidden_states=False) -> Path`` for other variants (e.g.
                        ``onnx_export("tiny", "fp16")``), cached likewise
@@ -224,6 +227,21 @@ def tiny_sdxl_refiner_onnx(onnx_export: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lcm_onnx(onnx_export: Callable[..., Path]) -> Path:
     return onnx_export("tiny-lcm")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_onnx(onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export("tiny-flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell_onnx(onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export("tiny-flux-schnell")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_fill_onnx(onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export("tiny-flux-fill")
 
 
 # -- loaded pipelines (sdrt and the diffusers reference) -----------------------------------------

@@ -20,6 +20,7 @@ the embedded guidance), 6. the loop, 7. unpack and decode, 8. describe.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -165,6 +166,10 @@ class FluxPipeline(Pipeline):
         sigmas = np.linspace(1.0, 1 / steps, steps) if call.sigmas is None else call.sigmas
         if sched.config.get("use_flow_sigmas"):
             sigmas = None
+        elif "sigmas" not in inspect.signature(sched.set_timesteps).parameters:
+            raise SdrtError(f"scheduler {type(sched).__name__} cannot take Flux's schedule (its own sigmas, shifted "
+                            f"for the image size; diffusers' FluxPipeline refuses it too): use euler, euler_karras, "
+                            f"euler_exponential or euler_beta")
         sched.set_timesteps(steps, sigmas=sigmas, mu=mu_for(sched.config, image_tokens))
         timesteps = np.asarray(sched.timesteps)
         if call.mode == "txt2img":
