@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from sdrt import spec
 
@@ -29,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--min-size", type=int, help="smallest image side in pixels (dynamic profile)")
     size.add_argument("--max-size", type=int, help="largest image side in pixels (dynamic profile)")
     size.add_argument("--max-batch", type=int, help="most images per call (dynamic batch)")
+    size.add_argument("--max-sequence-length", type=int, default=None, metavar="TOKENS",
+                      help="Flux: the T5 tokens a call may use (max_sequence_length; default: the model's, 512)")
+    size.add_argument("--true-cfg", action="store_true",
+                      help="Flux: room for true classifier-free guidance (a negative prompt with --true-cfg-scale: "
+                           "2 transformer rows per image; default: 1, as dev and schnell run)")
     size.add_argument("--no-guidance", action="store_true",
                       help="build for guidance_scale <= 1 (UNet batch not doubled for classifier-free guidance)")
     parser.add_argument("--components", nargs="+", choices=spec.component_names(), metavar="NAME",
@@ -71,9 +77,11 @@ def run(args: argparse.Namespace) -> int:
         raise SdrtError(f"--workspace-gb {args.workspace_gb} must be positive")
     request = trt_profiles.ProfileRequest(
         batch=args.batch, height=args.height, width=args.width, min_size=args.min_size,
-        max_size=args.max_size, max_batch=args.max_batch, guidance=not args.no_guidance)
+        max_size=args.max_size, max_batch=args.max_batch, guidance=guidance(manifest, args),
+        tokens=text_tokens(manifest, args.max_sequence_length))
     for name in components:  # every profile checked before the first (long) build starts
-        trt_profiles.dim_range(manifest.spec.component(name), request, manifest.sizes, manifest.default_image_size)
+        trt_profiles.dim_range(manifest.spec.component(name), request, manifest.sizes, manifest.default_image_size,
+                               manifest.family_spec.grid(name))
 
     probe = trt_api.flavor(args.backend)
     try:
@@ -101,3 +109,36 @@ def run(args: argparse.Namespace) -> int:
                                   target=target, log=_log)
     _log(f"done in {time.perf_counter() - start:.1f} s; engines under {manifest.engines_dir(args.backend)}")
     return 0
+
+
+def text_tokens(manifest: Any, max_sequence_length: int | None) -> int:
+    """The text tokens (L) an engine takes: Flux's T5 max_sequence_length (at most what the export
+    allows), one CLIP chunk for the UNet families (which take no --max-sequence-length)."""
+    from sdrt.errors import SdrtError
+
+    limit = manifest.pipeline.get("max_sequence_length")
+    if max_sequence_length is None:
+        return int(limit or spec.TOKEN_LENGTH)
+    if limit is None:
+        raise SdrtError(f"--max-sequence-length is for models with a T5 encoder (Flux); {manifest.folder} is a "
+                        f"{manifest.family} model: leave it out")
+    if not 1 <= max_sequence_length <= int(limit):
+        raise SdrtError(f"--max-sequence-length {max_sequence_length} must be between 1 and {limit} (what this "
+                        f"export allows)")
+    return max_sequence_length
+
+
+def guidance(manifest: Any, args: argparse.Namespace) -> bool:
+    """Whether the profile has room for guidance rows: classifier-free guidance by default (the UNet
+    families, --no-guidance turns it off); Flux's true CFG only with --true-cfg (it is opt-in per call)."""
+    from sdrt.errors import SdrtError
+
+    if manifest.family_spec.guidance == "cfg":
+        if args.true_cfg:
+            raise SdrtError(f"--true-cfg is for Flux models; {manifest.folder} is a {manifest.family} model, whose "
+                            f"engines have room for guidance unless --no-guidance")
+        return not args.no_guidance
+    if args.no_guidance:
+        raise SdrtError(f"--no-guidance is the UNet families'; a {manifest.family} model's engines have no guidance "
+                        f"rows unless --true-cfg")
+    return bool(args.true_cfg)

@@ -58,19 +58,20 @@ def guidance_of(component: spec.ComponentSpec, dims: Mapping[str, int]) -> bool:
 
 
 def no_engine_error(folder: Path, backend: str, comp: spec.ComponentSpec, choice: trt_cache.Choice,
-                    dims: Mapping[str, int] | None, vae_scale_factor: int) -> EngineMissing:
-    """Why no engine can be loaded, and the `sdrt build` command that makes one."""
+                    dims: Mapping[str, int] | None, vae_scale_factor: int, grid: int = 1) -> EngineMissing:
+    """Why no engine can be loaded, and the `sdrt build` command that makes one (`grid`: latent pixels per
+    unit of the component's h and w, `Family.grid`)."""
     component = comp.name
     root = trt_cache.store_root(folder, backend)
     if dims:
         guidance = guidance_of(comp, dims)
-        request = trt_profiles.request_for(comp, dims, vae_scale_factor, guidance)
+        request = trt_profiles.request_for(comp, dims, vae_scale_factor, guidance, grid)
     else:
         guidance, request = True, trt_profiles.ProfileRequest()
     if choice.fresh and dims:
         wanted = trt_profiles.describe(comp, trt_profiles.DimRange(dict(dims), dict(dims), dict(dims)),
-                                       vae_scale_factor, guidance)
-        built = "; ".join(trt_profiles.describe(comp, e.profile, vae_scale_factor, guidance)
+                                       vae_scale_factor, guidance, grid)
+        built = "; ".join(trt_profiles.describe(comp, e.profile, vae_scale_factor, guidance, grid)
                           for e in choice.fresh)
         cmd = trt_profiles.build_command(str(folder), backend, request, (component,))
         return EngineMissing(f"no {backend} engine for {component} covers {wanted} (built: {built}): "
@@ -84,14 +85,21 @@ def no_engine_error(folder: Path, backend: str, comp: spec.ComponentSpec, choice
     return EngineMissing(f"no {backend} engine for {component} in {root}: build it with `{cmd}`")
 
 
+def default_request(manifest) -> trt_profiles.ProfileRequest:
+    """The build request of the model's default call: one image at its default size, with guidance
+    (Flux: without its opt-in true CFG), its text tokens (Flux: the T5 max_sequence_length the export allows; else one CLIP chunk)."""
+    return trt_profiles.ProfileRequest(tokens=int(manifest.pipeline.get("max_sequence_length", spec.TOKEN_LENGTH)),
+                                       guidance=manifest.family_spec.guidance == "cfg")
+
+
 def initial_entry(manifest, component: spec.ComponentSpec,
                   fresh: tuple[trt_cache.Entry, ...]) -> trt_cache.Entry | None:
     """The engine deserialized at load: the one covering the model's default call (one image at its
     default size, with guidance), else the widest; None when nothing is built yet (auto_build)."""
     if not fresh:
         return None
-    default = trt_profiles.dim_range(component, trt_profiles.ProfileRequest(), manifest.sizes,
-                                     manifest.default_image_size).opt
+    default = trt_profiles.dim_range(component, default_request(manifest), manifest.sizes,
+                                     manifest.default_image_size, manifest.family_spec.grid(component.name)).opt
     covering = trt_cache.choose(list(fresh), dict(fresh[0].identity), default).entry
     if covering is not None:
         return covering
@@ -159,7 +167,8 @@ class TensorRTBackend(Backend):
             if choice.entry is not None:
                 return choice.entry
             if not self.auto_build:
-                raise no_engine_error(manifest.folder, self.name, comp, choice, dims, f)
+                raise no_engine_error(manifest.folder, self.name, comp, choice, dims, f,
+                                      manifest.family_spec.grid(component))
             return self._build_for(manifest, component, dims)
 
         return TensorRTEngine(component, manifest.values, manifest.precision(component), session=s, find=find,
@@ -179,7 +188,8 @@ class TensorRTBackend(Backend):
 
         s = self.session()
         comp = manifest.spec.component(component)
-        request = trt_profiles.request_for(comp, dims, manifest.sizes.vae_scale_factor, guidance_of(comp, dims))
+        request = trt_profiles.request_for(comp, dims, manifest.sizes.vae_scale_factor, guidance_of(comp, dims),
+                                           manifest.family_spec.grid(component))
         self.log(f"no {self.name} engine for {component} at {dict(dims)}: building one (once; it is cached)")
         return trt_build.build_component(manifest, component, self.name, request,
                                          self.build_options or trt_build.BuildOptions(), trt=s.trt,

@@ -30,6 +30,14 @@ THRESHOLDS: dict[str, float] = {"fp32": 1e-3, "fp16": 3e-2}
 DEFINITION = "max_rel_error = max|onnx - torch| / max|torch| over every output, fp32 PyTorch reference"
 
 
+class CheckFailed(SdrtError):
+    """A graph outside its threshold against PyTorch (`measured`: the error, in words)."""
+
+    def __init__(self, message: str, measured: str):
+        super().__init__(message)
+        self.measured = measured
+
+
 def torch_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16}[precision]
 
@@ -118,9 +126,11 @@ def judge_cases(component: spec.ComponentSpec, path: Path, cases: list[Case], *,
     for case in cases:
         result = judge(comp, session, case)
         if not result["max_rel_error"] <= threshold:
-            raise SdrtError(f"{comp.name} export check failed: max relative error {result['max_rel_error']:.3g} "
-                            f"(max abs {result['max_abs_error']:.3g}) > {threshold:g} at {_describe(case.dims)} "
-                            f"against PyTorch: the exported graph is wrong, nothing was written")
+            raise CheckFailed(f"{comp.name} export check failed: max relative error {result['max_rel_error']:.3g} "
+                              f"(max abs {result['max_abs_error']:.3g}) > {threshold:g} at {_describe(case.dims)} "
+                              f"against PyTorch: the exported graph is wrong, nothing was written",
+                              measured=f"max relative error {result['max_rel_error']:.3g} > {threshold:g} at "
+                                       f"{_describe(case.dims)}")
         results.append(result)
     del session
     return {

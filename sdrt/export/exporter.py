@@ -12,7 +12,9 @@ import copy
 import datetime
 import gc
 import json
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -68,68 +70,32 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
     trace_dims = {**values, "B": 2, "h": h, "w": w, "L": spec.TOKEN_LENGTH}
 
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
+        job = _Job(src, model_spec, values, trace_dims, geometry, tmp, opset, exporter)
         size_rule = geometry.unprobed()
         entries: dict[str, dict[str, Any]] = {}
         for index, component in enumerate(components):
             comp = model_spec.component(component)
-            grid = model_spec.family.grid(component)  # Flux's transformer: h and w count 2x2-patch tokens
-            # 3. Trace.
-            started = time.perf_counter()
-            module = src.module(comp.source)
-            vocab_size = int(module.config.get("vocab_size", 0) if hasattr(module.config, "get") else 0)
-            vocab_size = vocab_size or int(getattr(module.config, "vocab_size", 1))  # each text encoder its own
-            component_precision, note = precision_policy(comp, precision, module)
-            path = tmp / component / "model.onnx"
-            path.parent.mkdir()
-            graph_module = copy.deepcopy(module).half() if component_precision == "fp16" else module
-            example = example_inputs(comp, in_units(trace_dims, grid), vocab_size=vocab_size, seed=0,
-                                     dtype=check.torch_dtype(component_precision))
-            trace.export_graph(wrap(comp, graph_module, model_spec), comp, example, path, opset=opset,
-                               exporter=exporter, precision=component_precision)
-            mapped = (weight_map.write(graph_module, f"{comp.source}.", path, run=lambda: wrap(
-                comp, graph_module, model_spec)(*(example[name] for name in comp.input_names)))
-                      if component in model_spec.family.lora_components else None)
-            del graph_module, example
-            exported_s = time.perf_counter() - started
-
-            # 4. The PyTorch side of the checks first (UNet: the size probe too), then the module is
-            # freed when no later component needs it, then ONNX Runtime judges the graph: a large
-            # UNet and its check session are never in memory together.
-            started = time.perf_counter()
-            probe_cases = None
-            if component == model_spec.family.denoiser:
-                probe_cases = geometry.probe_cases(module, values, precision=component_precision,
-                                                   vocab_size=vocab_size, model=model_spec)
-            # the denoiser: the architecture's rule
-            shapes = [in_units(dims, grid) for dims in check.check_dims(comp, trace_dims, size_rule)]
-            cases = check.reference_cases(comp, module, values, shapes, precision=component_precision,
-                                          vocab_size=vocab_size, model=model_spec)
-            save_config(module, path.parent)
-            del module
-            if not any(model_spec.component(later).source == comp.source for later in components[index + 1:]):
+            later = any(model_spec.component(c).source == comp.source for c in components[index + 1:])
+            chosen, note = precision_policy(comp, precision, src.module(comp.source))
+            fallback = chosen == "fp16" and component in model_spec.family.fp16_fallback
+            try:
+                entries[component], size_rule = job.export(comp, chosen, note, size_rule, free=not (later or fallback))
+            except check.CheckFailed as failure:
+                if not fallback:
+                    raise
+                log(f"{component}: the fp16 graph failed its check ({failure.measured}): exporting it in fp32")
+                shutil.rmtree(tmp / component)
+                note = (f"kept fp32 under --precision fp16: the fp16 graph failed the export check ({failure.measured}; "
+                        f"this family's {component} is known to overflow or lose precision in fp16)")
+                entries[component], size_rule = job.export(comp, "fp32", note, size_rule, free=not later)
+            if fallback and not later:
                 src.modules[comp.source] = None
                 gc.collect()
-            # 5. Sizes (UNet): which latent sizes the graph really supports; then the check.
-            if probe_cases is not None:
-                size_rule = geometry.probe_rule(probe_cases, path, precision=component_precision, model=model_spec)
-            result = check.judge_cases(comp, path, cases, precision=component_precision)
-            del cases, probe_cases
-            data = path.with_name(path.name + ".data")
-            entries[component] = {
-                "file": f"{component}/model.onnx",
-                "external_data": data.exists(),
-                "precision": component_precision,
-                "sha256": component_sha256([path, data]),
-                "bytes": component_bytes([path, data]),
-                "precision_note": note,
-                "export_seconds": round(exported_s, 1),
-                "check": result,
-            }
-            if mapped:
-                entries[component]["weight_map"] = mapped  # for LoRA at run time (sdrt.runtime.lora)
-            log(f"{component}: exported in {exported_s:.1f} s ({component_precision}"
-                f"{', external data' if data.exists() else ''}); check max rel error {result['max_rel_error']:.2g}"
-                f" (threshold {result['threshold']['max_rel']:g}) in {time.perf_counter() - started:.1f} s")
+            result = entries[component]["check"]
+            log(f"{component}: exported in {entries[component]['export_seconds']:.1f} s ({entries[component]['precision']}"
+                f"{', external data' if entries[component]['external_data'] else ''}); check max rel error "
+                f"{result['max_rel_error']:.2g} (threshold {result['threshold']['max_rel']:g}) in "
+                f"{result.pop('seconds'):.1f} s")
 
         # 6. The rest of the folder.
         from sdrt.export.tokenizer_files import write_folder_tokenizer
@@ -142,6 +108,86 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         write_manifest(tmp, manifest(src, pipeline, size_rule, entries, opset=opset, exporter=exporter))
     log(f"wrote {out}")
     return out
+
+
+@dataclass
+class _Job:
+    """One export's fixed inputs: what tracing and checking each component needs."""
+
+    src: source.Source
+    model_spec: spec.ModelSpec
+    values: dict[str, int]
+    trace_dims: dict[str, int]
+    geometry: Any
+    tmp: Path
+    opset: int
+    exporter: str
+
+    def export(self, comp: spec.ComponentSpec, component_precision: str, note: str, size_rule: dict[str, Any], *,
+               free: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Trace one component, check it against PyTorch (the denoiser: and probe its sizes); its manifest
+        entry and the size rule. `free`: drop the module once PyTorch's side of the check has run."""
+        component, model_spec = comp.name, self.model_spec
+        grid = model_spec.family.grid(component)  # Flux's transformer: h and w count 2x2-patch tokens
+        # 3. Trace.
+        started = time.perf_counter()
+        module = self.src.module(comp.source)
+        vocab_size = vocab_size_of(module)
+        path = self.tmp / component / "model.onnx"
+        path.parent.mkdir()
+        graph_module = copy.deepcopy(module).half() if component_precision == "fp16" else module
+        example = example_inputs(comp, in_units(self.trace_dims, grid), vocab_size=vocab_size, seed=0,
+                                 dtype=check.torch_dtype(component_precision))
+        trace.export_graph(wrap(comp, graph_module, model_spec), comp, example, path, opset=self.opset,
+                           exporter=self.exporter, precision=component_precision)
+        mapped = (weight_map.write(graph_module, f"{comp.source}.", path, run=lambda: wrap(
+            comp, graph_module, model_spec)(*(example[name] for name in comp.input_names)))
+                  if component in model_spec.family.lora_components else None)
+        del graph_module, example
+        exported_s = time.perf_counter() - started
+
+        # 4. The PyTorch side of the checks first (the denoiser: the size probe too), then the module is
+        # freed when no later step needs it, then ONNX Runtime judges the graph: a large UNet and its
+        # check session are never in memory together.
+        started = time.perf_counter()
+        probe_cases = None
+        if component == model_spec.family.denoiser:
+            probe_cases = self.geometry.probe_cases(module, self.values, precision=component_precision,
+                                                    vocab_size=vocab_size, model=model_spec)
+        shapes = [in_units(dims, grid) for dims in check.check_dims(comp, self.trace_dims, size_rule)]
+        cases = check.reference_cases(comp, module, self.values, shapes, precision=component_precision,
+                                      vocab_size=vocab_size, model=model_spec)
+        save_config(module, path.parent)
+        del module
+        if free:
+            self.src.modules[comp.source] = None
+            gc.collect()
+        # 5. Sizes (the denoiser): which latent sizes the graph really supports; then the check.
+        if probe_cases is not None:
+            size_rule = self.geometry.probe_rule(probe_cases, path, precision=component_precision, model=model_spec)
+        result = check.judge_cases(comp, path, cases, precision=component_precision)
+        del cases, probe_cases
+        data = path.with_name(path.name + ".data")
+        entry = {
+            "file": f"{component}/model.onnx",
+            "external_data": data.exists(),
+            "precision": component_precision,
+            "sha256": component_sha256([path, data]),
+            "bytes": component_bytes([path, data]),
+            "precision_note": note,
+            "export_seconds": round(exported_s, 1),
+            "check": {**result, "seconds": time.perf_counter() - started},
+        }
+        if mapped:
+            entry["weight_map"] = mapped  # for LoRA at run time (sdrt.runtime.lora)
+        return entry, size_rule
+
+
+def vocab_size_of(module: Any) -> int:
+    """A text encoder's vocabulary size (each draws its own ids); 1 for a module without one."""
+    config = module.config
+    value = config.get("vocab_size") if isinstance(config, dict) else getattr(config, "vocab_size", None)
+    return int(value or 1)
 
 
 def denoiser_sizes(family: spec.Family, denoiser: Any, sample_size: int) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from sdrt import spec
 from sdrt.errors import SdrtError
 from sdrt.export import sizes
-from sdrt.export.check import THRESHOLDS, Case, judge, ort_session, torch_case
+from sdrt.export.check import THRESHOLDS, Case, CheckFailed, judge, ort_session, torch_case
 from sdrt.export.graphs import wrap
 
 #: FluxPipeline.default_sample_size: the default image is 128 latent pixels (1024 px at f = 8)
@@ -121,8 +121,9 @@ class FluxSizes:
         del session
         failing = [f"{h}x{w}" for (h, w), ok in passed.items() if not ok]
         if failing:
-            raise SdrtError(f"transformer export check failed: the graph is wrong at token grids "
-                            f"{', '.join(failing)} (batch 1): nothing was written")
+            raise CheckFailed(f"transformer export check failed: the graph is wrong at token grids "
+                              f"{', '.join(failing)} (batch 1): nothing was written",
+                              measured=f"wrong at token grids {', '.join(failing)}")
         m = self.multiple
         grids = ", ".join(f"{h}x{w}" for h, w in passed)
         rule = (f"latent height and width: any multiple of {m} from {m} to {self.max_latent} (image = "

@@ -172,6 +172,9 @@ class Family:
     aesthetic_score: bool = False            # time_ids carry the aesthetic score (the refiner)
     #: the classes whose diffusers pipelines patch old scheduler configs when they load (SD 1.x/2.x's)
     scheduler_config_fixes: tuple[str, ...] = ()
+    #: components exported in fp32 when their fp16 graph fails the export check (`--precision fp16`):
+    #: Flux's T5 and transformer are known to overflow or lose precision in fp16 (measured per export)
+    fp16_fallback: tuple[str, ...] = ()
     #: latent pixels per side of one denoiser token: Flux packs 2x2 latent patches, so its transformer's
     #: ``h`` and ``w`` count tokens (latent / 2); the other components' always count latent pixels
     patch: int = 1
@@ -263,7 +266,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         text_encoders={"text_encoder": ("tokenizer", "prompt"), "text_encoder_2": ("tokenizer_2", "prompt_2")},
         denoiser="transformer", runtime="flux", default_scheduler="FlowMatchEulerDiscreteScheduler",
         text_layer="last", lora_prefixes=_FLUX_LORA, guidance="distilled",
-        default_strength={"img2img": 0.6, "inpaint": 0.6}, patch=2,
+        default_strength={"img2img": 0.6, "inpaint": 0.6}, patch=2, fp16_fallback=("text_encoder_2", "transformer"),
     ),
 )}
 #: every variant any family knows
