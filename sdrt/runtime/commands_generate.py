@@ -24,9 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ONNX model folder written by `sdrt export` (or by `sdrt demo`: sdrt-demo/shapes-onnx)")
     p.add_argument("--prompt", required=True, help="what to draw")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (needs --guidance-scale > 1)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--guidance-scale", type=float, default=7.5,
-                   help="classifier-free guidance; <= 1 turns it off and halves the UNet work (default 7.5)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; Flux 28)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance; <= 1 turns it off and halves the UNet work (default 7.5). "
+                        "Flux dev: the embedded guidance (default 3.5); schnell-style Flux ignores it")
     p.add_argument("--height", type=int, default=None, help="pixels (default: the image's, else the model's)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the image's, else the model's)")
     p.add_argument("--seed", type=int, default=None, help="random seed; image i uses seed + i (AUTOMATIC1111's convention). "
@@ -109,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
     loras = [parse_lora_arg(text) for text in args.lora] + tagged
     pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options)
     refiner = refiner_pipeline(args, pipe, {"precision": args.precision, **options})
-    expected = args.steps
-    if args.image is not None and isinstance(args.steps, int) and 0 <= (args.strength or 0.8) <= 1:
-        expected = conditioning.start_index(args.steps, args.strength or 0.8, 1)[1]
+    flux = pipe.family_spec.guidance == "distilled"
+    expected = args.steps or (28 if flux else 50)
+    if args.image is not None and isinstance(expected, int) and 0 <= (args.strength or 0.8) <= 1:
+        expected = conditioning.start_index(expected, args.strength or 0.8, 1)[1]
     num_images = args.num_images
     if num_images < 1:
         raise SdrtError(f"num_images_per_prompt (--num-images) {num_images!r} must be a whole number >= 1")
@@ -127,10 +129,13 @@ def run(args: argparse.Namespace) -> int:
     with terminate_as_exception(interrupted), outputs.reserved_number(out) as number:
         for batch in batches:
             try:
-                call = dict(negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                            guidance_scale=args.guidance_scale, height=args.height, width=args.width,
+                defaults = {} if flux else {"num_inference_steps": 50, "guidance_scale": 7.5}  # Flux: the pipeline's
+                given = {k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance_scale))
+                         if v is not None}
+                call = dict(negative_prompt=args.negative_prompt, height=args.height, width=args.width,
                             num_images_per_prompt=len(batch), seed=batch, scheduler=args.scheduler,
-                            callback=lambda i, t, x: bar.update(1), **commands_sdxl.call_options(args))
+                            callback=lambda i, t, x: bar.update(1), **defaults, **given,
+                            **commands_sdxl.call_options(args))
                 if refiner is not None:
                     from sdrt.runtime import refiner as handoff
 
@@ -161,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         warmup = " (PNDM's PLMS runs one extra UNet call to warm up its multistep history)" \
             if params.get("scheduler") == "PNDMScheduler" and len(t.unet_steps) == expected + 1 else ""
         calls = f"{len(batches)} calls of up to {batch_size} images, last " if len(batches) > 1 else ""
-        print(f"{params['mode']} on {params['backend']}: {calls}{t.total:.2f} s ({len(t.unet_steps)} UNet "
-              f"calls{warmup}, UNet {t.unet_per_step * 1000:.1f} ms/step)", file=sys.stderr)
+        label = "UNet" if pipe.denoiser == "unet" else pipe.denoiser
+        print(f"{params['mode']} on {params['backend']}: {calls}{t.total:.2f} s ({len(t.unet_steps)} {label} "
+              f"calls{warmup}, {label} {t.unet_per_step * 1000:.1f} ms/step)", file=sys.stderr)
     return 0

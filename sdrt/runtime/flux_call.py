@@ -108,8 +108,8 @@ def check(arguments: dict[str, Any], *, folder: Any, fill: bool, guidance_embedd
     negatives_2 = (prompt_lists(prompts, a["negative_prompt_2"])[1] if a["negative_prompt_2"] is not None
                    else list(negatives))
     negative_given = a["negative_prompt"] is not None or a["negative_prompt_2"] is not None
-    true_cfg = true_cfg_scale > 1.0 and negative_given
-    if negative_given and not true_cfg:
+    true_cfg = true_cfg_scale > 1.0 and negative_given  # diffusers: an empty negative prompt counts as given
+    if any(negatives + negatives_2) and not true_cfg:
         warn(f"the negative prompt is ignored: true_cfg_scale {true_cfg_scale:g} <= 1 turns true classifier-free "
              f"guidance off; pass --true-cfg-scale > 1 (e.g. 4) to use it (it doubles the transformer's work)")
     length = _sequence_length(max_sequence_length if a["max_sequence_length"] is None else a["max_sequence_length"],

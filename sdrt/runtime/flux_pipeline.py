@@ -276,8 +276,8 @@ class FluxPipeline(Pipeline):
             parameters["strength"] = call.strength
         if call.prompts_2 != call.prompts:
             parameters["prompt_2"] = call.prompts_2
+        parameters["true_cfg_scale"] = call.true_cfg_scale if call.true_cfg else 1.0  # infotext: Forge's "CFG scale"
         if call.true_cfg:
-            parameters["true_cfg_scale"] = call.true_cfg_scale
             if call.negatives_2 != call.negatives:
                 parameters["negative_prompt_2"] = call.negatives_2
         if call.sigmas is not None:

@@ -11,9 +11,12 @@ from typing import Any
 
 def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
     """The "parameters" text of AUTOMATIC1111's PNGs, for one image of the call."""
-    fields = [("Steps", parameters["steps"]), ("Sampler", parameters.get("sampler") or parameters["scheduler"]),
-              ("CFG scale", parameters["guidance_scale"]), ("Seed", image_seed(parameters, index)),
-              ("Size", f"{parameters['width']}x{parameters['height']}")]
+    fields = [("Steps", parameters["steps"]), ("Sampler", parameters.get("sampler") or parameters["scheduler"])]
+    if "true_cfg_scale" in parameters:  # Flux, as Forge writes it: real CFG, then the embedded (distilled) guidance
+        fields += [("CFG scale", parameters["true_cfg_scale"]), ("Distilled CFG Scale", parameters["guidance_scale"])]
+    else:
+        fields.append(("CFG scale", parameters["guidance_scale"]))
+    fields += [("Seed", image_seed(parameters, index)), ("Size", f"{parameters['width']}x{parameters['height']}")]
     if parameters.get("model_hash"):
         fields.append(("Model hash", parameters["model_hash"]))
     fields.append(("Model", parameters["model"]))

@@ -24,7 +24,7 @@ from sdrt.serve import samplers
 from sdrt.serve.access_log import note
 from sdrt.serve.dispatch import png_base64, run_job
 from sdrt.serve.limits import RequestRejected
-from sdrt.serve.queueing import GenerationRequest
+from sdrt.serve.queueing import GenerationRequest, distilled_guidance
 
 #: fields whose non-default value asks for a feature this server does not have
 UNSUPPORTED = {"enable_hr": False, "restore_faces": False, "tiling": False, "script_name": None,
@@ -88,6 +88,17 @@ def _fit(image: Image.Image, width: int, height: int, resize_mode: int, label: s
     return image if image.size == (width, height) else image.resize((width, height), Image.LANCZOS)
 
 
+def flux_guidance(body: Txt2ImgRequest, request: GenerationRequest) -> None:
+    """Forge's fields for Flux: `distilled_cfg_scale` is the embedded guidance of a dev-style model (default:
+    the pipeline's, 3.5); `cfg_scale` > 1 is true classifier-free guidance, run only with a non-empty
+    negative prompt (A1111 clients send cfg_scale 7 and an empty negative by default: that stays off)."""
+    distilled = (body.model_extra or {}).get("distilled_cfg_scale")
+    if distilled is not None and not isinstance(distilled, (int, float)):
+        raise RequestRejected(f"distilled_cfg_scale {distilled!r} is not a number")
+    request.guidance_scale = None if distilled is None else float(distilled)
+    request.true_cfg_scale = float(body.cfg_scale) if body.negative_prompt.strip() and body.cfg_scale > 1 else 1.0
+
+
 def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
     limits = service.limits
     _check_supported(body)
@@ -106,6 +117,9 @@ def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
         width=body.width, height=body.height, steps=body.steps,
         sampler=samplers.resolve(body.sampler_name or body.sampler_index, body.scheduler),
         guidance_scale=body.cfg_scale, seed=seed, loras=loras)
+    limits.check_model_size(service.pipelines[request.model], body.width, body.height)
+    if distilled_guidance(service.pipelines[request.model]):
+        flux_guidance(body, request)
     if isinstance(body, Img2ImgRequest):
         if not body.init_images:
             raise RequestRejected("init_images is empty: send one base64 image")
@@ -130,6 +144,8 @@ def _answer(body: Txt2ImgRequest, request: GenerationRequest, result: Any, servi
     infotexts = [a1111_parameters(params, index) for index in range(len(result.seeds))]
     n = request.n
     extra = {"Backend": params["backend"]}
+    if distilled_guidance(service.pipelines[request.model]):  # Flux: as Forge's infotexts say
+        extra["Distilled CFG Scale"] = params["guidance_scale"]
     if params.get("loras"):  # as A1111 writes them (name: short hash), never the server's paths
         extra["Lora hashes"] = ", ".join(f"{lora['name']}: {lora['hash']}" for lora in params["loras"])
     info = {
@@ -137,7 +153,7 @@ def _answer(body: Txt2ImgRequest, request: GenerationRequest, result: Any, servi
         "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * n,
         "seed": request.seed, "all_seeds": result.seeds, "subseed": -1, "all_subseeds": [-1] * n,
         "subseed_strength": 0, "width": request.width, "height": request.height, "sampler_name": sampler,
-        "scheduler": body.scheduler or "Automatic", "cfg_scale": request.guidance_scale, "steps": request.steps,
+        "scheduler": body.scheduler or "Automatic", "cfg_scale": body.cfg_scale, "steps": request.steps,
         "batch_size": body.batch_size, "restore_faces": False, "sd_model_name": request.model,
         "sd_model_hash": None, "denoising_strength": request.strength if request.init_image else None,
         "extra_generation_params": extra, "index_of_first_image": 0,

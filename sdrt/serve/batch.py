@@ -1,7 +1,7 @@
 """`sdrt batch`: many requests from a JSONL file, written as PNGs plus `results.jsonl` beside them, resumably.
 
 One request per line (`prompt`, optional `id`, `negative_prompt`, `width`, `height`, `steps`,
-`guidance_scale`, `seed`, `sampler`, `n`); a prompt's `<lora:NAME:SCALE>` tags name files of
+`guidance_scale`, `seed`, `sampler`, `n`; Flux: `true_cfg_scale`); a prompt's `<lora:NAME:SCALE>` tags name files of
 --lora-dir, as for `sdrt generate`. A request without a seed gets `--seed + line index`,
 so a rerun makes the same images. Each image is written to a temporary name and renamed; a
 request's line is appended to `results.jsonl` (flushed and fsynced) only after all its images are
@@ -34,7 +34,7 @@ RESULTS = "results.jsonl"
 PAUSE_AFTER_ENV = "SDRT_BATCH_PAUSE_AFTER"  # the test hook (module docstring)
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 FIELDS = {"id", "prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "sampler", "n",
-          "model"}
+          "model", "true_cfg_scale"}
 
 
 @dataclass
@@ -45,8 +45,11 @@ class BatchItem:
 
 
 def read_requests(path: str | os.PathLike, *, model: str, default_size: int, default_steps: int,
-                  seed_base: int, lora_dir: str | os.PathLike | None = None) -> list[BatchItem]:
+                  seed_base: int, lora_dir: str | os.PathLike | None = None,
+                  default_guidance: float | None = 7.5) -> list[BatchItem]:
     """Parse and check every line first: a bad line stops the run before anything is generated.
+
+    `default_guidance` None: the model's own (Flux), which then also takes `true_cfg_scale`.
 
     `<lora:NAME:SCALE>` tags in a prompt name `lora_dir`/NAME.safetensors, as for `sdrt generate`."""
     from sdrt.runtime.lora.adapters import prompt_loras
@@ -90,12 +93,15 @@ def read_requests(path: str | os.PathLike, *, model: str, default_size: int, def
                 n=int(obj.get("n", 1)), width=int(obj.get("width", default_size)),
                 height=int(obj.get("height", default_size)), steps=int(obj.get("steps", default_steps)),
                 sampler=sampler,
-                guidance_scale=float(obj.get("guidance_scale", 7.5)),
+                guidance_scale=(float(obj["guidance_scale"]) if "guidance_scale" in obj else default_guidance),
+                true_cfg_scale=float(obj.get("true_cfg_scale", 1.0)),
                 seed=int(obj.get("seed", seed_base + number - 1)) % 2**32)
         except (TypeError, ValueError) as e:
             raise SdrtError(f"{where}: {e}") from None
         if request.n < 1 or request.steps < 1:
             raise SdrtError(f"{where}: n and steps must be >= 1")
+        if "true_cfg_scale" in obj and default_guidance is not None:
+            raise SdrtError(f"{where}: true_cfg_scale is Flux's; this model guides with guidance_scale: leave it out")
         items.append(BatchItem(item_id, number, request))
     if not items:
         raise SdrtError(f"{path} has no requests")
@@ -147,7 +153,7 @@ def result_line(item: BatchItem, names: list[str], parameters: dict[str, Any], s
     r = item.request
     return {"id": item.id, "line": item.line, "images": names, "seeds": r.seeds, "prompt": r.prompt,
             "negative_prompt": r.negative_prompt, "width": r.width, "height": r.height, "steps": r.steps,
-            "guidance_scale": r.guidance_scale, "scheduler": parameters.get("scheduler"),
+            "guidance_scale": parameters.get("guidance_scale", r.guidance_scale), "scheduler": parameters.get("scheduler"),
             "backend": parameters.get("backend"), "seconds": round(seconds, 4), "batch_images": batch_images,
             "loras": [{key: lora[key] for key in ("name", "scale", "hash")} for lora in parameters.get("loras", [])]}
 

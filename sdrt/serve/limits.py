@@ -45,6 +45,16 @@ class Limits:
             raise RequestRejected(f"size {width}x{height} is {width * height} pixels, over this server's limit "
                                   f"of {self.max_pixels}: ask for a smaller image", 413)
 
+    def check_model_size(self, pipe: object, width: int, height: int) -> None:
+        """The model's own size rule (Flux: multiples of 16 px), before the request is queued."""
+        sizes = getattr(getattr(pipe, "manifest", None), "sizes", None)
+        if sizes is None:
+            return
+        try:
+            sizes.check_image_size(height, width)
+        except SdrtError as e:
+            raise RequestRejected(str(e), 422) from None
+
     def check_steps(self, steps: int) -> None:
         if not 1 <= steps <= self.max_steps:
             raise RequestRejected(f"steps {steps} is outside 1..{self.max_steps}: ask for fewer steps")

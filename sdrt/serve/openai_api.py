@@ -20,7 +20,7 @@ from sdrt.serve import samplers
 from sdrt.serve.access_log import note
 from sdrt.serve.dispatch import png_base64, run_job
 from sdrt.serve.limits import RequestRejected
-from sdrt.serve.queueing import GenerationRequest
+from sdrt.serve.queueing import GenerationRequest, distilled_guidance
 
 DEFAULT_STEPS = 20
 
@@ -37,7 +37,8 @@ class ImageGenerationRequest(BaseModel):
     # sdrt's extensions (OpenAI SDK: extra_body={...})
     seed: int | None = None
     steps: int = DEFAULT_STEPS
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # default: 7.5 (the UNet families' CFG), Flux's own 3.5 (embedded)
+    true_cfg_scale: float = 1.0  # Flux: true classifier-free guidance with negative_prompt (> 1)
     negative_prompt: str = ""
     sampler: str | None = None
 
@@ -69,9 +70,14 @@ def to_generation(body: ImageGenerationRequest, service: Any) -> GenerationReque
     limits.check_images(body.n)
     seed = secrets.randbits(32) if body.seed is None or body.seed < 0 else body.seed % 2**32
     prompt, loras = service.loras.resolve(body.prompt)  # the same <lora:NAME:SCALE> tags as A1111's routes
+    limits.check_model_size(service.pipelines[model], width, height)
+    flux = distilled_guidance(service.pipelines[model])
+    if body.true_cfg_scale != 1.0 and not flux:
+        raise RequestRejected(f"true_cfg_scale is Flux's; model {model!r} guides with guidance_scale: leave it out")
+    guidance = body.guidance_scale if body.guidance_scale is not None or flux else 7.5
     return GenerationRequest(model=model, prompt=prompt, negative_prompt=body.negative_prompt, n=body.n,
                              width=width, height=height, steps=body.steps, sampler=samplers.resolve(body.sampler),
-                             guidance_scale=body.guidance_scale, seed=seed, loras=loras)
+                             guidance_scale=guidance, true_cfg_scale=body.true_cfg_scale, seed=seed, loras=loras)
 
 
 def router(service: Any) -> APIRouter:

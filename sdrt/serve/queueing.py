@@ -38,7 +38,8 @@ class GenerationRequest:
     height: int = 512
     steps: int = 20
     sampler: str | None = None  # sdrt scheduler name; None: the model's own
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = 7.5  # None: the model's own default (Flux: 3.5, its embedded guidance)
+    true_cfg_scale: float = 1.0  # Flux: true classifier-free guidance with the negative prompt (> 1)
     seed: int = 0  # image i uses seed + i
     strength: float = 0.75
     init_image: Any = None  # PIL image (img2img / inpainting)
@@ -60,7 +61,14 @@ class GenerationRequest:
         """Requests with equal keys run in one UNet batch."""
         strength = self.strength if self.init_image is not None else None
         return (self.model, self.mode, self.width, self.height, self.steps, self.sampler,
-                self.guidance_scale, strength, self.loras)
+                self.guidance_scale, self.true_cfg_scale, strength, self.loras)
+
+
+def distilled_guidance(pipe: Any) -> bool:
+    """Whether a model embeds its guidance scale and takes true CFG separately (Flux: its family's guidance
+    is "distilled"); the UNet families guide with classifier-free guidance."""
+    family = getattr(pipe, "family_spec", None)
+    return getattr(family, "guidance", "cfg") == "distilled"
 
 
 _ids = itertools.count(1)

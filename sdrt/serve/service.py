@@ -41,10 +41,11 @@ def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> l
     images = [j.request.init_image for j in jobs for _ in range(j.request.n)] if first.init_image else None
     masks = [j.request.mask for j in jobs for _ in range(j.request.n)] if first.mask else None
     t0 = time.perf_counter()
+    flux = {"true_cfg_scale": first.true_cfg_scale} if first.true_cfg_scale != 1.0 else {}  # only Flux takes it
     out = pipe(prompts, negative_prompt=negatives, num_inference_steps=first.steps,
                guidance_scale=first.guidance_scale, height=first.height, width=first.width,
                num_images_per_prompt=1, seed=seeds, scheduler=first.sampler,
-               image=images, strength=first.strength, mask_image=masks, callback=callback)
+               image=images, strength=first.strength, mask_image=masks, callback=callback, **flux)
     seconds = time.perf_counter() - t0
     results, start = [], 0
     for job in jobs:
