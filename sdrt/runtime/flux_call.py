@@ -84,9 +84,6 @@ def check(arguments: dict[str, Any], *, folder: Any, fill: bool, guidance_embedd
                             f"leave {key} out")
     images, masks, given_latents = inputs(a["image"], a["mask_image"])
     mode = "inpaint" if masks else "img2img" if images or given_latents is not None else "txt2img"
-    if fill and mode != "inpaint":
-        raise SdrtError(f"{folder} is a Flux Fill model: it repaints the masked part of an image; pass an image "
-                        f"(--image) and a mask (--mask)")
     defaults_key = "fill" if fill else mode
     strength = a["strength"]
     if strength is None:

@@ -62,6 +62,12 @@ class FluxPipeline(Pipeline):
         """A Flux Fill transformer: latents + masked-image latents + mask, packed."""
         return bool(self.manifest.pipeline.get("inpainting", False))
 
+    def _inputs(self, image: Any, mask_image: Any) -> tuple[list, list, np.ndarray | None]:
+        if self.inpainting_unet and (image is None or mask_image is None):
+            raise SdrtError(f"{self.manifest.folder} is a Flux Fill model: it repaints the masked part of an image; "
+                            f"pass an image (--image) and a mask (--mask)")
+        return super()._inputs(image, mask_image)
+
     @property
     def guidance_embedded(self) -> bool:
         return "guidance" in self.model_spec.variants
