@@ -129,13 +129,12 @@ def run(args: argparse.Namespace) -> int:
     with terminate_as_exception(interrupted), outputs.reserved_number(out) as number:
         for batch in batches:
             try:
-                defaults = {} if flux else {"num_inference_steps": 50, "guidance_scale": 7.5}  # Flux: the pipeline's
-                given = {k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance_scale))
-                         if v is not None}
+                steps = {} if flux else {"num_inference_steps": 50, "guidance_scale": 7.5}  # Flux: the pipeline's
+                steps.update({k: v for k, v in (("num_inference_steps", args.steps),
+                                                ("guidance_scale", args.guidance_scale)) if v is not None})
                 call = dict(negative_prompt=args.negative_prompt, height=args.height, width=args.width,
                             num_images_per_prompt=len(batch), seed=batch, scheduler=args.scheduler,
-                            callback=lambda i, t, x: bar.update(1), **defaults, **given,
-                            **commands_sdxl.call_options(args))
+                            callback=lambda i, t, x: bar.update(1), **steps, **commands_sdxl.call_options(args))
                 if refiner is not None:
                     from sdrt.runtime import refiner as handoff
 

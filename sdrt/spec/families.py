@@ -215,11 +215,11 @@ _UNET = ("diffusers", "UNet2DConditionModel")
 _VAE = ("diffusers", "AutoencoderKL")
 _FLUX_MODES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}
 #: Flux LoRA key prefixes: diffusers/PEFT (ai-toolkit, SimpleTuner), kohya sd-scripts (BFL layer names
-#: underscored; lora_te1_ CLIP, lora_te3_ T5), BFL/ComfyUI (``diffusion_model.``), XLabs (no prefix: BFL
+#: underscored; lora_te1_ CLIP, lora_te3_ T5), BFL/ComfyUI (``diffusion_model.``, its CLIP-L keys), XLabs (no prefix: BFL
 #: block names); sdrt.runtime.lora.flux_names maps BFL's names onto diffusers' modules
 _FLUX_LORA = {"transformer.": "transformer", "lora_unet_": "transformer", "lora_transformer_": "transformer",
               "diffusion_model.": "transformer", "double_blocks.": "transformer", "single_blocks.": "transformer",
-              "text_encoder.": "text_encoder", "lora_te1_": "text_encoder",
+              "text_encoder.": "text_encoder", "lora_te1_": "text_encoder", "text_encoders.clip_l.transformer.": "text_encoder",
               "text_encoder_2.": "text_encoder_2", "lora_te3_": "text_encoder_2"}
 _SDXL_LORA = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
               "unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}

@@ -18,11 +18,14 @@ import numpy as np
 
 from sdrt.errors import SdrtError
 from sdrt.weight_map import WeightMap
+from sdrt.runtime.lora import flux_names
 from sdrt.runtime.lora.files import LoraFile, read_lora
 from sdrt.runtime.lora.merge import check_scale, low_rank_factors, merged_shapes, merged_weights, resolve
 from sdrt.runtime.lora.scratch import store_for
 
 LoraSpec = Union[str, os.PathLike, tuple]
+#: family -> how its files' layer names become diffusers module names (Flux: BFL's names, fused layers)
+TRANSLATIONS = {"flux": flux_names.translate}
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,13 @@ class Adapters:
     def prepare(self, loras: Sequence[LoraSpec]) -> tuple[list[ActiveLora], list, dict[str, WeightMap]]:
         """Read and check every file against the weight maps (every bad-input error is raised here);
         touches no engine and merges nothing yet."""
-        files: list[tuple[LoraFile, float]] = [(read_lora(path), scale) for path, scale in _pairs(loras)]
+        family = self.manifest.family_spec
+        translate = TRANSLATIONS.get(family.name, lambda lora: lora)
+        # the UNet families read every UNet family's prefixes (an SDXL file on SD says what it targets);
+        # Flux's kohya files spell lora_unet_ for its transformer: its own table
+        prefixes = None if family.denoiser == "unet" else dict(family.lora_prefixes)
+        files: list[tuple[LoraFile, float]] = [(translate(read_lora(path, prefixes)), scale)
+                                               for path, scale in _pairs(loras)]
         targets = sorted({layer.component for f, _ in files for layer in f.layers})
         maps = {c: self.weight_map(c) for c in targets if c in self.components and self.manifest.has(c)}
         placed = resolve(files, maps)

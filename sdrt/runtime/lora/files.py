@@ -42,7 +42,7 @@ PREFIXES = lora_prefixes()
 #: (up suffix, down suffix) of each low-rank spelling
 PAIRS = ((".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"),
          (".lora.up.weight", ".lora.down.weight"), (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
-         ("_lora.up.weight", "_lora.down.weight"))
+         ("_lora.up.weight", "_lora.down.weight"), (".up.weight", ".down.weight"))  # the last: XLabs' Flux files
 #: diffusers' attention-processor LoRA (``<attn>.processor.to_q_lora``) -> the module it patches,
 #: in the UNet and in a text encoder (whose attention names its projections q_proj ... out_proj)
 PROCESSOR_TARGETS = {"unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
@@ -82,9 +82,9 @@ class LoraFile:
     short_hash: str     # A1111's "Lora hashes": sha256 of the tensors after the header, first 12 hex
 
 
-def _split(key: str) -> tuple[str, str, str] | None:
+def _split(key: str, prefixes: dict[str, str]) -> tuple[str, str, str] | None:
     """key -> (component, layer, suffix) or None when the prefix is unknown."""
-    for prefix, component in PREFIXES.items():
+    for prefix, component in prefixes.items():
         if key.startswith(prefix):
             rest = key[len(prefix):]
             for up, down in PAIRS:
@@ -99,6 +99,17 @@ def _split(key: str) -> tuple[str, str, str] | None:
             if rest.endswith(".alpha"):
                 return component, rest[: -len(".alpha")], ".alpha"
             return component, rest, ""
+    return None
+
+
+def other_family(key: str, prefixes: dict[str, str]) -> str | None:
+    """The family (its title) whose LoRA prefixes a key this model's family does not know uses, if any."""
+    from sdrt.spec import FAMILIES
+
+    for family in FAMILIES.values():
+        if family.lora_prefixes != prefixes and any(key.startswith(p) and p not in prefixes
+                                                    for p in family.lora_prefixes):
+            return family.title
     return None
 
 
@@ -127,8 +138,12 @@ def _short_hash(path: Path) -> str:
     return file_sha256(path, start=8 + header)[:12]
 
 
-def read_lora(path: str | os.PathLike) -> LoraFile:
-    """Parse one LoRA file; a one-line SdrtError for anything that is not a readable LoRA."""
+def read_lora(path: str | os.PathLike, prefixes: dict[str, str] | None = None) -> LoraFile:
+    """Parse one LoRA file; a one-line SdrtError for anything that is not a readable LoRA.
+
+    `prefixes`: the model family's key prefixes (`sdrt.spec.lora_prefixes(family)`: Flux's kohya files
+    say ``lora_unet_`` for its transformer); default: the UNet families'."""
+    prefixes = PREFIXES if prefixes is None else prefixes
     path = Path(path)
     if not path.is_file():
         raise SdrtError(f"LoRA file {path} does not exist")
@@ -150,7 +165,7 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
     unknown = []
     formats = set()
     for key in keys:
-        split = _split(key)
+        split = _split(key, prefixes)
         if split is None or not split[2]:
             unknown.append(key)
             continue
@@ -160,6 +175,10 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
         parts.setdefault((component, layer), {})[role] = tensors[key]
         parts[(component, layer)].setdefault("keys", {})[role] = key  # type: ignore[index]
     if unknown:
+        foreign = other_family(unknown[0], prefixes)
+        if foreign:
+            raise SdrtError(f"{path.name} is a LoRA for {foreign} (key {unknown[0]}), not for this model's family: "
+                            f"use a LoRA trained for this base model")
         raise SdrtError(f"{path.name}: {len(unknown)} of {len(keys)} keys are not LoRA keys sdrt knows "
                         f"(first: {unknown[0]}): expected kohya lora_unet_/lora_te_ or diffusers unet./text_encoder. keys")
     layers = []

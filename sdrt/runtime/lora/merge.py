@@ -60,7 +60,7 @@ def resolve(loras: Sequence[tuple[LoraFile, float]], maps: Mapping[str, WeightMa
         for layer in lora.layers:
             if layer.component not in tables:
                 raise SdrtError(f"LoRA {lora.name} targets {layer.component} (key {layer.key}), which this model "
-                                f"does not have: it was trained for another base model (SDXL?)")
+                                f"does not have: it was trained for another base model ({guess_base(layer.key)}?)")
             modules, spelled = tables[layer.component]
             module = spelled.get(layer.layer)
             if module is None:
@@ -78,8 +78,19 @@ def resolve(loras: Sequence[tuple[LoraFile, float]], maps: Mapping[str, WeightMa
         if missing:
             raise SdrtError(f"LoRA {lora.name}: {matched} of {len(lora.layers)} layers match this model's layers "
                             f"(first unmatched key: {missing[0].key}): a LoRA for another base model or "
-                            f"architecture")
+                            f"architecture ({guess_base(missing[0].key)}?)")
     return placed
+
+
+#: words in a LoRA key -> the kind of model it was trained for (said when a file does not fit)
+_BASES = (("double_blocks", "Flux"), ("single_blocks", "Flux"), ("single_transformer_blocks", "Flux"),
+          ("down_blocks", "SD 1.x/2.x or SDXL"), ("input_blocks", "SDXL"), ("mid_block", "SD 1.x/2.x or SDXL"),
+          ("transformer_blocks", "a transformer model: Flux, SD3"), ("text_model", "a CLIP text encoder"))
+
+
+def guess_base(key: str) -> str:
+    """What a key's layer names say about the model the LoRA was trained for."""
+    return next((base for word, base in _BASES if word in key), "SDXL")
 
 
 def delta_shape_of(layer: LoraLayer) -> tuple[int, ...]:
