@@ -54,6 +54,13 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         raise SdrtError(f"a {pipeline['family']} model has no {absent[0]} (its components: "
                         f"{', '.join(model_spec.component_names)}): drop it from --components")
     components = [c for c in model_spec.component_names if c in (components or model_spec.component_names)]
+    # a variant whose own component is left out is off (SD3 exported without its T5 runs on zeros)
+    for variant in list(pipeline["variants"]):
+        others = [v for v in pipeline["variants"] if v != variant]
+        own = set(model_spec.component_names) - set(spec.model_spec(pipeline["family"], others).component_names)
+        if own and not own & set(components):
+            pipeline["variants"] = others
+            model_spec = spec.model_spec(pipeline["family"], others)
     values = spec.model_values(latent_channels=pipeline["latent_channels"],
                                unet_in_channels=pipeline["unet_in_channels"],
                                text_hidden_size=pipeline["text_hidden_size"],
