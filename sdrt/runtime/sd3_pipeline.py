@@ -16,6 +16,7 @@ engines are prepared for it (buffers bound once per shape).
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any, Sequence
 
@@ -66,12 +67,16 @@ class SD3Pipeline(Pipeline):
                  image: Any = None, mask_image: Any = None, strength: float | None = None,
                  output_type: str = "pil", max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
                  clip_skip: int | None = None, mu: float | None = None, scheduler: Any = None,
-                 callback: StepCallback | None = None) -> PipelineOutput:
+                 callback: StepCallback | None = None, **others: Any) -> PipelineOutput:
         """Generate (txt2img; img2img with `image`; inpainting with `image` and `mask_image`); safe from
         many threads (calls run one at a time). Arguments are StableDiffusion3Pipeline's; `seed` as in
         every sdrt pipeline (an int s: image i uses s + i), `generator` a numpy-style generator."""
+        for key, value in others.items():  # another family's argument (SDXL's size conditioning, ...)
+            if value is not None:
+                raise SdrtError(f"{key} is not an argument of SD3 pipelines ({self.manifest.folder} is a "
+                                f"{self.family_spec.title} model): leave {key} out")
         arguments = dict(locals())
-        del arguments["self"]
+        del arguments["self"], arguments["others"]
         return self._run(self._generate, arguments)
 
     # -- 1. check ----------------------------------------------------------------------------------
@@ -165,7 +170,7 @@ class SD3Pipeline(Pipeline):
             kwargs["mu"] = float(mu)
         if sigmas is not None:
             kwargs["sigmas"] = list(sigmas)
-        if kwargs and "mu" not in type(sched).set_timesteps.__code__.co_varnames:
+        if kwargs and "mu" not in inspect.signature(sched.set_timesteps).parameters:
             raise SdrtError(f"{type(sched).__name__} takes neither sigmas nor mu: leave them out, or use euler")
         sched.set_timesteps(None if sigmas is not None else c["steps"], **kwargs)
         timesteps = np.asarray(sched.timesteps)
@@ -186,7 +191,7 @@ class SD3Pipeline(Pipeline):
         h, w = c["height"] // f, c["width"] // f
         rng, images, masks = c["rng"], c["images"], c["masks"]
         image_lat = None
-        if images and (masks or c["strength"] < 1.0 or c["mode"] == "img2img"):
+        if images:  # img2img starts from them; SD3's inpainting blends them back in every step
             image_lat = conditioning.tile_to(self.encode_images(imageio.images_to_array(images), rng), n, "image")
         noise = c["noise"] if c["noise"] is not None else rng.standard_normal((n, C, h, w), dtype=np.float32)
         if image_lat is None or (masks and c["strength"] == 1.0):
