@@ -44,14 +44,14 @@ SD3_VAE = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["Dow
 
 TINY_SD3_TRANSFORMER: dict[str, Any] = {
     "sample_size": 32, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 2,
-    "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 96, "caption_projection_dim": 16,
+    "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 112, "caption_projection_dim": 16,
     "pooled_projection_dim": 64, "pos_embed_max_size": 32, "dual_attention_layers": [0], "qk_norm": "rms_norm",
 }
 TINY_CLIP_L = {**CLIP_IDS, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                "num_attention_heads": 4, "projection_dim": 32, "hidden_act": "quick_gelu"}
-TINY_CLIP_G = {**CLIP_IDS, "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3,
+TINY_CLIP_G = {**CLIP_IDS, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
                "num_attention_heads": 4, "projection_dim": 32, "hidden_act": "gelu"}
-TINY_T5 = {**T5_XXL, "vocab_size": VOCAB_SIZE + EXTRA_IDS, "d_model": 96, "d_kv": 8, "d_ff": 64, "num_layers": 2,
+TINY_T5 = {**T5_XXL, "vocab_size": VOCAB_SIZE + EXTRA_IDS, "d_model": 112, "d_kv": 8, "d_ff": 64, "num_layers": 2,
            "num_heads": 2, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16}
 TINY_SD3_VAE = {"block_out_channels": [32, 64], "down_block_types": ["DownEncoderBlock2D"] * 2,
                 "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 32,
