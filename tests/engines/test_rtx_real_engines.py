@@ -73,8 +73,8 @@ def test_every_component_of_the_tiny_fp16_export_builds(tiny_fp16, profile, caps
     else:
         unet = _entries(tiny_fp16, "unet")[0]
         f = Manifest.load(tiny_fp16).sizes.vae_scale_factor
-        assert unet.profile.min == {"B": 2, "h": 32 // f, "w": 32 // f}
-        assert unet.profile.max == {"B": 4, "h": 128 // f, "w": 128 // f}
+        assert unet.profile.min == {"B": 2, "h": 32 // f, "w": 32 // f, "L": 77}
+        assert unet.profile.max == {"B": 4, "h": 128 // f, "w": 128 // f, "L": 77}
     assert cli.main(argv) == 0 and capsys.readouterr().err.count("up to date") == len(components)
 
 
