@@ -60,7 +60,7 @@ class SizeRule:
     min_latent: int
     max_latent: int
     vae_scale_factor: int
-    denoiser: str = "UNet"  # what the sizes are the denoiser's (errors name it: Flux's "transformer")
+    denoiser: str = "UNet"  # what the error names: the UNet, or the transformer (SD3, Flux)
 
     @property
     def image_multiple(self) -> int:
@@ -221,7 +221,7 @@ class Manifest:
     @property
     def sizes(self) -> SizeRule:
         s = self.data["sizes"]
-        denoiser = self.spec.family.denoiser
+        denoiser = self.family_spec.denoiser
         return SizeRule(s["latent_multiple"], s["min_latent"], s["max_latent"],
                         self.pipeline["vae_scale_factor"], "UNet" if denoiser == "unet" else denoiser)
 

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--max-size", type=int, help="largest image side in pixels (dynamic profile)")
     size.add_argument("--max-batch", type=int, help="most images per call (dynamic batch)")
     size.add_argument("--max-sequence-length", type=int, default=None, metavar="TOKENS",
-                      help="Flux: the T5 tokens a call may use (max_sequence_length; default: the model's, 512)")
+                      help="SD3, Flux: the T5 tokens a call may use (max_sequence_length; default: Flux's 512, "
+                           "SD3's 77)")
     size.add_argument("--true-cfg", action="store_true",
                       help="Flux: room for true classifier-free guidance (a negative prompt with --true-cfg-scale: "
                            "2 transformer rows per image; default: 1, as dev and schnell run)")
@@ -112,15 +113,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def text_tokens(manifest: Any, max_sequence_length: int | None) -> int:
-    """The text tokens (L) an engine takes: Flux's T5 max_sequence_length (at most what the export
-    allows), one CLIP chunk for the UNet families (which take no --max-sequence-length)."""
+    """The text tokens (L) an engine takes: --max-sequence-length (a model with a T5 encoder: at most what
+    its export allows), else the model's default call's (Flux: 512; the others: one CLIP chunk)."""
+    from sdrt.engines.tensorrt import default_request
     from sdrt.errors import SdrtError
 
     limit = manifest.pipeline.get("max_sequence_length")
     if max_sequence_length is None:
-        return int(limit or spec.TOKEN_LENGTH)
+        return default_request(manifest).tokens
     if limit is None:
-        raise SdrtError(f"--max-sequence-length is for models with a T5 encoder (Flux); {manifest.folder} is a "
+        raise SdrtError(f"--max-sequence-length is for models with a T5 encoder (SD3, Flux); {manifest.folder} is a "
                         f"{manifest.family} model: leave it out")
     if not 1 <= max_sequence_length <= int(limit):
         raise SdrtError(f"--max-sequence-length {max_sequence_length} must be between 1 and {limit} (what this "

@@ -87,9 +87,11 @@ def no_engine_error(folder: Path, backend: str, comp: spec.ComponentSpec, choice
 
 def default_request(manifest) -> trt_profiles.ProfileRequest:
     """The build request of the model's default call: one image at its default size, with guidance
-    (Flux: without its opt-in true CFG), its text tokens (Flux: the T5 max_sequence_length the export allows; else one CLIP chunk)."""
-    return trt_profiles.ProfileRequest(tokens=int(manifest.pipeline.get("max_sequence_length", spec.TOKEN_LENGTH)),
-                                       guidance=manifest.family_spec.guidance == "cfg")
+    (Flux: without its opt-in true CFG), its text tokens (Flux: the T5 max_sequence_length its calls
+    default to, the most the export allows; else one CLIP chunk)."""
+    flux = manifest.family == "flux"
+    tokens = int(manifest.pipeline.get("max_sequence_length") or spec.TOKEN_LENGTH) if flux else spec.TOKEN_LENGTH
+    return trt_profiles.ProfileRequest(tokens=tokens, guidance=manifest.family_spec.guidance == "cfg")
 
 
 def initial_entry(manifest, component: spec.ComponentSpec,

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from sdrt import spec
 from sdrt.errors import SdrtError
-from sdrt.export import check, sizes, source, staging, trace, weight_map
+from sdrt.export import check, sizes, sizes_transformer, source, staging, trace, weight_map
 from sdrt.export.graphs import example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from sdrt.manifest_schema import component_bytes, component_sha256
@@ -56,6 +56,13 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         raise SdrtError(f"a {pipeline['family']} model has no {absent[0]} (its components: "
                         f"{', '.join(model_spec.component_names)}): drop it from --components")
     components = [c for c in model_spec.component_names if c in (components or model_spec.component_names)]
+    # a variant whose own component is left out is off (SD3 exported without its T5 runs on zeros)
+    for variant in list(pipeline["variants"]):
+        others = [v for v in pipeline["variants"] if v != variant]
+        own = set(model_spec.component_names) - set(spec.model_spec(pipeline["family"], others).component_names)
+        if own and not own & set(components):
+            pipeline["variants"] = others
+            model_spec = spec.model_spec(pipeline["family"], others)
     values = spec.model_values(latent_channels=pipeline["latent_channels"],
                                unet_in_channels=pipeline["unet_in_channels"],
                                text_hidden_size=pipeline["text_hidden_size"],
@@ -98,10 +105,13 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                 f"{result.pop('seconds'):.1f} s")
 
         # 6. The rest of the folder.
-        from sdrt.export.tokenizer_files import write_folder_tokenizer
+        from sdrt.export.tokenizer_files import write_tokenizer
+        from sdrt.export.tokenizer_t5 import write_t5_tokenizer
 
-        for folder, _ in model_spec.family.text_encoders.values():
-            write_folder_tokenizer(src.tokenizers[folder], tmp / folder)
+        for encoder in model_spec.text_encoders:
+            folder = model_spec.family.text_encoders[encoder][0]
+            kind = model_spec.family.tokenizer_kinds.get(folder, "clip")
+            (write_t5_tokenizer if kind == "t5" else write_tokenizer)(src.tokenizers[folder], tmp / folder)
         (tmp / "scheduler").mkdir()
         write_json(tmp / "scheduler" / "scheduler_config.json", src.scheduler_config)
         write_json(tmp / "model_index.json", src.model_index)
@@ -191,12 +201,15 @@ def vocab_size_of(module: Any) -> int:
 
 
 def denoiser_sizes(family: spec.Family, denoiser: Any, sample_size: int) -> Any:
-    """The size rule of the family's denoiser: the UNet's (sdrt.export.sizes) or Flux's (sdrt.export.flux)."""
-    if family.denoiser == "unet":
-        return sizes.UNetSizes(denoiser, sample_size)
-    from sdrt.export.flux import FluxSizes
+    """The size rule of the family's denoiser: the UNet's (sdrt.export.sizes), Flux's packed tokens
+    (sdrt.export.flux) or a patch transformer's (SD3: sdrt.export.sizes_transformer)."""
+    if family.name == "flux":
+        from sdrt.export.flux import FluxSizes
 
-    return FluxSizes(denoiser, sample_size)
+        return FluxSizes(denoiser, sample_size)
+    if sizes_transformer.is_transformer(denoiser):
+        return sizes_transformer.TransformerSizes(denoiser, sample_size)
+    return sizes.UNetSizes(denoiser, sample_size)
 
 
 def in_units(dims: dict[str, int], grid: int) -> dict[str, int]:
@@ -212,6 +225,8 @@ def precision_policy(component: spec.ComponentSpec, precision: str, module: Any)
     (`fp32_if_config`) for both halves of the VAE, and we do the same."""
     if precision == "fp32":
         return "fp32", "fp32 as asked (--precision fp32)"
+    if component.fp32_always:
+        return "fp32", component.fp32_always
     key = component.fp32_if_config
     if key and module.config.get(key, False):
         return "fp32", (f"kept fp32 under --precision fp16: the VAE config has {key}=true (SD VAEs overflow "
@@ -233,11 +248,15 @@ SYMBOL_READERS: dict[str, Callable[[source.Source], int]] = {
 
 def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str, Any]:
     """What the runtime needs to know about the model, read from its configs (never assumed)."""
-    family = src.family
-    if family.denoiser != "unet":
+    if src.family.name == "sd3":
+        from sdrt.export.facts_sd3 import sd3_facts
+
+        return sd3_facts(src)
+    if src.family.name == "flux":
         from sdrt.export import flux
 
         return flux.pipeline_facts(src)
+    family = src.family
     unet, vae = src.module("unet").config, src.module("vae").config
     latent_channels = int(vae.latent_channels)
     encoders = [(name, src.module(name)) for name in family.text_encoders]

@@ -135,16 +135,18 @@ class VaeEncoderGraph(torch.nn.Module):
         return self.vae.encode(sample).latent_dist.parameters
 
 
-class T5EncoderGraph(torch.nn.Module):
-    """input_ids (int32, [B, L]: the prompt padded to max_sequence_length) -> last_hidden_state, no
-    attention mask: every pad token attends, as diffusers' Flux and SD3 pipelines run the encoder."""
+class SD3TransformerGraph(torch.nn.Module):
+    """SD3's MMDiT: hidden_states (latents), the joint encoder_hidden_states (CLIP then T5 tokens),
+    pooled_projections, timestep (float32 in [0, 1000], even in fp16 graphs) -> out_hidden_states."""
 
-    def __init__(self, text_encoder: Any, component_spec: spec.ComponentSpec, family: spec.Family):
+    def __init__(self, transformer: Any, component_spec: spec.ComponentSpec, family: spec.Family):
         super().__init__()
-        self.text_encoder = text_encoder
+        self.transformer = transformer
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids.to(torch.int64), output_hidden_states=False, return_dict=True).last_hidden_state
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                pooled_projections: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.transformer(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                pooled_projections=pooled_projections, timestep=timestep, return_dict=False)[0]
 
 
 class FluxTransformerGraph(torch.nn.Module):
@@ -168,7 +170,7 @@ class FluxTransformerGraph(torch.nn.Module):
             guidance = named.get(FN.GUIDANCE)
             embedding.exact = (named[FN.TIMESTEP].float(), None if guidance is None else guidance.float() * 1000)
         return self.transformer(
-            hidden_states=named[FN.PACKED_LATENTS], encoder_hidden_states=named[FN.ENCODER_HIDDEN_STATES],
+            hidden_states=named[FN.LATENTS], encoder_hidden_states=named[FN.ENCODER_HIDDEN_STATES],
             pooled_projections=named[FN.POOLED_PROJECTIONS], timestep=named[FN.TIMESTEP] / 1000,
             img_ids=named[FN.IMG_IDS], txt_ids=named[FN.TXT_IDS], guidance=named.get(FN.GUIDANCE),
             return_dict=False)[0]
@@ -215,8 +217,8 @@ class ExactTimeEmbedding(torch.nn.Module):
 #: the spec's graph kind (ComponentSpec.graph) -> the wrapper that traces it
 GRAPHS: dict[str, type[torch.nn.Module]] = {
     "text_encoder": TextEncoderGraph,
-    "t5_encoder": T5EncoderGraph,
     "unet": UNetGraph,
+    "sd3_transformer": SD3TransformerGraph,
     "flux_transformer": FluxTransformerGraph,
     "vae_decoder": VaeDecoderGraph,
     "vae_encoder": VaeEncoderGraph,

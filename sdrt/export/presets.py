@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from sdrt import atomic
 from sdrt.errors import SdrtError
-from sdrt.export import presets_flux as fx, presets_sdxl as xl
+from sdrt.export import presets_flux as fx, presets_sd3 as sd3, presets_sdxl as xl
 from sdrt.export.shapes_model import SHAPES_SCHEDULER, SHAPES_TEXT, SHAPES_UNET, SHAPES_VAE
 
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
@@ -90,7 +90,7 @@ class Preset:
 
     name: str
     description: str
-    unet: dict[str, Any] | None  # None: a transformer family (Flux)
+    unet: dict[str, Any] | None  # None: a transformer model (SD3, Flux)
     vae: dict[str, Any]
     text_encoder: dict[str, Any] | None  # None: the SDXL refiner (text_encoder_2 only)
     scheduler: dict[str, Any]
@@ -102,7 +102,8 @@ class Preset:
     pipeline_options: dict[str, Any] = field(default_factory=dict)  # model_index keys (force_zeros_...)
     init_std: dict[str, float] = field(default_factory=lambda: {"embedding": 0.02, "bias": 0.02, "norm": 0.02})
     trained: bool = False  # weights shipped in sdrt/data/<name>/ (see shapes_model.py), not seeded
-    transformer: dict[str, Any] | None = None  # Flux: FluxTransformer2DModel (text_encoder_2 is then T5)
+    text_encoder_3: dict[str, Any] | None = None  # SD3: the T5 encoder
+    transformer: dict[str, Any] | None = None  # SD3, Flux: the denoiser (the family table names its class)
 
 
 PRESETS: dict[str, Preset] = {
@@ -218,6 +219,26 @@ PRESETS: dict[str, Preset] = {
             scheduler_class="EulerDiscreteScheduler",
             pipeline_class="StableDiffusionXLPipeline",
             pipeline_options=xl.SDXL_BASE_OPTIONS,
+        ),
+        Preset(
+            "tiny-sd3",
+            "a tiny SD3.5-style pipeline: MMDiT with qk RMS-norm and a dual-attention layer, two CLIPs with "
+            "projection, a T5 encoder (sdrt's small vocabulary), 16-channel VAE with shift_factor; 64 px",
+            unet=None, transformer=sd3.TINY_SD3_TRANSFORMER, vae=sd3.TINY_SD3_VAE,
+            text_encoder=sd3.TINY_CLIP_L,
+            text_encoder_2=sd3.TINY_CLIP_G, text_encoder_3=sd3.TINY_T5,
+            scheduler=sd3.SD3_SCHEDULER, scheduler_class="FlowMatchEulerDiscreteScheduler",
+            pipeline_class="StableDiffusion3Pipeline",
+        ),
+        Preset(
+            "sd3.5-medium",
+            "the SD3.5 Medium architecture (2.5B-parameter MMDiT-X, CLIP-L + OpenCLIP-bigG, T5-XXL encoder, "
+            "1024 px), random weights (T5 with sdrt's small vocabulary)",
+            unet=None, transformer=sd3.SD35_MEDIUM_TRANSFORMER, vae=sd3.SD3_VAE,
+            text_encoder=sd3.CLIP_L,
+            text_encoder_2=sd3.CLIP_G, text_encoder_3=sd3.T5_XXL,
+            scheduler=sd3.SD3_SCHEDULER, scheduler_class="FlowMatchEulerDiscreteScheduler",
+            pipeline_class="StableDiffusion3Pipeline",
         ),
         Preset(
             "tiny-flux",
@@ -369,12 +390,16 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
     preset = get_preset(name)
     family = _family(preset)
     dtype = dtype or torch.float32
-    configs = {"text_encoder": preset.text_encoder, "text_encoder_2": preset.text_encoder_2, "unet": preset.unet,
-               "transformer": preset.transformer, "vae": preset.vae}
-    t5 = family.modules.get("text_encoder_2", ("", ""))[1] == "T5EncoderModel"
-    tokenizer_2 = build_t5_tokenizer() if t5 else build_clip_tokenizer(preset.pad_token_2)
-    if t5 and preset.text_encoder_2["vocab_size"] is None:  # a tiny T5: as many embeddings as the tokenizer has
-        configs["text_encoder_2"] = {**preset.text_encoder_2, "vocab_size": len(tokenizer_2)}
+    configs = {"text_encoder": preset.text_encoder, "text_encoder_2": preset.text_encoder_2,
+               "text_encoder_3": preset.text_encoder_3, "unet": preset.unet, "transformer": preset.transformer,
+               "vae": preset.vae}
+    pads = {"tokenizer": preset.pad_token, "tokenizer_2": preset.pad_token_2}
+    tokenizers: dict[str, Any] = {}
+    for encoder, (folder, _) in family.text_encoders.items():
+        if configs[encoder] is None:
+            continue
+        t5 = family.tokenizer_kinds.get(folder) == "t5"
+        tokenizers[folder] = build_t5_tokenizer() if t5 else build_clip_tokenizer(pads[folder])
     models: dict[str, Any] = {}
     with _parameters_on_meta():  # deep copies: a model's config must not share lists with the table
         # the family's modules in its table order (text encoders, denoiser, vae): the same seed, the same bits
@@ -390,11 +415,6 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
         for model in models.values():
             model.eval().to(device)
     scheduler = getattr(diffusers, preset.scheduler_class)(**copy.deepcopy(preset.scheduler))
-    tokenizers: dict[str, Any] = {}
-    if preset.text_encoder is not None:
-        tokenizers["tokenizer"] = build_clip_tokenizer(preset.pad_token)
-    if preset.text_encoder_2 is not None:
-        tokenizers["tokenizer_2"] = tokenizer_2
     return {**models, "scheduler": scheduler, **tokenizers}
 
 
@@ -408,7 +428,7 @@ def build_pipeline(name: str, seed: int = 0, dtype: Any = None) -> Any:
     # every optional module off (no safety checker, no watermarker, no IP-adapter image encoder)
     optional = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
                 "image_encoder": None, "add_watermarker": False, "text_encoder": None, "tokenizer": None,
-                **preset.pipeline_options}
+                "text_encoder_3": None, "tokenizer_3": None, **preset.pipeline_options}
     accepted = inspect.signature(pipeline_class.__init__).parameters
     return pipeline_class(**parts, **{k: v for k, v in optional.items() if k in accepted and k not in parts})
 
@@ -417,17 +437,18 @@ def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = Fal
     """Write the preset as an ordinary diffusers folder, atomically (temporary sibling, then rename)."""
     from sdrt.export.staging import check_target
     from sdrt.export.tokenizer_files import write_tokenizer
+    from sdrt.export.tokenizer_t5 import write_t5_tokenizer
 
-    get_preset(name)
+    family = _family(get_preset(name))
     out = Path(out)
     check_target(out, force)
     with atomic.staged_folder(out, if_exists="replace" if force else "fail") as tmp:
         pipeline = build_pipeline(name, seed=seed)
         pipeline.save_pretrained(tmp)
-        # Also vocab.json / merges.txt, as released SD folders have them (older transformers read those);
-        # a T5 tokenizer's save_pretrained files are already what released Flux folders have.
-        for folder in ("tokenizer", "tokenizer_2"):
+        # CLIP's: also vocab.json / merges.txt, as released SD folders have them (older transformers read those)
+        for folder, _ in family.text_encoders.values():
             tokenizer = getattr(pipeline, folder, None)
-            if tokenizer is not None and type(tokenizer).__name__.startswith("CLIPTokenizer"):
-                write_tokenizer(tokenizer, tmp / folder)
+            if tokenizer is not None:
+                write = write_t5_tokenizer if family.tokenizer_kinds.get(folder) == "t5" else write_tokenizer
+                write(tokenizer, tmp / folder)
     return out

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sdrt.export.tokenizer_t5 import EXTRA_IDS, VOCAB_SIZE
+
 #: black-forest-labs/FLUX.1-dev transformer/config.json (schnell: guidance_embeds false)
 FLUX_TRANSFORMER: dict[str, Any] = {
     "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
@@ -60,7 +62,7 @@ TINY_FLUX_VAE: dict[str, Any] = {
 }
 TINY_CLIP = {**CLIP_L, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
              "projection_dim": 32}
-TINY_T5: dict[str, Any] = {  # vocab_size None: the presets' tokenizer's size
-    **T5_XXL, "vocab_size": None, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4,
+TINY_T5: dict[str, Any] = {  # as many embeddings as the shipped tokenizer has ids
+    **T5_XXL, "vocab_size": VOCAB_SIZE + EXTRA_IDS, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4,
     "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16,
 }

@@ -113,13 +113,3 @@ def write_tokenizer(tokenizer: Any, out_dir: str | Path) -> Path:
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2, ensure_ascii=False) + "\n")
     return out
-
-
-def write_folder_tokenizer(tokenizer: Any, out_dir: str | Path) -> Path:
-    """A model folder's tokenizer: a CLIP one as `write_tokenizer` writes it, a T5 one (Flux's second)
-    as `sdrt.export.tokenizer_t5.write_t5_tokenizer` does."""
-    if type(tokenizer).__name__.startswith("CLIPTokenizer"):
-        return write_tokenizer(tokenizer, out_dir)
-    from sdrt.export.tokenizer_t5 import write_t5_tokenizer
-
-    return write_t5_tokenizer(tokenizer, out_dir)

@@ -13,8 +13,8 @@ SIZE_FLAGS = ("original_size", "crops_coords_top_left", "target_size", "negative
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SDXL, Turbo, LCM and the refiner")
     g.add_argument("--prompt-2", default=None,
-                   help="SDXL, Flux (T5): the prompt for the second text encoder (default: --prompt)")
-    g.add_argument("--negative-prompt-2", default=None, help="SDXL, Flux: the second encoder's negative prompt")
+                   help="SDXL, SD3, Flux (T5): the prompt for the second text encoder (default: --prompt)")
+    g.add_argument("--negative-prompt-2", default=None, help="SDXL, SD3, Flux: the second encoder's negative prompt")
     for key in SIZE_FLAGS:
         g.add_argument("--" + key.replace("_", "-"), type=int, nargs=2, metavar=("H", "W"), default=None,
                        help=f"SDXL micro-conditioning {key} (two whole numbers)")
@@ -34,14 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--true-cfg-scale", type=float, default=None,
                    help="true classifier-free guidance with --negative-prompt, > 1 (doubles the transformer's work; "
                         "default off)")
-    f.add_argument("--max-sequence-length", type=int, default=None,
-                   help="T5 tokens the prompt is padded or cut to (default: the model's, 512)")
 
 
 def call_options(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline keywords these flags give (only those set, so other families see none)."""
     options: dict[str, Any] = {}
-    for key in ("prompt_2", "negative_prompt_2", "clip_skip", "true_cfg_scale", "max_sequence_length", *SIZE_FLAGS):
+    for key in ("prompt_2", "negative_prompt_2", "clip_skip", "true_cfg_scale", *SIZE_FLAGS):
         value = getattr(args, key)
         if value is not None:
             options[key] = tuple(value) if isinstance(value, list) else value

@@ -33,7 +33,6 @@ from sdrt.runtime.conditioning import tile_to
 from sdrt.runtime.denoise import StepCallback
 from sdrt.runtime.pipeline import Pipeline, PipelineOutput
 from sdrt.runtime.schedulers import mu_for
-from sdrt.runtime.t5_tokenizer import T5Tokenizer
 from sdrt.runtime.timing import StageTimings
 from sdrt.spec import FluxName as FN
 
@@ -51,11 +50,6 @@ class _Start:
 
 class FluxPipeline(Pipeline):
     """Flux.1 on its transformer: diffusers' arguments, diffusers' numbers."""
-
-    def __init__(self, manifest: Any, backend: Any, tokenizers: dict[str, Any], scheduler_config: dict[str, Any]):
-        super().__init__(manifest, backend, tokenizers, scheduler_config)
-        # the second tokenizer is T5's: its length is the call's max_sequence_length
-        self.tokenizers["tokenizer_2"] = T5Tokenizer.from_folder(manifest.folder / "tokenizer_2")
 
     @property
     def inpainting_unet(self) -> bool:
@@ -240,7 +234,7 @@ class FluxPipeline(Pipeline):
                 model_in[n:, :, :width] = x
             t_in.fill(t)
             t1 = time.perf_counter()
-            out = engine.run({FN.PACKED_LATENTS: model_in, FN.TIMESTEP: t_in})[FN.OUT_HIDDEN_STATES]
+            out = engine.run({FN.LATENTS: model_in, FN.TIMESTEP: t_in})[FN.OUT_LATENTS]
             t2 = time.perf_counter()
             if call.true_cfg:  # rows: the negative prompt's, then the prompt's
                 negative = out[:n].astype(np.float32, copy=False)

@@ -16,6 +16,15 @@ family ``sdxl-refiner``   SDXL refiner: text_encoder_2 only, ``time_ids`` of 5 (
 variant ``timestep_cond`` LCM-distilled UNets: the guidance embedding ``timestep_cond`` [B, G]
 variant ``hidden_states`` SD text encoders also give their layer stack (for ``clip_skip``); SDXL's
                           always do
+family ``sd3``            SD3 / SD3.5 (MMDiT): two CLIPs with projection (penultimate layer +
+                          pooled projection), an optional T5 encoder, a transformer over
+                          16-channel latents, a VAE with ``shift_factor``
+variant ``t5``            SD3 with its T5 encoder (``text_encoder_3``); without it the runtime
+                          feeds zeros in its place, as diffusers does
+family ``flux``           Flux.1 (dev, schnell, Fill): CLIP (pooled) + T5 text encoders, a
+                          transformer over packed 2x2 latent tokens with position ids, a VAE
+                          with ``shift_factor``
+variant ``guidance``      guidance-distilled Flux (dev): the transformer embeds ``guidance``
 ========================  ====================================================================
 
 Tensor names are Optimum's where Optimum has one (``text_embeds``, ``time_ids``,
@@ -27,6 +36,7 @@ final layer norm of the ``k+1``-th last layer; "penultimate": the raw ``k+2``-th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
@@ -96,36 +106,52 @@ def _refiner_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
     return (SDXL_TEXT_ENCODER_2, _unet(UNET_INPUTS + ADDED_COND, variants), VAE_DECODER, VAE_ENCODER)
 
 
-# -- the tensors of Flux.1 -------------------------------------------------------------------------
+# -- SD3 / SD3.5 (MMDiT) ---------------------------------------------------------------------------
+#: T5's activations overflow fp16 (the released t5-v1_1-xxl: feed-forward outputs past 65504)
+T5_FP32 = ("kept fp32 under --precision fp16: T5 encoders overflow in fp16 (their feed-forward activations "
+           "pass 65504 on real weights; diffusers and the TensorRT demo keep T5 out of fp16 too)")
+T5_ENCODER = ComponentSpec("text_encoder_3", inputs=(T(N.INPUT_IDS, "int32", ("B", "L"), draw="ids"),),
+                           outputs=(T(N.LAST_HIDDEN_STATE, FLOAT, ("B", "L", "D")),), source="text_encoder_3",
+                           graph="text_encoder", batch=TEXT_BATCH, fp32_always=T5_FP32)
+SD3_TRANSFORMER = ComponentSpec(
+    "transformer",
+    inputs=(T(N.LATENTS, FLOAT, ("B", "C", "h", "w")), T(N.ENCODER_HIDDEN_STATES, FLOAT, ("B", "S+L", "D")),
+            T(N.POOLED_PROJECTIONS, FLOAT, ("B", "P")), T(N.TIMESTEP, "float32", ("B",), draw="timestep")),
+    outputs=(T(N.OUT_LATENTS, FLOAT, ("B", "C", "h", "w")),), source="transformer", graph="sd3_transformer",
+    batch=UNET_BATCH)
+
+
+def _sd3_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
+    clip_l = _text_encoder("text_encoder", (T(N.TEXT_EMBEDS, FLOAT, ("B", "P1")),
+                                            T(N.HIDDEN_STATES, FLOAT, ("K1", "B", "S", "D1"))))
+    clip_g = _text_encoder("text_encoder_2", (T(N.TEXT_EMBEDS, FLOAT, ("B", "P2")),
+                                              T(N.HIDDEN_STATES, FLOAT, ("K2", "B", "S", "D2"))))
+    t5 = (T5_ENCODER,) if "t5" in variants else ()
+    return (clip_l, clip_g, *t5, SD3_TRANSFORMER, VAE_DECODER, VAE_ENCODER)
+
+
+# -- Flux.1 ----------------------------------------------------------------------------------------
 class FluxName(N):
-    """The spec's tensor names plus the Flux graphs' own (Optimum's names for FluxTransformer2DModel).
+    """The spec's tensor names plus the Flux transformer's own (Optimum's names)."""
 
-    They sit beside the family entry until `sdrt.spec.tensors.Name` holds the transformer
-    generation's names (that module is the SD3 work's to change)."""
-
-    PACKED_LATENTS = "hidden_states"        # [B, h*w, Cin]: 2x2 latent patches packed into tokens
-    POOLED_PROJECTIONS = "pooled_projections"
-    IMG_IDS = "img_ids"                     # [h*w, 3]: (0, row, column) of each image token
-    TXT_IDS = "txt_ids"                     # [L, 3]: zeros, one row per text token
-    GUIDANCE = "guidance"                   # [B]: the distilled guidance scale (Flux dev)
-    OUT_HIDDEN_STATES = "out_hidden_states"  # [B, h*w, 4*C]: the packed velocity
+    IMG_IDS = "img_ids"     # [h*w, 3]: (0, row, column) of each image token
+    TXT_IDS = "txt_ids"     # [L, 3]: zeros, one row per text token
+    GUIDANCE = "guidance"   # [B]: the distilled guidance scale (Flux dev)
 
 
 #: rows per image of the transformer: true CFG runs the negative prompt's rows beside the positive ones
 FLUX_TRANSFORMER_BATCH = ((2, 2), (1, 1))
-#: the CLIP encoder feeds only its pooled output; the T5 encoder its hidden states, L tokens long
+#: the CLIP encoder feeds only its pooled output; the T5 encoder (SD3's, as text_encoder_2) its hidden states
 FLUX_TEXT_ENCODER = _text_encoder("text_encoder", (T(N.POOLER_OUTPUT, FLOAT, ("B", "P")),))
-FLUX_TEXT_ENCODER_2 = ComponentSpec(
-    "text_encoder_2", inputs=(T(N.INPUT_IDS, "int32", ("B", "L"), draw="ids"),),
-    outputs=(T(N.LAST_HIDDEN_STATE, FLOAT, ("B", "L", "D")),), source="text_encoder_2", graph="t5_encoder",
-    batch=TEXT_BATCH)
+FLUX_TEXT_ENCODER_2 = dataclasses.replace(T5_ENCODER, name="text_encoder_2", source="text_encoder_2")
 
 
 def _flux_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
-    """The transformer's ``h`` and ``w`` count tokens, each a 2x2 patch of latent pixels (`Family.patch`)."""
+    """The transformer's ``h`` and ``w`` count tokens, each a 2x2 patch of latent pixels (`Family.patch`):
+    its packed latents are ``h*w`` tokens of ``Cin`` values (4C; Fill: 4C + 4C + 4·f·f)."""
     FN = FluxName
     inputs = (
-        T(FN.PACKED_LATENTS, FLOAT, ("B", "h*w", "Cin")),
+        T(FN.LATENTS, FLOAT, ("B", "h*w", "Cin")),
         T(FN.ENCODER_HIDDEN_STATES, FLOAT, ("B", "L", "D")),
         T(FN.POOLED_PROJECTIONS, FLOAT, ("B", "P")),
         T(FN.TIMESTEP, "float32", ("B",), draw="timestep"),
@@ -135,7 +161,7 @@ def _flux_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
     if "guidance" in variants:
         inputs += (T(FN.GUIDANCE, "float32", ("B",), draw="guidance"),)
     transformer = ComponentSpec("transformer", inputs=inputs,
-                                outputs=(T(FN.OUT_HIDDEN_STATES, FLOAT, ("B", "h*w", "4*C")),),
+                                outputs=(T(FN.OUT_LATENTS, FLOAT, ("B", "h*w", "4*C")),),
                                 source="transformer", graph="flux_transformer", batch=FLUX_TRANSFORMER_BATCH)
     return (FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, transformer, VAE_DECODER, VAE_ENCODER)
 
@@ -164,7 +190,8 @@ class Family:
     lora_prefixes: Mapping[str, str]
     variants: tuple[str, ...] = ()           # the variants a model of this family may have
     absent: tuple[str, ...] = ()             # modules its folder must not have (a refiner has no text_encoder)
-    guidance: str = "cfg"                    # "cfg": unconditional and conditional rows in one batch
+    guidance: str = "cfg"                    # "cfg": unconditional and conditional rows in one batch;
+    #                                          "distilled": an embedded guidance scale (Flux), true CFG opt-in
     #: diffusers' default strength per mode (SDXL's img2img is meant for refining)
     default_strength: Mapping[str, float] = field(default_factory=lambda: {"img2img": 0.8, "inpaint": 0.8})
     txt2img: bool = True                     # False: it refines an image, never draws from a prompt alone
@@ -172,8 +199,12 @@ class Family:
     aesthetic_score: bool = False            # time_ids carry the aesthetic score (the refiner)
     #: the classes whose diffusers pipelines patch old scheduler configs when they load (SD 1.x/2.x's)
     scheduler_config_fixes: tuple[str, ...] = ()
-    #: components exported in fp32 when their fp16 graph fails the export check (`--precision fp16`):
-    #: Flux's T5 and transformer are known to overflow or lose precision in fp16 (measured per export)
+    #: modules a folder may lack (then the variant needing them is off): SD3 runs without T5
+    optional_modules: tuple[str, ...] = ()
+    #: tokenizer folder -> its kind when it is not CLIP's ("t5": a SentencePiece Unigram tokenizer.json)
+    tokenizer_kinds: Mapping[str, str] = field(default_factory=dict)
+    #: components exported in fp32 when their fp16 graph fails the export check (`--precision fp16`),
+    #: measured per export, the reason recorded: Flux's transformer
     fp16_fallback: tuple[str, ...] = ()
     #: latent pixels per side of one denoiser token: Flux packs 2x2 latent patches, so its transformer's
     #: ``h`` and ``w`` count tokens (latent / 2); the other components' always count latent pixels
@@ -213,14 +244,17 @@ _CLIP = ("transformers", "CLIPTextModel")
 _CLIP_PROJECTION = ("transformers", "CLIPTextModelWithProjection")
 _UNET = ("diffusers", "UNet2DConditionModel")
 _VAE = ("diffusers", "AutoencoderKL")
+_SD3_MODES = {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
+              "inpaint": "StableDiffusion3InpaintPipeline"}
 _FLUX_MODES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}
 #: Flux LoRA key prefixes: diffusers/PEFT (ai-toolkit, SimpleTuner), kohya sd-scripts (BFL layer names
-#: underscored; lora_te1_ CLIP, lora_te3_ T5), BFL/ComfyUI (``diffusion_model.``, its CLIP-L keys), XLabs (no prefix: BFL
-#: block names); sdrt.runtime.lora.flux_names maps BFL's names onto diffusers' modules
+#: underscored; lora_te1_ CLIP, lora_te3_ T5), BFL/ComfyUI (``diffusion_model.``, its CLIP-L keys), XLabs
+#: (no prefix: BFL block names); sdrt.runtime.lora.flux_names maps BFL's names onto diffusers' modules
 _FLUX_LORA = {"transformer.": "transformer", "lora_unet_": "transformer", "lora_transformer_": "transformer",
               "diffusion_model.": "transformer", "double_blocks.": "transformer", "single_blocks.": "transformer",
-              "text_encoder.": "text_encoder", "lora_te1_": "text_encoder", "text_encoders.clip_l.transformer.": "text_encoder",
-              "text_encoder_2.": "text_encoder_2", "lora_te3_": "text_encoder_2"}
+              "text_encoder.": "text_encoder", "lora_te1_": "text_encoder",
+              "text_encoders.clip_l.transformer.": "text_encoder", "text_encoder_2.": "text_encoder_2",
+              "lora_te3_": "text_encoder_2"}
 _SDXL_LORA = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
               "unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
 
@@ -258,15 +292,33 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         size_conditioning=True, aesthetic_score=True,
     ),
     Family(
+        "sd3", "SD3 / SD3.5 (MMDiT)",
+        pipelines=dict.fromkeys(_SD3_MODES.values(), _SD3_MODES),
+        modules={"text_encoder": _CLIP_PROJECTION, "text_encoder_2": _CLIP_PROJECTION,
+                 "text_encoder_3": ("transformers", "T5EncoderModel"),
+                 "transformer": ("diffusers", "SD3Transformer2DModel"), "vae": _VAE},
+        optional_modules=("text_encoder_3",),
+        components=_sd3_components, variants=("t5",),
+        text_encoders={"text_encoder": ("tokenizer", "prompt"), "text_encoder_2": ("tokenizer_2", "prompt_2"),
+                       "text_encoder_3": ("tokenizer_3", "prompt_3")},
+        tokenizer_kinds={"tokenizer_3": "t5"},
+        denoiser="transformer", runtime="sd3", default_scheduler="FlowMatchEulerDiscreteScheduler",
+        text_layer="penultimate",
+        lora_prefixes={"transformer.": "transformer", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
+                       "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"},
+        default_strength={"img2img": 0.6, "inpaint": 0.6},
+    ),
+    Family(
         "flux", "Flux.1 (dev, schnell and their fine-tunes)",
         pipelines={**dict.fromkeys(_FLUX_MODES.values(), _FLUX_MODES), "FluxFillPipeline": {"inpaint": "FluxFillPipeline"}},
         modules={"text_encoder": _CLIP, "text_encoder_2": ("transformers", "T5EncoderModel"),
                  "transformer": ("diffusers", "FluxTransformer2DModel"), "vae": _VAE},
         components=_flux_components, variants=("guidance",),
         text_encoders={"text_encoder": ("tokenizer", "prompt"), "text_encoder_2": ("tokenizer_2", "prompt_2")},
+        tokenizer_kinds={"tokenizer_2": "t5"},
         denoiser="transformer", runtime="flux", default_scheduler="FlowMatchEulerDiscreteScheduler",
         text_layer="last", lora_prefixes=_FLUX_LORA, guidance="distilled",
-        default_strength={"img2img": 0.6, "inpaint": 0.6}, patch=2, fp16_fallback=("text_encoder_2", "transformer"),
+        default_strength={"img2img": 0.6, "inpaint": 0.6}, patch=2, fp16_fallback=("transformer",),
     ),
 )}
 #: every variant any family knows
@@ -298,18 +350,15 @@ def family_of_pipeline(class_name: str, model_index: Mapping[str, object]) -> Fa
     return None
 
 
-def lora_prefixes(family_name: str | None = None) -> dict[str, str]:
-    """Key prefix in a LoRA file -> the component it targets: one family's table, or (None) every
-    prefix of the UNet families (where kohya's ``lora_unet_`` means the UNet; a family whose files
-    spell a prefix otherwise, Flux's, is read with its own table)."""
-    if family_name is not None:
-        return dict(family(family_name).lora_prefixes)
+def lora_prefixes() -> dict[str, str]:
+    """Every key prefix a family's LoRA files use -> the component it targets, for reading a file with no
+    model at hand (a model reads with its own family's `lora_prefixes`: kohya's `lora_unet_` is the UNet
+    of SD/SDXL but the transformer of SD3/Flux). A prefix two families map differently keeps the first
+    family's meaning here."""
     found: dict[str, str] = {}
     for entry in FAMILIES.values():
-        if entry.denoiser == "unet":
-            for prefix, component in entry.lora_prefixes.items():
-                if found.setdefault(prefix, component) != component:
-                    raise AssertionError(f"LoRA prefix {prefix!r} names two components in the family table")
+        for prefix, component in entry.lora_prefixes.items():
+            found.setdefault(prefix, component)
     return found
 
 
@@ -333,7 +382,8 @@ class ModelSpec:
 
     @property
     def text_encoders(self) -> tuple[str, ...]:
-        return tuple(self.family.text_encoders)
+        """The family's text encoders this model has (an SD3 without T5 lacks text_encoder_3)."""
+        return tuple(name for name in self.family.text_encoders if self.has(name))
 
     @property
     def denoiser(self) -> ComponentSpec:

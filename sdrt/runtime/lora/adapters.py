@@ -116,11 +116,8 @@ class Adapters:
         """Read and check every file against the weight maps (every bad-input error is raised here);
         touches no engine and merges nothing yet."""
         family = self.manifest.family_spec
-        translate = TRANSLATIONS.get(family.name, lambda lora: lora)
-        # the UNet families read every UNet family's prefixes (an SDXL file on SD says what it targets);
-        # Flux's kohya files spell lora_unet_ for its transformer: its own table
-        prefixes = None if family.denoiser == "unet" else dict(family.lora_prefixes)
-        files: list[tuple[LoraFile, float]] = [(translate(read_lora(path, prefixes)), scale)
+        translate = TRANSLATIONS.get(family.name, lambda lora: lora)  # Flux: BFL's names, fused layers
+        files: list[tuple[LoraFile, float]] = [(translate(read_lora(path, family.lora_prefixes)), scale)
                                                for path, scale in _pairs(loras)]
         targets = sorted({layer.component for f, _ in files for layer in f.layers})
         maps = {c: self.weight_map(c) for c in targets if c in self.components and self.manifest.has(c)}

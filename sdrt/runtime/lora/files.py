@@ -29,6 +29,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -37,7 +38,8 @@ from sdrt.hashing import file_sha256
 from sdrt.spec import lora_prefixes
 
 #: key prefix -> the component it targets: kohya's (lora_unet_, lora_te_, lora_te1_, ...) and diffusers'
-#: (unet., text_encoder., ...), as the family table (sdrt.spec.families) declares them
+#: (unet., text_encoder., ...), as the family table (sdrt.spec.families) declares them; a model reads
+#: its files with its own family's table (`read_lora(path, family.lora_prefixes)`)
 PREFIXES = lora_prefixes()
 #: (up suffix, down suffix) of each low-rank spelling
 PAIRS = ((".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"),
@@ -82,7 +84,7 @@ class LoraFile:
     short_hash: str     # A1111's "Lora hashes": sha256 of the tensors after the header, first 12 hex
 
 
-def _split(key: str, prefixes: dict[str, str]) -> tuple[str, str, str] | None:
+def _split(key: str, prefixes: Mapping[str, str]) -> tuple[str, str, str] | None:
     """key -> (component, layer, suffix) or None when the prefix is unknown."""
     for prefix, component in prefixes.items():
         if key.startswith(prefix):
@@ -99,17 +101,6 @@ def _split(key: str, prefixes: dict[str, str]) -> tuple[str, str, str] | None:
             if rest.endswith(".alpha"):
                 return component, rest[: -len(".alpha")], ".alpha"
             return component, rest, ""
-    return None
-
-
-def other_family(key: str, prefixes: dict[str, str]) -> str | None:
-    """The family (its title) whose LoRA prefixes a key this model's family does not know uses, if any."""
-    from sdrt.spec import FAMILIES
-
-    for family in FAMILIES.values():
-        if family.lora_prefixes != prefixes and any(key.startswith(p) and p not in prefixes
-                                                    for p in family.lora_prefixes):
-            return family.title
     return None
 
 
@@ -138,12 +129,12 @@ def _short_hash(path: Path) -> str:
     return file_sha256(path, start=8 + header)[:12]
 
 
-def read_lora(path: str | os.PathLike, prefixes: dict[str, str] | None = None) -> LoraFile:
-    """Parse one LoRA file; a one-line SdrtError for anything that is not a readable LoRA.
-
-    `prefixes`: the model family's key prefixes (`sdrt.spec.lora_prefixes(family)`: Flux's kohya files
-    say ``lora_unet_`` for its transformer); default: the UNet families'."""
-    prefixes = PREFIXES if prefixes is None else prefixes
+def read_lora(path: str | os.PathLike, prefixes: Mapping[str, str] | None = None) -> LoraFile:
+    """Parse one LoRA file; a one-line SdrtError for anything that is not a readable LoRA. `prefixes`:
+    the key prefixes of the model's family -> component; they win over other families' meanings of
+    the same prefix, and other families' prefixes still name their component (so an SDXL LoRA on an
+    SD model is "targets text_encoder_2, which this model does not have", not an unknown key)."""
+    prefixes = {**PREFIXES, **(prefixes or {})}
     path = Path(path)
     if not path.is_file():
         raise SdrtError(f"LoRA file {path} does not exist")
@@ -175,10 +166,6 @@ def read_lora(path: str | os.PathLike, prefixes: dict[str, str] | None = None) -
         parts.setdefault((component, layer), {})[role] = tensors[key]
         parts[(component, layer)].setdefault("keys", {})[role] = key  # type: ignore[index]
     if unknown:
-        foreign = other_family(unknown[0], prefixes)
-        if foreign:
-            raise SdrtError(f"{path.name} is a LoRA for {foreign} (key {unknown[0]}), not for this model's family: "
-                            f"use a LoRA trained for this base model")
         raise SdrtError(f"{path.name}: {len(unknown)} of {len(keys)} keys are not LoRA keys sdrt knows "
                         f"(first: {unknown[0]}): expected kohya lora_unet_/lora_te_ or diffusers unet./text_encoder. keys")
     layers = []
