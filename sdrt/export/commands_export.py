@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(SDXL exports always have it)")
     parser.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
                         help="torch's dynamo exporter (default) or the older TorchScript one (opset <= 20)")
+    parser.add_argument("--stream-weights", action="store_true",
+                        help="for models larger than memory (full-size Flux): trace without weights, stream them "
+                             "into model.onnx.data one tensor at a time; no check against PyTorch")
     parser.add_argument("--force", action="store_true", help="replace DIR if it exists (only once all passed)")
 
 
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     export_model(args.model, args.out, opset=args.opset, precision=args.precision, components=args.components,
-                 force=args.force, exporter=args.exporter, hidden_states=args.hidden_states, log=log)
+                 force=args.force, exporter=args.exporter, hidden_states=args.hidden_states,
+                 stream_weights=args.stream_weights, log=log)
     return 0
 

@@ -12,6 +12,7 @@ import copy
 import datetime
 import gc
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,15 +30,19 @@ PRECISIONS = ("fp32", "fp16")
 
 def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSET, precision: str = "fp32",
                  components: Sequence[str] | None = None, force: bool = False, exporter: str = "dynamo",
-                 hidden_states: bool = False, log: Callable[[str], None] = print) -> Path:
+                 hidden_states: bool = False, stream_weights: bool = False,
+                 log: Callable[[str], None] = print) -> Path:
     """Export `model` (a diffusers folder or a preset name) into the ONNX model folder `out`.
 
     `hidden_states`: SD 1.x/2.x text encoders also give their layer stack (what `clip_skip` needs;
-    SDXL exports always have it)."""
+    SDXL exports always have it). `stream_weights`: trace on the meta device and stream the weights
+    to disk, for models larger than memory (sdrt.export.streamed: no check against PyTorch)."""
     out = Path(out)
 
     # 1. Arguments: everything that can be wrong without loading a model fails here.
     trace.check_opset(exporter, opset)
+    if stream_weights and exporter != "dynamo":
+        raise SdrtError("--stream-weights traces with the dynamo exporter: drop --exporter torchscript")
     if precision not in PRECISIONS:
         raise SdrtError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     unknown = [c for c in components or () if c not in spec.component_names()]
@@ -48,7 +53,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
 
     # 2. The source, in fp32, and the model spec its family and variants give.
     started = time.perf_counter()
-    src = source.load(model)
+    src = source.load(model, meta=stream_weights)
     pipeline = pipeline_facts(src, hidden_states=hidden_states)
     model_spec = spec.model_spec(pipeline["family"], pipeline["variants"])
     absent = [c for c in components or () if not model_spec.has(c)]
@@ -79,11 +84,19 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
         job = _Job(src, model_spec, values, trace_dims, geometry, tmp, opset, exporter)
         size_rule = geometry.unprobed()
+        if stream_weights:  # the denoiser is exported, but there is no PyTorch module to probe it against
+            size_rule["rule"] = re.sub(r"^\w+ not exported, sizes not probed", "streamed export (no PyTorch module "
+                                       "in memory), sizes not probed", size_rule["rule"])
         entries: dict[str, dict[str, Any]] = {}
         for index, component in enumerate(components):
             comp = model_spec.component(component)
             later = any(model_spec.component(c).source == comp.source for c in components[index + 1:])
             chosen, note = precision_policy(comp, precision, src.module(comp.source))
+            if stream_weights:
+                entries[component] = job.export_streamed(comp, chosen, note, free=not later)
+                log(f"{component}: exported in {entries[component]['export_seconds']:.1f} s ({chosen}, weights "
+                    f"streamed into model.onnx.data; not checked against PyTorch)")
+                continue
             fallback = chosen == "fp16" and component in model_spec.family.fp16_fallback
             try:
                 entries[component], size_rule = job.export(comp, chosen, note, size_rule, free=not (later or fallback))
@@ -132,6 +145,23 @@ class _Job:
     tmp: Path
     opset: int
     exporter: str
+
+    def export_streamed(self, comp: spec.ComponentSpec, component_precision: str, note: str, *,
+                        free: bool) -> dict[str, Any]:
+        """Trace one component on the meta device and stream its weights (sdrt.export.streamed)."""
+        from sdrt.export import streamed
+
+        path = self.tmp / comp.name / "model.onnx"
+        path.parent.mkdir()
+        if component_precision == "fp16":
+            note += "; streamed export: the fp16 graph was not measured against PyTorch"
+        grid = self.model_spec.family.grid(comp.name)
+        entry = streamed.export_component(self.src, comp, self.model_spec, path, precision=component_precision,
+                                          note=note, dims=in_units(self.trace_dims, grid), opset=self.opset)
+        save_config(self.src.module(comp.source), path.parent)
+        if free:
+            self.src.modules[comp.source] = None
+        return entry
 
     def export(self, comp: spec.ComponentSpec, component_precision: str, note: str, size_rule: dict[str, Any], *,
                free: bool) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -166,7 +166,7 @@ class FluxTransformerGraph(torch.nn.Module):
         named = dict(zip(self.inputs, inputs))
         FN = spec.FluxName
         embedding = self.transformer.time_text_embed
-        if isinstance(embedding, ExactTimeEmbedding):  # an fp16 graph: see export_context
+        if hasattr(embedding, "exact"):  # an fp16 graph: see export_context
             guidance = named.get(FN.GUIDANCE)
             embedding.exact = (named[FN.TIMESTEP].float(), None if guidance is None else guidance.float() * 1000)
         return self.transformer(
@@ -189,29 +189,32 @@ class FluxTransformerGraph(torch.nn.Module):
         if self.transformer.dtype == torch.float32:
             yield
             return
-        self.transformer.time_text_embed = ExactTimeEmbedding(original)
+        self.transformer.time_text_embed = exact_time_embedding(original)
         try:
             yield
         finally:
             self.transformer.time_text_embed = original
 
 
-class ExactTimeEmbedding(torch.nn.Module):
-    """Flux's time (and guidance) + pooled-text embedding computed in fp32 from exact inputs (`exact`,
-    set by the graph before each call), its output cast back to the transformer's dtype."""
+def exact_time_embedding(embedding: torch.nn.Module) -> torch.nn.Module:
+    """An fp32 copy of Flux's time (and guidance) + pooled-text embedding (the same parameter names),
+    computed from exact inputs (`exact`: (timestep, guidance x 1000), set by the graph before each call)
+    instead of the transformer's rounded ones; its output cast back to the transformer's dtype."""
+    import copy
+    import types
 
-    def __init__(self, embedding: torch.nn.Module):
-        super().__init__()
-        import copy
+    fp32 = copy.deepcopy(embedding).float()
+    fp32.exact = None
+    compute = type(fp32).forward
 
-        self.embedding = copy.deepcopy(embedding).float()
-        self.exact: tuple[torch.Tensor, torch.Tensor | None] | None = None
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+    def forward(self: torch.nn.Module, *args: torch.Tensor) -> torch.Tensor:
         pooled = args[-1]  # (timestep, pooled) or (timestep, guidance, pooled), timestep already x1000
         timestep, guidance = self.exact
         exact = (timestep, pooled.float()) if guidance is None else (timestep, guidance, pooled.float())
-        return self.embedding(*exact).to(pooled.dtype)
+        return compute(self, *exact).to(pooled.dtype)
+
+    fp32.forward = types.MethodType(forward, fp32)
+    return fp32
 
 
 #: the spec's graph kind (ComponentSpec.graph) -> the wrapper that traces it

@@ -295,7 +295,7 @@ def get_preset(name: str) -> Preset:
 
 
 @contextlib.contextmanager
-def _parameters_on_meta() -> Iterator[None]:
+def parameters_on_meta() -> Iterator[None]:
     """Build modules with parameters on the meta device (buffers stay real, e.g. CLIP's position ids).
 
     The default initialization is skipped: its values would be overwritten anyway.
@@ -343,19 +343,42 @@ def _scaled(kind: str, shape: Any, std: dict[str, float]) -> tuple[float, float]
     return std["norm" if kind == "norm_bias" else kind], 0.0
 
 
-def _fill_seeded(models: list[Any], seed: int, preset: Preset, dtype: Any) -> None:
-    """Draw every (meta) parameter from one seeded generator, in the models' named order."""
+def seeded_parameters(models: list[Any], seed: int, preset: Preset) -> Iterator[tuple[int, Any, str, str, Any]]:
+    """Every parameter's seeded fp32 values, drawn from one generator in the models' named order:
+    (model index, module, parameter name in the module, name in the model, values). One at a time, so a
+    streamed export writes a model larger than memory with the very bits an in-memory build has."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    for model in models:
-        for module in model.modules():
+    for index, model in enumerate(models):
+        for prefix, module in model.named_modules():
             for pname, param in list(module._parameters.items()):
                 if param is None:
                     continue
                 std, mean = _scaled(_param_kind(module, pname), param.shape, preset.init_std)
                 values = torch.empty(param.shape, dtype=torch.float32).normal_(mean, std, generator=generator)
-                module._parameters[pname] = torch.nn.Parameter(values.to(dtype), requires_grad=False)
+                yield index, module, pname, f"{prefix}.{pname}" if prefix else pname, values
+
+
+def _fill_seeded(models: list[Any], seed: int, preset: Preset, dtype: Any) -> None:
+    """Draw every (meta) parameter from one seeded generator, in the models' named order."""
+    import torch
+
+    for _, module, pname, _, values in seeded_parameters(models, seed, preset):
+        module._parameters[pname] = torch.nn.Parameter(values.to(dtype), requires_grad=False)
+
+
+def streamed_weights(name: str, module_name: str, seed: int = 0) -> Iterator[tuple[str, Any]]:
+    """(parameter name, fp32 values) of one module of a preset, one at a time, equal to what
+    `build_components(name, seed=seed)` puts there (the earlier modules' draws are made and dropped)."""
+    models = {k: v for k, v in build_components(name, device="meta").items() if hasattr(v, "named_modules")}
+    order = list(models)
+    target = order.index(module_name)
+    for index, _, _, qualified, values in seeded_parameters(list(models.values()), seed, get_preset(name)):
+        if index == target:
+            yield qualified, values
+        elif index > target:
+            return
 
 
 def _family(preset: Preset) -> Any:
@@ -401,7 +424,7 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
         t5 = family.tokenizer_kinds.get(folder) == "t5"
         tokenizers[folder] = build_t5_tokenizer() if t5 else build_clip_tokenizer(pads[folder])
     models: dict[str, Any] = {}
-    with _parameters_on_meta():  # deep copies: a model's config must not share lists with the table
+    with parameters_on_meta():  # deep copies: a model's config must not share lists with the table
         # the family's modules in its table order (text encoders, denoiser, vae): the same seed, the same bits
         for module, (library, cls) in family.modules.items():
             if configs[module] is not None:
@@ -418,12 +441,13 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
     return {**models, "scheduler": scheduler, **tokenizers}
 
 
-def build_pipeline(name: str, seed: int = 0, dtype: Any = None) -> Any:
-    """A diffusers pipeline with the preset's seeded random weights (no safety checker)."""
+def build_pipeline(name: str, seed: int = 0, dtype: Any = None, device: str = "cpu") -> Any:
+    """A diffusers pipeline with the preset's seeded random weights (no safety checker); ``device="meta"``:
+    its modules without weights (a streamed export's source)."""
     import diffusers
 
     preset = get_preset(name)
-    parts = build_components(name, seed=seed, dtype=dtype)
+    parts = build_components(name, seed=seed, dtype=dtype, device=device)
     pipeline_class = getattr(diffusers, preset.pipeline_class)
     # every optional module off (no safety checker, no watermarker, no IP-adapter image encoder)
     optional = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sdrt import spec
 from sdrt.errors import SdrtError
@@ -82,6 +82,9 @@ class Source:
     tokenizers: dict[str, Any]
     scheduler_config: dict[str, Any]
     content_hash: str
+    #: a streamed source (`load(..., meta=True)`): its modules are on the meta device and this gives one
+    #: module's (parameter name, fp32 values), one tensor at a time
+    weights: Callable[[str], Iterator[tuple[str, Any]]] | None = None
 
     def module(self, name: str) -> Any:
         return self.modules.get(name)
@@ -171,8 +174,9 @@ def _weight_variant(folder: Path, stems: tuple[str, ...]) -> str | None:
                     f"in {folder}")
 
 
-def load_folder(path: Path) -> Source:
-    """Load the family's models in fp32, component by component (no safety checker, no hub)."""
+def load_folder(path: Path, meta: bool = False) -> Source:
+    """Load the family's models in fp32, component by component (no safety checker, no hub); `meta`: their
+    configs only, on the meta device, the weights read one tensor at a time when exported (`weights`)."""
     import diffusers
     import torch
     import transformers
@@ -187,6 +191,9 @@ def load_folder(path: Path) -> Source:
         module = diffusers if library == "diffusers" else transformers
         dtype_key = "torch_dtype" if library == "diffusers" else "dtype"
         try:
+            if meta:
+                models[name] = _meta_module(getattr(module, cls), path / name, library).eval()
+                continue
             models[name] = getattr(module, cls).from_pretrained(
                 path / name, variant=variants[name], local_files_only=True, **{dtype_key: torch.float32}
             ).eval()
@@ -204,30 +211,65 @@ def load_folder(path: Path) -> Source:
         except (OSError, ValueError, ImportError) as e:
             raise SdrtError(f"cannot load the {name} from {path / name}: {str(e).splitlines()[0]}")
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    weights = (lambda module: folder_weights(path / module, variants[module])) if meta else None
     return Source("folder", path.name, path.resolve(), index["_class_name"], index, family, models, tokenizers,
-                  scheduler_config, hash_folder(path))
+                  scheduler_config, hash_folder(path), weights)
 
 
-def load_preset(name: str) -> Source:
-    """Build a preset's seeded random-weight pipeline in memory (nothing written, nothing fetched)."""
+def _meta_module(cls: Any, folder: Path, library: str) -> Any:
+    """A module built from its folder's config, its parameters on the meta device (no weights read; its
+    buffers, e.g. CLIP's position ids, real: they are not in the weight files)."""
+    from sdrt.export.presets import parameters_on_meta
+
+    with parameters_on_meta():
+        if library == "diffusers":
+            return cls.from_config(cls.load_config(folder))
+        return cls(cls.config_class.from_pretrained(folder))
+
+
+def folder_weights(folder: Path, variant: str | None) -> Iterator[tuple[str, Any]]:
+    """(parameter name, fp32 tensor) of a component folder's safetensors files, one tensor at a time."""
+    import torch
+    from safetensors import safe_open
+
+    variants = [f".{v}." for v in VARIANTS if v]
+    files = [p for p in sorted(folder.glob("*.safetensors"))
+             if (f".{variant}." in p.name if variant else not any(v in p.name for v in variants))]
+    if not files:
+        raise SdrtError(f"{folder} has no .safetensors weights: a streamed export reads safetensors only "
+                        f"(convert .bin files with diffusers' save_pretrained first)")
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                yield key, f.get_tensor(key).to(torch.float32)
+
+
+def load_preset(name: str, meta: bool = False) -> Source:
+    """Build a preset's seeded random-weight pipeline in memory (nothing written, nothing fetched); `meta`:
+    its modules without weights, which a streamed export draws one tensor at a time (the same bits)."""
     from sdrt.export import presets
 
-    pipe = presets.build_pipeline(name, seed=0)
+    pipe = presets.build_pipeline(name, seed=0, device="meta" if meta else "cpu")
     index = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(pipe.config).items()}
     index["_class_name"] = type(pipe).__name__
     family = family_of(index["_class_name"], index)
     modules = {name: getattr(pipe, name, None) for name in family.modules}
     tokenizers = {folder: getattr(pipe, folder) for encoder, (folder, _) in family.text_encoders.items()
                   if modules.get(encoder, True) is not None}
+    present = [m for m in modules.values() if m is not None]
+    if meta:  # no weights in memory to hash: the recipe (configs and seed) they are drawn from
+        return Source("preset", name, None, type(pipe).__name__, index, family, modules, tokenizers,
+                      json.loads(pipe.scheduler.to_json_string()), hash_recipe(name, present, seed=0),
+                      lambda module: presets.streamed_weights(name, module, seed=0))
     return Source("preset", name, None, type(pipe).__name__, index, family, modules, tokenizers,
-                  json.loads(pipe.scheduler.to_json_string()),
-                  hash_modules(name, [m for m in modules.values() if m is not None]))
+                  json.loads(pipe.scheduler.to_json_string()), hash_modules(name, present))
 
 
-def load(model: str) -> Source:
+def load(model: str, meta: bool = False) -> Source:
+    """The source, in fp32; `meta`: without weights in memory (a streamed export)."""
     kind, value = resolve(model)
     with quiet_libraries():
-        return load_preset(value) if kind == "preset" else load_folder(Path(value))
+        return load_preset(value, meta) if kind == "preset" else load_folder(Path(value), meta)
 
 
 @contextlib.contextmanager
@@ -273,4 +315,15 @@ def hash_modules(name: str, modules: list[Any]) -> str:
         for key, tensor in module.state_dict().items():
             digest.update(key.encode())
             digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy())
+    return "sha256:" + digest.hexdigest()
+
+
+def hash_recipe(name: str, modules: list[Any], seed: int) -> str:
+    """sha256 of a preset's name, configs and seed: what its seeded weights are a function of (a streamed
+    export never holds them all in memory to hash them)."""
+    digest = hashlib.sha256(f"{name}\0seed {seed}".encode())
+    for module in modules:
+        config = module.config
+        digest.update((config.to_json_string() if hasattr(config, "to_json_string") else json.dumps(
+            dict(config), sort_keys=True, default=str)).encode())
     return "sha256:" + digest.hexdigest()

@@ -63,13 +63,7 @@ def export_graph(graph: torch.nn.Module, comp: spec.ComponentSpec, example: Mapp
     axes = spec.dynamic_axes(comp)
     with torch.no_grad(), export_context(graph), _quiet():
         if exporter == "dynamo":
-            # one entry per input, in the spec's order; a wrapper taking *inputs gets them as one group
-            dynamic = tuple({axis: torch.export.Dim.DYNAMIC for axis in axes[name]} if name in axes else None
-                            for name in comp.input_names)
-            parameters = inspect.signature(graph.forward).parameters.values()
-            if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
-                dynamic = (dynamic,)
-            program = torch.export.export(graph, args, dynamic_shapes=dynamic, strict=False)
+            program = torch.export.export(graph, args, dynamic_shapes=dynamic_shapes(graph, comp), strict=False)
             onnx_program = torch.onnx.export(program, args, dynamo=True, opset_version=opset, verbose=False,
                                              input_names=list(comp.input_names),
                                              output_names=list(comp.output_names))
@@ -79,6 +73,16 @@ def export_graph(graph: torch.nn.Module, comp: spec.ComponentSpec, example: Mapp
                               input_names=list(comp.input_names), output_names=list(comp.output_names),
                               dynamic_axes={n: dict(a) for n, a in axes.items()})
     name_axes(path, comp, precision)
+
+
+def dynamic_shapes(graph: torch.nn.Module, comp: spec.ComponentSpec) -> tuple:
+    """torch.export's dynamic_shapes: one entry per input, in the spec's order (a wrapper taking *inputs
+    gets them as one group)."""
+    axes = spec.dynamic_axes(comp)
+    dynamic = tuple({axis: torch.export.Dim.DYNAMIC for axis in axes[name]} if name in axes else None
+                    for name in comp.input_names)
+    parameters = inspect.signature(graph.forward).parameters.values()
+    return (dynamic,) if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters) else dynamic
 
 
 def name_axes(path: Path, comp: spec.ComponentSpec, precision: str) -> None:
