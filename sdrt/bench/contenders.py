@@ -58,7 +58,8 @@ class SdrtContender:
     def precision(self) -> str:
         from sdrt.manifest import Manifest
 
-        return self.options.get("precision") or Manifest.load(self.folder).precision("unet")
+        manifest = Manifest.load(self.folder)
+        return self.options.get("precision") or manifest.precision(manifest.family_spec.denoiser)
 
     def prepare(self) -> None:
         """Nothing to fetch: the ONNX folder is there."""

@@ -163,6 +163,10 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
     for batch in suite.batches:
         latents = np.random.default_rng(plan.seed).standard_normal(
             (batch, channels, height // f, width // f), dtype=np.float32)
+        if manifest.family == "flux":  # FluxPipeline (and sdrt's) take its latents packed into 2x2 tokens
+            from sdrt.runtime.flux_latents import pack
+
+            latents = pack(latents)
         gen = Generation(prompt=plan.prompt, steps=suite.steps, guidance_scale=suite.guidance_scale,
                          height=height, width=width, batch=batch, scheduler=suite.scheduler, latents=latents)
         method = _method(plan, manifest, height, width, batch, latents)

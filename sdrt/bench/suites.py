@@ -48,6 +48,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
                 "sdrt ort-cpu against diffusers fp32 and bf16 autocast, one contender in memory at a time "
                 "(each an estimated 14-17 GB); openvino is left out by default (it needs more memory than "
                 "ort-cpu: an estimated 22 GB for SDXL), add it with --backend openvino"),
+    Suite("cpu-tiny-flux", "tiny-flux", 256, 256, steps=4, batches=(1,), backends=("ort-cpu", "openvino", "openvino:bf16"),
+          reference_device="cpu", reference_precision="fp32", warmup=1, reps=5, needs_gpu=False, guidance_scale=3.5,
+          peers=("diffusers:bf16",),
+          about="the tiny Flux.1-dev-style preset at 256x256, 4 steps, embedded guidance 3.5: sdrt ort-cpu and "
+                "openvino f32/bf16 against diffusers fp32 and bf16 autocast, the same packed latents"),
     Suite("gpu-sd15", "sd15", 512, 512, steps=50, batches=(1, 4), backends=("ort-cuda", "ort-cuda:cuda_graph"),
           reference_device="cuda", reference_precision="fp16", warmup=2, reps=5, needs_gpu=True,
           about="SD 1.5 at 512x512, 50 steps: ort-cuda without and with CUDA graph, against diffusers fp16"),
