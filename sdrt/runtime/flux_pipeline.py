@@ -93,8 +93,11 @@ class FluxPipeline(Pipeline):
         int per image, or None / -1 for a random one. Defaults are diffusers': 28 steps (Fill 50),
         guidance_scale 3.5 (img2img and inpainting 7.0, Fill 30), strength 0.6, max_sequence_length 512
         (or less where the export allows less)."""
+        unknown = [key for key in unet_only if key not in flux_call.UNET_ONLY]
+        if unknown:
+            raise TypeError(f"FluxPipeline.__call__() got an unexpected keyword argument {unknown[0]!r}")
         arguments = dict(locals())
-        del arguments["self"], arguments["unet_only"]
+        del arguments["self"], arguments["unet_only"], arguments["unknown"]
         arguments.update(unet_only)
         return self._run(self._generate, arguments)
 
