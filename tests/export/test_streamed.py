@@ -35,6 +35,9 @@ def test_streamed_folder_records_what_it_did(streamed):
     assert "not measured against PyTorch" in manifest.components["transformer"]["precision_note"]
     assert manifest.data["sizes"]["rule"].startswith("streamed export (no PyTorch module in memory)")
     assert manifest.sizes.image_multiple == 16
+    from tests.test_architecture_doc import data_paths, documented
+
+    assert not sorted(set(data_paths(manifest.data)) - documented())  # docs/architecture.md lists every field
 
 
 def test_streamed_graphs_pass_the_check_and_hold_the_sources_weights(streamed, preset_source):
