@@ -87,18 +87,27 @@ def test_tiny_flux_export_records_what_the_runtime_needs(tiny_flux_onnx, tiny_fl
     assert fill["inpainting"] and fill["unet_in_channels"] == 384
 
 
-def test_fp16_precision_policy_measures_the_transformer_and_keeps_t5_fp32(monkeypatch, tmp_path, capsys):
+def test_fp16_precision_policy_measures_the_transformer_and_keeps_t5_fp32(onnx_export, tiny_flux_onnx, monkeypatch,
+                                                                        tmp_path, capsys):
     """Under --precision fp16: T5 stays fp32 (real T5 overflows fp16, which random weights cannot show);
-    the transformer is measured: an fp16 graph that fails its check is exported in fp32, and says why."""
-    from sdrt.export import check
+    the transformer is measured: an fp16 graph that fails its check is exported in fp32, and says why.
+    The traces are stood in for by copies of the cached exports (the fp16 one broken on purpose)."""
+    from sdrt.export import trace
     from sdrt.export.exporter import export_model
+    from tests.export._fakes import corrupt
 
-    out = tmp_path / "fp16"
-    export_model("tiny-flux", out, precision="fp16", components=["text_encoder_2"], log=lambda line: None)
-    t5 = Manifest.load(out).components["text_encoder_2"]
+    fp16 = onnx_export("tiny-flux", "fp16")
+    t5 = Manifest.load(fp16).components["text_encoder_2"]
     assert t5["precision"] == "fp32" and "T5 encoders overflow in fp16" in t5["precision_note"]
-    monkeypatch.setitem(check.THRESHOLDS, "fp16", 1e-9)  # any fp16 graph fails now
-    export_model("tiny-flux", out, precision="fp16", components=["transformer"], force=True)
+    assert Manifest.load(fp16).precision("transformer") == "fp16"
+
+    def export_graph(graph, comp, example, path, *, precision, **kwargs):
+        shutil.copyfile((fp16 if precision == "fp16" else tiny_flux_onnx) / comp.name / "model.onnx", path)
+        if precision == "fp16":
+            corrupt(path)  # a graph that runs but is wrong: what an fp16 overflow looks like to the check
+
+    monkeypatch.setattr(trace, "export_graph", export_graph)
+    out = export_model("tiny-flux", tmp_path / "fp16", precision="fp16", components=["transformer"])
     transformer = Manifest.load(out).components["transformer"]
     assert transformer["precision"] == "fp32"
     assert "the fp16 graph failed the export check (wrong at token grids" in transformer["precision_note"]
