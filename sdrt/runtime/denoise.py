@@ -36,9 +36,12 @@ class Blend:
 def denoise(unet: Any, sched: Any, timesteps: np.ndarray, x: np.ndarray, model_in: np.ndarray, *, images: int,
             latent_channels: int, guidance: bool, guidance_scale: float, guidance_rescale: float = 0.0,
             blend: Blend | None = None, rng: Any = None, callback: StepCallback | None = None,
-            timings: StageTimings | None = None) -> np.ndarray:
+            timings: StageTimings | None = None,
+            before_unet: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
     """Run the steps on the prepared UNet engine; `model_in` is the [UNet batch, Cin, h, w] input buffer
-    (inpainting UNets: mask and masked-image channels already filled)."""
+    (inpainting UNets: mask and masked-image channels already filled). `before_unet(i, model_in,
+    timesteps)` runs before each UNet call, on the step's inputs (ControlNets: sdrt.runtime.controlnet);
+    its time counts as the UNet step's."""
     n, C = images, latent_channels
     t_in = np.zeros((model_in.shape[0],), dtype=np.float32)
     for i, t in enumerate(timesteps):
@@ -49,6 +52,8 @@ def denoise(unet: Any, sched: Any, timesteps: np.ndarray, x: np.ndarray, model_i
             model_in[n:, :C] = scaled
         t_in.fill(t)
         t1 = time.perf_counter()
+        if before_unet is not None:
+            before_unet(i, model_in, t_in)
         out = unet.run({N.SAMPLE: model_in, N.TIMESTEP: t_in})[N.OUT_SAMPLE]
         t2 = time.perf_counter()
         if guidance:  # views (no copy for fp32 engines); the guidance formula makes a new array

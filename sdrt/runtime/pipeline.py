@@ -49,6 +49,13 @@ from sdrt.spec import N
 RUNTIMES: dict[str, str] = {"unet": "sdrt.runtime.unet_pipeline:UNetPipeline"}
 
 
+def _folders(controlnet: Any) -> list[Any]:
+    """`controlnet=`: None, one folder, or a list of folders."""
+    if controlnet is None:
+        return []
+    return list(controlnet) if isinstance(controlnet, (list, tuple)) else [controlnet]
+
+
 def runtime_class(name: str) -> type["Pipeline"]:
     module, _, cls = RUNTIMES[name].partition(":")
     return getattr(importlib.import_module(module), cls)
@@ -96,6 +103,9 @@ class Pipeline:
         self._denoiser_config = memory_guard.denoiser_config(manifest.folder / self.denoiser)
         self._lock = threading.RLock()  # one call at a time: the engines' bound buffers are shared
         self.vae_tiles: tiling.VaeTiles | None = None  # None: decode whole (see enable_vae_tiling)
+        from sdrt.runtime.controlnet import ControlNets
+
+        self.controlnets = ControlNets([])  # set by load(controlnet=...): run before the UNet every step
         try:
             for component in (*self.model_spec.text_encoders, self.denoiser, "vae_decoder"):  # a broken folder fails here
                 self.engine(component)
@@ -109,7 +119,7 @@ class Pipeline:
     @classmethod
     def load(cls, folder: str | os.PathLike, backend: str = "auto", precision: str | None = None,
              verify: bool = False, loras: Sequence[Any] = (), vae_tiling: bool = False,
-             vae_tile_size: int | None = None, **backend_options: Any) -> "Pipeline":
+             vae_tile_size: int | None = None, controlnet: Any = None, **backend_options: Any) -> "Pipeline":
         """Open an exported folder on a backend, as its family's pipeline class; options go to the backend
         (its declared ones only).
         ``precision``: f32 | bf16 | f16, the run-time precision (bf16/f16: openvino only).
@@ -120,6 +130,9 @@ class Pipeline:
         the one export recorded (reads every weight once; a changed file is one line naming it).
         `loras`: LoRA files to apply, each a path or a (path, scale) pair (see `set_loras`).
         `vae_tiling` / `vae_tile_size`: see `enable_vae_tiling`.
+        `controlnet`: an exported ControlNet folder, or a list of them (each call then takes
+        `control_image=`, one per ControlNet; see sdrt.runtime.controlnet); the UNet runs as the
+        residual-taking graph made from the export (sdrt.residual_graph), not re-exported.
         """
         from sdrt.runtime.tokenizer import ClipTokenizer
 
@@ -135,6 +148,14 @@ class Pipeline:
         tokenizers = {name: ClipTokenizer.from_folder(Path(folder) / name)
                       for name, _ in manifest.family_spec.text_encoders.values()}
         family_class = runtime_class(manifest.family_spec.runtime)
+        controlnets = _folders(controlnet)
+        if controlnets:
+            from sdrt.residual_graph import residual_manifest
+            from sdrt.runtime.controlnet import check_fits, open_controlnet
+
+            for folder in controlnets:  # a ControlNet that does not fit fails before any engine loads
+                check_fits(manifest, open_controlnet(folder))
+            manifest = residual_manifest(manifest)
         backend_options = with_precision(precision, backend_options)
         names = candidates(backend, backend_options)
         for i, name in enumerate(names):
@@ -150,6 +171,14 @@ class Pipeline:
         else:
             raise AssertionError("unreachable: candidates() returns at least one backend")
         pipe.vae_tiles = tiles
+        if controlnets:
+            from sdrt.runtime.controlnet import ControlNets
+
+            try:
+                pipe.controlnets = ControlNets.load(manifest, pipe.backend, controlnets)
+            except BaseException:
+                pipe.close()
+                raise
         if loras:
             try:
                 pipe.set_loras(loras)
@@ -203,6 +232,8 @@ class Pipeline:
         for engine in self.engines.values():
             engine.close()
         self.engines.clear()
+        if hasattr(self, "controlnets"):
+            self.controlnets.close()
         self.backend.close()
 
 
