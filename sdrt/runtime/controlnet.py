@@ -159,8 +159,10 @@ def _number(label: str, value: Any, lo: float, hi: float, hint: str) -> float:
     return x
 
 
-def check(count: int, arguments: dict[str, Any], *, prompts: int, height: int, width: int) -> ControlCall | None:
-    """Step 1's ControlNet part: None without ControlNets; every bad value one line."""
+def check(count: int, arguments: dict[str, Any], *, prompts: int, height: int, width: int,
+          default_scale: float = 1.0) -> ControlCall | None:
+    """Step 1's ControlNet part: None without ControlNets; every bad value one line. `default_scale`: the
+    scale when the call gives none (diffusers' ControlNet pipelines' default differs by mode)."""
     image = arguments.get("control_image")
     if count == 0:
         if image is not None:
@@ -184,7 +186,8 @@ def check(count: int, arguments: dict[str, Any], *, prompts: int, height: int, w
                             f"ControlNet, or one per prompt")
         images.append([resize(picture, height, width) for picture in loaded])
     scales = [_number("controlnet_conditioning_scale", s, 0.0, 100.0, "use a value >= 0 (1.0 is usual)")
-              for s in _per_controlnet("controlnet_conditioning_scale", arguments.get("controlnet_conditioning_scale", 1.0), count)]
+              for s in _per_controlnet("controlnet_conditioning_scale", default_scale if arguments.get(
+                  "controlnet_conditioning_scale") is None else arguments["controlnet_conditioning_scale"], count)]
     starts = [_number("control_guidance_start", s, 0.0, 1.0, "use a fraction of the steps in [0, 1)")
               for s in _per_controlnet("control_guidance_start", arguments.get("control_guidance_start", 0.0), count)]
     ends = [_number("control_guidance_end", e, 0.0, 1.0, "use a fraction of the steps in (0, 1]")

@@ -95,7 +95,7 @@ class UNetPipeline(Pipeline):
                  negative_target_size: tuple[int, int] | None = None, aesthetic_score: float = 6.0,
                  negative_aesthetic_score: float = 2.5, guidance_rescale: float = 0.0, clip_skip: int | None = None,
                  denoising_start: float | None = None, denoising_end: float | None = None,
-                 control_image: Any = None, controlnet_conditioning_scale: float | Sequence[float] = 1.0,
+                 control_image: Any = None, controlnet_conditioning_scale: float | Sequence[float] | None = None,
                  control_guidance_start: float | Sequence[float] = 0.0,
                  control_guidance_end: float | Sequence[float] = 1.0, guess_mode: bool = False) -> PipelineOutput:
         """Generate; safe from many threads (calls run one at a time, see the module docstring).
@@ -105,8 +105,9 @@ class UNetPipeline(Pipeline):
         `aesthetic_score`s for the refiner), `guidance_rescale` and `clip_skip` (every family), and
         the base -> refiner hand-off (`denoising_end` with output_type="latent", `denoising_start`).
         With ControlNets (`Pipeline.load(..., controlnet=...)`): `control_image` (one per ControlNet),
-        `controlnet_conditioning_scale`, `control_guidance_start` / `_end` (each a value or one per
-        ControlNet) and `guess_mode`, as diffusers' ControlNet pipelines take them."""
+        `controlnet_conditioning_scale` (default: diffusers' for the mode, e.g. 1.0 txt2img, 0.8 img2img,
+        0.5 SD inpainting), `control_guidance_start` / `_end` (each a value or one per ControlNet) and
+        `guess_mode`, as diffusers' ControlNet pipelines take them."""
         arguments = dict(locals())
         del arguments["self"]
         return self._run(self._generate, arguments)
@@ -119,7 +120,7 @@ class UNetPipeline(Pipeline):
                           size_of=self._size, latent_channels=self.latent_channels,
                           vae_scale_factor=self.vae_scale_factor, guidance_is_embedded=self.time_cond_dim is not None)
         control = controlnet.check(len(self.controlnets), arguments, prompts=len(call.prompts), height=call.height,
-                                   width=call.width)
+                                   width=call.width, default_scale=self.family_spec.controlnet_scale.get(call.mode, 1.0))
         # 2. Encode the prompts (unconditional rows first under classifier-free guidance).
         with timings.measure("text_encoder"):
             zero = (self.family_spec.size_conditioning and not call.negative_given

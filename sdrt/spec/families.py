@@ -135,6 +135,8 @@ class Family:
     scheduler_config_fixes: tuple[str, ...] = ()
     #: it takes ControlNets: mode -> the diffusers ControlNet pipeline class that runs it (the reference)
     controlnet: Mapping[str, str] = field(default_factory=dict)
+    #: those pipelines' default controlnet_conditioning_scale per mode
+    controlnet_scale: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -184,6 +186,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         controlnet={"txt2img": "StableDiffusionControlNetPipeline",
                     "img2img": "StableDiffusionControlNetImg2ImgPipeline",
                     "inpaint": "StableDiffusionControlNetInpaintPipeline"},
+        controlnet_scale={"txt2img": 1.0, "img2img": 0.8, "inpaint": 0.5},
     ),
     Family(
         "sdxl", "SDXL base (and Turbo)",
@@ -196,6 +199,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         controlnet={"txt2img": "StableDiffusionXLControlNetPipeline",
                     "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
                     "inpaint": "StableDiffusionXLControlNetInpaintPipeline"},
+        controlnet_scale={"txt2img": 1.0, "img2img": 0.8, "inpaint": 1.0},
     ),
     Family(
         "sdxl-refiner", "SDXL refiner",
