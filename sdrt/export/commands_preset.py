@@ -58,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
         width = max(map(len, PRESETS))
         for name, preset in PRESETS.items():
             print(f"{name:<{width}}  {preset.description}")
-        for name, controlnet in CONTROLNET_PRESETS.items():
-            print(f"{name:<{width}}  {controlnet.description}")
         return 0
     if not args.name:
         raise SdrtError("give a preset name (sdrt preset --list shows them) and --out DIR")
