@@ -94,6 +94,7 @@ class ControlNets:
 
     def __init__(self, loaded: list[LoadedControlNet]):
         self.loaded = loaded
+        self.kept: list[LoadedControlNet] = []  # loaded before, not in this set (reused by `pick`)
 
     @classmethod
     def load(cls, base: Manifest, backend: Backend, folders: Sequence[str | os.PathLike]) -> "ControlNets":
@@ -110,6 +111,20 @@ class ControlNets:
             raise
         return cls(loaded)
 
+    @classmethod
+    def pick(cls, current: "ControlNets", base: Manifest, backend: Backend,
+             folders: Sequence[str | os.PathLike]) -> "ControlNets":
+        """These folders' ControlNets, reusing the engines `current` (and what it kept) has loaded."""
+        pool = {str(Path(item.path).resolve()): item for item in (*current.loaded, *current.kept)}
+        missing = [f for f in dict.fromkeys(str(Path(f).resolve()) for f in folders) if f not in pool]
+        if missing:
+            for item in cls.load(base, backend, missing).loaded:
+                pool[str(Path(item.path).resolve())] = item
+        chosen = [pool[str(Path(f).resolve())] for f in folders]
+        picked = cls(chosen)
+        picked.kept = [item for item in pool.values() if all(item is not c for c in chosen)]
+        return picked
+
     def __len__(self) -> int:
         return len(self.loaded)
 
@@ -118,9 +133,12 @@ class ControlNets:
         return [item.name for item in self.loaded]
 
     def close(self) -> None:
-        for item in self.loaded:
-            item.engine.close()
-        self.loaded = []
+        closed: set[int] = set()
+        for item in (*self.loaded, *self.kept):
+            if id(item.engine) not in closed:
+                closed.add(id(item.engine))
+                item.engine.close()
+        self.loaded, self.kept = [], []
 
 
 # -- step 1: the call's ControlNet arguments ---------------------------------------------------------
@@ -227,21 +245,29 @@ class ControlStep:
         rows = images if call.guess_mode and guidance else batch
         self.sums = {name: np.zeros(unet.shapes_for(dims)[name], dtype=np.float32) for name in self.names}
         self.scale_vectors = []
-        for item, pictures, scale in zip(nets.loaded, call.images, call.scales):
+        self.pixels = self._pixel_sets(call, images, per_prompt, guidance)
+        for item, pixels, scale in zip(nets.loaded, self.pixels, call.scales):
             engine = item.engine
             engine.prepare({**dims, "B": rows})
-            pixels = control_pixels(pictures, images=images, per_prompt=per_prompt)
-            if guidance and not call.guess_mode:
-                pixels = np.concatenate([pixels, pixels])
-            engine.set_input(N.CONTROLNET_COND, pixels)
+            engine.set_input(N.CONTROLNET_COND, pixels)  # again each step when an engine is shared
             for name, value in fixed.items():
                 engine.set_input(name, value[self.rows])
             count = len(self.names)
             ramp = (np.logspace(-1.0, 0.0, count).astype(np.float32) if call.guess_mode
                     else np.ones(count, dtype=np.float32))
             self.scale_vectors.append((ramp * np.float32(scale)).astype(np.float32))
+        engines = [id(item.engine) for item in nets.loaded]
+        self.shared = len(set(engines)) != len(engines)  # one folder in two units: one engine, set per step
         self.zeroed = False
         self._write_zeros()
+
+    @staticmethod
+    def _pixel_sets(call: ControlCall, images: int, per_prompt: int, guidance: bool) -> list[np.ndarray]:
+        sets = []
+        for pictures in call.images:
+            pixels = control_pixels(pictures, images=images, per_prompt=per_prompt)
+            sets.append(np.concatenate([pixels, pixels]) if guidance and not call.guess_mode else pixels)
+        return sets
 
     def _write_zeros(self) -> None:
         if not self.zeroed:
@@ -266,6 +292,8 @@ class ControlStep:
         for position, k in enumerate(active):
             engine = self.nets.loaded[k].engine
             engine.set_input(N.CONDITIONING_SCALE, self.scale_vectors[k])
+            if self.shared:
+                engine.set_input(N.CONTROLNET_COND, self.pixels[k])
             out = engine.run({N.SAMPLE: model_in[self.rows, :C], N.TIMESTEP: timestep[self.rows]})
             for name in self.names:
                 target = self.sums[name][self.rows]
@@ -276,3 +304,12 @@ class ControlStep:
         for name in self.names:
             self.unet.set_input(name, self.sums[name])
         self.zeroed = False
+
+
+def zero_residuals(unet: Engine) -> None:
+    """A residual-taking UNet called without ControlNets: its residual inputs are zeros (a previous call's
+    residuals stay bound otherwise)."""
+    for tensor in unet.spec.inputs:
+        if tensor.name.startswith(N.DOWN_BLOCK_RESIDUAL) or tensor.name == N.MID_BLOCK_RESIDUAL:
+            shape = unet.shapes_for(unet.dims or {})[tensor.name]
+            unet.set_input(tensor.name, np.zeros(shape, dtype=np.float32))

@@ -194,6 +194,30 @@ class Pipeline:
         with self._lock:  # never while a call runs on the engines being swapped
             self.adapters.apply(self.backend, self.engines, list(loras))
 
+    def set_controlnets(self, folders: Sequence[Any]) -> None:
+        """Run with exactly these exported ControlNet folders from now on ([]: none). Engines of folders
+        used before are kept and reused (a server switches sets per batch); the first ControlNet makes
+        the UNet the residual-taking graph (before any LoRA: load ControlNets first)."""
+        from sdrt.runtime.controlnet import ControlNets
+
+        with self._lock:
+            folders = _folders(list(folders))
+            if folders and not self.manifest.pipeline.get("residual_inputs"):
+                if self.adapters.active:
+                    raise SdrtError("load ControlNets before LoRAs (Pipeline.load(..., controlnet=...)), or clear "
+                                    "the LoRAs first: the UNet is reloaded for ControlNets")
+                from sdrt.residual_graph import residual_manifest
+                from sdrt.runtime.controlnet import check_fits, open_controlnet
+
+                for folder in folders:
+                    check_fits(self.manifest, open_controlnet(folder))
+                derived = residual_manifest(self.manifest)
+                engine = self.backend.load(derived, self.denoiser)  # fails before the old one is closed
+                self.engines.pop(self.denoiser).close()
+                self.engines[self.denoiser] = engine
+                self.manifest, self.model_spec = derived, derived.spec
+            self.controlnets = ControlNets.pick(self.controlnets, self.manifest, self.backend, folders)
+
     def enable_vae_tiling(self, tile_size: int | None = None) -> None:
         """Decode latents larger than a tile in overlapping `tile_size` px tiles (default: the VAE's
         sample_size), as diffusers' `enable_vae_tiling()`: less memory, pixels slightly unlike the

@@ -145,6 +145,8 @@ class UNetPipeline(Pipeline):
                 self.controlnets, control, denoiser, fixed, images=call.n, per_prompt=call.per_prompt,
                 guidance=call.cfg, steps=len(timesteps), latent_channels=self.latent_channels,
                 dims=dict(denoiser.dims or {}))
+        elif self.manifest.pipeline.get("residual_inputs"):  # ControlNets loaded, none in this call
+            controlnet.zero_residuals(denoiser)
         # 6. The denoising loop.
         x = denoise(denoiser, sched, timesteps, x, model_in, images=call.n, latent_channels=self.latent_channels,
                     guidance=call.cfg, guidance_scale=call.guidance, guidance_rescale=call.rescale,
