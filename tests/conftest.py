@@ -230,6 +230,18 @@ def tiny_lcm_onnx(onnx_export: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3_onnx(onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export("tiny-sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_no_t5_onnx(onnx_export: Callable[..., Path]) -> Path:
+    """tiny-sd3 exported without its T5 encoder (the runtime feeds zeros in its place, as diffusers does)."""
+    return onnx_export("tiny-sd3", components=("text_encoder", "text_encoder_2", "transformer", "vae_decoder",
+                                               "vae_encoder"))
+
+
+@pytest.fixture(scope="session")
 def controlnet_export(_model_cache: Path) -> Callable[..., Path]:
     """(ControlNet preset, seed, precision) -> an exported ONNX ControlNet folder (its diffusers source
     folder beside it, what the reference loads), cached like the model exports."""

@@ -46,7 +46,8 @@ from sdrt.runtime.timing import StageTimings
 from sdrt.spec import N
 
 #: the family table's `runtime` -> the class that generates for it ("module:Class", imported on use)
-RUNTIMES: dict[str, str] = {"unet": "sdrt.runtime.unet_pipeline:UNetPipeline"}
+RUNTIMES: dict[str, str] = {"unet": "sdrt.runtime.unet_pipeline:UNetPipeline",
+                            "sd3": "sdrt.runtime.sd3_pipeline:SD3Pipeline"}
 
 
 def _folders(controlnet: Any) -> list[Any]:
@@ -59,6 +60,21 @@ def _folders(controlnet: Any) -> list[Any]:
 def runtime_class(name: str) -> type["Pipeline"]:
     module, _, cls = RUNTIMES[name].partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def load_tokenizers(manifest: Manifest) -> dict[str, Any]:
+    """The tokenizers of the text encoders this model has, by folder (CLIP's, or T5's where the family
+    table says so)."""
+    from sdrt.runtime.t5_tokenizer import T5Tokenizer
+    from sdrt.runtime.tokenizer import ClipTokenizer
+
+    family = manifest.family_spec
+    tokenizers: dict[str, Any] = {}
+    for encoder in manifest.spec.text_encoders:
+        folder = family.text_encoders[encoder][0]
+        kind = T5Tokenizer if family.tokenizer_kinds.get(folder) == "t5" else ClipTokenizer
+        tokenizers[folder] = kind.from_folder(Path(manifest.folder) / folder)
+    return tokenizers
 
 
 @dataclass
@@ -134,8 +150,6 @@ class Pipeline:
         `control_image=`, one per ControlNet; see sdrt.runtime.controlnet); the UNet runs as the
         residual-taking graph made from the export (sdrt.residual_graph), not re-exported.
         """
-        from sdrt.runtime.tokenizer import ClipTokenizer
-
         manifest = Manifest.load(folder)
         tiles = tiling.from_options(manifest.pipeline, vae_tiling, vae_tile_size)  # fails before loading
         if verify:
@@ -145,8 +159,7 @@ class Pipeline:
             scheduler_config = json.loads(config_path.read_text())
         except (OSError, ValueError) as e:
             raise SdrtError(f"{config_path} is missing or unreadable ({e}): export the model again with --force")
-        tokenizers = {name: ClipTokenizer.from_folder(Path(folder) / name)
-                      for name, _ in manifest.family_spec.text_encoders.values()}
+        tokenizers = load_tokenizers(manifest)
         family_class = runtime_class(manifest.family_spec.runtime)
         controlnets = _folders(controlnet)
         if controlnets:
