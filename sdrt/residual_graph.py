@@ -13,7 +13,8 @@ ControlNet runs on is what was checked.
 written once under ``engines/graphs/unet-residuals-<key>/`` (keyed by the UNet's content hash; its
 external weights hard-linked, never copied; inline weights are copied with the graph), the
 manifest's `pipeline.residual_inputs` set (so its spec has the residual inputs) and the UNet's
-`sha256` replaced by a key derived from the exported one (every engine cache is keyed by it).
+`sha256` replaced by a key derived from the exported one (every engine cache is keyed by it; the
+exported one stays as `exported_sha256`, what the model hash in PNG metadata reads).
 Needs the `onnx` package, imported here only.
 """
 
@@ -217,6 +218,6 @@ def residual_manifest(manifest: Manifest) -> Manifest:
             add_inputs(source, stage / "model.onnx", derived.spec.component(denoiser), manifest.precision(denoiser))
     entry = data["components"][denoiser]
     entry["file"] = str(Path(relative) / "model.onnx")
-    entry["sha256"] = key
+    entry["exported_sha256"], entry["sha256"] = entry.get("sha256"), key  # caches: the new graph's key
     entry["bytes"] = sum(p.stat().st_size for p in (target, target.with_name(target.name + ".data")) if p.exists())
     return derived

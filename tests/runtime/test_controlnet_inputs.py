@@ -93,6 +93,10 @@ def test_residual_graph_is_made_once_under_engines(controlled, tiny_onnx):
     assert len(graphs) == 1
     assert controlled.manifest.onnx_path("unet") == graphs[0]
     assert "down_block_residual_0" in controlled.manifest.spec.denoiser.input_names
+    from sdrt.manifest import Manifest
+    from sdrt.runtime.metadata import model_hash
+
+    assert model_hash(controlled.manifest) == model_hash(Manifest.load(tiny_onnx))  # the export's, not the rewrite's
 
 
 def test_loras_apply_alongside_a_controlnet(controlled, tiny_onnx, tmp_path):
