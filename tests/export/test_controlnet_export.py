@@ -57,3 +57,13 @@ def test_unsupported_controlnets_are_one_line(controlnet_export, tmp_path, capsy
     code = sdrt_main(["export", "--model", str(src), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_sdrt_preset_writes_a_controlnet_folder(tmp_path, capsys):
+    import diffusers
+
+    out = tmp_path / "cn"
+    assert sdrt_main(["preset", "tiny-controlnet", "--out", str(out), "--seed", "3"]) == 0
+    assert "wrote ControlNet preset tiny-controlnet (seed 3)" in capsys.readouterr().out
+    model = diffusers.ControlNetModel.from_pretrained(out)
+    assert float(model.controlnet_mid_block.weight.abs().max()) > 0  # zero convolutions seeded, not zero
