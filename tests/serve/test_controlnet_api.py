@@ -54,15 +54,16 @@ def test_webuiapi_controlnet_unit_matches_the_pipeline(server, tiny_onnx, contro
     api, _, _ = server
     unit = webuiapi.ControlNetUnit(image=_control(), module="none", model="tiny_canny [abc123]", weight=0.7,
                                    guidance_start=0.0, guidance_end=0.75, resize_mode="Just Resize")
+    # webuiapi adds the units to its *default* alwayson_scripts dict (a mutable default shared by every later
+    # call in this process): pass a fresh dict, so no other test's request carries these units
     result = api.txt2img(prompt="a tower", seed=5, steps=3, cfg_scale=6.0, width=32, height=32,
-                         sampler_name="Euler", controlnet_units=[unit])
+                         sampler_name="Euler", controlnet_units=[unit], alwayson_scripts={})
     assert 'ControlNet 0: "Module: none, Model: tiny_canny, Weight: 0.7' in result.info["infotexts"][0]
     assert str(controlnet_dir) not in str(result.info)  # names, never the server's folders
     direct = Pipeline.load(tiny_onnx, backend="ort-cpu", controlnet=controlnet_dir / "tiny_canny")
     expected = direct("a tower", seed=[5], num_inference_steps=3, guidance_scale=6.0, height=32, width=32,
                       scheduler="euler", control_image=_control().resize((32, 32), Image.LANCZOS),
                       controlnet_conditioning_scale=0.7, control_guidance_end=0.75).images[0]
-    # webuiapi keeps the units in its default alwayson_scripts dict (a mutable default): pass a fresh one
     plain = api.txt2img(prompt="a tower", seed=5, steps=3, cfg_scale=6.0, width=32, height=32, sampler_name="Euler",
                         alwayson_scripts={})
     assert np.array_equal(np.asarray(result.images[0].convert("RGB")), np.asarray(expected))
