@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch, height=args.height, width=args.width, min_size=args.min_size,
         max_size=args.max_size, max_batch=args.max_batch, guidance=not args.no_guidance)
     for name in components:  # every profile checked before the first (long) build starts
-        trt_profiles.dim_range(manifest.spec.component(name), request, manifest.sizes, manifest.default_image_size)
+        trt_profiles.dim_range(manifest.spec.component(name), request, manifest.sizes,
+                               trt_profiles.default_size(request, manifest))
 
     probe = trt_api.flavor(args.backend)
     try:

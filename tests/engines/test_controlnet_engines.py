@@ -50,7 +50,6 @@ rtx = pytest.mark.skipif(not (importlib.util.find_spec("tensorrt_rtx") and impor
 
 
 @pytest.mark.tensorrt
-@pytest.mark.slow
 @rtx
 def test_tiny_fp16_controlnet_and_residual_unet_build_with_tensorrt_rtx(onnx_export, controlnet_export, tmp_path,
                                                                         capsys):
