@@ -16,6 +16,9 @@ Fixtures (all session-scoped; each returns a `pathlib.Path`):
 ``tiny_flux_onnx``     likewise, ``tiny-flux`` (Flux dev-style: CLIP + T5, guidance-embedded transformer)
 ``tiny_flux_schnell_onnx``  likewise, ``tiny-flux-schnell`` (no guidance embedding)
 ``tiny_flux_fill_onnx``  likewise, ``tiny-flux-fill`` (Flux Fill: 384-channel transformer)
+``tiny_controlnet_onnx``  an exported ControlNet for ``tiny`` (``tiny-controlnet`` preset, non-zero
+                       zero convolutions); ``controlnet_export(preset, seed=0, precision="fp32")``
+                       exports others (e.g. a second one, ``tiny-sdxl-controlnet``), cached likewise
 ``onnx_export``        a function ``onnx_export(preset, precision="fp32", components=None,
                        hidden_states=False) -> Path`` for other variants (e.g.
                        ``onnx_export("tiny", "fp16")``), cached likewise
@@ -254,6 +257,31 @@ def tiny_flux_schnell_onnx(onnx_export: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux_fill_onnx(onnx_export: Callable[..., Path]) -> Path:
     return onnx_export("tiny-flux-fill")
+
+
+@pytest.fixture(scope="session")
+def controlnet_export(_model_cache: Path) -> Callable[..., Path]:
+    """(ControlNet preset, seed, precision) -> an exported ONNX ControlNet folder (its diffusers source
+    folder beside it, what the reference loads), cached like the model exports."""
+
+    def export(name: str, seed: int = 0, precision: str = "fp32") -> Path:
+        from sdrt.export.controlnet_presets import write_controlnet
+        from sdrt.export.exporter import export_model
+
+        tag = f"{name}-{seed}"
+        src = _cached(_model_cache / f"src-{tag}-{_cache_key('src', tag)}", "config.json",
+                      lambda out: write_controlnet(name, out, seed=seed))
+        folder = _model_cache / f"onnx-{tag}-{precision}-{_cache_key('onnx', tag, precision)}"
+        return _cached(folder, "sdrt.json", lambda out: export_model(str(src), out, precision=precision,
+                                                                     log=lambda line: None))
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_onnx(controlnet_export: Callable[..., Path]) -> Path:
+    """An exported ControlNet for ``tiny`` (and the tiny presets of its layout), seeded non-zero weights."""
+    return controlnet_export("tiny-controlnet")
 
 
 # -- loaded pipelines (sdrt and the diffusers reference) -----------------------------------------

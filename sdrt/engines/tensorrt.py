@@ -58,20 +58,19 @@ def guidance_of(component: spec.ComponentSpec, dims: Mapping[str, int]) -> bool:
 
 
 def no_engine_error(folder: Path, backend: str, comp: spec.ComponentSpec, choice: trt_cache.Choice,
-                    dims: Mapping[str, int] | None, vae_scale_factor: int, grid: int = 1) -> EngineMissing:
-    """Why no engine can be loaded, and the `sdrt build` command that makes one (`grid`: latent pixels per
-    unit of the component's h and w, `Family.grid`)."""
+                    dims: Mapping[str, int] | None, vae_scale_factor: int) -> EngineMissing:
+    """Why no engine can be loaded, and the `sdrt build` command that makes one."""
     component = comp.name
     root = trt_cache.store_root(folder, backend)
     if dims:
         guidance = guidance_of(comp, dims)
-        request = trt_profiles.request_for(comp, dims, vae_scale_factor, guidance, grid)
+        request = trt_profiles.request_for(comp, dims, vae_scale_factor, guidance)
     else:
         guidance, request = True, trt_profiles.ProfileRequest()
     if choice.fresh and dims:
         wanted = trt_profiles.describe(comp, trt_profiles.DimRange(dict(dims), dict(dims), dict(dims)),
-                                       vae_scale_factor, guidance, grid)
-        built = "; ".join(trt_profiles.describe(comp, e.profile, vae_scale_factor, guidance, grid)
+                                       vae_scale_factor, guidance)
+        built = "; ".join(trt_profiles.describe(comp, e.profile, vae_scale_factor, guidance)
                           for e in choice.fresh)
         cmd = trt_profiles.build_command(str(folder), backend, request, (component,))
         return EngineMissing(f"no {backend} engine for {component} covers {wanted} (built: {built}): "
@@ -101,7 +100,7 @@ def initial_entry(manifest, component: spec.ComponentSpec,
     if not fresh:
         return None
     default = trt_profiles.dim_range(component, default_request(manifest), manifest.sizes,
-                                     manifest.default_image_size, manifest.family_spec.grid(component.name)).opt
+                                     manifest.default_image_size).opt
     covering = trt_cache.choose(list(fresh), dict(fresh[0].identity), default).entry
     if covering is not None:
         return covering
@@ -169,8 +168,7 @@ class TensorRTBackend(Backend):
             if choice.entry is not None:
                 return choice.entry
             if not self.auto_build:
-                raise no_engine_error(manifest.folder, self.name, comp, choice, dims, f,
-                                      manifest.family_spec.grid(component))
+                raise no_engine_error(manifest.folder, self.name, comp, choice, dims, f)
             return self._build_for(manifest, component, dims)
 
         return TensorRTEngine(component, manifest.values, manifest.precision(component), session=s, find=find,
@@ -190,8 +188,7 @@ class TensorRTBackend(Backend):
 
         s = self.session()
         comp = manifest.spec.component(component)
-        request = trt_profiles.request_for(comp, dims, manifest.sizes.vae_scale_factor, guidance_of(comp, dims),
-                                           manifest.family_spec.grid(component))
+        request = trt_profiles.request_for(comp, dims, manifest.sizes.vae_scale_factor, guidance_of(comp, dims))
         self.log(f"no {self.name} engine for {component} at {dict(dims)}: building one (once; it is cached)")
         return trt_build.build_component(manifest, component, self.name, request,
                                          self.build_options or trt_build.BuildOptions(), trt=s.trt,

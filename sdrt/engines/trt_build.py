@@ -163,13 +163,12 @@ def build_component(manifest: Any, component: str, flavor_name: str, request: tr
     onnx_path = manifest.onnx_path(component)
     root = trt_cache.store_root(manifest.folder, flavor_name)
     component_spec = manifest.spec.component(component)
-    grid = manifest.family_spec.grid(component)  # Flux's transformer: h and w count 2x2-patch tokens
-    rng = trt_profiles.dim_range(component_spec, request, manifest.sizes, manifest.default_image_size, grid)
+    rng = trt_profiles.dim_range(component_spec, request, manifest.sizes, trt_profiles.default_size(request, manifest))
     onnx_hash = manifest.component_hash(component)
     precision = manifest.precision(component)
     ident = trt_cache.identity(component, onnx_hash, features.library, target, precision)
     key = trt_cache.cache_key(ident, rng, options.key_fields())
-    described = trt_profiles.describe(component_spec, rng, manifest.sizes.vae_scale_factor, request.guidance, grid)
+    described = trt_profiles.describe(component_spec, rng, manifest.sizes.vae_scale_factor, request.guidance)
     if not options.force:
         for entry in trt_cache.read_entries(root, component):
             if entry.path.name == key and entry.engine_file.is_file():

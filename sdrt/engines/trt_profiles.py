@@ -108,14 +108,21 @@ def batch_range(request: ProfileRequest) -> tuple[int, int, int]:
     return 1, request.batch, request.max_batch
 
 
+def default_size(request: ProfileRequest, manifest) -> int:
+    """The model's default image side, asked for only when the request leaves a side out (a ControlNet
+    folder has none: its build needs --height and --width)."""
+    if request.height is not None and request.width is not None:
+        return max(request.height, request.width)
+    return manifest.default_image_size
+
+
 def dim_range(component: spec.ComponentSpec, request: ProfileRequest, rule: SizeRule,
-              default_size: int, grid: int = 1) -> DimRange:
-    """The profile of one component for a build request. `grid`: latent pixels per unit of the
-    component's ``h`` and ``w`` (`Family.grid`: Flux's transformer counts 2x2-patch tokens)."""
+              default_size: int) -> DimRange:
+    """The profile of one component for a build request."""
     (h0, w0), (h1, w1), (h2, w2) = image_range(request, rule, default_size)
     n0, n1, n2 = batch_range(request)
     lo_factor, hi_factor = batch_factors(component, request.guidance)
-    f = rule.vae_scale_factor * grid
+    f = rule.vae_scale_factor
     full = {
         "min": {"B": max(1, lo_factor * n0), "h": h0 // f, "w": w0 // f, "L": request.tokens},
         "opt": {"B": hi_factor * n1, "h": h1 // f, "w": w1 // f, "L": request.tokens},
@@ -139,15 +146,14 @@ def max_shapes(component: spec.ComponentSpec, model_values: Mapping[str, int], r
     return spec.shapes(component, {**model_values, **rng.max}, include_optional=include_optional)
 
 
-def describe(component: spec.ComponentSpec, rng: DimRange, vae_scale_factor: int, guidance: bool = True,
-             grid: int = 1) -> str:
+def describe(component: spec.ComponentSpec, rng: DimRange, vae_scale_factor: int, guidance: bool = True) -> str:
     """A range in the user's units: 'batch 1 image(s), 512x512 px' or '... 256x256 .. 768x768 px'."""
     _, per_image = batch_factors(component, guidance)
     parts = []
     b0, b1 = rng.min["B"], rng.max["B"]
     parts.append(f"batch {b0}" + (f"..{b1}" if b1 != b0 else "") + f" ({component.name} batch; {per_image}x per image)")
     if "h" in rng.min:
-        f = vae_scale_factor * grid
+        f = vae_scale_factor
         lo = f"{rng.min['h'] * f}x{rng.min['w'] * f}"
         hi = f"{rng.max['h'] * f}x{rng.max['w'] * f}"
         parts.append(f"{lo} px" if lo == hi else f"{lo} .. {hi} px")
@@ -155,11 +161,11 @@ def describe(component: spec.ComponentSpec, rng: DimRange, vae_scale_factor: int
 
 
 def request_for(component: spec.ComponentSpec, dims: Mapping[str, int], vae_scale_factor: int,
-                guidance: bool = True, grid: int = 1) -> ProfileRequest:
+                guidance: bool = True) -> ProfileRequest:
     """The smallest static build request whose profile covers these engine dims."""
     _, per_image = batch_factors(component, guidance)
     images = max(1, -(-int(dims["B"]) // per_image))
-    f = vae_scale_factor * grid
+    f = vae_scale_factor
     height = int(dims["h"]) * f if "h" in dims else None
     width = int(dims["w"]) * f if "w" in dims else None
     tokens = int(dims.get("L", spec.TOKEN_LENGTH))

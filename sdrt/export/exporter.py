@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from sdrt import spec
+from sdrt import residual_graph, spec
 from sdrt.errors import SdrtError
-from sdrt.export import check, sizes, sizes_transformer, source, staging, trace, weight_map
+from sdrt.export import check, controlnet, sizes, sizes_transformer, source, staging, trace, weight_map
 from sdrt.export.graphs import example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from sdrt.manifest_schema import component_bytes, component_sha256
@@ -49,6 +49,9 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
     if unknown:
         raise SdrtError(f"unknown component {unknown[0]!r}: choose from {', '.join(spec.component_names())}")
     staging.check_target(out, force)
+    if controlnet.is_controlnet_folder(model):  # a ControlNet folder: its own export, the same command
+        return controlnet.export_controlnet(Path(model), out, opset=opset, precision=precision, force=force,
+                                            exporter=exporter, log=log)
     source.resolve(model)
 
     # 2. The source, in fp32, and the model spec its family and variants give.
@@ -68,6 +71,10 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         if own and not own & set(components):
             pipeline["variants"] = others
             model_spec = spec.model_spec(pipeline["family"], others)
+    # the denoiser is traced and checked with ControlNet residual inputs, stored without them
+    # (sdrt.residual_graph: a ControlNet adds them back at load, without re-export)
+    residuals = spec.Residuals.from_json(pipeline["residuals"]) if "residuals" in pipeline else None
+    traced_spec = spec.model_spec(pipeline["family"], pipeline["variants"], residuals)
     values = spec.model_values(latent_channels=pipeline["latent_channels"],
                                unet_in_channels=pipeline["unet_in_channels"],
                                text_hidden_size=pipeline["text_hidden_size"],
@@ -82,14 +89,14 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
     trace_dims = {**values, "B": 2, "h": h, "w": w, "L": spec.TOKEN_LENGTH}
 
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
-        job = _Job(src, model_spec, values, trace_dims, geometry, tmp, opset, exporter)
+        job = _Job(src, model_spec, traced_spec, residuals, values, trace_dims, geometry, tmp, opset, exporter)
         size_rule = geometry.unprobed()
         if stream_weights:  # the denoiser is exported, but there is no PyTorch module to probe it against
             size_rule["rule"] = re.sub(r"^\w+ not exported, sizes not probed", "streamed export (no PyTorch module "
                                        "in memory), sizes not probed", size_rule["rule"])
         entries: dict[str, dict[str, Any]] = {}
         for index, component in enumerate(components):
-            comp = model_spec.component(component)
+            comp = traced_spec.component(component)
             later = any(model_spec.component(c).source == comp.source for c in components[index + 1:])
             chosen, note = precision_policy(comp, precision, src.module(comp.source))
             if stream_weights:
@@ -139,6 +146,8 @@ class _Job:
 
     src: source.Source
     model_spec: spec.ModelSpec
+    traced_spec: spec.ModelSpec  # model_spec with the denoiser's ControlNet residual inputs, if it has any
+    residuals: spec.Residuals | None
     values: dict[str, int]
     trace_dims: dict[str, int]
     geometry: Any
@@ -155,9 +164,9 @@ class _Job:
         path.parent.mkdir()
         if component_precision == "fp16":
             note += "; streamed export: the fp16 graph was not measured against PyTorch"
-        grid = self.model_spec.family.grid(comp.name)
-        entry = streamed.export_component(self.src, comp, self.model_spec, path, precision=component_precision,
-                                          note=note, dims=in_units(self.trace_dims, grid), opset=self.opset)
+        entry = streamed.export_component(self.src, comp, self.traced_spec, path, precision=component_precision,
+                                          note=note, dims=self.trace_dims, opset=self.opset,
+                                          residuals=self.residuals if self._marked(comp) else None)
         save_config(self.src.module(comp.source), path.parent)
         if free:
             self.src.modules[comp.source] = None
@@ -167,8 +176,8 @@ class _Job:
                free: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         """Trace one component, check it against PyTorch (the denoiser: and probe its sizes); its manifest
         entry and the size rule. `free`: drop the module once PyTorch's side of the check has run."""
-        component, model_spec = comp.name, self.model_spec
-        grid = model_spec.family.grid(component)  # Flux's transformer: h and w count 2x2-patch tokens
+        component, model_spec, traced_spec = comp.name, self.model_spec, self.traced_spec
+        marked = self._marked(comp)
         # 3. Trace.
         started = time.perf_counter()
         module = self.src.module(comp.source)
@@ -176,12 +185,14 @@ class _Job:
         path = self.tmp / component / "model.onnx"
         path.parent.mkdir()
         graph_module = copy.deepcopy(module).half() if component_precision == "fp16" else module
-        example = example_inputs(comp, in_units(self.trace_dims, grid), vocab_size=vocab_size, seed=0,
+        example = example_inputs(comp, self.trace_dims, vocab_size=vocab_size, seed=0,
                                  dtype=check.torch_dtype(component_precision))
-        trace.export_graph(wrap(comp, graph_module, model_spec), comp, example, path, opset=self.opset,
+        trace.export_graph(wrap(comp, graph_module, traced_spec), comp, example, path, opset=self.opset,
                            exporter=self.exporter, precision=component_precision)
+        if marked:
+            residual_graph.strip(path, self.residuals)
         mapped = (weight_map.write(graph_module, f"{comp.source}.", path, run=lambda: wrap(
-            comp, graph_module, model_spec)(*(example[name] for name in comp.input_names)))
+            comp, graph_module, traced_spec)(*(example[name] for name in comp.input_names)))
                   if component in model_spec.family.lora_components else None)
         del graph_module, example
         exported_s = time.perf_counter() - started
@@ -193,20 +204,29 @@ class _Job:
         probe_cases = None
         if component == model_spec.family.denoiser:
             probe_cases = self.geometry.probe_cases(module, self.values, precision=component_precision,
-                                                    vocab_size=vocab_size, model=model_spec)
-        shapes = [in_units(dims, grid) for dims in check.check_dims(comp, self.trace_dims, size_rule)]
+                                                    vocab_size=vocab_size, model=traced_spec)
+        shapes = check.check_dims(comp, self.trace_dims, size_rule)
         cases = check.reference_cases(comp, module, self.values, shapes, precision=component_precision,
-                                      vocab_size=vocab_size, model=model_spec)
+                                      vocab_size=vocab_size, model=traced_spec)
         save_config(module, path.parent)
         del module
         if free:
             self.src.modules[comp.source] = None
             gc.collect()
-        # 5. Sizes (the denoiser): which latent sizes the graph really supports; then the check.
+        # 5. Sizes (the denoiser): which latent sizes the graph really supports; then the check (a marked
+        # UNet: of the graph a ControlNet runs, its residual inputs added back as at load).
+        checked = path
+        if marked:
+            checked = self.tmp / ".checks" / component / path.name
+            checked.parent.mkdir(parents=True)
+            residual_graph.add_inputs(path, checked, comp, component_precision)
         if probe_cases is not None:
-            size_rule = self.geometry.probe_rule(probe_cases, path, precision=component_precision, model=model_spec)
-        result = check.judge_cases(comp, path, cases, precision=component_precision)
+            size_rule = self.geometry.probe_rule(probe_cases, checked, precision=component_precision,
+                                                 model=traced_spec)
+        result = check.judge_cases(comp, checked, cases, precision=component_precision)
         del cases, probe_cases
+        if marked:
+            shutil.rmtree(self.tmp / ".checks")
         data = path.with_name(path.name + ".data")
         entry = {
             "file": f"{component}/model.onnx",
@@ -221,6 +241,11 @@ class _Job:
         if mapped:
             entry["weight_map"] = mapped  # for LoRA at run time (sdrt.runtime.lora)
         return entry, size_rule
+
+
+    def _marked(self, comp: spec.ComponentSpec) -> bool:
+        """Traced with ControlNet residual inputs, stored without them (sdrt.residual_graph)."""
+        return self.residuals is not None and comp.name == self.model_spec.family.denoiser
 
 
 def vocab_size_of(module: Any) -> int:
@@ -240,11 +265,6 @@ def denoiser_sizes(family: spec.Family, denoiser: Any, sample_size: int) -> Any:
     if sizes_transformer.is_transformer(denoiser):
         return sizes_transformer.TransformerSizes(denoiser, sample_size)
     return sizes.UNetSizes(denoiser, sample_size)
-
-
-def in_units(dims: dict[str, int], grid: int) -> dict[str, int]:
-    """Latent dims in a component's own units: Flux's transformer counts 2x2-patch tokens (`grid` 2)."""
-    return dims if grid == 1 else {**dims, "h": dims["h"] // grid, "w": dims["w"] // grid}
 
 
 def precision_policy(component: spec.ComponentSpec, precision: str, module: Any) -> tuple[str, str]:
@@ -305,6 +325,7 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
     if family.size_conditioning:
         check_size_conditioning(src, dims)
     index = src.model_index
+    residuals = controlnet.residual_layout(src.module("unet")) if family.controlnet else None
     facts = {
         "family": family.name,
         "variants": variants,
@@ -321,6 +342,8 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
         "sample_size": int(unet.sample_size),
         "vae_sample_size": vae_sample_size(vae),  # diffusers' VAE tile size (tile_sample_min_size)
         "inpainting": int(unet.in_channels) == 2 * latent_channels + 1,
+        # the UNet's ControlNet residuals (sdrt.spec.residuals): what a ControlNet must give to fit it
+        **({"residuals": residuals.to_json()} if residuals is not None else {}),
         "vae_decoder_input": "latents already divided by scaling_factor (diffusers' pipeline divides "
                              "before vae.decode)",
         "vae_encoder_output": "raw diagonal-Gaussian parameters (mean, logvar) on channels; multiply "

@@ -2,7 +2,7 @@
 
 Flux's transformer takes the latents as tokens: each 2x2 patch of latent pixels (4C values) is one
 token, so an image is any size whose latent is even on both sides (multiples of 2·f = 16 px at
-f = 8), and the transformer's ``h`` and ``w`` count tokens (`sdrt.spec.Family.patch`). Its rotary
+f = 8), and an h x w latent is ``h/2*w/2`` tokens (the spec's shape term). Its rotary
 position ids make every token grid valid; the size probe runs the exported graph against PyTorch on
 grids of both parities, square and not, to show it (the rule comes from what passed, as for the UNet).
 
@@ -107,7 +107,8 @@ class FluxSizes:
     def probe_cases(self, transformer: Any, model_values: Mapping[str, int], *, precision: str, vocab_size: int,
                     model: spec.ModelSpec) -> dict[tuple[int, int], Case | None]:
         reference = wrap(model.denoiser, transformer, model)
-        return {(h, w): torch_case(model.denoiser, reference, {**model_values, "B": 1, "h": h, "w": w,
+        m = self.multiple  # the spec's dims are latent pixels: a token grid h x w is latent (m*h) x (m*w)
+        return {(h, w): torch_case(model.denoiser, reference, {**model_values, "B": 1, "h": m * h, "w": m * w,
                                                                "L": spec.TOKEN_LENGTH},
                                    precision=precision, vocab_size=vocab_size, seed=2000 + i)
                 for i, (h, w) in enumerate(PROBE_GRIDS)}

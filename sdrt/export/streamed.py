@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from sdrt import spec
+from sdrt import residual_graph, spec
 from sdrt.errors import SdrtError
 from sdrt.export import check, trace
 from sdrt.export.graphs import example_inputs, export_context, wrap
@@ -47,7 +47,8 @@ SKIPPED = ("not run: a streamed export never holds the fp32 module and an ONNX R
 
 
 def export_component(src: Any, comp: spec.ComponentSpec, model: spec.ModelSpec, path: Path, *, precision: str,
-                     note: str, dims: Mapping[str, int], opset: int) -> dict[str, Any]:
+                     note: str, dims: Mapping[str, int], opset: int,
+                     residuals: spec.Residuals | None = None) -> dict[str, Any]:
     """Trace `comp` on the meta device into `path` and stream its weights into `path`.data; its manifest entry."""
     import torch
 
@@ -68,6 +69,8 @@ def export_component(src: Any, comp: spec.ComponentSpec, model: spec.ModelSpec, 
     placed = _stream(src.weights(comp.source), wanted, prefix, path)
     _attach(path, wanted, placed)
     trace.name_axes(path, comp, precision)
+    if residuals is not None:  # traced with ControlNet residual inputs, stored without (sdrt.residual_graph)
+        residual_graph.strip(path, residuals)
     exported_s = time.perf_counter() - started
     entry = {
         "file": f"{comp.name}/model.onnx", "external_data": True, "precision": precision,

@@ -124,7 +124,7 @@ class FluxPipeline(Pipeline):
             start = self._initial_latents(call, sched, timesteps, h, w)
         # 5. The transformer's per-call inputs, bound once for the whole loop.
         engine = self.engine(self.denoiser)
-        engine.prepare({"B": call.rows, "h": grid[0], "w": grid[1], "L": hidden.shape[1]})
+        engine.prepare({"B": call.rows, "h": h, "w": w, "L": hidden.shape[1]})  # latent dims: h/2*w/2 tokens
         engine.set_input(FN.ENCODER_HIDDEN_STATES, hidden)
         engine.set_input(FN.POOLED_PROJECTIONS, pooled)
         engine.set_input(FN.IMG_IDS, tokens.image_ids(*grid))

@@ -25,6 +25,9 @@ family ``flux``           Flux.1 (dev, schnell, Fill): CLIP (pooled) + T5 text e
                           transformer over packed 2x2 latent tokens with position ids, a VAE
                           with ``shift_factor``
 variant ``guidance``      guidance-distilled Flux (dev): the transformer embeds ``guidance``
+``controlnet``            a family that takes ControlNets (sd, sdxl): a ControlNet folder's only
+                          component, and its UNet's residual inputs (``model_spec(...,
+                          residuals=layout)``; see `sdrt.spec.residuals`)
 ========================  ====================================================================
 
 Tensor names are Optimum's where Optimum has one (``text_embeds``, ``time_ids``,
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from sdrt.errors import SdrtError
+from sdrt.spec.residuals import Residuals
 from sdrt.spec.tensors import FLOAT, MODEL_SYMBOLS, N, ComponentSpec, TensorSpec, symbols_of
 
 T = TensorSpec
@@ -134,7 +138,7 @@ def _sd3_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
 class FluxName(N):
     """The spec's tensor names plus the Flux transformer's own (Optimum's names)."""
 
-    IMG_IDS = "img_ids"     # [h*w, 3]: (0, row, column) of each image token
+    IMG_IDS = "img_ids"     # [h/2*w/2, 3]: (0, row, column) of each image token
     TXT_IDS = "txt_ids"     # [L, 3]: zeros, one row per text token
     GUIDANCE = "guidance"   # [B]: the distilled guidance scale (Flux dev)
 
@@ -146,22 +150,26 @@ FLUX_TEXT_ENCODER = _text_encoder("text_encoder", (T(N.POOLER_OUTPUT, FLOAT, ("B
 FLUX_TEXT_ENCODER_2 = dataclasses.replace(T5_ENCODER, name="text_encoder_2", source="text_encoder_2")
 
 
+#: Flux's image tokens: each 2x2 patch of latent pixels is one (latent sizes are even)
+FLUX_TOKENS = "h/2*w/2"
+
+
 def _flux_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
-    """The transformer's ``h`` and ``w`` count tokens, each a 2x2 patch of latent pixels (`Family.patch`):
-    its packed latents are ``h*w`` tokens of ``Cin`` values (4C; Fill: 4C + 4C + 4·f·f)."""
+    """The transformer reads the latents packed into tokens, each a 2x2 patch of latent pixels: ``h/2*w/2``
+    tokens of ``Cin`` values (4C; Fill: 4C + 4C + 4·f·f)."""
     FN = FluxName
     inputs = (
-        T(FN.LATENTS, FLOAT, ("B", "h*w", "Cin")),
+        T(FN.LATENTS, FLOAT, ("B", FLUX_TOKENS, "Cin")),
         T(FN.ENCODER_HIDDEN_STATES, FLOAT, ("B", "L", "D")),
         T(FN.POOLED_PROJECTIONS, FLOAT, ("B", "P")),
         T(FN.TIMESTEP, "float32", ("B",), draw="timestep"),
-        T(FN.IMG_IDS, "float32", ("h*w", 3), draw="positions"),
+        T(FN.IMG_IDS, "float32", (FLUX_TOKENS, 3), draw="positions"),
         T(FN.TXT_IDS, "float32", ("L", 3), draw="zeros"),
     )
     if "guidance" in variants:
         inputs += (T(FN.GUIDANCE, "float32", ("B",), draw="guidance"),)
     transformer = ComponentSpec("transformer", inputs=inputs,
-                                outputs=(T(FN.OUT_LATENTS, FLOAT, ("B", "h*w", "4*C")),),
+                                outputs=(T(FN.OUT_LATENTS, FLOAT, ("B", FLUX_TOKENS, "4*C")),),
                                 source="transformer", graph="flux_transformer", batch=FLUX_TRANSFORMER_BATCH)
     return (FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, transformer, VAE_DECODER, VAE_ENCODER)
 
@@ -206,13 +214,10 @@ class Family:
     #: components exported in fp32 when their fp16 graph fails the export check (`--precision fp16`),
     #: measured per export, the reason recorded: Flux's transformer
     fp16_fallback: tuple[str, ...] = ()
-    #: latent pixels per side of one denoiser token: Flux packs 2x2 latent patches, so its transformer's
-    #: ``h`` and ``w`` count tokens (latent / 2); the other components' always count latent pixels
-    patch: int = 1
-
-    def grid(self, component: str) -> int:
-        """Latent pixels per unit of a component's ``h`` and ``w`` (`patch` for the denoiser, else 1)."""
-        return self.patch if component == self.denoiser else 1
+    #: it takes ControlNets: mode -> the diffusers ControlNet pipeline class that runs it (the reference)
+    controlnet: Mapping[str, str] = field(default_factory=dict)
+    #: those pipelines' default controlnet_conditioning_scale per mode
+    controlnet_scale: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -270,6 +275,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         lora_prefixes={"lora_unet_": "unet", "lora_te_": "text_encoder", "unet.": "unet",
                        "text_encoder.": "text_encoder"},
         scheduler_config_fixes=tuple(dict.fromkeys(_SD_MODES.values())),
+        controlnet={"txt2img": "StableDiffusionControlNetPipeline",
+                    "img2img": "StableDiffusionControlNetImg2ImgPipeline",
+                    "inpaint": "StableDiffusionControlNetInpaintPipeline"},
+        controlnet_scale={"txt2img": 1.0, "img2img": 0.8, "inpaint": 0.5},
     ),
     Family(
         "sdxl", "SDXL base (and Turbo)",
@@ -279,6 +288,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         text_encoders={"text_encoder": ("tokenizer", "prompt"), "text_encoder_2": ("tokenizer_2", "prompt_2")},
         denoiser="unet", runtime="unet", default_scheduler="EulerDiscreteScheduler", text_layer="penultimate",
         lora_prefixes=_SDXL_LORA, default_strength={"img2img": 0.3, "inpaint": 0.9999}, size_conditioning=True,
+        controlnet={"txt2img": "StableDiffusionXLControlNetPipeline",
+                    "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+                    "inpaint": "StableDiffusionXLControlNetInpaintPipeline"},
+        controlnet_scale={"txt2img": 1.0, "img2img": 0.8, "inpaint": 1.0},
     ),
     Family(
         "sdxl-refiner", "SDXL refiner",
@@ -318,7 +331,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         tokenizer_kinds={"tokenizer_2": "t5"},
         denoiser="transformer", runtime="flux", default_scheduler="FlowMatchEulerDiscreteScheduler",
         text_layer="last", lora_prefixes=_FLUX_LORA, guidance="distilled",
-        default_strength={"img2img": 0.6, "inpaint": 0.6}, patch=2, fp16_fallback=("transformer",),
+        default_strength={"img2img": 0.6, "inpaint": 0.6}, fp16_fallback=("transformer",),
     ),
 )}
 #: every variant any family knows
@@ -405,21 +418,62 @@ class ModelSpec:
         return tuple(s for s in MODEL_SYMBOLS if s in found)
 
 
-def model_spec(family_name: str, variants: Iterable[str] = ()) -> ModelSpec:
-    """The spec of a model of this family with these variants (one line for an unknown one)."""
+def model_spec(family_name: str, variants: Iterable[str] = (), residuals: Residuals | None = None) -> ModelSpec:
+    """The spec of a model of this family with these variants (one line for an unknown one).
+
+    `residuals`: the denoiser also takes ControlNet residuals of this layout (after its other inputs)."""
     entry = family(family_name)
     given = tuple(variants)
     unknown = [v for v in given if v not in entry.variants]
     if unknown:
         raise SdrtError(f"unknown model variant {unknown[0]!r} for the {entry.name} family (it knows "
                         f"{', '.join(entry.variants) or 'none'}): upgrade sdrt, or export the model again")
-    return _model_spec(entry.name, tuple(v for v in entry.variants if v in given))
+    if residuals is not None and not entry.controlnet:
+        raise SdrtError(f"a {entry.title} model takes no ControlNet: leave controlnet out")
+    return _model_spec(entry.name, tuple(v for v in entry.variants if v in given), residuals)
 
 
 @functools.lru_cache(maxsize=None)
-def _model_spec(family_name: str, variants: tuple[str, ...]) -> ModelSpec:
+def _model_spec(family_name: str, variants: tuple[str, ...], residuals: Residuals | None = None) -> ModelSpec:
     entry = FAMILIES[family_name]
-    return ModelSpec(entry, variants, entry.components(variants))
+    components = entry.components(variants)
+    if residuals is not None:
+        components = tuple(dataclasses.replace(c, inputs=c.inputs + residuals.tensors()) if c.name == entry.denoiser
+                           else c for c in components)
+    return ModelSpec(entry, variants, components)
+
+
+#: rows of a ControlNet per image: guess mode runs it on the conditional half only
+CONTROLNET_BATCH = ((1, 2), (1, 1))
+
+
+def controlnet_component(entry: Family, residuals: Residuals, conditioning_channels: int) -> ComponentSpec:
+    """A ControlNet graph: the UNet's per-step inputs, the control image and one scale per residual (a
+    plain scale repeated, or guess mode's ramp) -> its residuals, already scaled."""
+    inputs = (
+        T(N.SAMPLE, FLOAT, ("B", "C", "h", "w")), UNET_INPUTS[1], UNET_INPUTS[2],
+        T(N.CONTROLNET_COND, FLOAT, ("B", conditioning_channels, "f*h", "f*w"), draw="image"),
+        T(N.CONDITIONING_SCALE, "float32", (residuals.count,), draw="scale"),
+    )
+    if entry.size_conditioning:
+        inputs += ADDED_COND
+    return ComponentSpec("controlnet", inputs=inputs, outputs=residuals.tensors(), source="controlnet",
+                         graph="controlnet", batch=CONTROLNET_BATCH)
+
+
+def controlnet_spec(family_name: str, residuals: Residuals, conditioning_channels: int) -> ModelSpec:
+    """The spec of a ControlNet folder made for bases of this family (its one component: controlnet)."""
+    entry = family(family_name)
+    if not entry.controlnet:
+        raise SdrtError(f"the {entry.title} family takes no ControlNet (families that do: "
+                        f"{', '.join(f.name for f in FAMILIES.values() if f.controlnet)})")
+    return _controlnet_spec(entry.name, residuals, int(conditioning_channels))
+
+
+@functools.lru_cache(maxsize=None)
+def _controlnet_spec(family_name: str, residuals: Residuals, conditioning_channels: int) -> ModelSpec:
+    entry = FAMILIES[family_name]
+    return ModelSpec(entry, (), (controlnet_component(entry, residuals, conditioning_channels),))
 
 
 def component_names() -> tuple[str, ...]:

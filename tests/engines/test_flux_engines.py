@@ -21,35 +21,34 @@ RULE = SizeRule(latent_multiple=2, min_latent=2, max_latent=512, vae_scale_facto
 
 
 def test_transformer_profile_counts_tokens_of_2x2_latent_patches():
-    """h and w of the transformer are tokens (latent / 2): 1024 px -> 64 x 64 tokens, not 128 x 128."""
+    """h and w are latent pixels, the transformer's tensors h/2*w/2 tokens: 1024 px -> 64 x 64 = 4096 tokens."""
     dev = spec.model_spec("flux", ["guidance"])
     transformer = dev.component("transformer")
-    assert dev.family.grid("transformer") == 2 and dev.family.grid("vae_decoder") == 1
     request = tp.ProfileRequest(batch=1, height=1024, width=768, min_size=512, max_size=1024, guidance=False,
                                 tokens=512)
-    rng = tp.dim_range(transformer, request, RULE, default_size=1024, grid=2)
-    assert rng.min == {"B": 1, "h": 32, "w": 32, "L": 512} and rng.max == {"B": 1, "h": 64, "w": 64, "L": 512}
+    rng = tp.dim_range(transformer, request, RULE, default_size=1024)
+    assert rng.min == {"B": 1, "h": 64, "w": 64, "L": 512} and rng.max == {"B": 1, "h": 128, "w": 128, "L": 512}
     shapes = tp.input_shapes(transformer, FLUX, rng)
     assert shapes["hidden_states"] == ((1, 1024, 64), (1, 64 * 48, 64), (1, 4096, 64))
     assert shapes["img_ids"] == ((1024, 3), (64 * 48, 3), (4096, 3))
     assert shapes["txt_ids"] == ((512, 3),) * 3 and shapes["guidance"] == ((1,),) * 3
     assert shapes["encoder_hidden_states"] == ((1, 512, 4096),) * 3 and shapes["pooled_projections"] == ((1, 768),) * 3
-    assert tp.describe(transformer, rng, 8, guidance=False, grid=2) == \
+    assert tp.describe(transformer, rng, 8, guidance=False) == \
         "batch 1 (transformer batch; 1x per image), 512x512 .. 1024x1024 px"
-    # the VAE of the same request counts latent pixels
+    # the VAE of the same request: the same latent dims
     vae = tp.dim_range(dev.component("vae_decoder"), request, RULE, default_size=1024)
     assert vae.max == {"B": 1, "h": 128, "w": 128}
     # true CFG: the negative prompt's rows beside the prompt's
-    cfg = tp.dim_range(transformer, tp.ProfileRequest(batch=2, height=512, width=512, tokens=256), RULE, 1024, grid=2)
-    assert cfg.opt == {"B": 4, "h": 32, "w": 32, "L": 256}
-    assert tp.request_for(transformer, cfg.opt, 8, guidance=True, grid=2) == tp.ProfileRequest(
+    cfg = tp.dim_range(transformer, tp.ProfileRequest(batch=2, height=512, width=512, tokens=256), RULE, 1024)
+    assert cfg.opt == {"B": 4, "h": 64, "w": 64, "L": 256}
+    assert tp.request_for(transformer, cfg.opt, 8, guidance=True) == tp.ProfileRequest(
         batch=2, height=512, width=512, tokens=256)
 
 
 def test_transformer_buffer_plan_and_the_schnell_inputs():
     schnell = spec.model_spec("flux").component("transformer")
     assert "guidance" not in schnell.input_names
-    rng = tp.dim_range(schnell, tp.ProfileRequest(height=1024, width=1024, guidance=False, tokens=256), RULE, 1024, 2)
+    rng = tp.dim_range(schnell, tp.ProfileRequest(height=1024, width=1024, guidance=False, tokens=256), RULE, 1024)
     dtypes = {t.name: np.dtype(spec.dtype_of(t, "fp16")) for t in schnell.tensors}
     plan = trt_buffers.plan(tp.max_shapes(schnell, FLUX, rng), dtypes)
     assert plan["hidden_states"] == plan["out_hidden_states"] == 4096 * 64 * 2
@@ -122,6 +121,6 @@ def test_every_component_of_the_tiny_flux_fp16_export_builds_with_tensorrt_rtx(o
             assert entry.info["network"]["attention_layers_marked_decomposable"] == attention
     transformer = {e.profile.static: e.profile for e in trt_cache.read_entries(
         trt_cache.store_root(folder, "tensorrt_rtx"), "transformer")}
-    assert transformer[True].min == {"B": 1, "h": 4, "w": 6, "L": 77}  # 64 x 96 px = 4 x 6 tokens
-    assert transformer[False].min == {"B": 2, "h": 4, "w": 4, "L": 512}
-    assert transformer[False].max == {"B": 4, "h": 16, "w": 16, "L": 512}
+    assert transformer[True].min == {"B": 1, "h": 8, "w": 12, "L": 77}  # 64 x 96 px: latent 8 x 12 = 4 x 6 tokens
+    assert transformer[False].min == {"B": 2, "h": 8, "w": 8, "L": 512}
+    assert transformer[False].max == {"B": 4, "h": 32, "w": 32, "L": 512}

@@ -46,7 +46,6 @@ def test_streamed_graphs_pass_the_check_and_hold_the_sources_weights(streamed, p
 
     from sdrt import spec
     from sdrt.export import check
-    from sdrt.export.exporter import in_units
     from sdrt.weight_map import WeightMap
 
     manifest = Manifest.load(streamed)
@@ -56,7 +55,7 @@ def test_streamed_graphs_pass_the_check_and_hold_the_sources_weights(streamed, p
     for name in manifest.spec.component_names:
         comp = manifest.spec.component(name)
         module = getattr(pipe, comp.source)
-        shapes = [in_units(d, manifest.family_spec.grid(name)) for d in check.check_dims(comp, trace, manifest.data["sizes"])]
+        shapes = check.check_dims(comp, trace, manifest.data["sizes"])
         precision = manifest.precision(name)
         result = check.check_component(comp, module, manifest.onnx_path(name), values, shapes, precision=precision,
                                        vocab_size=int(getattr(module.config, "vocab_size", 2) or 2), model=manifest.spec)
