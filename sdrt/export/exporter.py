@@ -70,7 +70,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                vae_scale_factor=pipeline["vae_scale_factor"],
                                token_length=pipeline["token_length"], extra=pipeline["dims"])
     first_vocab = src.vocab_size  # the first text encoder's; each text encoder's own below (T5's differs)
-    streaming = streamed.streamed_components(src, model_spec, components, stream)
+    streaming = streamed.streamed_components(src, model_spec, components, stream, available=streamed.available_bytes())
     log(f"loaded {src.kind} {src.name} ({src.class_name}) in {time.perf_counter() - started:.1f} s; "
         f"model family {pipeline['family']}" + (f" ({', '.join(pipeline['variants'])})" if pipeline["variants"] else ""))
 
@@ -94,10 +94,12 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
             comp = model_spec.component(component)
             if component in streaming:  # larger than memory in fp32: traced without weights, weights copied
                 config = types.SimpleNamespace(config=src.config(comp.source))
-                entries[component] = streamed.export_component(
+                entries[component], probed = streamed.export_component(
                     src, comp, model_spec, tmp / component / "model.onnx", trace_dims=trace_dims, values=values,
                     size_rule=size_rule, opset=opset, precision=precision_policy(comp, precision, config)[0],
-                    note=comp.fp32_always if precision == "fp16" and comp.fp32_always else "", log=log)
+                    note=comp.fp32_always if precision == "fp16" and comp.fp32_always else "", log=log,
+                    bounds=bounds, sample_size=pipeline["sample_size"])
+                size_rule = probed or size_rule
                 continue
             # 3. Trace.
             started = time.perf_counter()

@@ -56,10 +56,11 @@ def probe_cases(module: Any, model_values: Mapping[str, int], *, precision: str,
 
 
 def probe_rule(cases: dict[tuple[int, int], Case | None], path: Path, module_bounds: tuple[int, int, int], *,
-               precision: str, model: spec.ModelSpec) -> dict[str, Any]:
-    """The ONNX Runtime side: every multiple of the patch size must pass; the manifest's `sizes`."""
+               precision: str, model: spec.ModelSpec, lean: bool = False) -> dict[str, Any]:
+    """The ONNX Runtime side: every multiple of the patch size must pass; the manifest's `sizes`
+    (`lean`: a streamed graph's 16-bit weights kept so, check.ort_session)."""
     multiple, min_latent, max_latent = module_bounds
-    session = ort_session(path)
+    session = ort_session(path, lean=lean)
     threshold = THRESHOLDS[precision]
     passed = {pair: case is not None and judge(model.denoiser, session, case)["max_rel_error"] <= threshold
               for pair, case in cases.items()}

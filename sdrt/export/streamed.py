@@ -15,9 +15,10 @@ the same numbers as the fp32 module), the module is freed, then ONNX Runtime run
 weights left in 16 bits (no constant folding of the Casts, no arena: `check.ort_session(lean=True)`).
 The weight map is written from what this module placed (names, layouts, byte ranges) and read back.
 
-The denoiser is never streamed here (its size probe runs the fp32 module at many sizes); text
-encoders and VAEs whose fp32 weights exceed `STREAM_BYTES` are, and `sdrt export --stream NAME` asks
-for one.
+A transformer denoiser's size probe runs the same lifted module and a lean session; a UNet is never
+streamed. A component is streamed when its fp32 weights exceed `STREAM_BYTES`, or when its whole
+export (about `WHOLE_PEAK` x its fp32 weights) would not fit the memory available; `sdrt export
+--stream NAME` asks for one.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from sdrt.weight_map import FILE_NAME, FORMAT, VERSION, read_record
 #: components whose weights take more than this in fp32 are streamed (T5-XXL: 19 GB; SD3.5 Medium's
 #: transformer, 9 GB, and SDXL's UNet, 10 GB, are exported whole)
 STREAM_BYTES = 12 * 2**30
+#: the whole (not streamed) export of a component peaks at about this many times its fp32 weights (the
+#: module, the folded graph and the check; measured: SDXL's 10.3 GB UNet, 19.2 GiB)
+WHOLE_PEAK = 2.5
 #: safetensors dtype name -> (torch dtype, ONNX data type name)
 STORED = {"F32": (torch.float32, "FLOAT"), "F16": (torch.float16, "FLOAT16"), "BF16": (torch.bfloat16, "BFLOAT16")}
 SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
@@ -48,12 +52,25 @@ NOTE = ("weights stored in {stored} as the source folder has them, computed in {
         "take {gib:.1f} GiB of memory)")
 
 
+def available_bytes() -> int | None:
+    """MemAvailable now (what the kernel says can be allocated), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def fp32_bytes(module: torch.nn.Module) -> int:
     return 4 * sum(p.numel() for p in module.parameters())
 
 
-def meta_module(src: Any, name: str) -> torch.nn.Module:
-    """The folder module `name` with its parameters on the meta device (configs only, no weights)."""
+def meta_module(src: Any, name: str, buffers_too: bool = False) -> torch.nn.Module:
+    """The folder module `name` with its parameters on the meta device (configs only, no weights).
+    `buffers_too`: its buffers as well (a trace must see one device), their init values kept in
+    `module.sdrt_buffers` (name -> tensor) for the graph."""
     import diffusers
     import transformers
 
@@ -66,25 +83,36 @@ def meta_module(src: Any, name: str) -> torch.nn.Module:
         else:
             model_class = getattr(diffusers, cls)
             module = model_class.from_config(model_class.load_config(src.path / name))
-    return module.eval()
+    module.eval()
+    if buffers_too:
+        module.sdrt_buffers = {}
+        for buffer_name, buffer in list(module.named_buffers()):
+            module.sdrt_buffers[buffer_name] = buffer
+            owner, _, leaf = buffer_name.rpartition(".")
+            module.get_submodule(owner)._buffers[leaf] = buffer.to("meta")
+    return module
 
 
 def streamed_components(src: Any, model_spec: spec.ModelSpec, components: Sequence[str],
-                        requested: Sequence[str]) -> set[str]:
-    """The components to stream: those asked for, and the text encoders and VAEs of a folder whose fp32
-    weights exceed STREAM_BYTES (the denoiser never: its size probe runs the whole module)."""
+                        requested: Sequence[str], available: int | None = None) -> set[str]:
+    """The components to stream: those asked for, and those of a folder whose fp32 weights exceed
+    STREAM_BYTES, or whose whole export would not fit the memory available (`available`, bytes:
+    about WHOLE_PEAK x their fp32 weights; a UNet never: its size probe has no streamed form)."""
+    unet = model_spec.family.denoiser == "unet"
     for name in requested:
-        if name == model_spec.family.denoiser:
-            raise SdrtError(f"--stream {name}: the denoiser cannot be exported streamed (its size probe runs the "
-                            f"whole module); stream text encoders or VAEs")
+        if unet and name == "unet":
+            raise SdrtError("--stream unet: a UNet cannot be exported streamed (its size probe runs the whole "
+                            "module); stream text encoders or VAEs")
         if name in model_spec.component_names and not src.weight_files(model_spec.component(name).source):
             raise SdrtError(f"--stream {name} needs a diffusers folder with safetensors weights: write the preset "
                             f"with `sdrt preset NAME --out DIR` and export DIR")
     chosen = {name for name in requested if name in components}
     for name in components:
         comp = model_spec.component(name)
-        if name not in chosen and name != model_spec.family.denoiser and src.weight_files(comp.source) \
-                and fp32_bytes(meta_module(src, comp.source)) > STREAM_BYTES:
+        if name in chosen or (unet and name == "unet") or not src.weight_files(comp.source):
+            continue
+        size = fp32_bytes(meta_module(src, comp.source))
+        if size > STREAM_BYTES or (available is not None and WHOLE_PEAK * size > available):
             chosen.add(name)
     return chosen
 
@@ -142,6 +170,15 @@ def place_weights(model: Any, prefix: str, module: torch.nn.Module, files: Weigh
 
     aliases = _aliases(module)
     params = dict(module.named_parameters(remove_duplicate=False))
+    initial = getattr(module, "sdrt_buffers", {})
+    for buffer_name, buffer in initial.items():  # a stored float buffer (SD3's position embedding) as a weight
+        if buffer.is_floating_point() and buffer_name in files.where:
+            params[buffer_name] = buffer
+            aliases.setdefault(buffer_name, [buffer_name])
+    for name, value in model.graph.initializers.items():  # the others: their init values, as a whole export has
+        own = name[len(prefix):] if name.startswith(prefix) else None
+        if own in initial and own not in params:
+            value.const_value = ir.Tensor(initial[own].detach().cpu().numpy(), name=name)
     placed: dict[str, dict[str, Any]] = {}
     users: dict[str, list[Any]] = {}
     for node in model.graph:
@@ -230,26 +267,34 @@ def write_weight_map(path: Path, placed: Mapping[str, Mapping[str, Any]], module
     return f"{path.parent.name}/{FILE_NAME}"
 
 
+def _tensors(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    found = {n: p for n, p in layer._parameters.items() if p is not None}
+    found.update({n: b for n, b in layer._buffers.items() if b is not None and b.is_floating_point()})
+    return found
+
+
 class LiftToFloat:
-    """Forward hooks that run each layer of a 16-bit module in fp32 and put its weights back after."""
+    """Forward hooks that run each layer of a 16-bit module in fp32 (its weights and float buffers lifted
+    for its own forward) and put them back after: the fp32 module's numbers, one layer in fp32 at a time."""
 
     def __init__(self, module: torch.nn.Module):
         self.handles = []
         for layer in module.modules():
-            if any(p is not None for p in layer._parameters.values()):
+            if _tensors(layer):
                 self.handles.append(layer.register_forward_pre_hook(self._lift))
                 self.handles.append(layer.register_forward_hook(self._lower))
         self.saved: dict[int, dict[str, torch.dtype]] = {}
 
     def _lift(self, layer: torch.nn.Module, args: Any) -> None:
-        self.saved[id(layer)] = {n: p.dtype for n, p in layer._parameters.items() if p is not None}
-        for p in layer._parameters.values():
-            if p is not None:
-                p.data = p.data.float()
+        tensors = _tensors(layer)
+        self.saved[id(layer)] = {n: t.dtype for n, t in tensors.items()}
+        for t in tensors.values():
+            t.data = t.data.float()
 
     def _lower(self, layer: torch.nn.Module, args: Any, output: Any) -> None:
+        tensors = _tensors(layer)
         for n, dtype in self.saved.pop(id(layer)).items():
-            layer._parameters[n].data = layer._parameters[n].data.to(dtype)
+            tensors[n].data = tensors[n].data.to(dtype)
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -258,18 +303,23 @@ class LiftToFloat:
 
 def export_component(src: Any, comp: spec.ComponentSpec, model_spec: spec.ModelSpec, path: Path, *,
                      trace_dims: Mapping[str, int], values: Mapping[str, int], size_rule: Mapping[str, Any],
-                     opset: int, precision: str, note: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """Trace, write, map and check one streamed component; its manifest entry."""
+                     opset: int, precision: str, note: str, log: Callable[[str], None],
+                     bounds: tuple[int, int, int] | None = None,
+                     sample_size: int | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Trace, write, map and check one streamed component: (its manifest entry, the probed size rule of a
+    transformer denoiser, else None; `bounds` and `sample_size` are the architecture's, for the probe)."""
+    from sdrt.export import sizes_transformer
     from sdrt.export.source import load_module
 
     started = time.perf_counter()
     path.parent.mkdir(exist_ok=True)
-    module = meta_module(src, comp.source)
+    module = meta_module(src, comp.source, buffers_too=True)
     compute = torch.float16 if precision == "fp16" else torch.float32
     module = module.half() if compute == torch.float16 else module
     gib = fp32_bytes(module) / 2**30
     vocab_size = int(getattr(src.config(comp.source), "vocab_size", None) or src.vocab_size)
-    example = example_inputs(comp, trace_dims, vocab_size=vocab_size, seed=0, dtype=compute)
+    example = {name: value.to("meta")  # one device for the trace: the module's weights are on meta
+               for name, value in example_inputs(comp, trace_dims, vocab_size=vocab_size, seed=0, dtype=compute).items()}
     graph = wrap(comp, module, model_spec)
     program = trace.dynamo_program(graph, comp, example, opset=opset, optimize=False)
     files = WeightFiles(src.weight_files(comp.source))
@@ -292,15 +342,26 @@ def export_component(src: Any, comp: spec.ComponentSpec, model_spec: spec.ModelS
     started = time.perf_counter()  # the check: PyTorch first (16-bit module, each layer lifted to fp32), freed
     lowest = min((getattr(torch, d) for d in stored), key=lambda d: torch.finfo(d).bits)
     reference = load_module(src.path, src.family, comp.source, dtype=lowest)
+    fresh = dict(meta_module(src, comp.source).named_buffers())
+    for name, buffer in list(reference.named_buffers()):  # float buffers as the graph has them: the file's own
+        if buffer.is_floating_point() and (name in files.where or name in fresh):  # dtype, else the init values
+            owner, _, leaf = name.rpartition(".")
+            reference.get_submodule(owner)._buffers[leaf] = files.read(name) if name in files.where else fresh[name]
     lift = LiftToFloat(reference) if compute == torch.float32 else None
     shapes = check.check_dims(comp, trace_dims, size_rule)
     cases = check.reference_cases(comp, reference, values, shapes, precision=precision, vocab_size=vocab_size,
                                   model=model_spec)
+    probe = None
+    if comp.name == model_spec.family.denoiser:  # the size probe, with the same lifted module
+        probe = sizes_transformer.probe_cases(reference, values, precision=precision, vocab_size=vocab_size,
+                                              model=model_spec, sample_size=sample_size)
     if lift is not None:
         lift.remove()
     del reference
     src.free(comp.source)
     gc.collect()
+    rule = None if probe is None else sizes_transformer.probe_rule(probe, path, bounds, precision=precision,
+                                                                   model=model_spec, lean=True)
     result = check.judge_cases(comp, path, cases, precision=precision, lean=True)
     from sdrt.manifest_schema import component_bytes, component_sha256
 
@@ -316,4 +377,4 @@ def export_component(src: Any, comp: spec.ComponentSpec, model_spec: spec.ModelS
     log(f"{comp.name}: exported streamed in {exported_s:.1f} s ({precision} compute, {entry['storage']} weights, "
         f"external data); check max rel error {result['max_rel_error']:.2g} (threshold "
         f"{result['threshold']['max_rel']:g}) in {time.perf_counter() - started:.1f} s")
-    return entry
+    return entry, rule

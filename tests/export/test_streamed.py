@@ -1,11 +1,11 @@
 """Streamed export (sdrt.export.streamed): a component traced without its weights, the weights copied tensor by
 tensor from the folder in their stored dtype (fp16), a Cast to fp32 after each.
 
-On tiny-sd3 written in fp16 (as released SD3 folders are) with its T5 streamed: the manifest says what was
-stored and why, the weight file holds fp16 weights (half the fp32 bytes), the weight map points at them,
-the check against PyTorch passes at the fp32 threshold, and the whole pipeline matches diffusers in fp32
-(ONNX Runtime keeping the weights in fp16: no constant folding of the Casts) and OpenVINO. Which components
-stream, and the one-line refusals.
+On tiny-sd3 written in fp16 (as released SD3 folders are) with its T5 and its transformer streamed: the
+manifest says what was stored and why, the weight file holds fp16 weights (half the fp32 bytes), the weight
+map points at them, the check against PyTorch passes at the fp32 threshold, the transformer's size probe
+ran, and the whole pipeline matches diffusers in fp32 (ONNX Runtime keeping the weights in fp16: no
+constant folding of the Casts) and OpenVINO. Which components stream, and the one-line refusals.
 """
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ def test_streamed_t5_is_stored_in_fp16_and_checked(tiny_sd3_streamed_onnx):
     entry = manifest.components["text_encoder_3"]
     assert entry["precision"] == "fp32" and entry["storage"] == "fp16" and entry["external_data"]
     assert "exported streamed" in entry["precision_note"] and entry["check"]["max_rel_error"] < 1e-4
-    assert manifest.components["transformer"].get("storage") is None  # the others are exported whole
+    assert manifest.components["text_encoder"].get("storage") is None  # the others are exported whole
+    transformer = manifest.components["transformer"]
+    assert transformer["storage"] == "fp16/fp32"  # its position-embedding buffer is stored in fp32
+    assert transformer["check"]["max_rel_error"] < 1e-4
+    probed = manifest.data["sizes"]["probed"]
+    assert len(probed) >= 3 and all(p["passed"] for p in probed)  # the size probe ran on the streamed graph
     weights = WeightMap.load(manifest, "text_encoder_3")
     records = [r for rs in weights.parameters.values() for r in rs]
     assert {r["dtype"] for r in records} == {"float16"}
@@ -56,7 +61,7 @@ def test_streamed_folder_matches_diffusers_fp32(tiny_sd3_streamed_onnx, capsys):
     ov = Pipeline.load(tiny_sd3_streamed_onnx, "openvino")("a lighthouse", **CALL, generator=TorchReplay(5),
                                                             output_type="np").images
     with capsys.disabled():
-        print(f"\n[streamed T5 (fp16 weights): ort-cpu {quality:.1f} dB, openvino {psnr(ov, theirs):.1f} dB vs diffusers]")
+        print(f"\n[streamed T5 and transformer (fp16 weights): ort-cpu {quality:.1f} dB, openvino {psnr(ov, theirs):.1f} dB vs diffusers]")
     assert psnr(ov, theirs) >= MIN_PSNR
 
 
@@ -67,23 +72,27 @@ def test_which_components_stream(tiny_sd3_streamed_onnx, monkeypatch):
     src = source.load(json.loads((tiny_sd3_streamed_onnx / "sdrt.json").read_text())["source"]["path"])
     model = spec.model_spec("sd3", ["t5"])
     names = model.component_names
-    assert streamed.streamed_components(src, model, names, ()) == set()
+    assert streamed.streamed_components(src, model, names, (), available=2**40) == set()
     sizes = {n: streamed.fp32_bytes(streamed.meta_module(src, model.component(n).source)) for n in names}
-    monkeypatch.setattr(streamed, "STREAM_BYTES", sizes["text_encoder_3"] - 1)
-    big = {n for n, size in sizes.items() if size >= sizes["text_encoder_3"] and n != "transformer"}
-    assert streamed.streamed_components(src, model, names, ()) == big and "text_encoder_3" in big
+    t5 = sizes["text_encoder_3"]
+    monkeypatch.setattr(streamed, "STREAM_BYTES", t5 - 1)  # over STREAM_BYTES (the transformer too, if larger)
+    assert streamed.streamed_components(src, model, names, ()) == {n for n, size in sizes.items() if size >= t5}
+    monkeypatch.setattr(streamed, "STREAM_BYTES", 2**40)  # or when the whole export would not fit the memory
+    room = int(streamed.WHOLE_PEAK * t5)
+    assert streamed.streamed_components(src, model, names, (), available=room) == \
+        {n for n, size in sizes.items() if streamed.WHOLE_PEAK * size > room}
     assert streamed.streamed_components(src, model, ["text_encoder"], ["text_encoder"]) == {"text_encoder"}
 
 
 @pytest.mark.parametrize("model,stream,words", [
-    ("source", "transformer", "the denoiser cannot be exported streamed"),
+    ("tiny_src", "unet", "a UNet cannot be exported streamed"),
     ("tiny-sd3", "text_encoder_3", "needs a diffusers folder with safetensors weights"),
 ])
-def test_stream_refusals_are_one_line(tiny_sd3_streamed_onnx, tmp_path, capsys, model, stream, words):
-    source_folder = json.loads((tiny_sd3_streamed_onnx / "sdrt.json").read_text())["source"]["path"]
+def test_stream_refusals_are_one_line(request, tmp_path, capsys, model, stream, words):
     out = tmp_path / "out"
-    code = main(["export", "--model", source_folder if model == "source" else model, "--out", str(out),
-                 "--stream", stream])
+    source = str(request.getfixturevalue(model)) if model == "tiny_src" else model
+    capsys.readouterr()  # the fixture's own output
+    code = main(["export", "--model", source, "--out", str(out), "--stream", stream])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and words in err
     assert not out.exists()
