@@ -15,6 +15,8 @@ from sdrt.errors import SdrtError
 
 #: transformers' T5 tokenizer limit; StableDiffusion3Pipeline refuses a max_sequence_length above it
 T5_MAX_SEQUENCE_LENGTH = 512
+#: StableDiffusion3Pipeline's default max_sequence_length (what a call uses unless it says otherwise)
+DEFAULT_MAX_SEQUENCE_LENGTH = 256
 
 
 def sd3_facts(src: Any) -> dict[str, Any]:
@@ -60,6 +62,7 @@ def sd3_facts(src: Any) -> dict[str, Any]:
         "text_hidden_size": joint,
         "token_length": spec.TOKEN_LENGTH,
         "max_sequence_length": t5_limit,
+        "default_max_sequence_length": min(DEFAULT_MAX_SEQUENCE_LENGTH, t5_limit),
         "patch_size": int(transformer.patch_size),
         "sample_size": int(transformer.sample_size),
         "vae_sample_size": _vae_sample_size(vae),
