@@ -16,6 +16,9 @@ Fixtures (all session-scoped; each returns a `pathlib.Path`):
 ``tiny_flux_onnx``     likewise, ``tiny-flux`` (Flux dev-style: CLIP + T5, guidance-embedded transformer)
 ``tiny_flux_schnell_onnx``  likewise, ``tiny-flux-schnell`` (no guidance embedding)
 ``tiny_flux_fill_onnx``  likewise, ``tiny-flux-fill`` (Flux Fill: 384-channel transformer)
+``tiny_sd3_streamed_onnx``  ``tiny-sd3`` written in fp16, its T5 and transformer exported streamed (fp16 weights)
+``tiny_flux_streamed_onnx``  ``tiny-flux`` written in fp16, exported under ``--precision fp16`` with its T5 and
+                       transformer streamed
 ``tiny_controlnet_onnx``  an exported ControlNet for ``tiny`` (``tiny-controlnet`` preset, non-zero
                        zero convolutions); ``controlnet_export(preset, seed=0, precision="fp32")``
                        exports others (e.g. a second one, ``tiny-sdxl-controlnet``), cached likewise
@@ -245,6 +248,20 @@ def tiny_sd3_no_t5_onnx(onnx_export: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_flux_streamed_onnx(_model_cache: Path) -> Path:
+    """tiny-flux written with fp16 weights, exported under --precision fp16 with its T5 (kept fp32: fp16 weights,
+    fp32 compute) and its transformer (fp16, its time embedding fp32) streamed (sdrt.export.streamed)."""
+    from sdrt.export.exporter import export_model
+    from sdrt.export.presets import write_preset
+
+    src = _cached(_model_cache / f"src-tiny-flux-fp16-{_cache_key('src', 'tiny-flux', 'fp16')}", "model_index.json",
+                  lambda out: write_preset("tiny-flux", out, storage="fp16"))
+    folder = _model_cache / f"onnx-tiny-flux-streamed-{_cache_key('onnx', 'tiny-flux', 'fp16', 'streamed')}"
+    return _cached(folder, "sdrt.json", lambda out: export_model(
+        str(src), out, precision="fp16", stream=("text_encoder_2", "transformer"), log=lambda line: None))
+
+
+@pytest.fixture(scope="session")
 def tiny_flux_onnx(onnx_export: Callable[..., Path]) -> Path:
     return onnx_export("tiny-flux")
 
@@ -257,6 +274,17 @@ def tiny_flux_schnell_onnx(onnx_export: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux_fill_onnx(onnx_export: Callable[..., Path]) -> Path:
     return onnx_export("tiny-flux-fill")
+def tiny_sd3_streamed_onnx(_model_cache: Path) -> Path:
+    """tiny-sd3 written with fp16 weights (as released SD3 folders are) and exported with its T5 and transformer
+    streamed (sdrt.export.streamed: traced without weights, fp16 weights copied from the folder, fp32 compute)."""
+    from sdrt.export.exporter import export_model
+    from sdrt.export.presets import write_preset
+
+    src = _cached(_model_cache / f"src-tiny-sd3-fp16-{_cache_key('src', 'tiny-sd3', 'fp16')}", "model_index.json",
+                  lambda out: write_preset("tiny-sd3", out, storage="fp16"))
+    folder = _model_cache / f"onnx-tiny-sd3-streamed-{_cache_key('onnx', 'tiny-sd3', 'fp16', 'streamed')}"
+    return _cached(folder, "sdrt.json", lambda out: export_model(str(src), out, stream=("text_encoder_3", "transformer"),
+                                                                 log=lambda line: None))
 
 
 @pytest.fixture(scope="session")

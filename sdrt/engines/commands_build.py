@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--max-size", type=int, help="largest image side in pixels (dynamic profile)")
     size.add_argument("--max-batch", type=int, help="most images per call (dynamic batch)")
     size.add_argument("--max-sequence-length", type=int, default=None, metavar="TOKENS",
-                      help="SD3, Flux: the T5 tokens a call may use (max_sequence_length; default: Flux's 512, "
-                           "SD3's 77)")
+                      help="models with a T5 encoder (SD3, Flux): the T5 tokens a call uses, max_sequence_length "
+                           "(default: the pipeline's, SD3's 256, Flux's 512; a call with another length needs its own "
+                           "build)")
     size.add_argument("--true-cfg", action="store_true",
                       help="Flux: room for true classifier-free guidance (a negative prompt with --true-cfg-scale: "
                            "2 transformer rows per image; default: 1, as dev and schnell run)")
@@ -122,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
 def text_tokens(manifest: Any, max_sequence_length: int | None) -> int:
     """The text tokens (L) an engine takes: --max-sequence-length (a model with a T5 encoder: at most what
-    its export allows), else the model's default call's (Flux: 512; the others: one CLIP chunk)."""
+    its export allows), else the model's default call's (SD3: its pipeline's 256 as recorded at export,
+    Flux: 512; the UNet families: one CLIP chunk, 77)."""
     from sdrt.engines.tensorrt import default_request
     from sdrt.errors import SdrtError
 

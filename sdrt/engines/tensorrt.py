@@ -86,10 +86,11 @@ def no_engine_error(folder: Path, backend: str, comp: spec.ComponentSpec, choice
 
 def default_request(manifest) -> trt_profiles.ProfileRequest:
     """The build request of the model's default call: one image at its default size, with guidance
-    (Flux: without its opt-in true CFG), its text tokens (Flux: the T5 max_sequence_length its calls
-    default to, the most the export allows; else one CLIP chunk)."""
-    flux = manifest.family == "flux"
-    tokens = int(manifest.pipeline.get("max_sequence_length") or spec.TOKEN_LENGTH) if flux else spec.TOKEN_LENGTH
+    (Flux: without its opt-in true CFG), its text tokens (a T5 model's default max_sequence_length: SD3's
+    as recorded at export, else the most the export allows, Flux's 512; else one CLIP chunk)."""
+    pipeline = manifest.pipeline
+    tokens = int(pipeline.get("default_max_sequence_length") or pipeline.get("max_sequence_length")
+                 or spec.TOKEN_LENGTH)
     return trt_profiles.ProfileRequest(tokens=tokens, guidance=manifest.family_spec.guidance == "cfg")
 
 

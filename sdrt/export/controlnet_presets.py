@@ -60,11 +60,11 @@ def build_controlnet(name: str, *, seed: int = 0) -> Any:
     import diffusers
     import torch
 
-    from sdrt.export.presets import _fill_seeded, _parameters_on_meta, get_preset
+    from sdrt.export.presets import _fill_seeded, parameters_on_meta, get_preset
 
     preset = get_controlnet_preset(name)
     base = get_preset(preset.base)
-    with _parameters_on_meta():
+    with parameters_on_meta():
         model = diffusers.ControlNetModel(**controlnet_config(base.unet, preset.conditioning_embedding_out_channels))
     _fill_seeded([model], seed + 1, base, torch.float32)
     return model.eval()

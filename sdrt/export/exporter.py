@@ -12,7 +12,6 @@ import copy
 import datetime
 import gc
 import json
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from sdrt import residual_graph, spec
 from sdrt.errors import SdrtError
-from sdrt.export import check, controlnet, sizes, sizes_transformer, source, staging, trace, weight_map
+from sdrt.export import check, controlnet, sizes, sizes_transformer, source, staging, streamed, trace, weight_map
 from sdrt.export.graphs import example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from sdrt.manifest_schema import component_bytes, component_sha256
@@ -30,22 +29,20 @@ PRECISIONS = ("fp32", "fp16")
 
 def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSET, precision: str = "fp32",
                  components: Sequence[str] | None = None, force: bool = False, exporter: str = "dynamo",
-                 hidden_states: bool = False, stream_weights: bool = False,
+                 hidden_states: bool = False, stream: Sequence[str] = (),
                  log: Callable[[str], None] = print) -> Path:
     """Export `model` (a diffusers folder or a preset name) into the ONNX model folder `out`.
 
     `hidden_states`: SD 1.x/2.x text encoders also give their layer stack (what `clip_skip` needs;
-    SDXL exports always have it). `stream_weights`: trace on the meta device and stream the weights
-    to disk, for models larger than memory (sdrt.export.streamed: no check against PyTorch)."""
+    SDXL exports always have it). `stream`: components to export streamed (sdrt.export.streamed:
+    weights copied tensor by tensor in their stored dtype; automatic above its STREAM_BYTES)."""
     out = Path(out)
 
     # 1. Arguments: everything that can be wrong without loading a model fails here.
     trace.check_opset(exporter, opset)
-    if stream_weights and exporter != "dynamo":
-        raise SdrtError("--stream-weights traces with the dynamo exporter: drop --exporter torchscript")
     if precision not in PRECISIONS:
         raise SdrtError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    unknown = [c for c in components or () if c not in spec.component_names()]
+    unknown = [c for c in [*(components or ()), *stream] if c not in spec.component_names()]
     if unknown:
         raise SdrtError(f"unknown component {unknown[0]!r}: choose from {', '.join(spec.component_names())}")
     staging.check_target(out, force)
@@ -56,7 +53,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
 
     # 2. The source, in fp32, and the model spec its family and variants give.
     started = time.perf_counter()
-    src = source.load(model, meta=stream_weights)
+    src = source.load(model)
     pipeline = pipeline_facts(src, hidden_states=hidden_states)
     model_spec = spec.model_spec(pipeline["family"], pipeline["variants"])
     absent = [c for c in components or () if not model_spec.has(c)]
@@ -80,33 +77,29 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                text_hidden_size=pipeline["text_hidden_size"],
                                vae_scale_factor=pipeline["vae_scale_factor"],
                                token_length=pipeline["token_length"], extra=pipeline["dims"])
+    streaming = streamed.streamed_components(src, model_spec, components, stream, available=streamed.available_bytes())
     log(f"loaded {src.kind} {src.name} ({src.class_name}) in {time.perf_counter() - started:.1f} s; "
         f"model family {pipeline['family']}" + (f" ({', '.join(pipeline['variants'])})" if pipeline["variants"] else ""))
 
     # The trace shape: batch 2, the model's latent size, non-square (every check shape differs).
-    geometry = denoiser_sizes(model_spec.family, src.module(model_spec.denoiser.source), pipeline["sample_size"])
+    # (a transformer's config only: its weights are loaded when its turn comes)
+    geometry = denoiser_sizes(src, model_spec.denoiser.source, pipeline["sample_size"])
     h, w = geometry.trace_latent()
     trace_dims = {**values, "B": 2, "h": h, "w": w, "L": spec.TOKEN_LENGTH}
 
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
         job = _Job(src, model_spec, traced_spec, residuals, values, trace_dims, geometry, tmp, opset, exporter)
         size_rule = geometry.unprobed()
-        if stream_weights:  # the denoiser is exported, but there is no PyTorch module to probe it against
-            size_rule["rule"] = re.sub(r"^\w+ not exported, sizes not probed", "streamed export (no PyTorch module "
-                                       "in memory), sizes not probed", size_rule["rule"])
         entries: dict[str, dict[str, Any]] = {}
         for index, component in enumerate(components):
             comp = traced_spec.component(component)
             later = any(model_spec.component(c).source == comp.source for c in components[index + 1:])
-            chosen, note = precision_policy(comp, precision, src.module(comp.source))
-            if stream_weights:
-                entries[component] = job.export_streamed(comp, chosen, note, free=not later)
-                log(f"{component}: exported in {entries[component]['export_seconds']:.1f} s ({chosen}, weights "
-                    f"streamed into model.onnx.data; not checked against PyTorch)")
-                continue
+            chosen, note = precision_policy(comp, precision, src.config(comp.source))
+            # larger than memory in fp32: traced without weights, weights copied (sdrt.export.streamed)
+            export = job.export_streamed if component in streaming else job.export
             fallback = chosen == "fp16" and component in model_spec.family.fp16_fallback
             try:
-                entries[component], size_rule = job.export(comp, chosen, note, size_rule, free=not (later or fallback))
+                entries[component], size_rule = export(comp, chosen, note, size_rule, free=not (later or fallback))
             except check.CheckFailed as failure:
                 if not fallback:
                     raise
@@ -114,13 +107,14 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                 shutil.rmtree(tmp / component)
                 note = (f"kept fp32 under --precision fp16: the fp16 graph failed the export check ({failure.measured}; "
                         f"this family's {component} is known to overflow or lose precision in fp16)")
-                entries[component], size_rule = job.export(comp, "fp32", note, size_rule, free=not later)
+                entries[component], size_rule = export(comp, "fp32", note, size_rule, free=not later)
             if fallback and not later:
-                src.modules[comp.source] = None
+                src.free(comp.source)
                 gc.collect()
-            result = entries[component]["check"]
-            log(f"{component}: exported in {entries[component]['export_seconds']:.1f} s ({entries[component]['precision']}"
-                f"{', external data' if entries[component]['external_data'] else ''}); check max rel error "
+            entry, result = entries[component], entries[component]["check"]
+            how = f"streamed, {entry['storage']} weights, " if "storage" in entry else ""
+            log(f"{component}: exported in {entry['export_seconds']:.1f} s ({how}{entry['precision']}"
+                f"{', external data' if entry['external_data'] else ''}); check max rel error "
                 f"{result['max_rel_error']:.2g} (threshold {result['threshold']['max_rel']:g}) in "
                 f"{result.pop('seconds'):.1f} s")
 
@@ -155,22 +149,16 @@ class _Job:
     opset: int
     exporter: str
 
-    def export_streamed(self, comp: spec.ComponentSpec, component_precision: str, note: str, *,
-                        free: bool) -> dict[str, Any]:
-        """Trace one component on the meta device and stream its weights (sdrt.export.streamed)."""
-        from sdrt.export import streamed
-
-        path = self.tmp / comp.name / "model.onnx"
-        path.parent.mkdir()
-        if component_precision == "fp16":
-            note += "; streamed export: the fp16 graph was not measured against PyTorch"
-        entry = streamed.export_component(self.src, comp, self.traced_spec, path, precision=component_precision,
-                                          note=note, dims=self.trace_dims, opset=self.opset,
-                                          residuals=self.residuals if self._marked(comp) else None)
-        save_config(self.src.module(comp.source), path.parent)
-        if free:
-            self.src.modules[comp.source] = None
-        return entry
+    def export_streamed(self, comp: spec.ComponentSpec, component_precision: str, note: str,
+                        size_rule: dict[str, Any], *, free: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Export one component streamed (sdrt.export.streamed: traced without weights, the weights
+        copied from the folder's files, checked against PyTorch with the 16-bit module lifted layer by
+        layer); its manifest entry and the size rule. The streamed export frees its own module."""
+        entry, probed = streamed.export_component(
+            self.src, comp, self.model_spec, self.tmp / comp.name / "model.onnx", trace_dims=self.trace_dims,
+            values=self.values, size_rule=size_rule, opset=self.opset, precision=component_precision, note=note,
+            geometry=self.geometry)
+        return entry, probed or size_rule
 
     def export(self, comp: spec.ComponentSpec, component_precision: str, note: str, size_rule: dict[str, Any], *,
                free: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -211,7 +199,7 @@ class _Job:
         save_config(module, path.parent)
         del module
         if free:
-            self.src.modules[comp.source] = None
+            self.src.free(comp.source)
             gc.collect()
         # 5. Sizes (the denoiser): which latent sizes the graph really supports; then the check (a marked
         # UNet: of the graph a ControlNet runs, its residual inputs added back as at load).
@@ -255,20 +243,22 @@ def vocab_size_of(module: Any) -> int:
     return int(value or 1)
 
 
-def denoiser_sizes(family: spec.Family, denoiser: Any, sample_size: int) -> Any:
-    """The size rule of the family's denoiser: the UNet's (sdrt.export.sizes), Flux's packed tokens
-    (sdrt.export.flux) or a patch transformer's (SD3: sdrt.export.sizes_transformer)."""
-    if family.name == "flux":
+def denoiser_sizes(src: source.Source, name: str, sample_size: int) -> Any:
+    """The size rule of the family's denoiser `name`: the UNet's (sdrt.export.sizes; the module, loaded
+    anyway), Flux's packed tokens (sdrt.export.flux) or a patch transformer's (SD3:
+    sdrt.export.sizes_transformer): a transformer's from its config, its weights loaded in its turn."""
+    config = src.config(name)
+    if src.family.name == "flux":
         from sdrt.export.flux import FluxSizes
 
-        return FluxSizes(denoiser, sample_size)
-    if sizes_transformer.is_transformer(denoiser):
-        return sizes_transformer.TransformerSizes(denoiser, sample_size)
-    return sizes.UNetSizes(denoiser, sample_size)
+        return FluxSizes(config, sample_size)
+    if sizes_transformer.is_transformer(config):
+        return sizes_transformer.TransformerSizes(config, sample_size)
+    return sizes.UNetSizes(src.module(name), sample_size)
 
 
-def precision_policy(component: spec.ComponentSpec, precision: str, module: Any) -> tuple[str, str]:
-    """(precision, why) of one component under --precision.
+def precision_policy(component: spec.ComponentSpec, precision: str, config: Any) -> tuple[str, str]:
+    """(precision, why) of one component under --precision (`config`: the module's).
 
     SD VAEs overflow in fp16 (NaN/inf images at 512 px and up); diffusers marks them
     `force_upcast: true` and runs them in fp32 even in fp16 pipelines. The spec names that key
@@ -278,7 +268,7 @@ def precision_policy(component: spec.ComponentSpec, precision: str, module: Any)
     if component.fp32_always:
         return "fp32", component.fp32_always
     key = component.fp32_if_config
-    if key and module.config.get(key, False):
+    if key and config.get(key, False):
         return "fp32", (f"kept fp32 under --precision fp16: the VAE config has {key}=true (SD VAEs overflow "
                         f"in fp16; diffusers runs them in fp32 too)")
     return "fp16", "fp16 as asked (--precision fp16); the check compares it with the fp32 PyTorch module"
@@ -286,13 +276,13 @@ def precision_policy(component: spec.ComponentSpec, precision: str, module: Any)
 
 #: model symbol -> how to read it from the source's modules (the family's own symbols, sdrt.spec)
 SYMBOL_READERS: dict[str, Callable[[source.Source], int]] = {
-    "D1": lambda src: int(src.module("text_encoder").config.hidden_size),
-    "K1": lambda src: int(src.module("text_encoder").config.num_hidden_layers),
-    "D2": lambda src: int(src.module("text_encoder_2").config.hidden_size),
-    "K2": lambda src: int(src.module("text_encoder_2").config.num_hidden_layers),
-    "P": lambda src: int(src.module("text_encoder_2").config.projection_dim),
+    "D1": lambda src: int(src.config("text_encoder").hidden_size),
+    "K1": lambda src: int(src.config("text_encoder").num_hidden_layers),
+    "D2": lambda src: int(src.config("text_encoder_2").hidden_size),
+    "K2": lambda src: int(src.config("text_encoder_2").num_hidden_layers),
+    "P": lambda src: int(src.config("text_encoder_2").projection_dim),
     "T": lambda src: 5 if src.model_index.get("requires_aesthetics_score", False) else 6,
-    "G": lambda src: int(src.module("unet").config.time_cond_proj_dim),
+    "G": lambda src: int(src.config("unet").time_cond_proj_dim),
 }
 
 
@@ -306,12 +296,12 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
         from sdrt.export import flux
 
         return flux.pipeline_facts(src)
+    unet, vae = src.config("unet"), src.config("vae")
     family = src.family
-    unet, vae = src.module("unet").config, src.module("vae").config
     latent_channels = int(vae.latent_channels)
-    encoders = [(name, src.module(name)) for name in family.text_encoders]
-    width = sum(int(e.config.hidden_size) for _, e in encoders)
-    names = " + ".join(f"{n}'s {int(e.config.hidden_size)}" for n, e in encoders)
+    encoders = [(name, src.config(name)) for name in family.text_encoders]
+    width = sum(int(e.hidden_size) for _, e in encoders)
+    names = " + ".join(f"{n}'s {int(e.hidden_size)}" for n, e in encoders)
     if int(unet.cross_attention_dim) != width:
         raise SdrtError(f"the UNet's cross_attention_dim {unet.cross_attention_dim} differs from the text "
                         f"encoders' hidden size ({names}): the pipeline's components do not match")
@@ -366,7 +356,7 @@ def vae_sample_size(vae: Any) -> int | None:
 
 def check_size_conditioning(src: source.Source, dims: dict[str, int]) -> None:
     """An SDXL-family UNet must take text_time conditioning of T time ids and the pooled projection P."""
-    unet = src.module("unet").config
+    unet = src.config("unet")
     if unet.get("addition_embed_type") != "text_time":
         raise SdrtError(f"the UNet's addition_embed_type is {unet.get('addition_embed_type')!r}, an SDXL "
                         f"pipeline needs 'text_time': the pipeline's components do not match")

@@ -32,8 +32,8 @@ PROBE_GRIDS = ((1, 1), (1, 2), (2, 1), (3, 5), (4, 4), (5, 2), (7, 9), (16, 12))
 
 def pipeline_facts(src: Any) -> dict[str, Any]:
     """What the runtime needs to know about a Flux model, read from its configs (never assumed)."""
-    transformer, vae = src.module("transformer").config, src.module("vae").config
-    clip, t5 = src.module("text_encoder").config, src.module("text_encoder_2").config
+    transformer, vae = src.config("transformer"), src.config("vae")
+    clip, t5 = src.config("text_encoder"), src.config("text_encoder_2")
     channels = int(vae.latent_channels)
     packed = 4 * channels
     out_channels = int(transformer.get("out_channels") or transformer.in_channels)
@@ -90,7 +90,7 @@ class FluxSizes:
     #: latent pixels per token side: latent sizes are multiples of it
     multiple = 2
 
-    def __init__(self, transformer: Any, sample_size: int):
+    def __init__(self, config: Any, sample_size: int):
         self.sample_size = sample_size
         self.max_latent = max(sizes.MAX_LATENT_CAP, 4 * sample_size) // self.multiple * self.multiple
 
@@ -114,8 +114,9 @@ class FluxSizes:
                 for i, (h, w) in enumerate(PROBE_GRIDS)}
 
     def probe_rule(self, cases: dict[tuple[int, int], Case | None], path: Any, *, precision: str,
-                   model: spec.ModelSpec) -> dict[str, Any]:
-        session = ort_session(path)
+                   model: spec.ModelSpec, lean: bool = False) -> dict[str, Any]:
+        """The ONNX Runtime side (`lean`: a streamed graph's 16-bit weights kept so, check.ort_session)."""
+        session = ort_session(path, lean=lean)
         threshold = THRESHOLDS[precision]
         passed = {grid: judge(model.denoiser, session, case)["max_rel_error"] <= threshold
                   for grid, case in cases.items() if case is not None}

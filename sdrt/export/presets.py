@@ -104,6 +104,9 @@ class Preset:
     trained: bool = False  # weights shipped in sdrt/data/<name>/ (see shapes_model.py), not seeded
     text_encoder_3: dict[str, Any] | None = None  # SD3: the T5 encoder
     transformer: dict[str, Any] | None = None  # SD3, Flux: the denoiser (the family table names its class)
+    #: the dtype `write_preset` stores the weights in: fp32, or fp16 as the released folder has them
+    #: (sd3.5-medium: 16 GB instead of 31; sdrt export reads them back as they are stored)
+    storage: str = "fp32"
 
 
 PRESETS: dict[str, Preset] = {
@@ -238,7 +241,7 @@ PRESETS: dict[str, Preset] = {
             text_encoder=sd3.CLIP_L,
             text_encoder_2=sd3.CLIP_G, text_encoder_3=sd3.T5_XXL,
             scheduler=sd3.SD3_SCHEDULER, scheduler_class="FlowMatchEulerDiscreteScheduler",
-            pipeline_class="StableDiffusion3Pipeline",
+            pipeline_class="StableDiffusion3Pipeline", storage="fp16",
         ),
         Preset(
             "tiny-flux",
@@ -269,7 +272,7 @@ PRESETS: dict[str, Preset] = {
             "random weights",
             unet=None, transformer={**fx.FLUX_TRANSFORMER, "guidance_embeds": False}, vae=fx.FLUX_VAE,
             text_encoder=fx.CLIP_L, text_encoder_2=fx.T5_XXL, scheduler=fx.SCHNELL_SCHEDULER,
-            scheduler_class="FlowMatchEulerDiscreteScheduler", pipeline_class="FluxPipeline",
+            scheduler_class="FlowMatchEulerDiscreteScheduler", pipeline_class="FluxPipeline", storage="fp16",
         ),
         Preset(
             "flux-dev",
@@ -277,7 +280,7 @@ PRESETS: dict[str, Preset] = {
             "1024 px), random weights",
             unet=None, transformer=fx.FLUX_TRANSFORMER, vae=fx.FLUX_VAE, text_encoder=fx.CLIP_L,
             text_encoder_2=fx.T5_XXL, scheduler=fx.DEV_SCHEDULER, scheduler_class="FlowMatchEulerDiscreteScheduler",
-            pipeline_class="FluxPipeline",
+            pipeline_class="FluxPipeline", storage="fp16",
         ),
     )
 }
@@ -343,42 +346,26 @@ def _scaled(kind: str, shape: Any, std: dict[str, float]) -> tuple[float, float]
     return std["norm" if kind == "norm_bias" else kind], 0.0
 
 
-def seeded_parameters(models: list[Any], seed: int, preset: Preset) -> Iterator[tuple[int, Any, str, str, Any]]:
-    """Every parameter's seeded fp32 values, drawn from one generator in the models' named order:
-    (model index, module, parameter name in the module, name in the model, values). One at a time, so a
-    streamed export writes a model larger than memory with the very bits an in-memory build has."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    for index, model in enumerate(models):
-        for prefix, module in model.named_modules():
-            for pname, param in list(module._parameters.items()):
-                if param is None:
-                    continue
-                std, mean = _scaled(_param_kind(module, pname), param.shape, preset.init_std)
-                values = torch.empty(param.shape, dtype=torch.float32).normal_(mean, std, generator=generator)
-                yield index, module, pname, f"{prefix}.{pname}" if prefix else pname, values
-
-
 def _fill_seeded(models: list[Any], seed: int, preset: Preset, dtype: Any) -> None:
     """Draw every (meta) parameter from one seeded generator, in the models' named order."""
     import torch
 
-    for _, module, pname, _, values in seeded_parameters(models, seed, preset):
-        module._parameters[pname] = torch.nn.Parameter(values.to(dtype), requires_grad=False)
+    generator = torch.Generator().manual_seed(seed)
+    for model in models:
+        _fill(model, generator, preset, dtype)
 
 
-def streamed_weights(name: str, module_name: str, seed: int = 0) -> Iterator[tuple[str, Any]]:
-    """(parameter name, fp32 values) of one module of a preset, one at a time, equal to what
-    `build_components(name, seed=seed)` puts there (the earlier modules' draws are made and dropped)."""
-    models = {k: v for k, v in build_components(name, device="meta").items() if hasattr(v, "named_modules")}
-    order = list(models)
-    target = order.index(module_name)
-    for index, _, _, qualified, values in seeded_parameters(list(models.values()), seed, get_preset(name)):
-        if index == target:
-            yield qualified, values
-        elif index > target:
-            return
+def _fill(model: Any, generator: Any, preset: Preset, dtype: Any) -> None:
+    """Draw `model`'s (meta) parameters from `generator` (fp32 draws, stored in `dtype` one at a time)."""
+    import torch
+
+    for module in model.modules():
+        for pname, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            std, mean = _scaled(_param_kind(module, pname), param.shape, preset.init_std)
+            values = torch.empty(param.shape, dtype=torch.float32).normal_(mean, std, generator=generator)
+            module._parameters[pname] = torch.nn.Parameter(values.to(dtype), requires_grad=False)
 
 
 def _family(preset: Preset) -> Any:
@@ -442,12 +429,15 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
 
 
 def build_pipeline(name: str, seed: int = 0, dtype: Any = None, device: str = "cpu") -> Any:
-    """A diffusers pipeline with the preset's seeded random weights (no safety checker); ``device="meta"``:
-    its modules without weights (a streamed export's source)."""
+    """A diffusers pipeline with the preset's seeded random weights (no safety checker; `device="meta"`:
+    no weights)."""
+    return _assemble(get_preset(name), build_components(name, seed=seed, dtype=dtype, device=device))
+
+
+def _assemble(preset: Preset, parts: dict[str, Any]) -> Any:
+    """The preset's diffusers pipeline around its parts."""
     import diffusers
 
-    preset = get_preset(name)
-    parts = build_components(name, seed=seed, dtype=dtype, device=device)
     pipeline_class = getattr(diffusers, preset.pipeline_class)
     # every optional module off (no safety checker, no watermarker, no IP-adapter image encoder)
     optional = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
@@ -457,19 +447,51 @@ def build_pipeline(name: str, seed: int = 0, dtype: Any = None, device: str = "c
     return pipeline_class(**parts, **{k: v for k, v in optional.items() if k in accepted and k not in parts})
 
 
-def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = False) -> Path:
-    """Write the preset as an ordinary diffusers folder, atomically (temporary sibling, then rename)."""
+STORAGE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = False,
+                 storage: str | None = None) -> Path:
+    """Write the preset as an ordinary diffusers folder, atomically (temporary sibling, then rename).
+
+    In fp32 the pipeline is built whole and saved. In a 16-bit `storage` (default: the preset's; fp16
+    for sd3.5-medium, as released) one module at a time: drawn (the same draws as `build_pipeline`'s,
+    the generator running on from module to module), saved, freed; so a preset larger than the
+    machine's memory is written with about one module's (sd3.5-medium: T5-XXL's 9.5 GB)."""
+    import torch
+
     from sdrt.export.staging import check_target
     from sdrt.export.tokenizer_files import write_tokenizer
     from sdrt.export.tokenizer_t5 import write_t5_tokenizer
 
-    family = _family(get_preset(name))
+    preset = get_preset(name)
+    storage = storage or preset.storage
+    if storage not in STORAGE:
+        raise SdrtError(f"unknown storage dtype {storage!r}: choose one of {', '.join(STORAGE)}")
+    dtype = getattr(torch, STORAGE[storage])
     out = Path(out)
     check_target(out, force)
     with atomic.staged_folder(out, if_exists="replace" if force else "fail") as tmp:
-        pipeline = build_pipeline(name, seed=seed)
-        pipeline.save_pretrained(tmp)
+        if storage == "fp32" or preset.trained:  # small enough to build whole (sdxl's 14 GB included)
+            pipeline = build_pipeline(name, seed=seed)
+            pipeline.save_pretrained(tmp)
+        else:
+            parts = build_components(name, seed=seed, device="meta")  # configs, scheduler, tokenizers
+            pipeline = _assemble(preset, parts)
+            pipeline.save_config(tmp)
+            generator = torch.Generator().manual_seed(seed)
+            for part, value in parts.items():
+                if isinstance(value, torch.nn.Module):  # the build order: the same draws as build_pipeline
+                    _fill(value, generator, preset, dtype)
+                    value.eval().save_pretrained(tmp / part)
+                    for module in value.modules():  # back to meta: the next module's draws fit beside it
+                        for pname in [n for n, p in module._parameters.items() if p is not None]:
+                            module._parameters[pname] = torch.nn.Parameter(
+                                module._parameters[pname].to("meta"), requires_grad=False)
+                else:
+                    value.save_pretrained(tmp / part)
         # CLIP's: also vocab.json / merges.txt, as released SD folders have them (older transformers read those)
+        family = _family(preset)
         for folder, _ in family.text_encoders.values():
             tokenizer = getattr(pipeline, folder, None)
             if tokenizer is not None:

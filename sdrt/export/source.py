@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from sdrt import spec
 from sdrt.errors import SdrtError
@@ -66,11 +66,13 @@ VARIANTS = (None, "fp16")
 
 @dataclass
 class Source:
-    """A loaded pipeline, in fp32, plus the facts the manifest records about where it came from.
+    """A pipeline to export, in fp32, plus the facts the manifest records about where it came from.
 
-    `modules` holds the family's diffusers modules by folder name (text_encoder, unet, vae, ...), and
-    `tokenizers` its tokenizers by folder name; export frees a module (sets it to None) once no later
-    component needs it."""
+    `modules` holds the family's diffusers modules by folder name (text_encoder, unet, vae, ...) and
+    `tokenizers` its tokenizers by folder name. A folder's modules are loaded on first use, one at a
+    time (`present` names the ones it has), so a pipeline larger than memory is exported module by
+    module; export frees a module (`free`) once no later component needs it. `config` reads a
+    module's config without its weights."""
 
     kind: str  # "preset" or "folder"
     name: str
@@ -82,17 +84,36 @@ class Source:
     tokenizers: dict[str, Any]
     scheduler_config: dict[str, Any]
     content_hash: str
-    #: a streamed source (`load(..., meta=True)`): its modules are on the meta device and this gives one
-    #: module's (parameter name, fp32 values), one tensor at a time
-    weights: Callable[[str], Iterator[tuple[str, Any]]] | None = None
+    present: tuple[str, ...] = ()  # a folder's modules (loaded on use); a preset's are all in `modules`
+
+    def has(self, name: str) -> bool:
+        return self.modules.get(name) is not None or name in self.present
 
     def module(self, name: str) -> Any:
+        if self.modules.get(name) is None and name in self.present and self.path is not None:
+            self.modules[name] = load_module(self.path, self.family, name)
         return self.modules.get(name)
+
+    def free(self, name: str) -> None:
+        self.modules.pop(name, None)
+
+    def config(self, name: str) -> Any:
+        """The module's config (attribute access, defaults filled) without loading its weights."""
+        if self.modules.get(name) is not None or self.path is None:
+            module = self.modules.get(name)
+            return None if module is None else module.config
+        return module_config(self.path / name, *self.family.modules[name]) if name in self.present else None
+
+    def weight_files(self, name: str) -> list[Path]:
+        """A folder module's safetensors files (empty for a preset, or .bin weights)."""
+        if self.path is None or name not in self.present:
+            return []
+        return sorted((self.path / name).glob("*.safetensors"))
 
     @property
     def vocab_size(self) -> int:
-        first = next(name for name in self.family.text_encoders if self.modules.get(name) is not None)
-        return int(self.modules[first].config.vocab_size)
+        first = next(name for name in self.family.text_encoders if self.has(name))
+        return int(self.config(first).vocab_size)
 
 
 def resolve(model: str) -> tuple[str, str]:
@@ -174,35 +195,71 @@ def _weight_variant(folder: Path, stems: tuple[str, ...]) -> str | None:
                     f"in {folder}")
 
 
-def load_folder(path: Path, meta: bool = False) -> Source:
-    """Load the family's models in fp32, component by component (no safety checker, no hub); `meta`: their
-    configs only, on the meta device, the weights read one tensor at a time when exported (`weights`)."""
+def load_module(path: Path, family: spec.Family, name: str, dtype: Any = None) -> Any:
+    """One module of a diffusers folder, in fp32 (or `dtype`: the stored one, for a streamed export)."""
     import diffusers
     import torch
     import transformers
 
+    library, cls = family.modules[name]
+    module = diffusers if library == "diffusers" else transformers
+    dtype_key = "torch_dtype" if library == "diffusers" else "dtype"
+    variant = _weight_variant(path / name, WEIGHT_STEMS[library])
+    try:
+        with quiet_libraries():
+            return getattr(module, cls).from_pretrained(
+                path / name, variant=variant, local_files_only=True, **{dtype_key: dtype or torch.float32}).eval()
+    except Exception as e:  # corrupt or mismatched files: safetensors, torch and config errors alike
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SdrtError(f"cannot load {name} from {path / name}: {first[:200]}") from None
+
+
+def module_config(folder: Path, library: str, cls: str) -> Any:
+    """A module's config from its config.json, defaults filled, no weights read (attribute access)."""
+    import diffusers
+    import transformers
+
+    try:
+        with quiet_libraries():
+            if library == "transformers":
+                return getattr(transformers, cls).config_class.from_pretrained(folder, local_files_only=True)
+            from sdrt.export.presets import parameters_on_meta
+
+            model_class = getattr(diffusers, cls)
+            with parameters_on_meta():  # the module's own defaults, without its weights
+                return model_class.from_config(model_class.load_config(folder)).config
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SdrtError(f"cannot read the config of {folder.name} from {folder}: {first[:200]}") from None
+
+
+def _check_weights(path: Path, name: str) -> None:
+    """Each safetensors file of a module opens (its header and size agree): a truncated or corrupt file
+    is found before any export work, not when its module's turn comes."""
+    from safetensors import safe_open
+
+    for file in sorted((path / name).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "np") as f:
+                f.keys()
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SdrtError(f"cannot load {name} from {path / name}: {file.name}: {first[:160]}") from None
+
+
+def load_folder(path: Path) -> Source:
+    """The folder's family and tokenizers; its models are loaded in fp32 when export reaches them (no
+    safety checker, no hub)."""
+    import transformers
+
     index, variants = check_folder(path)
     family = family_of(index["_class_name"], index)
-    models: dict[str, Any] = {}
-    for name, (library, cls) in family.modules.items():
-        if name not in variants:  # an optional module the folder lacks
-            models[name] = None
-            continue
-        module = diffusers if library == "diffusers" else transformers
-        dtype_key = "torch_dtype" if library == "diffusers" else "dtype"
-        try:
-            if meta:
-                models[name] = _meta_module(getattr(module, cls), path / name, library).eval()
-                continue
-            models[name] = getattr(module, cls).from_pretrained(
-                path / name, variant=variants[name], local_files_only=True, **{dtype_key: torch.float32}
-            ).eval()
-        except Exception as e:  # corrupt or mismatched files: safetensors, torch and config errors alike
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SdrtError(f"cannot load {name} from {path / name}: {first[:200]}") from None
+    for name in variants:
+        _check_weights(path, name)
+    models: dict[str, Any] = {name: None for name in family.modules}
     tokenizers: dict[str, Any] = {}
     for encoder, (name, _) in family.text_encoders.items():
-        if models.get(encoder, True) is None:
+        if encoder in family.modules and encoder not in variants:
             continue
         kind = family.tokenizer_kinds.get(name, "clip")
         loader = transformers.T5TokenizerFast if kind == "t5" else transformers.CLIPTokenizer
@@ -211,65 +268,30 @@ def load_folder(path: Path, meta: bool = False) -> Source:
         except (OSError, ValueError, ImportError) as e:
             raise SdrtError(f"cannot load the {name} from {path / name}: {str(e).splitlines()[0]}")
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-    weights = (lambda module: folder_weights(path / module, variants[module])) if meta else None
     return Source("folder", path.name, path.resolve(), index["_class_name"], index, family, models, tokenizers,
-                  scheduler_config, hash_folder(path), weights)
+                  scheduler_config, hash_folder(path), present=tuple(variants))
 
 
-def _meta_module(cls: Any, folder: Path, library: str) -> Any:
-    """A module built from its folder's config, its parameters on the meta device (no weights read; its
-    buffers, e.g. CLIP's position ids, real: they are not in the weight files)."""
-    from sdrt.export.presets import parameters_on_meta
-
-    with parameters_on_meta():
-        if library == "diffusers":
-            return cls.from_config(cls.load_config(folder))
-        return cls(cls.config_class.from_pretrained(folder))
-
-
-def folder_weights(folder: Path, variant: str | None) -> Iterator[tuple[str, Any]]:
-    """(parameter name, fp32 tensor) of a component folder's safetensors files, one tensor at a time."""
-    import torch
-    from safetensors import safe_open
-
-    variants = [f".{v}." for v in VARIANTS if v]
-    files = [p for p in sorted(folder.glob("*.safetensors"))
-             if (f".{variant}." in p.name if variant else not any(v in p.name for v in variants))]
-    if not files:
-        raise SdrtError(f"{folder} has no .safetensors weights: a streamed export reads safetensors only "
-                        f"(convert .bin files with diffusers' save_pretrained first)")
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                yield key, f.get_tensor(key).to(torch.float32)
-
-
-def load_preset(name: str, meta: bool = False) -> Source:
-    """Build a preset's seeded random-weight pipeline in memory (nothing written, nothing fetched); `meta`:
-    its modules without weights, which a streamed export draws one tensor at a time (the same bits)."""
+def load_preset(name: str) -> Source:
+    """Build a preset's seeded random-weight pipeline in memory (nothing written, nothing fetched)."""
     from sdrt.export import presets
 
-    pipe = presets.build_pipeline(name, seed=0, device="meta" if meta else "cpu")
+    pipe = presets.build_pipeline(name, seed=0)
     index = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(pipe.config).items()}
     index["_class_name"] = type(pipe).__name__
     family = family_of(index["_class_name"], index)
     modules = {name: getattr(pipe, name, None) for name in family.modules}
     tokenizers = {folder: getattr(pipe, folder) for encoder, (folder, _) in family.text_encoders.items()
                   if modules.get(encoder, True) is not None}
-    present = [m for m in modules.values() if m is not None]
-    if meta:  # no weights in memory to hash: the recipe (configs and seed) they are drawn from
-        return Source("preset", name, None, type(pipe).__name__, index, family, modules, tokenizers,
-                      json.loads(pipe.scheduler.to_json_string()), hash_recipe(name, present, seed=0),
-                      lambda module: presets.streamed_weights(name, module, seed=0))
     return Source("preset", name, None, type(pipe).__name__, index, family, modules, tokenizers,
-                  json.loads(pipe.scheduler.to_json_string()), hash_modules(name, present))
+                  json.loads(pipe.scheduler.to_json_string()),
+                  hash_modules(name, [m for m in modules.values() if m is not None]))
 
 
-def load(model: str, meta: bool = False) -> Source:
-    """The source, in fp32; `meta`: without weights in memory (a streamed export)."""
+def load(model: str) -> Source:
     kind, value = resolve(model)
     with quiet_libraries():
-        return load_preset(value, meta) if kind == "preset" else load_folder(Path(value), meta)
+        return load_preset(value) if kind == "preset" else load_folder(Path(value))
 
 
 @contextlib.contextmanager
@@ -315,15 +337,4 @@ def hash_modules(name: str, modules: list[Any]) -> str:
         for key, tensor in module.state_dict().items():
             digest.update(key.encode())
             digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy())
-    return "sha256:" + digest.hexdigest()
-
-
-def hash_recipe(name: str, modules: list[Any], seed: int) -> str:
-    """sha256 of a preset's name, configs and seed: what its seeded weights are a function of (a streamed
-    export never holds them all in memory to hash them)."""
-    digest = hashlib.sha256(f"{name}\0seed {seed}".encode())
-    for module in modules:
-        config = module.config
-        digest.update((config.to_json_string() if hasattr(config, "to_json_string") else json.dumps(
-            dict(config), sort_keys=True, default=str)).encode())
     return "sha256:" + digest.hexdigest()

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = Manifest.load(args.model)
     items = batch.read_requests(args.requests, model="model", default_size=manifest.default_image_size,
                                 default_steps=args.steps, seed_base=args.seed, lora_dir=args.lora_dir,
-                                default_guidance=7.5 if manifest.family_spec.guidance == "cfg" else None)
+                                default_guidance=7.5 if manifest.family_spec.guidance == "cfg" else None,
+                                flow=batch.is_flow_folder(args.model))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done = batch.finished_ids(out)

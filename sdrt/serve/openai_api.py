@@ -75,8 +75,9 @@ def to_generation(body: ImageGenerationRequest, service: Any) -> GenerationReque
     if body.true_cfg_scale != 1.0 and not flux:
         raise RequestRejected(f"true_cfg_scale is Flux's; model {model!r} guides with guidance_scale: leave it out")
     guidance = body.guidance_scale if body.guidance_scale is not None or flux else 7.5
+    sampler = samplers.resolve(body.sampler, flow=samplers.flow_model(service.pipelines[model]))
     return GenerationRequest(model=model, prompt=prompt, negative_prompt=body.negative_prompt, n=body.n,
-                             width=width, height=height, steps=body.steps, sampler=samplers.resolve(body.sampler),
+                             width=width, height=height, steps=body.steps, sampler=sampler,
                              guidance_scale=guidance, true_cfg_scale=body.true_cfg_scale, seed=seed, loras=loras)
 
 

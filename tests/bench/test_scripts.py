@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-MODULES = ["footprint", "flux_full_export", "flux_new_user", "lora_switch", "schedulers_bench", "serve_load", "probes.lora_ready_graph",
-           "probes.switch_breakdown", "probes.ort_override_copy", "probes.scratch_page_fault", "probes.trt_rtx"]
+MODULES = ["footprint", "flux_full_export", "flux_new_user", "lora_switch", "schedulers_bench", "serve_load",
+           "probes.lora_ready_graph", "probes.switch_breakdown", "probes.ort_override_copy", "probes.scratch_page_fault",
+           "probes.trt_rtx", "sd3_new_user", "steps"]
 
 
 @pytest.mark.parametrize("name", MODULES)
