@@ -122,7 +122,8 @@ class OrtSessions:
         so = self.session_options()
         model = path
         inline = self._override(so, weights, external)
-        extra = {"disabled_optimizers": ["NchwcTransformer"]} if inline else {}
+        disabled = (["NchwcTransformer"] if inline else []) + self.quantized_fixes(manifest, component)
+        extra = {"disabled_optimizers": disabled} if disabled else {}
         with contextlib.ExitStack() as stack:
             if self.optimized_model_cache is not None and not weights:  # the cache holds base weights only
                 cached, hit = self._cached_model(manifest, component, path)
@@ -149,6 +150,16 @@ class OrtSessions:
         for name in inline:
             so.add_initializer(name, weights[name])
         return inline
+
+    @staticmethod
+    def quantized_fixes(manifest, component: str) -> list[str]:
+        """Optimizers left out for a Q/DQ graph (`sdrt quantize`). ONNX Runtime 1.31's QDQS8ToU8Transformer,
+        after its Q/DQ propagation, writes opset-21+ QuantizeLinear nodes whose `output_dtype` (int8)
+        contradicts the uint8 zero point it gives them, and the session fails to load; without it the
+        int8 kernels run signed activations (VNNI and AMX take them as they are)."""
+        from sdrt.engines.quantized import is_quantized
+
+        return ["QDQS8ToU8Transformer"] if is_quantized(manifest.components[component]) else []
 
     def _session(self, model: Path, so, providers: list, **extra: Any):
         ort = ort_engine.import_ort()

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sdrt.engines import quantized
 from sdrt.engines.base import Backend, Engine, backend_class, candidates, with_precision
 from sdrt.errors import EngineMissing, SdrtError
 from sdrt.manifest import Manifest
@@ -137,6 +138,11 @@ class Pipeline:
         family_class = runtime_class(manifest.family_spec.runtime)
         backend_options = with_precision(precision, backend_options)
         names = candidates(backend, backend_options)
+        manifest.check_quantized_source()
+        if backend == "auto":  # a quantized folder: only the backends that run its scheme
+            names = quantized.filter_candidates(manifest.folder, manifest.components, names)
+        else:
+            quantized.check_backend(manifest.folder, manifest.components, names[0])
         for i, name in enumerate(names):
             try:
                 options = with_precision(precision, backend_options, backend_class(name))
