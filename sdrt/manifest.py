@@ -158,27 +158,6 @@ class Manifest:
             self._computed_hashes[component] = manifest_schema.component_sha256(files)
         return self._computed_hashes[component]
 
-    def check_quantized_source(self) -> None:
-        """A folder `sdrt quantize` wrote records the float folder it came from (`quantized_from`) and each
-        component's sha256 there; when that folder is still where it was and a component of it changed
-        since (exported again), the quantized folder (its calibration, its quality report) no longer
-        belongs to it: one line. A moved or deleted source is fine (the quantized folder is complete)."""
-        origin = self.data.get("quantized_from")
-        if not isinstance(origin, dict) or not origin.get("path"):
-            return
-        source = Path(origin["path"]) / MANIFEST_NAME
-        try:
-            theirs = json.loads(source.read_text()).get("components", {})
-        except (OSError, ValueError, AttributeError):
-            return
-        for name, entry in self.components.items():
-            recorded = (entry.get("quantization") or {}).get("source_sha256") or entry.get("sha256")
-            now = (theirs.get(name) or {}).get("sha256")
-            if recorded and now and now != recorded:
-                raise SdrtError(f"{self.folder} was quantized from {origin['path']}, whose {name} changed since "
-                                f"(sha256 {now[:12]}... there, {recorded[:12]}... when quantized): quantize it again "
-                                f"(sdrt quantize --model {origin['path']} --out {self.folder} --force)")
-
     def engines_dir(self, backend: str | None = None) -> Path:
         """Where backends keep engines and caches built from this folder (``engines/<backend>``)."""
         return engines_dir(self.folder, backend)

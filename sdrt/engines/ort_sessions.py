@@ -156,10 +156,15 @@ class OrtSessions:
         """Optimizers left out for a Q/DQ graph (`sdrt quantize`). ONNX Runtime 1.31's QDQS8ToU8Transformer,
         after its Q/DQ propagation, writes opset-21+ QuantizeLinear nodes whose `output_dtype` (int8)
         contradicts the uint8 zero point it gives them, and the session fails to load; without it the
-        int8 kernels run signed activations (VNNI and AMX take them as they are)."""
-        from sdrt.engines.quantized import is_quantized
+        int8 kernels run signed activations (VNNI and AMX take them as they are). An fp8 graph (scored on the
+        CPU by `sdrt quantize`'s gate, which runs its Q/DQ pairs in float) also keeps its Q/DQ pairs unfused:
+        the fused int8 kernels (QLinearConv, ...) take no fp8 input."""
+        from sdrt.engines.quantized import quantized_components
 
-        return ["QDQS8ToU8Transformer"] if is_quantized(manifest.components[component]) else []
+        scheme = quantized_components(manifest.components).get(component)
+        if scheme is None:
+            return []
+        return ["QDQS8ToU8Transformer"] + (["QDQSelectorActionTransformer"] if scheme == "fp8" else [])
 
     def _session(self, model: Path, so, providers: list, **extra: Any):
         ort = ort_engine.import_ort()

@@ -12,7 +12,9 @@ matrix is generated from the same words; `sdrt quantize` and `Pipeline.load` rea
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from sdrt.errors import SdrtError
@@ -91,3 +93,24 @@ def filter_candidates(folder: Any, components: Mapping[str, Mapping[str, Any]], 
 
 def is_quantized(entry: Mapping[str, Any]) -> bool:
     return isinstance(entry.get("quantization"), dict)
+
+
+def check_source(manifest: Any) -> None:
+    """A folder `sdrt quantize` wrote records the float folder it came from (`quantized_from`) and each
+    component's sha256 there; when that folder is still where it was and a component of it changed
+    since (exported again), the quantized folder (its calibration, its quality report) no longer
+    belongs to it: one line. A moved or deleted source is fine (the quantized folder is complete)."""
+    origin = manifest.data.get("quantized_from")
+    if not isinstance(origin, dict) or not origin.get("path"):
+        return
+    try:
+        theirs = json.loads((Path(origin["path"]) / "sdrt.json").read_text()).get("components", {})
+    except (OSError, ValueError, AttributeError):
+        return
+    for name, entry in manifest.components.items():
+        recorded = (entry.get("quantization") or {}).get("source_sha256") or entry.get("sha256")
+        now = (theirs.get(name) or {}).get("sha256")
+        if recorded and now and now != recorded:
+            raise SdrtError(f"{manifest.folder} was quantized from {origin['path']}, whose {name} changed since "
+                            f"(sha256 {now[:12]}... there, {recorded[:12]}... when quantized): quantize it again "
+                            f"(sdrt quantize --model {origin['path']} --out {manifest.folder} --force)")

@@ -57,6 +57,32 @@ def kept_float(model: Any) -> list[str]:
     return sorted(keep)
 
 
+def load(path: Path) -> Any:
+    """The ONNX model at `path` with its external weights read in. onnx.load refuses an external-data
+    file with several hard links (a guard against reading arbitrary files), and sdrt's ONNX Runtime
+    cache hard-links every loaded component's weights (engines/ort-cpu/rewrites-*): the bytes are read
+    here, from the component's own folder only."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    folder = path.parent.resolve()
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        file = (folder / info["location"]).resolve()
+        if file.parent != folder:
+            raise SdrtError(f"{path}: the weights of {tensor.name} point outside its folder ({info['location']}): "
+                            f"export the model again")
+        offset, length = int(info.get("offset", 0)), int(info.get("length", 0))
+        with open(file, "rb") as f:
+            f.seek(offset)
+            tensor.raw_data = f.read(length) if length else f.read()
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    return model
+
+
 def _named_nodes(model: Any) -> None:
     """Give every unnamed node a unique name (the quantizer's exclusions go by name)."""
     seen: set[str] = set()
@@ -98,12 +124,11 @@ def static(source: Path, out: Path, samples: list[dict[str, np.ndarray]], scheme
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    model = onnx.load(str(source))
+    model = load(source)
     _named_nodes(model)
     keep = kept_float(model)
     inputs = {i.name for i in model.graph.input}
-    large = model.ByteSize() > PROTOBUF_LIMIT if not any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer) else True
+    large = model.ByteSize() > PROTOBUF_LIMIT
     int8 = scheme == "int8"
     qtype = QuantType.QInt8 if int8 else QuantType.QFLOAT8E4M3FN
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".named.") as tmp:
@@ -114,12 +139,16 @@ def static(source: Path, out: Path, samples: list[dict[str, np.ndarray]], scheme
             quantize_static(
                 str(named), str(out), _Samples(samples, inputs), quant_format=QuantFormat.QDQ,
                 per_channel=int8, activation_type=qtype, weight_type=qtype, op_types_to_quantize=list(QUANTIZED_OPS),
-                nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,
+                nodes_to_exclude=keep, use_external_data_format=large,
+                # fp8: the only method ONNX Runtime's quantizer takes for float types (scales from the
+                # distribution's standard deviation, not its extremes)
+                calibrate_method=CalibrationMethod.MinMax if int8 else CalibrationMethod.Distribution,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     return {
         "tool": "onnxruntime.quantization", "tool_version": onnxruntime.__version__,
         "weights": "int8, symmetric, per output channel" if int8 else "fp8 e4m3, per tensor",
-        "activations": ("int8" if int8 else "fp8 e4m3") + ", symmetric, per tensor (MinMax over the calibration)",
+        "activations": ("int8, symmetric, per tensor (MinMax over the calibration)" if int8 else
+                        "fp8 e4m3, per tensor (ONNX Runtime's Distribution calibration)"),
         "quantized_ops": list(QUANTIZED_OPS), "kept_float": keep,
         "kept_float_why": "first and last Conv, layers reading a Concat (skip connections); Gemm (time "
                           "embedding, time projections); attention and norms",
@@ -143,7 +172,7 @@ def weights_only(source: Path, out: Path) -> dict[str, Any]:
     import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(source))
+    model = load(source)
     _named_nodes(model)
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
@@ -159,7 +188,7 @@ def weights_only(source: Path, out: Path) -> dict[str, Any]:
             init = inits[name]
             if init.data_type != onnx.TensorProto.FLOAT or len(init.dims) < 2:
                 continue
-            w = numpy_helper.to_array(init, base_dir=str(source.parent))
+            w = numpy_helper.to_array(init)
             reduce = tuple(i for i in range(w.ndim) if i != axis)
             scale = np.maximum(np.abs(w).max(axis=reduce), np.finfo(np.float32).tiny) / 127.0
             shape = [1] * w.ndim

@@ -138,7 +138,7 @@ class Pipeline:
         family_class = runtime_class(manifest.family_spec.runtime)
         backend_options = with_precision(precision, backend_options)
         names = candidates(backend, backend_options)
-        manifest.check_quantized_source()
+        quantized.check_source(manifest)
         if backend == "auto":  # a quantized folder: only the backends that run its scheme
             names = quantized.filter_candidates(manifest.folder, manifest.components, names)
         else:
