@@ -31,9 +31,13 @@ class Scheme:
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
-    Scheme("int8", "int8 weights (symmetric, per output channel) and int8 activations (symmetric, per tensor, "
-                   "calibrated on the model's own generations): int8 dot products (AVX512-VNNI, AMX-INT8, "
-                   "tensor cores)",
+    Scheme("int8", "int8 weights (symmetric, per output channel) and uint8 activations (asymmetric, per "
+                   "tensor, calibrated on the model's own generations): the CPUs' int8 dot products (u8 x s8 is "
+                   "what AVX512-VNNI and AMX-INT8 compute)",
+           ("openvino", "ort-cpu"),
+           why_not="TensorRT takes symmetric int8 only (zero points 0): quantize with --scheme int8-symmetric"),
+    Scheme("int8-symmetric", "int8 weights and int8 activations, both symmetric (zero points 0), as TensorRT "
+                             "requires of a Q/DQ graph; CPUs run it too, with a little more error than int8",
            ("openvino", "ort-cpu", "tensorrt", "tensorrt_rtx")),
     Scheme("int8-weights", "int8 weights (symmetric, per output channel) dequantized to float at load: a "
                            "4x smaller file, float arithmetic (no calibration)",

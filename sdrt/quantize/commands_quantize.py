@@ -3,6 +3,7 @@
     sdrt quantize --model out/sd15 --out out/sd15-int8                      # the UNet, int8, built-in prompts
     sdrt quantize --model out/sd15 --out out/sd15-int8 --calibration prompts.txt --size 512
     sdrt quantize --model out/shapes --out out/shapes-int8 --min-psnr 25
+    sdrt quantize --model out/sd15 --out out/sd15-trt --scheme int8-symmetric   # for TensorRT too
     sdrt quantize --model out/sd15 --out out/sd15-fp8 --scheme fp8          # for TensorRT on FP8 GPUs
 """
 
@@ -21,9 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="the float ONNX model folder (written by `sdrt export`)")
     parser.add_argument("--out", required=True, help="the quantized folder to write (all or nothing)")
     parser.add_argument("--scheme", default="int8", choices=list(SCHEMES),
-                        help="int8: int8 weights and activations (CPUs with VNNI/AMX, TensorRT); int8-weights: "
-                             "int8 weights, float arithmetic (4x smaller files); fp8: TensorRT on FP8 GPUs "
-                             "(default int8)")
+                        help="int8: int8 weights and activations for the CPUs (VNNI/AMX); int8-symmetric: the same "
+                             "with zero points 0, for TensorRT (CPUs run it too); int8-weights: int8 weights, float "
+                             "arithmetic (4x smaller files); fp8: TensorRT on FP8 GPUs (default int8)")
     parser.add_argument("--components", default=None,
                         help="comma-separated components to quantize (default: the UNet; e.g. unet,vae_decoder)")
     parser.add_argument("--calibration", default=None,

@@ -38,7 +38,7 @@ GATE_PROMPTS = (
     "a portrait of a woman with curly hair, soft window light",
 )
 GATE_SEEDS = (1234, 5678)
-SHAPES_SEEDS = (7001, 7002)
+SHAPES_SEEDS = (7001, 7002, 7003, 7004)
 
 
 @dataclass(frozen=True)

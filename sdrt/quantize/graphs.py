@@ -1,10 +1,13 @@
 """Quantize one component's ONNX graph into a Q/DQ graph (QuantizeLinear / DequantizeLinear pairs).
 
-- ``int8`` and ``fp8``: ONNX Runtime's static quantizer (`onnxruntime.quantization.quantize_static`,
-  QDQ format) with the recorded calibration samples: weights symmetric per output channel (int8) or
-  per tensor (fp8), activations symmetric per tensor, MinMax ranges. Symmetric signed int8 with zero
-  points 0 is what TensorRT requires of a Q/DQ graph, and ONNX Runtime and OpenVINO run it too: one
-  artefact for every backend.
+- ``int8``, ``int8-symmetric`` and ``fp8``: ONNX Runtime's static quantizer
+  (`onnxruntime.quantization.quantize_static`, QDQ format) with the recorded calibration samples:
+  weights symmetric per output channel (int8) or per tensor (fp8), activations per tensor from
+  MinMax ranges. ``int8``'s activations are uint8 with a zero point (asymmetric: a SiLU's output uses
+  the whole range), the pair the CPUs' int8 instructions compute (u8 x s8); ``int8-symmetric``'s are
+  signed with zero points 0, what TensorRT requires of a Q/DQ graph (CPUs run it too). Measured on
+  the trained `shapes` model's gate (60 images): int8 lost 3.3 points of prompt following and kept
+  58/60 scenes, int8-symmetric lost 6.7 points and kept 54/60 (PSNR 40.8 vs 39.8 dB).
 - ``int8-weights``: each Conv / MatMul / Gemm weight becomes int8 (symmetric, per output channel)
   followed by a DequantizeLinear; activations stay float, nothing to calibrate (`weights_only`).
 
@@ -129,8 +132,10 @@ def static(source: Path, out: Path, samples: list[dict[str, np.ndarray]], scheme
     keep = kept_float(model)
     inputs = {i.name for i in model.graph.input}
     large = model.ByteSize() > PROTOBUF_LIMIT
-    int8 = scheme == "int8"
-    qtype = QuantType.QInt8 if int8 else QuantType.QFLOAT8E4M3FN
+    int8 = scheme.startswith("int8")
+    symmetric = scheme != "int8"
+    wtype = QuantType.QInt8 if int8 else QuantType.QFLOAT8E4M3FN
+    atype = QuantType.QUInt8 if scheme == "int8" else wtype
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".named.") as tmp:
         named = Path(tmp) / "model.onnx"
         onnx.save(model, str(named), save_as_external_data=large, location="model.onnx.data")
@@ -138,17 +143,21 @@ def static(source: Path, out: Path, samples: list[dict[str, np.ndarray]], scheme
         with _quiet():
             quantize_static(
                 str(named), str(out), _Samples(samples, inputs), quant_format=QuantFormat.QDQ,
-                per_channel=int8, activation_type=qtype, weight_type=qtype, op_types_to_quantize=list(QUANTIZED_OPS),
+                per_channel=int8, activation_type=atype, weight_type=wtype, op_types_to_quantize=list(QUANTIZED_OPS),
                 nodes_to_exclude=keep, use_external_data_format=large,
                 # fp8: the only method ONNX Runtime's quantizer takes for float types (scales from the
                 # distribution's standard deviation, not its extremes)
                 calibrate_method=CalibrationMethod.MinMax if int8 else CalibrationMethod.Distribution,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                # biases stay float for TensorRT's schemes (its parser takes no int32 DequantizeLinear);
+                # int8's int32 biases let ONNX Runtime fuse whole QLinearConv kernels
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                               "QuantizeBias": scheme == "int8"})
     return {
         "tool": "onnxruntime.quantization", "tool_version": onnxruntime.__version__,
         "weights": "int8, symmetric, per output channel" if int8 else "fp8 e4m3, per tensor",
-        "activations": ("int8, symmetric, per tensor (MinMax over the calibration)" if int8 else
-                        "fp8 e4m3, per tensor (ONNX Runtime's Distribution calibration)"),
+        "activations": {"int8": "uint8, asymmetric, per tensor (MinMax over the calibration)",
+                        "int8-symmetric": "int8, symmetric, per tensor (MinMax over the calibration)",
+                        "fp8": "fp8 e4m3, per tensor (ONNX Runtime's Distribution calibration)"}[scheme],
         "quantized_ops": list(QUANTIZED_OPS), "kept_float": keep,
         "kept_float_why": "first and last Conv, layers reading a Concat (skip connections); Gemm (time "
                           "embedding, time projections); attention and norms",

@@ -29,7 +29,7 @@ from sdrt.quantize import calibration as calib, folder as layout, gate, graphs
 #: components quantized when --components is not given (the one run per step)
 DEFAULT_COMPONENTS = ("denoiser",)
 #: schemes whose activations are quantized: they need calibration samples
-CALIBRATED = ("int8", "fp8")
+CALIBRATED = ("int8", "int8-symmetric", "fp8")
 
 
 @dataclass(frozen=True)
