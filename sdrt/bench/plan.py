@@ -108,14 +108,19 @@ def _method(plan: Plan, manifest: Any, height: int, width: int, batch: int, late
     }
 
 
-def sdrt_contender(folder: Path, spec: str, plan: Plan) -> Any:
+def sdrt_contender(folder: Path, spec: str, plan: Plan, log: Callable[[str], None] = print) -> Any:
     """``backend``, ``backend:precision`` (openvino:bf16) or ``backend:option`` (ort-cuda:cuda_graph) -> an sdrt
-    contender with its options."""
+    contender with its options; ``...@SCHEME`` (ort-cpu@int8, openvino:bf16@int8) runs it on the folder
+    quantized with that scheme (`sdrt quantize`, once, at the suite's size; sdrt.bench.models)."""
     from sdrt.bench.contenders import SdrtContender
+    from sdrt.bench.models import quantized_folder
     from sdrt.engines.ort_tuning import backend_options
 
     from sdrt.engines.base import backend_class
 
+    spec, _, scheme = spec.partition("@")
+    if scheme:
+        folder = quantized_folder(folder, scheme, plan.suite.height, log=log)
     backend, words = split_contender(spec)
     given = dict(plan.backend_options)
     if backend == "openvino" and "intra_op_num_threads" in given:  # --threads, in OpenVINO's words
@@ -124,7 +129,10 @@ def sdrt_contender(folder: Path, spec: str, plan: Plan) -> Any:
     options = backend_options(backend, plan.tuning, folder) | {
         k: v for k, v in given.items() if k in backend_class(backend).options}
     flags = [k for k, v in words.items() if k != "precision"]
-    return SdrtContender(folder, backend, options | words, label=spec if flags else None)
+    label = spec if flags else None
+    if scheme:
+        label = f"{label or backend} {scheme}" + (f" ({words['precision']} elsewhere)" if "precision" in words else "")
+    return SdrtContender(folder, backend, options | words, label=label)
 
 
 def peer_contender(folder: Path, spec: str, suite: Suite) -> Any:
@@ -166,7 +174,7 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
         gen = Generation(prompt=plan.prompt, steps=suite.steps, guidance_scale=suite.guidance_scale,
                          height=height, width=width, batch=batch, scheduler=suite.scheduler, latents=latents)
         method = _method(plan, manifest, height, width, batch, latents)
-        sdrt_runs = [sdrt_contender(folder, spec, plan) for spec in suite.backends]
+        sdrt_runs = [sdrt_contender(folder, spec, plan, log) for spec in suite.backends]
         threads = {r.backend: r.options.get("intra_op_num_threads", r.options.get("num_threads", "default"))
                    for r in sdrt_runs}
         method["threads"] = ", ".join(f"{b} intra-op {t}" for b, t in threads.items())
