@@ -18,9 +18,10 @@ from typing import Any
 from sdrt import manifest_schema
 from sdrt.manifest import ENGINES_DIR, MANIFEST_NAME
 
-#: per-component files that describe float weights, left out of a quantized component (a LoRA needs the
-#: float weights' byte ranges; on a quantized component it runs as side paths, see docs/quantize.md)
-FLOAT_ONLY = ("weight_map.json",)
+#: per-component files about the float graph that a quantized component leaves out (none: its weight map
+#: stays, for the names, shapes and layouts a LoRA's side paths need; its byte ranges describe the float
+#: file, which a quantized component never reads: a merged LoRA on it is refused, docs/quantize.md)
+FLOAT_ONLY: tuple[str, ...] = ()
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -52,7 +53,7 @@ def component_entry(stage: Path, float_entry: dict[str, Any], scheme: str, facts
     """The manifest entry of a quantized component (its graph already written into `stage`)."""
     path = stage / float_entry["file"]
     files = manifest_schema.component_files(path)
-    entry = {k: v for k, v in float_entry.items() if k not in ("weight_map", "sha256", "bytes", "check")}
+    entry = {k: v for k, v in float_entry.items() if k not in ("sha256", "bytes", "check")}
     entry.update({
         "external_data": files[1].exists(),
         "precision_note": f"{scheme} Q/DQ graph written by sdrt quantize; inputs and outputs stay "

@@ -43,7 +43,7 @@ def test_int8_folder_manifest_and_links(tiny_onnx, quantize_tiny):
     for name in ("text_encoder", "vae_decoder"):
         assert os.path.samefile(out / name / "model.onnx", tiny_onnx / name / "model.onnx")
     assert not (out / "engines").exists() or not any((out / "engines").glob("*/rewrites-*/unet*"))
-    assert not (out / "unet" / "weight_map.json").exists() and "weight_map" not in manifest.components["unet"]
+    assert (out / "unet" / "weight_map.json").is_file()  # names and shapes for LoRA side paths
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(out / "unet" / "model.onnx"), load_external_data=False).graph.node}
