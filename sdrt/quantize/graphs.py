@@ -86,6 +86,12 @@ def load(path: Path) -> Any:
     return model
 
 
+def _weight_bytes(model: Any) -> int:
+    """The bytes of the model's initializers (what decides external data: protobuf's own ByteSize()
+    fails past 2 GB instead of answering)."""
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
 def _named_nodes(model: Any) -> None:
     """Give every unnamed node a unique name (the quantizer's exclusions go by name)."""
     seen: set[str] = set()
@@ -131,7 +137,7 @@ def static(source: Path, out: Path, samples: list[dict[str, np.ndarray]], scheme
     _named_nodes(model)
     keep = kept_float(model)
     inputs = {i.name for i in model.graph.input}
-    large = model.ByteSize() > PROTOBUF_LIMIT
+    large = _weight_bytes(model) > PROTOBUF_LIMIT
     int8 = scheme.startswith("int8")
     symmetric = scheme != "int8"
     wtype = QuantType.QInt8 if int8 else QuantType.QFLOAT8E4M3FN
@@ -220,7 +226,7 @@ def weights_only(source: Path, out: Path) -> dict[str, Any]:
     nodes = dq_nodes + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
-    large = model.ByteSize() > PROTOBUF_LIMIT
+    large = _weight_bytes(model) > PROTOBUF_LIMIT
     onnx.save(model, str(out), save_as_external_data=large, location="model.onnx.data")
     from sdrt import __version__
 
