@@ -135,11 +135,19 @@ def sdrt_contender(folder: Path, spec: str, plan: Plan, log: Callable[[str], Non
     return SdrtContender(folder, backend, options | words, label=label)
 
 
-def peer_contender(folder: Path, spec: str, suite: Suite) -> Any:
-    """``diffusers:bf16`` or ``openvino-genai:PRECISION`` -> the peer's contender."""
+def peer_contender(folder: Path, spec: str, suite: Suite, log: Callable[[str], None] = print) -> Any:
+    """``diffusers:bf16`` or ``openvino-genai:PRECISION[@SCHEME]`` -> the peer's contender (``@int8``: GenAI on
+    the IR of the folder sdrt quantized, the same int8 graphs as sdrt's int8 contenders)."""
     from sdrt.bench.contenders import ReferenceContender
 
+    spec, _, scheme = spec.partition("@")
     kind, _, precision = spec.partition(":")
+    if scheme and kind == "openvino-genai":
+        from sdrt.bench.genai_peer import GenaiContender
+        from sdrt.bench.models import quantized_folder
+
+        return GenaiContender(quantized_folder(folder, scheme, suite.height, log=log), precision or "f32",
+                              scheme=scheme)
     if kind == "diffusers":
         return ReferenceContender(folder, suite.reference_device, precision or "bf16")
     if kind == "openvino-genai":
@@ -186,7 +194,7 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
         else:
             log(f"{suite.name}: {suite.model} {height}x{width}, {suite.steps} steps, batch {batch}")
             reference = ReferenceContender(folder, suite.reference_device, suite.reference_precision)
-            peers = [peer_contender(folder, spec, suite) for spec in suite.peers]
+            peers = [peer_contender(folder, spec, suite, log) for spec in suite.peers]
             report = run_benchmark(suite.name, [*sdrt_runs, *peers, reference], gen, warmup=suite.warmup,
                                    reps=suite.reps, method=method, log=log)
             report.method["threads"] += f", torch {report.method.get('torch_threads')}"

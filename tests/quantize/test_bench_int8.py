@@ -9,7 +9,7 @@ import pytest
 
 from sdrt.bench.contenders import Generation
 from sdrt.bench.models import quantized_folder
-from sdrt.bench.plan import Plan, sdrt_contender
+from sdrt.bench.plan import Plan, peer_contender, sdrt_contender
 from sdrt.bench.suites import get_suite
 
 
@@ -24,6 +24,8 @@ def test_int8_contenders_use_the_quantized_sibling(tiny_onnx, quantize_tiny, tmp
     assert ort.folder == bf16.folder == tmp_path / "tiny-int8"
     assert ort.name == "sdrt ort-cpu int8" and bf16.name == "sdrt openvino int8 (bf16 elsewhere)"
     assert bf16.options["precision"] == "bf16" and "int8" in get_suite("cpu-sd15").backends[3]
+    genai = peer_contender(folder, "openvino-genai:bf16@int8", get_suite("cpu-sd15"), log=pytest.fail)
+    assert genai.folder == tmp_path / "tiny-int8" and genai.name == "OpenVINO GenAI int8 (bf16 elsewhere)"
     gen = Generation("a cat", steps=2, guidance_scale=7.5, height=64, width=64, batch=1, scheduler=None,
                      latents=np.random.default_rng(0).standard_normal((1, 4, 32, 32), dtype=np.float32))
     ort.load()
