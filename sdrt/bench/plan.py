@@ -55,7 +55,8 @@ def plan_from_args(args: Any) -> Plan:
         suite = get_suite(args.suite)
     else:
         cpu = ("ort-cpu", "openvino")
-        suite = custom_suite(args.model, gpu=any(b.partition(":")[0] not in cpu for b in (args.backend or cpu)))
+        suite = custom_suite(args.model, gpu=any(b.partition("@")[0].partition(":")[0] not in cpu
+                                                 for b in (args.backend or cpu)))
     suite = with_overrides(
         suite, height=args.height, width=args.width, steps=args.steps, scheduler=args.scheduler,
         guidance_scale=args.guidance_scale, reps=args.reps, warmup=args.warmup,
@@ -74,7 +75,12 @@ def plan_from_args(args: Any) -> Plan:
     if any(b < 1 for b in suite.batches):
         raise SdrtError(f"--batch {min(suite.batches)} must be at least 1")
     for label in suite.backends:
-        split_contender(label)
+        spec, _, scheme = label.partition("@")
+        split_contender(spec)
+        if scheme:
+            from sdrt.engines.quantized import scheme as known_scheme
+
+            known_scheme(scheme)
     require_gpu(suite)
     from sdrt.engines.ort_tuning import backend_options
 
