@@ -60,13 +60,15 @@ def matching_row(flags: frozenset[str] | None = None) -> Measured | None:
 
 
 def cpu_order(precision: str | None = None, flags: frozenset[str] | None = None) -> list[str]:
-    """CPU backends, fastest first at ``precision`` (None or "f32": the exported precision)."""
-    if precision not in (None, "f32"):
+    """CPU backends, fastest first at ``precision`` (None or "f32": the exported precision; "int8": a
+    folder `sdrt quantize` wrote, both backends run it)."""
+    if precision not in (None, "f32", "int8"):
         return ["openvino"]
     row = matching_row(flags)
     if row is None:
         return list(DEFAULT_F32)
-    timed = {k.split()[0]: v for k, v in row.unet_step_s.items() if k.endswith(" f32") and v > 0}
+    suffix = " int8" if precision == "int8" else " f32"
+    timed = {k.split()[0]: v for k, v in row.unet_step_s.items() if k.endswith(suffix) and v > 0}
     if len(timed) < len(DEFAULT_F32):
         return list(DEFAULT_F32)
     order = sorted(DEFAULT_F32, key=lambda name: timed[name])

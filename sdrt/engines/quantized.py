@@ -86,6 +86,11 @@ def filter_candidates(folder: Any, components: Mapping[str, Mapping[str, Any]], 
     allowed = backends_for(components)
     if allowed is None:
         return names
+    if any(s.startswith("int8") for s in quantized_components(components).values()):  # the CPUs' measured order
+        from sdrt.engines.auto import cpu_order
+
+        cpu = cpu_order("int8")
+        names = [n for n in names if n not in cpu] + [n for n in cpu if n in names]
     kept = [n for n in names if n in allowed]
     if not kept:
         schemes = sorted(set(quantized_components(components).values()))
