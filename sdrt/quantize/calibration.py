@@ -101,6 +101,22 @@ class Recorder:
         self.engine.close()
 
 
+def image_inputs(pipe: Any, size: int, seed: int) -> dict[str, np.ndarray]:
+    """What a pipeline that cannot draw from a prompt alone needs: an image (a refiner; an inpainting UNet)
+    and a mask (the inpainting UNet: its centre), smooth random colours so every channel carries signal."""
+    if not (pipe.inpainting_unet or not pipe.family_spec.txt2img):
+        return {}
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (4, 4, 3))
+    image = np.kron(coarse, np.ones((size // 4 + 1, size // 4 + 1, 1)))[:size, :size].astype(np.uint8)
+    inputs = {"image": image}
+    if pipe.inpainting_unet:
+        mask = np.zeros((size, size), np.uint8)
+        mask[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255
+        inputs["mask_image"] = mask
+    return inputs
+
+
 def collect(pipe: Any, components: list[str], calibration: CalibrationSet,
             log: Any = lambda line: None) -> dict[str, list[dict[str, np.ndarray]]]:
     """Generate every calibration prompt on `pipe` (a float folder's Pipeline) with a recorder on each of
@@ -112,7 +128,8 @@ def collect(pipe: Any, components: list[str], calibration: CalibrationSet,
         for i, prompt in enumerate(calibration.prompts):
             log(f"calibration {i + 1}/{len(calibration.prompts)}: {prompt!r}")
             pipe(prompt, num_inference_steps=calibration.steps, guidance_scale=calibration.guidance_scale,
-                 height=calibration.size, width=calibration.size, seed=calibration.seed + i, output_type="np")
+                 height=calibration.size, width=calibration.size, seed=calibration.seed + i, output_type="np",
+                 **image_inputs(pipe, calibration.size, calibration.seed + i))
     finally:
         pipe.engines.update(originals)
     return {name: recorder.samples for name, recorder in recorders.items()}

@@ -82,14 +82,20 @@ def gate_set(kind: str, steps: int, guidance_scale: float, size: int) -> GateSet
 
 def generate(pipe: Any, gates: GateSet, log: Callable[[str], None] = lambda line: None) -> np.ndarray:
     """float32 [prompts x seeds, H, W, 3]: each prompt from each seed's own initial latents."""
+    from sdrt.quantize.calibration import image_inputs
+
     f, c = pipe.vae_scale_factor, pipe.latent_channels
     images = []
     for seed in gates.seeds:
         latents = np.random.default_rng(seed).standard_normal((1, c, gates.size // f, gates.size // f),
                                                               dtype=np.float32)
+        extra = image_inputs(pipe, gates.size, seed)  # a refiner's or an inpainting UNet's image (and mask)
+        if extra:
+            extra["seed"] = seed  # img2img draws its own noise: seeded, the same for both folders
+            latents = None
         for prompt in gates.prompts:
             out = pipe(prompt, num_inference_steps=gates.steps, guidance_scale=gates.guidance_scale,
-                       height=gates.size, width=gates.size, latents=latents, output_type="np")
+                       height=gates.size, width=gates.size, latents=latents, output_type="np", **extra)
             images.append(out.images[0])
         log(f"  seed {seed}: {len(gates.prompts)} images")
     return np.stack(images)
