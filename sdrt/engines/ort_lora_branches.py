@@ -9,7 +9,7 @@ graph is written once per component content (``engines/<backend>/lora-branches-<
 its weights linked in, `branches.json` last), and a switch binds new A/B arrays to the same session:
 no merge, no re-quantization, no new session. A layer no LoRA touches gets rank-1 zeros.
 
-``x`` is the layer's own (dequantized) input; the branch runs in float32 and adds the same function as
+``x`` is the float activation the layer's input was quantized from; the branch runs in float32 and adds the same function as
 the merged weight ``W + A @ B`` would, without W's int8 rounding touching the LoRA's part.
 """
 
@@ -44,7 +44,19 @@ def _weight_reader(graph: Any) -> dict[str, tuple[Any, int]]:
     return found
 
 
-def _branch(graph: Any, node: Any, index: int, dims: list[int], name: str):
+def _float_input(producers: dict[str, Any], name: str) -> str:
+    """The float tensor a layer's input was quantized from (x of x -> QuantizeLinear -> DequantizeLinear),
+    else the input itself: the branch reads it so the DequantizeLinear keeps its one reader (ONNX Runtime
+    fuses DQ -> Conv/MatMul -> Q into its int8 kernels only then)."""
+    dq = producers.get(name)
+    if dq is not None and dq.op_type == "DequantizeLinear":
+        q = producers.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            return q.input[0]
+    return name
+
+
+def _branch(graph: Any, node: Any, index: int, dims: list[int], name: str, x: str):
     """The nodes of one side path (or None where the layer is not a plain Linear / 1x1 Conv)."""
     from onnx import helper
 
@@ -60,7 +72,7 @@ def _branch(graph: Any, node: Any, index: int, dims: list[int], name: str):
     trans_b = node.op_type == "Gemm" and attrs.get("transB", [0])[0]  # Gemm: the exporter's 2-D Linear, W^T
     branch = Branch(dims[1], dims[0]) if conv or trans_b else Branch(dims[0], dims[1])
     a, b, p = A_PREFIX + name, B_PREFIX + name, f"lora_branch::{name}"
-    x, out = node.input[0], node.output[0]
+    out = node.output[0]
     base = p + "::base"
     node.output[0] = base
     nodes = []
@@ -87,13 +99,14 @@ def add_branches(model: Any, targets: Iterable[str]) -> dict[str, Branch]:
     readers = _weight_reader(graph)
     dims = {init.name: list(init.dims) for init in graph.initializer}
     position = {id(node): i for i, node in enumerate(graph.node)}
+    producers = {out: node for node in graph.node for out in node.output}
     branches, after = {}, {}
     for name in sorted(targets):
         stored = name + QUANTIZED_SUFFIX if name + QUANTIZED_SUFFIX in readers else name
         if stored not in readers:
             continue
         node, index = readers[stored]
-        made = _branch(graph, node, index, dims[stored], name)
+        made = _branch(graph, node, index, dims[stored], name, _float_input(producers, node.input[0]))
         if made is None:
             continue
         branch, nodes, inputs = made
