@@ -69,16 +69,17 @@ def test_int8_weights_is_smaller_and_closer(tiny_onnx, quantize_tiny):
     assert report["psnr_db_mean"] > 30.0  # weights only: closer to float than int8 activations
 
 
-def test_gate_failure_writes_nothing(tiny_onnx, calibration_file, tmp_path):
+def test_gate_failure_writes_nothing(tiny_onnx, tmp_path):
     out = tmp_path / "strict"
-    req = Request(model=tiny_onnx, out=out, calibration_file=calibration_file, min_psnr=99.0, **FAST)
-    with pytest.raises(SdrtError, match=r"quality gate failed: unet \(int8\) scored PSNR [0-9.]+ dB .*--min-psnr 99"):
+    req = Request(model=tiny_onnx, out=out, scheme="int8-weights", min_psnr=99.0, **FAST)  # no calibration: quicker
+    with pytest.raises(SdrtError, match=r"quality gate failed: unet \(int8-weights\) scored PSNR [0-9.]+ dB .*"
+                                        r"--min-psnr 99"):
         quantize_model(req)
     assert not out.exists() and list(tmp_path.iterdir()) == []  # not even a staging folder
 
 
 def test_accept_quality_loss_writes_and_says_so(tiny_onnx, quantize_tiny):
-    out, report = quantize_tiny("int8", min_psnr=99.0, accept_quality_loss=True)
+    out, report = quantize_tiny("int8-weights", min_psnr=99.0, accept_quality_loss=True)
     assert report["passed"] is False and report["accepted_loss"] is True
     assert Manifest.load(out).components["unet"]["quantization"]["quality"]["accepted_loss"] is True
 
