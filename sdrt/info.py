@@ -110,6 +110,6 @@ def _quantized_line(q: dict) -> str:
                  f"SSIM {quality.get('ssim_mean')}")
         shapes = quality.get("shapes")
         if shapes:
-            text += (f", prompt following {100 * shapes['accuracy']:.1f}% (float {100 * shapes['float_accuracy']:.1f}%), "
-                     f"same scene {shapes['same_scene']}/{shapes['images']}")
+            text += (f", prompt following {100 * shapes['accuracy']:.1f}% "
+                     f"(float {100 * shapes['float_accuracy']:.1f}%), same scene {shapes['same_scene']}/{shapes['images']}")
     return text

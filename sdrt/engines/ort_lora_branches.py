@@ -9,8 +9,8 @@ graph is written once per component content (``engines/<backend>/lora-branches-<
 its weights linked in, `branches.json` last), and a switch binds new A/B arrays to the same session:
 no merge, no re-quantization, no new session. A layer no LoRA touches gets rank-1 zeros.
 
-``x`` is the float activation the layer's input was quantized from; the branch runs in float32 and adds the same function as
-the merged weight ``W + A @ B`` would, without W's int8 rounding touching the LoRA's part.
+``x`` is the float activation the layer's input was quantized from; the branch runs in float32 and adds
+the same function as the merged weight ``W + A @ B`` would, without W's int8 rounding touching the LoRA's part.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def add_branches(model: Any, targets: Iterable[str]) -> dict[str, Branch]:
     return branches
 
 
-def branched_model(path: Path, content_hash: str, targets: frozenset[str], cache_dir: Path) -> tuple[Path, dict[str, Branch]]:
+def branched_model(path: Path, content_hash: str, targets: frozenset[str],
+                   cache_dir: Path) -> tuple[Path, dict[str, Branch]]:
     """(the branched graph of `path`, initializer -> branch), written once under `cache_dir`."""
     import onnx
 

@@ -140,7 +140,8 @@ class Adapters:
                                 f"({self.manifest.components[component]['quantization']['scheme']}): a LoRA on it runs "
                                 f"as float side paths beside the int8 layers, which backend {backend.name} has not "
                                 f"for every layer this LoRA changes (Linear and 1x1 Conv only, on ort-cpu and "
-                                f"openvino with dynamic shapes): leave its 3x3 conv layers out, or use the float folder")
+                                f"openvino with dynamic shapes): leave its 3x3 conv layers out, or use the float "
+                                f"folder")
         shapes = merged_shapes([item for c, items in by_component.items() if c not in side for item in items], maps)
         stores = {component: store_for(shapes[component], self.manifest.folder) for component in shapes}
         for component in self.components:
