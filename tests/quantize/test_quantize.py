@@ -142,6 +142,10 @@ def test_cli_writes_and_refuses(tiny_onnx, tmp_path, capsys):
                  "--steps", "2", "--size", "64"]) == 0
     printed = capsys.readouterr()
     assert "quality vs float: PSNR" in printed.out and f"wrote {out}" in printed.out
+    assert main(["info", str(out)]) == 0  # the scheme, the tool and the gate's scores, per component
+    info = capsys.readouterr().out
+    assert f"quantized from {tiny_onnx.resolve()}" in info
+    assert "unet           int8-weights (sdrt.quantize.graphs.weights_only" in info and "gate passed: PSNR" in info
     assert main(["quantize", "--model", str(out), "--out", str(tmp_path / "w8b")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "already quantized" in err
