@@ -48,7 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from sdrt.errors import SdrtError
     from sdrt.quantize import Request, quantize_model
+
+    if importlib.util.find_spec("onnx") is None:
+        raise SdrtError("sdrt quantize needs the onnx package, which is not installed here: pip install 'sdrt[quantize]'")
 
     components = tuple(c.strip() for c in args.components.split(",") if c.strip()) if args.components else None
     req = Request(model=Path(args.model), out=Path(args.out), scheme=args.scheme, components=components,
