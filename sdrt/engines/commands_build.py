@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "DIR/engines/tensorrt/)")
     parser.add_argument("--device-id", type=int, default=0, help="GPU to build on (default: 0)")
     parser.add_argument("--force", action="store_true", help="rebuild even when an up-to-date engine exists")
+    parser.add_argument("--controlnet", action="store_true",
+                        help="build the UNet that takes ControlNet residuals (what generate --controlnet loads; made "
+                             "from the export, no re-export). A ControlNet folder itself builds like a model (pass "
+                             "--height/--width: it has no default size)")
     parser.add_argument("--refit", action="store_true",
                         help="build refittable engines, so LoRAs (generate --lora) apply without rebuilding")
 
@@ -64,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.manifest import Manifest
 
     manifest = Manifest.load(args.model)
+    if getattr(args, "controlnet", False):
+        from sdrt.residual_graph import residual_manifest
+
+        manifest = residual_manifest(manifest)
     components = args.components or [c for c in manifest.spec.component_names if manifest.has(c)]
     from sdrt.engines import quantized
 
@@ -77,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch, height=args.height, width=args.width, min_size=args.min_size,
         max_size=args.max_size, max_batch=args.max_batch, guidance=not args.no_guidance)
     for name in components:  # every profile checked before the first (long) build starts
-        trt_profiles.dim_range(manifest.spec.component(name), request, manifest.sizes, manifest.default_image_size)
+        trt_profiles.dim_range(manifest.spec.component(name), request, manifest.sizes,
+                               trt_profiles.default_size(request, manifest))
 
     probe = trt_api.flavor(args.backend)
     try:

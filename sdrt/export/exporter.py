@@ -12,13 +12,14 @@ import copy
 import datetime
 import gc
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from sdrt import spec
+from sdrt import residual_graph, spec
 from sdrt.errors import SdrtError
-from sdrt.export import check, sizes, sizes_transformer, source, staging, trace, weight_map
+from sdrt.export import check, controlnet, sizes, sizes_transformer, source, staging, trace, weight_map
 from sdrt.export.graphs import example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from sdrt.manifest_schema import component_bytes, component_sha256
@@ -42,6 +43,9 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
     if unknown:
         raise SdrtError(f"unknown component {unknown[0]!r}: choose from {', '.join(spec.component_names())}")
     staging.check_target(out, force)
+    if controlnet.is_controlnet_folder(model):  # a ControlNet folder: its own export, the same command
+        return controlnet.export_controlnet(Path(model), out, opset=opset, precision=precision, force=force,
+                                            exporter=exporter, log=log)
     source.resolve(model)
 
     # 2. The source, in fp32, and the model spec its family and variants give.
@@ -61,6 +65,10 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         if own and not own & set(components):
             pipeline["variants"] = others
             model_spec = spec.model_spec(pipeline["family"], others)
+    # the denoiser is traced and checked with ControlNet residual inputs, stored without them
+    # (sdrt.residual_graph: a ControlNet adds them back at load, without re-export)
+    residuals = spec.Residuals.from_json(pipeline["residuals"]) if "residuals" in pipeline else None
+    traced_spec = spec.model_spec(pipeline["family"], pipeline["variants"], residuals)
     values = spec.model_values(latent_channels=pipeline["latent_channels"],
                                unet_in_channels=pipeline["unet_in_channels"],
                                text_hidden_size=pipeline["text_hidden_size"],
@@ -85,7 +93,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
         entries: dict[str, dict[str, Any]] = {}
         for index, component in enumerate(components):
-            comp = model_spec.component(component)
+            comp = traced_spec.component(component)
             # 3. Trace.
             started = time.perf_counter()
             module = src.module(comp.source)
@@ -96,10 +104,13 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
             vocab_size = int(getattr(module.config, "vocab_size", None) or first_vocab)
             example = example_inputs(comp, trace_dims, vocab_size=vocab_size, seed=0,
                                      dtype=check.torch_dtype(component_precision))
-            trace.export_graph(wrap(comp, graph_module, model_spec), comp, example, path, opset=opset,
+            trace.export_graph(wrap(comp, graph_module, traced_spec), comp, example, path, opset=opset,
                                exporter=exporter, precision=component_precision)
+            marked = residuals is not None and component == model_spec.family.denoiser
+            if marked:
+                residual_graph.strip(path, residuals)
             mapped = (weight_map.write(graph_module, f"{comp.source}.", path, run=lambda: wrap(
-                comp, graph_module, model_spec)(*(example[name] for name in comp.input_names)))
+                comp, graph_module, traced_spec)(*(example[name] for name in comp.input_names)))
                       if component in model_spec.family.lora_components else None)
             del graph_module, example
             exported_s = time.perf_counter() - started
@@ -115,24 +126,32 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                                             sample_size=pipeline["sample_size"])
             elif component == model_spec.family.denoiser:
                 probe_cases = sizes.probe_cases(module, values, precision=component_precision,
-                                                vocab_size=vocab_size, model=model_spec)
+                                                vocab_size=vocab_size, model=traced_spec)
             shapes = check.check_dims(comp, trace_dims, size_rule)  # UNet: the architecture's rule
             cases = check.reference_cases(comp, module, values, shapes, precision=component_precision,
-                                          vocab_size=vocab_size, model=model_spec)
+                                          vocab_size=vocab_size, model=traced_spec)
             save_config(module, path.parent)
             del module
             if not any(model_spec.component(later).source == comp.source for later in components[index + 1:]):
                 src.modules[comp.source] = None
                 gc.collect()
-            # 5. Sizes (UNet): which latent sizes the graph really supports; then the check.
+            # 5. Sizes (UNet): which latent sizes the graph really supports; then the check (a marked
+            # UNet: of the graph a ControlNet runs, its residual inputs added back as at load).
+            checked = path
+            if marked:
+                checked = tmp / ".checks" / component / path.name
+                checked.parent.mkdir(parents=True)
+                residual_graph.add_inputs(path, checked, comp, component_precision)
             if probe_cases is not None and transformer:
                 size_rule = sizes_transformer.probe_rule(probe_cases, path, bounds, precision=component_precision,
                                                          model=model_spec)
             elif probe_cases is not None:
-                size_rule = sizes.probe_rule(probe_cases, path, num_upsamplers, precision=component_precision,
-                                             sample_size=pipeline["sample_size"], model=model_spec)
-            result = check.judge_cases(comp, path, cases, precision=component_precision)
+                size_rule = sizes.probe_rule(probe_cases, checked, num_upsamplers, precision=component_precision,
+                                             sample_size=pipeline["sample_size"], model=traced_spec)
+            result = check.judge_cases(comp, checked, cases, precision=component_precision)
             del cases, probe_cases
+            if marked:
+                shutil.rmtree(tmp / ".checks")
             data = path.with_name(path.name + ".data")
             entries[component] = {
                 "file": f"{component}/model.onnx",
@@ -220,6 +239,7 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
     if family.size_conditioning:
         check_size_conditioning(src, dims)
     index = src.model_index
+    residuals = controlnet.residual_layout(src.module("unet")) if family.controlnet else None
     facts = {
         "family": family.name,
         "variants": variants,
@@ -236,6 +256,8 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
         "sample_size": int(unet.sample_size),
         "vae_sample_size": vae_sample_size(vae),  # diffusers' VAE tile size (tile_sample_min_size)
         "inpainting": int(unet.in_channels) == 2 * latent_channels + 1,
+        # the UNet's ControlNet residuals (sdrt.spec.residuals): what a ControlNet must give to fit it
+        **({"residuals": residuals.to_json()} if residuals is not None else {}),
         "vae_decoder_input": "latents already divided by scaling_factor (diffusers' pipeline divides "
                              "before vae.decode)",
         "vae_encoder_output": "raw diagonal-Gaussian parameters (mean, logvar) on channels; multiply "

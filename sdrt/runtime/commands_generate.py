@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from sdrt.runtime import commands_sd3, commands_sdxl
+from sdrt.runtime import commands_controlnet, commands_sd3, commands_sdxl
 from sdrt.runtime.infotext import a1111_parameters, image_seed
 from sdrt.runtime.load_options import cuda_graph_options, vae_tiling_options
 
@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
     commands_sdxl.add_arguments(p)
     commands_sd3.add_arguments(p)
+    commands_controlnet.add_arguments(p)
 
 
 def add_vae_tiling_arguments(p: argparse.ArgumentParser) -> None:
@@ -108,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
 
     prompt, tagged = prompt_loras(args.prompt, args.lora_dir)
     loras = [parse_lora_arg(text) for text in args.lora] + tagged
-    pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options)
+    control = commands_controlnet.load_options(args)
+    control_call = commands_controlnet.call_options(args)  # a bad flag or image fails before any engine loads
+    pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options, **control)
     refiner = refiner_pipeline(args, pipe, {"precision": args.precision, **options})
     expected = args.steps
     if args.image is not None and isinstance(args.steps, int) and 0 <= (args.strength or 0.8) <= 1:
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                             guidance_scale=args.guidance_scale, height=args.height, width=args.width,
                             num_images_per_prompt=len(batch), seed=batch, scheduler=args.scheduler,
                             callback=lambda i, t, x: bar.update(1), **commands_sdxl.call_options(args),
-                            **commands_sd3.call_options(args))
+                            **commands_sd3.call_options(args), **control_call)
                 if refiner is not None:
                     from sdrt.runtime import refiner as handoff
 
@@ -148,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
             if index == 0 and args.seed in (None, -1):  # printed even with --quiet: the only way back
                 print(f"seed {seeds[0]} (random; image i used seed {seeds[0]} + i)", file=sys.stderr)
             params = {**result.parameters, "seed": seeds[0], "seeds": seeds, "num_images_per_prompt": num_images}
+            for unit, module in zip(params.get("controlnets", []), args.preprocess * len(args.controlnet)):
+                unit["module"] = module
             for image in result.images:  # written after each batch: memory holds one batch at a time
                 seed = image_seed(params, index)
                 path = out / f"{number:05d}-{seed}-{index}.png"

@@ -24,6 +24,8 @@ def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
         fields.append(("VAE tiling", f"{parameters['vae_tiling']['tile_size']} px"))
     if parameters.get("precision"):
         fields.append(("Precision", parameters.get("runtime_precision") or parameters["precision"].get("unet")))
+    for i, unit in enumerate(parameters.get("controlnets", [])):  # sd-webui-controlnet's unit lines
+        fields.append((f"ControlNet {i}", '"' + controlnet_unit(unit) + '"'))
     loras = parameters.get("loras", [])
     if loras:  # A1111 keeps the tags in the prompt and lists the files' short hashes
         fields.append(("Lora hashes", '"' + ", ".join(f"{lora['name']}: {lora['hash']}" for lora in loras) + '"'))
@@ -36,6 +38,19 @@ def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
         lines.append(f"Negative prompt: {parameters['negative_prompt'][k]}")
     lines.append(", ".join(f"{name}: {value}" for name, value in fields))
     return "\n".join(lines)
+
+
+def controlnet_unit(unit: dict[str, Any]) -> str:
+    """One ControlNet unit as sd-webui-controlnet writes it into the infotext ("Module: canny, Model: ...")."""
+    mode = "ControlNet is more important" if unit.get("guess_mode") else "Balanced"
+    fields = [("Module", unit.get("module", "none")), ("Model", unit["model"]), ("Weight", unit["weight"]),
+              ("Guidance Start", unit["guidance_start"]), ("Guidance End", unit["guidance_end"]),
+              ("Control Mode", mode)]
+    for key, label in (("processor_res", "Processor Res"), ("threshold_a", "Threshold A"),
+                       ("threshold_b", "Threshold B")):
+        if unit.get(key) is not None:
+            fields.append((label, unit[key]))
+    return ", ".join(f"{name}: {value}" for name, value in fields)
 
 
 def image_seed(parameters: dict[str, Any], index: int) -> Any:

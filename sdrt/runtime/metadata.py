@@ -29,7 +29,8 @@ def pixels_hash(images: list[Image.Image]) -> str | None:
 
 
 def model_hash(manifest: Any) -> str | None:
-    digests = [entry.get("sha256") for _, entry in sorted(manifest.components.items())]
+    # the exported files' hashes (a graph rewritten for ControlNets keeps its export's: sdrt.residual_graph)
+    digests = [entry.get("exported_sha256", entry.get("sha256")) for _, entry in sorted(manifest.components.items())]
     if not all(digests):
         return None
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()[:10]

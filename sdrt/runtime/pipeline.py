@@ -51,6 +51,13 @@ RUNTIMES: dict[str, str] = {"unet": "sdrt.runtime.unet_pipeline:UNetPipeline",
                             "sd3": "sdrt.runtime.sd3_pipeline:SD3Pipeline"}
 
 
+def _folders(controlnet: Any) -> list[Any]:
+    """`controlnet=`: None, one folder, or a list of folders."""
+    if controlnet is None:
+        return []
+    return list(controlnet) if isinstance(controlnet, (list, tuple)) else [controlnet]
+
+
 def runtime_class(name: str) -> type["Pipeline"]:
     module, _, cls = RUNTIMES[name].partition(":")
     return getattr(importlib.import_module(module), cls)
@@ -113,6 +120,9 @@ class Pipeline:
         self._denoiser_config = memory_guard.denoiser_config(manifest.folder / self.denoiser)
         self._lock = threading.RLock()  # one call at a time: the engines' bound buffers are shared
         self.vae_tiles: tiling.VaeTiles | None = None  # None: decode whole (see enable_vae_tiling)
+        from sdrt.runtime.controlnet import ControlNets
+
+        self.controlnets = ControlNets([])  # set by load(controlnet=...): run before the UNet every step
         try:
             for component in (*self.model_spec.text_encoders, self.denoiser, "vae_decoder"):  # a broken folder fails here
                 self.engine(component)
@@ -126,7 +136,7 @@ class Pipeline:
     @classmethod
     def load(cls, folder: str | os.PathLike, backend: str = "auto", precision: str | None = None,
              verify: bool = False, loras: Sequence[Any] = (), vae_tiling: bool = False,
-             vae_tile_size: int | None = None, **backend_options: Any) -> "Pipeline":
+             vae_tile_size: int | None = None, controlnet: Any = None, **backend_options: Any) -> "Pipeline":
         """Open an exported folder on a backend, as its family's pipeline class; options go to the backend
         (its declared ones only).
         ``precision``: f32 | bf16 | f16, the run-time precision (bf16/f16: openvino only).
@@ -137,6 +147,9 @@ class Pipeline:
         the one export recorded (reads every weight once; a changed file is one line naming it).
         `loras`: LoRA files to apply, each a path or a (path, scale) pair (see `set_loras`).
         `vae_tiling` / `vae_tile_size`: see `enable_vae_tiling`.
+        `controlnet`: an exported ControlNet folder, or a list of them (each call then takes
+        `control_image=`, one per ControlNet; see sdrt.runtime.controlnet); the UNet runs as the
+        residual-taking graph made from the export (sdrt.residual_graph), not re-exported.
         """
         manifest = Manifest.load(folder)
         tiles = tiling.from_options(manifest.pipeline, vae_tiling, vae_tile_size)  # fails before loading
@@ -149,6 +162,14 @@ class Pipeline:
             raise SdrtError(f"{config_path} is missing or unreadable ({e}): export the model again with --force")
         tokenizers = load_tokenizers(manifest)
         family_class = runtime_class(manifest.family_spec.runtime)
+        controlnets = _folders(controlnet)
+        if controlnets:
+            from sdrt.residual_graph import residual_manifest
+            from sdrt.runtime.controlnet import check_fits, open_controlnet
+
+            for folder in controlnets:  # a ControlNet that does not fit fails before any engine loads
+                check_fits(manifest, open_controlnet(folder))
+            manifest = residual_manifest(manifest)
         backend_options = with_precision(precision, backend_options)
         names = candidates(backend, backend_options)
         quantized.check_source(manifest)
@@ -169,6 +190,14 @@ class Pipeline:
         else:
             raise AssertionError("unreachable: candidates() returns at least one backend")
         pipe.vae_tiles = tiles
+        if controlnets:
+            from sdrt.runtime.controlnet import ControlNets
+
+            try:
+                pipe.controlnets = ControlNets.load(manifest, pipe.backend, controlnets)
+            except BaseException:
+                pipe.close()
+                raise
         if loras:
             try:
                 pipe.set_loras(loras)
@@ -183,6 +212,30 @@ class Pipeline:
         A file that does not fit is a one-line error and leaves the pipeline as it was."""
         with self._lock:  # never while a call runs on the engines being swapped
             self.adapters.apply(self.backend, self.engines, list(loras))
+
+    def set_controlnets(self, folders: Sequence[Any]) -> None:
+        """Run with exactly these exported ControlNet folders from now on ([]: none). Engines of folders
+        used before are kept and reused (a server switches sets per batch); the first ControlNet makes
+        the UNet the residual-taking graph (before any LoRA: load ControlNets first)."""
+        from sdrt.runtime.controlnet import ControlNets
+
+        with self._lock:
+            folders = _folders(list(folders))
+            if folders and not self.manifest.pipeline.get("residual_inputs"):
+                if self.adapters.active:
+                    raise SdrtError("load ControlNets before LoRAs (Pipeline.load(..., controlnet=...)), or clear "
+                                    "the LoRAs first: the UNet is reloaded for ControlNets")
+                from sdrt.residual_graph import residual_manifest
+                from sdrt.runtime.controlnet import check_fits, open_controlnet
+
+                for folder in folders:
+                    check_fits(self.manifest, open_controlnet(folder))
+                derived = residual_manifest(self.manifest)
+                engine = self.backend.load(derived, self.denoiser)  # fails before the old one is closed
+                self.engines.pop(self.denoiser).close()
+                self.engines[self.denoiser] = engine
+                self.manifest, self.model_spec = derived, derived.spec
+            self.controlnets = ControlNets.pick(self.controlnets, self.manifest, self.backend, folders)
 
     def enable_vae_tiling(self, tile_size: int | None = None) -> None:
         """Decode latents larger than a tile in overlapping `tile_size` px tiles (default: the VAE's
@@ -222,6 +275,8 @@ class Pipeline:
         for engine in self.engines.values():
             engine.close()
         self.engines.clear()
+        if hasattr(self, "controlnets"):
+            self.controlnets.close()
         self.backend.close()
 
 

@@ -19,8 +19,8 @@ from fastapi import APIRouter, Request
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdrt.runtime.infotext import a1111_parameters
-from sdrt.serve import samplers
+from sdrt.runtime.infotext import a1111_parameters, controlnet_unit
+from sdrt.serve import controlnets, samplers
 from sdrt.serve.access_log import note
 from sdrt.serve.dispatch import png_base64, run_job
 from sdrt.serve.limits import RequestRejected
@@ -74,6 +74,8 @@ class Img2ImgRequest(Txt2ImgRequest):
 def _check_supported(body: Txt2ImgRequest) -> None:
     for name, default in UNSUPPORTED.items():
         value = getattr(body, name)
+        if name == "alwayson_scripts":  # ControlNet units are read (sdrt.serve.controlnets); any other script is not
+            value = {k: v for k, v in (value or {}).items() if k.lower() != "controlnet"}
         if value not in (default, None) and not (name == "alwayson_scripts" and not value):
             raise RequestRejected(f"{name}={value!r} is not supported by sdrt serve: leave it at {default!r}")
     if body.save_images:
@@ -106,6 +108,10 @@ def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
         width=body.width, height=body.height, steps=body.steps,
         sampler=samplers.resolve(body.sampler_name or body.sampler_index, body.scheduler),
         guidance_scale=body.cfg_scale, seed=seed, loras=loras)
+    units = controlnets.scripts_units(body.alwayson_scripts)
+    if units:
+        request.controlnets = controlnets.parse_units(units, service.controlnets, limits, width=body.width,
+                                                      height=body.height)
     if isinstance(body, Img2ImgRequest):
         if not body.init_images:
             raise RequestRejected("init_images is empty: send one base64 image")
@@ -130,6 +136,8 @@ def _answer(body: Txt2ImgRequest, request: GenerationRequest, result: Any, servi
     infotexts = [a1111_parameters(params, index) for index in range(len(result.seeds))]
     n = request.n
     extra = {"Backend": params["backend"]}
+    for i, unit in enumerate(params.get("controlnets", [])):
+        extra[f"ControlNet {i}"] = controlnet_unit(unit)
     if params.get("loras"):  # as A1111 writes them (name: short hash), never the server's paths
         extra["Lora hashes"] = ", ".join(f"{lora['name']}: {lora['hash']}" for lora in params["loras"])
     info = {
@@ -184,7 +192,7 @@ def router(service: Any) -> APIRouter:
     async def lora_list() -> list[dict[str, Any]]:
         return service.loras.listing()
 
-    @api.get("/scripts")
+    @api.get("/scripts")  # (sd-webui-controlnet's own routes: controlnet_router)
     async def scripts() -> dict[str, list]:
         return {"txt2img": [], "img2img": []}
 
@@ -204,5 +212,26 @@ def router(service: Any) -> APIRouter:
                 "state": {"skipped": False, "interrupted": False, "job": f"job {p.job_ids[0]}",
                           "job_count": queued + len(running), "job_timestamp": "0", "job_no": 0,
                           "sampling_step": p.step, "sampling_steps": p.steps}}
+
+    return api
+
+
+def controlnet_router(service: Any) -> APIRouter:
+    """sd-webui-controlnet's routes: the ControlNets (by name), the preprocessors, the API version."""
+    api = APIRouter(prefix="/controlnet")
+
+    @api.get("/model_list")
+    async def model_list() -> dict[str, list[str]]:
+        return {"model_list": service.controlnets.names()}
+
+    @api.get("/module_list")
+    async def module_list() -> dict[str, Any]:
+        from sdrt.runtime.preprocessors import module_list as names
+
+        return {"module_list": names(), "module_detail": {}}
+
+    @api.get("/version")
+    async def version() -> dict[str, int]:
+        return {"version": controlnets.API_VERSION}
 
     return api

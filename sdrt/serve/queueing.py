@@ -2,7 +2,7 @@
 
 A job waits in its model's queue until the worker takes it. The worker takes the oldest job, then,
 for up to `batch_wait_s`, gathers every queued job with the same batch key (same mode, size,
-steps, sampler, guidance, strength, LoRAs) until the batch holds `max_batch` images; other jobs keep their
+steps, sampler, guidance, strength, LoRAs, ControlNet units) until the batch holds `max_batch` images; other jobs keep their
 place in line. A full queue refuses new jobs at once (the HTTP layer answers 429); cancelled jobs
 (client gone, timed out) are dropped when they come up.
 """
@@ -44,6 +44,7 @@ class GenerationRequest:
     init_image: Any = None  # PIL image (img2img / inpainting)
     mask: Any = None  # PIL image (inpainting; white = repaint)
     loras: tuple = ()  # ((file, scale), ...) the server resolved from the prompt's <lora:...> tags
+    controlnets: tuple = ()  # sdrt.serve.controlnets.Unit per enabled ControlNet unit
 
     def __post_init__(self) -> None:
         self.loras = tuple((str(path), float(scale)) for path, scale in self.loras)
@@ -60,7 +61,7 @@ class GenerationRequest:
         """Requests with equal keys run in one UNet batch."""
         strength = self.strength if self.init_image is not None else None
         return (self.model, self.mode, self.width, self.height, self.steps, self.sampler,
-                self.guidance_scale, strength, self.loras)
+                self.guidance_scale, strength, self.loras, tuple(unit.key for unit in self.controlnets))
 
 
 _ids = itertools.count(1)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sdrt.errors import SdrtError
+from sdrt.serve import controlnets
+from sdrt.serve.controlnets import ControlNetCatalog
 from sdrt.serve.loras import LoraCatalog, LoraSwitchFailed, rejection, use_loras
 from sdrt.serve.queueing import GenerationRequest, Job, JobCancelled, JobQueue, QueueFull
 
@@ -34,7 +36,10 @@ class BatchCancelled(Exception):
 def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> list[JobResult]:
     """One pipeline call for compatible jobs (same LoRAs, set first): prompts repeated per image, one seed each."""
     first = jobs[0].request
+    if first.controlnets or getattr(pipe, "controlnets", None):  # before the LoRAs: it may reload the UNet
+        pipe.set_controlnets([unit.folder for unit in first.controlnets])
     use_loras(pipe, first.loras)  # a no-op when the pipeline has them already
+    control = controlnets.call_arguments([j.request.controlnets for j in jobs], [j.request.n for j in jobs])
     prompts = [j.request.prompt for j in jobs for _ in range(j.request.n)]
     negatives = [j.request.negative_prompt for j in jobs for _ in range(j.request.n)]
     seeds = [s for j in jobs for s in j.request.seeds]
@@ -44,13 +49,15 @@ def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> l
     out = pipe(prompts, negative_prompt=negatives, num_inference_steps=first.steps,
                guidance_scale=first.guidance_scale, height=first.height, width=first.width,
                num_images_per_prompt=1, seed=seeds, scheduler=first.sampler,
-               image=images, strength=first.strength, mask_image=masks, callback=callback)
+               image=images, strength=first.strength, mask_image=masks, callback=callback, **control)
     seconds = time.perf_counter() - t0
     results, start = [], 0
     for job in jobs:
         n = job.request.n
         params = {**out.parameters, "prompt": [job.request.prompt], "negative_prompt": [job.request.negative_prompt],
                   "seed": job.request.seed, "seeds": job.request.seeds, "num_images_per_prompt": n}
+        if job.request.controlnets:  # names as the request gave them, never the server's folders
+            params["controlnets"] = controlnets.describe(job.request.controlnets)
         results.append(JobResult(list(out.images[start:start + n]), job.request.seeds, params, len(seeds), seconds))
         start += n
     return results
@@ -149,11 +156,12 @@ class Service:
 
     def __init__(self, pipelines: dict[str, Any], *, limits: Any, queue_size: int = 64, max_batch: int = 4,
                  batch_wait_s: float = 0.01, timeout_s: float = 600.0, metrics: Any = None,
-                 loras: LoraCatalog | None = None):
+                 loras: LoraCatalog | None = None, controlnets: ControlNetCatalog | None = None):
         if not pipelines:
             raise SdrtError("no model to serve: pass --model DIR")
         self.limits, self.timeout_s, self.metrics = limits, timeout_s, metrics
         self.loras = loras or LoraCatalog()
+        self.controlnets = controlnets or ControlNetCatalog()
         self.pipelines = dict(pipelines)
         self.workers = {name: ModelWorker(name, pipe, queue_size, max_batch, batch_wait_s, metrics)
                         for name, pipe in self.pipelines.items()}
