@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
         manifest = residual_manifest(manifest)
     components = args.components or [c for c in manifest.spec.component_names if manifest.has(c)]
+    from sdrt.engines import quantized
+
+    quantized.check_backend(manifest.folder, {c: manifest.components[c] for c in components if manifest.has(c)},
+                            args.backend)  # int8 (asymmetric) is for the CPUs: one line before any build
     for name in components:
         manifest.onnx_path(name)  # one-line error for a component the folder lacks
     if args.workspace_gb is not None and args.workspace_gb <= 0:

@@ -141,7 +141,8 @@ class OrtSessions:
         so = self.session_options()
         model = path
         inline = self._override(so, weights, external)
-        extra = {"disabled_optimizers": ["NchwcTransformer"]} if inline else {}
+        disabled = (["NchwcTransformer"] if inline else []) + self.quantized_fixes(manifest, component)
+        extra = {"disabled_optimizers": disabled} if disabled else {}
         if stored_narrow(manifest, component):
             lean(so, extra)
         with contextlib.ExitStack() as stack:
@@ -170,6 +171,21 @@ class OrtSessions:
         for name in inline:
             so.add_initializer(name, weights[name])
         return inline
+
+    @staticmethod
+    def quantized_fixes(manifest, component: str) -> list[str]:
+        """Optimizers left out for a Q/DQ graph (`sdrt quantize`). ONNX Runtime 1.31's QDQS8ToU8Transformer,
+        after its Q/DQ propagation, writes opset-21+ QuantizeLinear nodes whose `output_dtype` (int8)
+        contradicts the uint8 zero point it gives them, and the session fails to load; without it the
+        int8 kernels run signed activations (VNNI and AMX take them as they are). An fp8 graph (scored on the
+        CPU by `sdrt quantize`'s gate, which runs its Q/DQ pairs in float) also keeps its Q/DQ pairs unfused:
+        the fused int8 kernels (QLinearConv, ...) take no fp8 input."""
+        from sdrt.engines.quantized import quantized_components
+
+        scheme = quantized_components(manifest.components).get(component)
+        if scheme is None:
+            return []
+        return ["QDQS8ToU8Transformer"] + (["QDQSelectorActionTransformer"] if scheme == "fp8" else [])
 
     def _session(self, model: Path, so, providers: list, **extra: Any):
         ort = ort_engine.import_ort()

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sdrt.engines import quantized
 from sdrt.engines.base import Backend, Engine, backend_class, candidates, with_precision
 from sdrt.errors import EngineMissing, SdrtError
 from sdrt.manifest import Manifest
@@ -183,6 +184,11 @@ class Pipeline:
             manifest = residual_manifest(manifest)
         backend_options = with_precision(precision, backend_options)
         names = candidates(backend, backend_options)
+        quantized.check_source(manifest)
+        if backend == "auto":  # a quantized folder: only the backends that run its scheme
+            names = quantized.filter_candidates(manifest.folder, manifest.components, names)
+        else:
+            quantized.check_backend(manifest.folder, manifest.components, names[0])
         for i, name in enumerate(names):
             try:
                 options = with_precision(precision, backend_options, backend_class(name))

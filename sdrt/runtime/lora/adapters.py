@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, MutableMapping, Sequence, Union
 
 import numpy as np
 
+from sdrt.engines.quantized import is_quantized
 from sdrt.errors import SdrtError, warn
 from sdrt.weight_map import WeightMap
 from sdrt.runtime.lora import flux_names
@@ -139,6 +140,14 @@ class Adapters:
         active, placed, maps = self.prepare(loras)
         by_component = {c: [item for item in placed if item.layer.component == c] for c in self.components}
         side = {c for c, items in by_component.items() if items and self._side_path(backend, c, items, maps)}
+        for component, items in by_component.items():
+            if items and component not in side and is_quantized(self.manifest.components.get(component, {})):
+                raise SdrtError(f"{self.manifest.folder}: the {component} is quantized "
+                                f"({self.manifest.components[component]['quantization']['scheme']}): a LoRA on it runs "
+                                f"as float side paths beside the int8 layers, which backend {backend.name} has not "
+                                f"for every layer this LoRA changes (Linear and 1x1 Conv only, on ort-cpu and "
+                                f"openvino with dynamic shapes): leave its 3x3 conv layers out, or use the float "
+                                f"folder")
         shapes = merged_shapes([item for c, items in by_component.items() if c not in side for item in items], maps)
         stores = {component: store_for(shapes[component], self.manifest.folder) for component in shapes}
         for component in self.components:
