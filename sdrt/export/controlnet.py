@@ -148,7 +148,7 @@ def export_controlnet(path: Path, out: Path, *, opset: int, precision: str, forc
                          "upsampler; checked at odd sizes against PyTorch)", "probed": []}
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
         started = time.perf_counter()
-        component_precision, note = precision_policy(comp, precision, module.config)
+        component_precision, note = precision_policy(comp, precision, module)
         target = tmp / COMPONENT / "model.onnx"
         target.parent.mkdir()
         graph_module = copy.deepcopy(module).half() if component_precision == "fp16" else module

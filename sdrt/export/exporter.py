@@ -14,6 +14,7 @@ import gc
 import json
 import shutil
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -94,7 +95,8 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         for index, component in enumerate(components):
             comp = traced_spec.component(component)
             later = any(model_spec.component(c).source == comp.source for c in components[index + 1:])
-            chosen, note = precision_policy(comp, precision, src.config(comp.source))
+            config = types.SimpleNamespace(config=src.config(comp.source))  # the policy reads configs only
+            chosen, note = precision_policy(comp, precision, config)
             # larger than memory in fp32: traced without weights, weights copied (sdrt.export.streamed)
             export = job.export_streamed if component in streaming else job.export
             fallback = chosen == "fp16" and component in model_spec.family.fp16_fallback
@@ -257,8 +259,8 @@ def denoiser_sizes(src: source.Source, name: str, sample_size: int) -> Any:
     return sizes.UNetSizes(src.module(name), sample_size)
 
 
-def precision_policy(component: spec.ComponentSpec, precision: str, config: Any) -> tuple[str, str]:
-    """(precision, why) of one component under --precision (`config`: the module's).
+def precision_policy(component: spec.ComponentSpec, precision: str, module: Any) -> tuple[str, str]:
+    """(precision, why) of one component under --precision.
 
     SD VAEs overflow in fp16 (NaN/inf images at 512 px and up); diffusers marks them
     `force_upcast: true` and runs them in fp32 even in fp16 pipelines. The spec names that key
@@ -268,7 +270,7 @@ def precision_policy(component: spec.ComponentSpec, precision: str, config: Any)
     if component.fp32_always:
         return "fp32", component.fp32_always
     key = component.fp32_if_config
-    if key and config.get(key, False):
+    if key and module.config.get(key, False):
         return "fp32", (f"kept fp32 under --precision fp16: the VAE config has {key}=true (SD VAEs overflow "
                         f"in fp16; diffusers runs them in fp32 too)")
     return "fp16", "fp16 as asked (--precision fp16); the check compares it with the fp32 PyTorch module"

@@ -15,8 +15,10 @@ the same numbers as the fp32 module), the module is freed, then ONNX Runtime run
 weights left in 16 bits (no constant folding of the Casts, no arena: `check.ort_session(lean=True)`).
 The weight map is written from what this module placed (names, layouts, byte ranges) and read back.
 
-A transformer denoiser's size probe runs the same lifted module and a lean session; a UNet is never
-streamed. A component is streamed when its fp32 weights exceed `STREAM_BYTES`, or when its whole
+Each initializer is stored in the dtype the traced graph declares for it: an fp16 graph's weights in
+fp16, and a weight it computes in fp32 (Flux's time embedding, sdrt.export.graphs) as the folder stores
+it, with a Cast. A transformer denoiser's size probe (the family's geometry: SD3's patches, Flux's
+token grids) runs the same lifted module and a lean session; a UNet is never streamed. A component is streamed when its fp32 weights exceed `STREAM_BYTES`, or when its whole
 export (about `WHOLE_PEAK` x its fp32 weights) would not fit the memory available; `sdrt export
 --stream NAME` asks for one.
 """
