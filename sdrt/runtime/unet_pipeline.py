@@ -28,6 +28,8 @@ import numpy as np
 from sdrt.engines.base import Engine
 from sdrt.errors import SdrtError
 from sdrt.runtime import added_conditioning, conditioning, images as imageio, memory_guard, metadata, prompts as text
+from sdrt.runtime import variation
+from sdrt.runtime.prompt_chunks import max_text_tokens
 from sdrt.runtime.call import Call, check as check_call
 from sdrt.runtime.denoise import Blend, StepCallback, cut_timesteps_end, denoise, start_at
 from sdrt.runtime.pipeline import Pipeline, PipelineOutput
@@ -66,7 +68,8 @@ class UNetPipeline(Pipeline):
 
     def encode_prompts(self, prompts: list[str], negatives: list[str], per_prompt: int, guidance: bool, *,
                        prompts_2: list[str] | None = None, negatives_2: list[str] | None = None,
-                       clip_skip: int | None = None, zero_negatives: bool = False) -> text.TextConditioning:
+                       clip_skip: int | None = None, zero_negatives: bool = False,
+                       syntax: str | None = None) -> text.TextConditioning:
         """The UNet's text inputs for every UNet row: unconditional first under guidance, each repeated per
         image. Each text encoder is fed the prompt argument the family table pairs it with."""
         fed_by = {"prompt": (prompts, negatives), "prompt_2": (prompts_2 or prompts, negatives_2 or negatives)}
@@ -77,7 +80,8 @@ class UNetPipeline(Pipeline):
             fed.append(texts)
             fed_negative.append(negative_texts)
         return text.encode(self.family_spec.text_layer, encoders, fed, fed_negative, per_prompt=per_prompt,
-                           guidance=guidance, clip_skip=clip_skip, zero_negatives=zero_negatives)
+                           guidance=guidance, clip_skip=clip_skip, zero_negatives=zero_negatives, syntax=syntax,
+                           max_tokens=max_text_tokens(self.manifest), embeddings=getattr(self, "embeddings", None))
 
     def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
@@ -91,13 +95,19 @@ class UNetPipeline(Pipeline):
                  negative_crops_coords_top_left: tuple[int, int] | None = None,
                  negative_target_size: tuple[int, int] | None = None, aesthetic_score: float = 6.0,
                  negative_aesthetic_score: float = 2.5, guidance_rescale: float = 0.0, clip_skip: int | None = None,
-                 denoising_start: float | None = None, denoising_end: float | None = None) -> PipelineOutput:
+                 denoising_start: float | None = None, denoising_end: float | None = None,
+                 prompt_syntax: str | None = None, subseed: int | Sequence[int] | None = None,
+                 subseed_strength: float = 0.0, seed_resize_from_h: int = 0,
+                 seed_resize_from_w: int = 0) -> PipelineOutput:
         """Generate; safe from many threads (calls run one at a time, see the module docstring).
 
         `seed`: an int s (image i uses s + i), one int per image, or None / -1 for a random one.
         The keyword-only arguments are diffusers' SDXL ones (`prompt_2`, the size conditioning,
         `aesthetic_score`s for the refiner), `guidance_rescale` and `clip_skip` (every family), and
-        the base -> refiner hand-off (`denoising_end` with output_type="latent", `denoising_start`)."""
+        the base -> refiner hand-off (`denoising_end` with output_type="latent", `denoising_start`).
+        AUTOMATIC1111's: `prompt_syntax="a1111"` reads emphasis, BREAK and prompts past 77 tokens
+        (default: diffusers' way), and the variation seeds `subseed`, `subseed_strength`,
+        `seed_resize_from_h/w` (`sdrt.runtime.variation`)."""
         arguments = dict(locals())
         del arguments["self"]
         return self._run(self._generate, arguments)
@@ -111,11 +121,13 @@ class UNetPipeline(Pipeline):
                           vae_scale_factor=self.vae_scale_factor, guidance_is_embedded=self.time_cond_dim is not None)
         # 2. Encode the prompts (unconditional rows first under classifier-free guidance).
         with timings.measure("text_encoder"):
-            zero = (self.family_spec.size_conditioning and not call.negative_given
+            # SDXL's zeros for no negative prompt (the web UI's syntax: for empty ones, as it does)
+            empty = not any(call.negatives) if call.syntax == "a1111" else not call.negative_given
+            zero = (self.family_spec.size_conditioning and empty
                     and bool(self.manifest.pipeline.get("force_zeros_for_empty_prompt", False)))
             cond = self.encode_prompts(call.prompts, call.negatives, call.per_prompt, call.cfg,
                                        prompts_2=call.prompts_2, negatives_2=call.negatives_2,
-                                       clip_skip=call.clip_skip, zero_negatives=zero)
+                                       clip_skip=call.clip_skip, zero_negatives=zero, syntax=call.syntax)
         # 3. The timesteps (img2img and inpainting start part-way; a refiner at denoising_start).
         sched = self.make_scheduler(arguments["scheduler"], call.mode)
         timesteps = self._timesteps(call, sched)
@@ -181,7 +193,7 @@ class UNetPipeline(Pipeline):
         elif images and (not masks or blend or call.strength < 1.0 or call.denoising_start is not None):
             image_lat = conditioning.tile_to(self.encode_images(pixels, rng), n, "image")
         if noise is None and (call.denoising_start is None or masks):  # inpainting: the blend's noise
-            noise = rng.standard_normal((n, C, h, w), dtype=np.float32)
+            noise = variation.initial_noise(rng, (n, C, h, w), call.variation, call.seeds, f)
         if self.inpainting_unet:
             masked = conditioning.masked_pixels(pixels, mask_px)
             masked_lat = conditioning.tile_to(self.encode_images(masked, rng), n, "image")
@@ -244,6 +256,7 @@ class UNetPipeline(Pipeline):
         extras = {"prompt_2": call.prompts_2, "negative_prompt_2": call.negatives_2,
                   "guidance_rescale": call.rescale or None, "clip_skip": call.clip_skip,
                   "denoising_start": call.denoising_start, "denoising_end": call.denoising_end,
+                  "prompt_syntax": call.syntax, **(call.variation.describe() if call.variation else {}),
                   **{k: list(v) for k, v in call.sizes.items() if v is not None}}
         parameters.update({k: v for k, v in extras.items() if v is not None})
         if self.family_spec.aesthetic_score:
