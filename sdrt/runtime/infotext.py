@@ -82,3 +82,32 @@ def image_seed(parameters: dict[str, Any], index: int) -> Any:
     """The seed that regenerates image `index` alone."""
     seeds = parameters.get("seeds")
     return seeds[index] if seeds else parameters["seed"]
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """The web UI's reading of an infotext: "Prompt", "Negative prompt", then each "Key: value" of the last
+    line (quoted values unquoted; "Size: 512x768" also as "Size-1" / "Size-2"), values as text."""
+    import json
+    import re
+
+    lines = text.strip().split("\n")
+    fields_line = lines[-1] if lines and re.search(r"(^|, )Steps: ", lines[-1]) else ""
+    body = lines[:-1] if fields_line else lines
+    prompt, negative, in_negative = [], [], False
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    out: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for match in re.finditer(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)', fields_line):
+        key, value = match.group(1).strip(), match.group(2).strip()
+        if value.startswith('"'):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        out[key] = value
+        size = re.fullmatch(r"(\d+)x(\d+)", value) if isinstance(value, str) else None
+        if size:
+            out[f"{key}-1"], out[f"{key}-2"] = size.group(1), size.group(2)
+    return out

@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_vae_tiling_arguments(p)  # a server option: A1111's API has no standard field for it
     p.add_argument("--lora-dir", default=None, metavar="DIR",
                    help="LoRAs requests may pick by name with <lora:NAME:SCALE> prompt tags: DIR/NAME.safetensors")
+    p.add_argument("--styles", default=None, metavar="FILE",
+                   help="A1111's styles.csv (name, prompt, negative_prompt): requests add them by name (`styles`)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860, A1111's)")
     p.add_argument("--api-key", default=os.environ.get("SDRT_API_KEY"),
@@ -76,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     check_exposure(args.host, args.api_key, args.insecure)
     limits_from(args)
     LoraCatalog(args.lora_dir)  # a wrong --lora-dir is one line before any model loads
+    from sdrt.serve.styles import Styles
+
+    Styles(args.styles)  # so is a styles file that does not parse
     if args.ray:
         from sdrt.serve.ray_serve import run_ray_serve
 

@@ -50,10 +50,14 @@ def build_service(args: Any) -> Any:
     from sdrt.serve.metrics import Metrics
     from sdrt.serve.service import Service
 
+    from sdrt.serve.styles import Styles
+
     loras = LoraCatalog(getattr(args, "lora_dir", None))
+    styles = Styles(getattr(args, "styles", None))
     folders = model_folders(args.model)
     options = backend_options(args)
     pipelines = {name: Pipeline.load(folder, backend=args.backend, precision=args.precision, **options)
                  for name, folder in folders.items()}
     return Service(pipelines, limits=limits_from(args), queue_size=args.queue_size, max_batch=args.max_batch,
-                   batch_wait_s=args.batch_wait_ms / 1000.0, timeout_s=args.timeout, metrics=Metrics(), loras=loras)
+                   batch_wait_s=args.batch_wait_ms / 1000.0, timeout_s=args.timeout, metrics=Metrics(), loras=loras,
+                   styles=styles)
