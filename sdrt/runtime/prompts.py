@@ -62,8 +62,9 @@ def select_layer(outputs: dict[str, np.ndarray], text_layer: str, clip_skip: int
     return stack[index]
 
 
-def _run(encoder: Encoder, texts: list[str]) -> dict[str, np.ndarray]:
-    ids = encoder.tokenizer(texts)
+def _run(encoder: Encoder, texts: list[str], embeddings: Any = None) -> dict[str, np.ndarray]:
+    active = embeddings is not None and embeddings.active  # textual inversions: their names -> their ids
+    ids = embeddings.ids(encoder.tokenizer, texts) if active else encoder.tokenizer(texts)
     encoder.engine.prepare({"B": len(texts)})
     return {k: np.array(v, dtype=np.float32) for k, v in encoder.engine.run({N.INPUT_IDS: ids}).items()}
 
@@ -86,7 +87,7 @@ def encode(text_layer: str, encoders: Sequence[Encoder], prompts: Sequence[list[
     hidden_pos, hidden_neg, pooled_pos, pooled_neg = [], [], None, None
     for encoder, texts, negative_texts in zip(encoders, prompts, negatives):
         encode_negatives = guidance and not zero_negatives
-        outputs = _run(encoder, list(negative_texts) + list(texts) if encode_negatives else list(texts))
+        outputs = _run(encoder, list(negative_texts) + list(texts) if encode_negatives else list(texts), embeddings)
         pos = {k: (v[n:] if k != N.HIDDEN_STATES else v[:, n:]) for k, v in outputs.items()} if encode_negatives \
             else outputs
         hidden_pos.append(select_layer(pos, text_layer, clip_skip, encoder.name))

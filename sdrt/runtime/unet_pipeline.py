@@ -81,7 +81,7 @@ class UNetPipeline(Pipeline):
             fed_negative.append(negative_texts)
         return text.encode(self.family_spec.text_layer, encoders, fed, fed_negative, per_prompt=per_prompt,
                            guidance=guidance, clip_skip=clip_skip, zero_negatives=zero_negatives, syntax=syntax,
-                           max_tokens=max_text_tokens(self.manifest), embeddings=getattr(self, "embeddings", None))
+                           max_tokens=max_text_tokens(self.manifest), embeddings=self.embeddings)
 
     def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
@@ -120,6 +120,7 @@ class UNetPipeline(Pipeline):
                           size_of=self._size, latent_channels=self.latent_channels,
                           vae_scale_factor=self.vae_scale_factor, guidance_is_embedded=self.time_cond_dim is not None)
         # 2. Encode the prompts (unconditional rows first under classifier-free guidance).
+        self.embeddings.used.clear()
         with timings.measure("text_encoder"):
             # SDXL's zeros for no negative prompt (the web UI's syntax: for empty ones, as it does)
             empty = not any(call.negatives) if call.syntax == "a1111" else not call.negative_given
@@ -249,6 +250,12 @@ class UNetPipeline(Pipeline):
         parameters.update(metadata.describe(self.manifest, sched, call.images, call.masks))
         if self.adapters.active:
             parameters["loras"] = self.loras
+        if self.embeddings.used:
+            parameters["textual_inversions"] = self.embeddings.describe()
+        if self.vae_manifest is not None:
+            from sdrt.runtime.vae_swap import vae_name
+
+            parameters["vae"] = vae_name(self.vae_manifest)
         if self.vae_tiles and call.output_type != "latent":
             parameters["vae_tiling"] = self.vae_tiles.as_dict(tiled=self.vae_tiles.applies(x.shape))
         if call.mode != "txt2img":
