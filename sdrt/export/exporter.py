@@ -27,11 +27,13 @@ PRECISIONS = ("fp32", "fp16")
 
 def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSET, precision: str = "fp32",
                  components: Sequence[str] | None = None, force: bool = False, exporter: str = "dynamo",
-                 hidden_states: bool = False, log: Callable[[str], None] = print) -> Path:
+                 hidden_states: bool = False, log: Callable[[str], None] = print, vae: str | None = None,
+                 unsafe_pickle: bool = False, prediction_type: str | None = None) -> Path:
     """Export `model` (a diffusers folder or a preset name) into the ONNX model folder `out`.
 
     `hidden_states`: SD 1.x/2.x text encoders also give their layer stack (what `clip_skip` needs;
-    SDXL exports always have it)."""
+    SDXL exports always have it). `vae`: another VAE (file or folder) in place of the model's;
+    `unsafe_pickle`: read a .ckpt single file; `prediction_type`: override the scheduler's."""
     out = Path(out)
 
     # 1. Arguments: everything that can be wrong without loading a model fails here.
@@ -46,7 +48,9 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
 
     # 2. The source, in fp32, and the model spec its family and variants give.
     started = time.perf_counter()
-    src = source.load(model)
+    if prediction_type not in (None, "epsilon", "v_prediction", "sample"):
+        raise SdrtError(f"prediction type {prediction_type!r} is not one of: epsilon, v_prediction, sample")
+    src = source.load(model, unsafe_pickle=unsafe_pickle, prediction_type=prediction_type, vae=vae)
     pipeline = pipeline_facts(src, hidden_states=hidden_states)
     model_spec = spec.model_spec(pipeline["family"], pipeline["variants"])
     absent = [c for c in components or () if not model_spec.has(c)]
@@ -60,7 +64,9 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                vae_scale_factor=pipeline["vae_scale_factor"],
                                token_length=pipeline["token_length"], extra=pipeline["dims"])
     vocab_size = src.vocab_size
-    log(f"loaded {src.kind} {src.name} ({src.class_name}) in {time.perf_counter() - started:.1f} s; "
+    described = f" with the {src.config} configs" if src.config else ""
+    described += f", VAE {src.vae}" if src.vae else ""
+    log(f"loaded {src.kind} {src.name} ({src.class_name}{described}) in {time.perf_counter() - started:.1f} s; "
         f"model family {pipeline['family']}" + (f" ({', '.join(pipeline['variants'])})" if pipeline["variants"] else ""))
 
     # The trace shape: batch 2, the model's latent size, non-square (every check shape differs).
@@ -261,7 +267,8 @@ def manifest(src: source.Source, pipeline: dict[str, Any], size_rule: dict[str, 
         "sdrt_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {"kind": src.kind, "name": src.name, "path": str(src.path) if src.path else None,
-                   "content_hash": src.content_hash},
+                   "content_hash": src.content_hash,
+                   **({"config": src.config} if src.config else {}), **({"vae": src.vae} if src.vae else {})},
         "exporter": {"method": exporter, "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxscript": onnxscript.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "onnxruntime_check": onnxruntime.__version__},

@@ -121,7 +121,7 @@ def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
         clip_skip=settings["CLIP_stop_at_last_layers"] - 1 or None,
         subseed=_seed(body.subseed), subseed_strength=body.subseed_strength,
         seed_resize=resize if min(resize) > 0 else None, hires=_hires(body, service, model),
-        vae=None if settings["sd_vae"] in OWN_VAE else settings["sd_vae"])
+        vae=None if settings["sd_vae"] in OWN_VAE else (settings["sd_vae"], str(service.vaes[settings["sd_vae"]])))
     if isinstance(body, Img2ImgRequest):
         if not body.init_images:
             raise RequestRejected("init_images is empty: send one base64 image")
@@ -162,7 +162,7 @@ def _answer(body: Txt2ImgRequest, request: GenerationRequest, result: Any, servi
         "width": request.width, "height": request.height, "sampler_name": sampler,
         "scheduler": body.scheduler or "Automatic", "cfg_scale": request.guidance_scale, "steps": request.steps,
         "batch_size": body.batch_size, "restore_faces": False, "sd_model_name": request.model,
-        "sd_model_hash": params.get("model_hash"), "sd_vae_name": request.vae, "denoising_strength": strength,
+        "sd_model_hash": params.get("model_hash"), "sd_vae_name": request.vae[0] if request.vae else None, "denoising_strength": strength,
         "extra_generation_params": extra, "index_of_first_image": 0,
         "infotexts": infotexts, "styles": list(body.styles), "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "clip_skip": (request.clip_skip or 0) + 1, "is_using_inpainting_conditioning": False,

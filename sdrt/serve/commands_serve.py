@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_vae_tiling_arguments(p)  # a server option: A1111's API has no standard field for it
     p.add_argument("--lora-dir", default=None, metavar="DIR",
                    help="LoRAs requests may pick by name with <lora:NAME:SCALE> prompt tags: DIR/NAME.safetensors")
+    p.add_argument("--embeddings-dir", default=None, metavar="DIR",
+                   help="textual-inversion embeddings (.pt/.safetensors) prompts name by file name "
+                        "(GET /sdapi/v1/embeddings)")
+    p.add_argument("--vae", action="append", default=[], metavar="NAME=DIR",
+                   help="a VAE export requests may pick (override_settings sd_vae=NAME; repeatable)")
     p.add_argument("--styles", default=None, metavar="FILE",
                    help="A1111's styles.csv (name, prompt, negative_prompt): requests add them by name (`styles`)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
@@ -81,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.serve.styles import Styles
 
     Styles(args.styles)  # so is a styles file that does not parse
+    from sdrt.serve.setup import vae_folders
+
+    vae_folders(args.vae)  # and a --vae that is not NAME=DIR of an export
     if args.ray:
         from sdrt.serve.ray_serve import run_ray_serve
 

@@ -51,7 +51,7 @@ class GenerationRequest:
     subseed_strength: float = 0.0
     seed_resize: tuple | None = None  # (height, width) the seed's noise is drawn at
     hires: Any = None  # sdrt.runtime.hires.HiresFix (txt2img only)
-    vae: str | None = None  # a --vae NAME of the server; None: the model's own
+    vae: tuple | None = None  # (NAME, DIR) of a --vae of the server; None: the model's own
 
     def __post_init__(self) -> None:
         self.loras = tuple((str(path), float(scale)) for path, scale in self.loras)

@@ -60,7 +60,7 @@ def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> l
     first = jobs[0].request
     use_loras(pipe, first.loras)  # a no-op when the pipeline has them already
     if hasattr(pipe, "use_vae"):
-        pipe.use_vae(first.vae)
+        pipe.use_vae(first.vae[1] if first.vae else None)  # (name, folder) of a --vae, or the model's own
     prompts = [j.request.prompt for j in jobs for _ in range(j.request.n)]
     negatives = [j.request.negative_prompt for j in jobs for _ in range(j.request.n)]
     seeds = [s for j in jobs for s in j.request.seeds]
@@ -223,6 +223,11 @@ class Service:
     @property
     def ready(self) -> bool:
         return all(w.alive for w in self.workers.values())
+
+    @property
+    def embeddings(self) -> Any:
+        """The default model's textual inversions (GET /sdapi/v1/embeddings), or None."""
+        return getattr(self.pipelines[self.options.current()["sd_model_checkpoint"]], "embeddings", None)
 
     def interrupt(self) -> None:
         """Stop every running batch at its next step (its requests answer with the images so far)."""

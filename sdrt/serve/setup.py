@@ -27,6 +27,22 @@ def model_folders(specs: list[str]) -> dict[str, Path]:
     return folders
 
 
+def vae_folders(specs: list[str]) -> dict[str, Path]:
+    """["NAME=DIR", ...] -> {name: folder} (the --vae exports requests pick with sd_vae=NAME)."""
+    folders: dict[str, Path] = {}
+    for spec in specs or []:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise SdrtError(f"--vae {spec}: write NAME=DIR (NAME is what requests send as sd_vae)")
+        if not (Path(folder) / "sdrt.json").is_file():
+            raise SdrtError(f"--vae {spec}: {folder} is not an ONNX export (no sdrt.json): export the VAE with "
+                            f"sdrt export --model BASE --vae FILE --components vae_decoder vae_encoder")
+        if name in folders or name in ("Automatic", "None"):
+            raise SdrtError(f"--vae {spec}: the name {name!r} is taken: pick another NAME")
+        folders[name] = Path(folder)
+    return folders
+
+
 def limits_from(args: Any) -> Any:
     from sdrt.serve.limits import Limits
 
@@ -58,6 +74,19 @@ def build_service(args: Any) -> Any:
     options = backend_options(args)
     pipelines = {name: Pipeline.load(folder, backend=args.backend, precision=args.precision, **options)
                  for name, folder in folders.items()}
+    vaes = vae_folders(getattr(args, "vae", []))
+    for pipe in pipelines.values():  # a VAE that does not fit a model is one line before serving
+        from sdrt.runtime.vae_swap import vae_manifest
+
+        for folder in vaes.values():
+            vae_manifest(pipe.manifest, folder)
+    embeddings = getattr(args, "embeddings_dir", None)
+    if embeddings:
+        from sdrt.runtime.textual_inversion import files_in
+
+        for pipe in pipelines.values():
+            for path in files_in(embeddings):
+                pipe.load_textual_inversion(path)
     return Service(pipelines, limits=limits_from(args), queue_size=args.queue_size, max_batch=args.max_batch,
                    batch_wait_s=args.batch_wait_ms / 1000.0, timeout_s=args.timeout, metrics=Metrics(), loras=loras,
-                   styles=styles)
+                   styles=styles, vaes=vaes)
