@@ -24,25 +24,25 @@ class Txt2ImgRequest(BaseModel):
     styles: list[str] = Field(default_factory=list, description="names of the server's --styles file")
     seed: int = -1
     subseed: int = -1
-    subseed_strength: float = Field(0.0, description="variation strength, 0..1")
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0, description="variation strength, 0..1")
     seed_resize_from_h: int = -1
     seed_resize_from_w: int = -1
     sampler_name: str | None = None
     sampler_index: str | None = None
     scheduler: str | None = None
-    batch_size: int = 1
-    n_iter: int = 1
-    steps: int = 50
-    cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
-    denoising_strength: float | None = None
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    steps: int = Field(50, ge=1, description="the server's --max-steps is the upper bound")
+    cfg_scale: float = Field(7.0, ge=0.0)
+    width: int = Field(512, ge=8, description="a multiple of the model's size step; width x height up to --max-pixels")
+    height: int = Field(512, ge=8)
+    denoising_strength: float | None = Field(None, ge=0.0, le=1.0, description="the hires pass's (txt2img)")
     enable_hr: bool = False
-    hr_scale: float = 2.0
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
+    hr_scale: float = Field(2.0, ge=1.0, le=8.0)
+    hr_upscaler: str | None = Field(None, description="GET /sdapi/v1/upscalers and /latent-upscale-modes")
+    hr_second_pass_steps: int = Field(0, ge=0)
+    hr_resize_x: int = Field(0, ge=0)
+    hr_resize_y: int = Field(0, ge=0)
     hr_sampler_name: str | None = None
     hr_scheduler: str | None = None
     hr_prompt: str = ""
