@@ -60,6 +60,7 @@ class SizeRule:
     min_latent: int
     max_latent: int
     vae_scale_factor: int
+    denoiser: str = "UNet"  # what the error names: the UNet, or SD3's transformer
 
     @property
     def image_multiple(self) -> int:
@@ -80,7 +81,7 @@ class SizeRule:
                 hint = "use " + " or ".join(map(str, near))
                 raise SdrtError(
                     f"{label} {value} is not a multiple of {self.image_multiple} "
-                    f"(this model's UNet needs latent sizes that are multiples of "
+                    f"(this model's {self.denoiser} needs latent sizes that are multiples of "
                     f"{self.latent_multiple}, image = {f} x latent): {hint}"
                 )
             if not self.min_latent * f <= value <= self.max_latent * f:
@@ -220,8 +221,9 @@ class Manifest:
     @property
     def sizes(self) -> SizeRule:
         s = self.data["sizes"]
+        denoiser = self.family_spec.denoiser
         return SizeRule(s["latent_multiple"], s["min_latent"], s["max_latent"],
-                        self.pipeline["vae_scale_factor"])
+                        self.pipeline["vae_scale_factor"], "UNet" if denoiser == "unet" else denoiser)
 
     @property
     def default_image_size(self) -> int:

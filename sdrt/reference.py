@@ -43,7 +43,10 @@ from sdrt.manifest import Manifest
 from sdrt.runtime import images as imageio
 from sdrt.runtime.timing import StageTimings
 
-PIPELINE_MODULES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_encoder_2", "tokenizer_2")
+PIPELINE_MODULES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_encoder_2", "tokenizer_2",
+                    "text_encoder_3", "tokenizer_3", "transformer")
+#: the modules that compute (moved to the device); the denoiser is the UNet or the transformer
+COMPUTE_MODULES = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer")
 #: optional modules and switches of the pipelines' constructors, all off (taken where a class has them)
 OPTIONAL_MODULES = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
                     "image_encoder": None, "add_watermarker": False}
@@ -119,7 +122,7 @@ class Reference:
 
         self.device = torch.device(device)
         self.modules = {k: getattr(pipe, k, None) for k in PIPELINE_MODULES}
-        for k in ("vae", "text_encoder", "text_encoder_2", "unet"):
+        for k in COMPUTE_MODULES:
             if self.modules[k] is not None:
                 self.modules[k].to(self.device)
         self.config = {k: pipe.config[k] for k in ("force_zeros_for_empty_prompt", "requires_aesthetics_score")
@@ -211,9 +214,11 @@ class Reference:
         def add_to(stage: str) -> Any:
             return lambda seconds: setattr(timings, stage, getattr(timings, stage) + seconds)
 
-        encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+        encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None),
+                                getattr(pipe, "text_encoder_3", None)) if e is not None]
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
         hooks = [*((e, "forward", add_to("text_encoder")) for e in encoders),
-                 (pipe.unet, "forward", timings.unet_steps.append),
+                 (denoiser, "forward", timings.unet_steps.append),
                  (pipe.vae, "decode", add_to("vae_decoder")),
                  (pipe.vae, "encode", add_to("vae_encoder"))]
         originals = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in hooks]

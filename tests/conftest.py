@@ -226,6 +226,18 @@ def tiny_lcm_onnx(onnx_export: Callable[..., Path]) -> Path:
     return onnx_export("tiny-lcm")
 
 
+@pytest.fixture(scope="session")
+def tiny_sd3_onnx(onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export("tiny-sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_no_t5_onnx(onnx_export: Callable[..., Path]) -> Path:
+    """tiny-sd3 exported without its T5 encoder (the runtime feeds zeros in its place, as diffusers does)."""
+    return onnx_export("tiny-sd3", components=("text_encoder", "text_encoder_2", "transformer", "vae_decoder",
+                                               "vae_encoder"))
+
+
 # -- loaded pipelines (sdrt and the diffusers reference) -----------------------------------------
 @pytest.fixture(scope="session")
 def pipelines(tiny_onnx, tiny_sd21_onnx, tiny_inpaint_onnx):

@@ -52,8 +52,8 @@ def test_refiner_has_only_the_second_encoder_and_lcm_adds_timestep_cond():
 
 
 def test_unknown_family_or_variant_is_named():
-    with pytest.raises(SdrtError, match="unknown model family 'sd3'.*knows sd, sdxl, sdxl-refiner"):
-        spec.model_spec("sd3")
+    with pytest.raises(SdrtError, match="unknown model family 'qwen-image'.*knows sd, sdxl, sdxl-refiner"):
+        spec.model_spec("qwen-image")
     with pytest.raises(SdrtError, match="unknown model variant 'lora' for the sd family"):
         spec.model_spec("sd", ["lora"])
     with pytest.raises(SdrtError, match="unknown model variant 'hidden_states' for the sdxl family"):

@@ -83,7 +83,7 @@ def make_engine(folder: Path, config: str, dims: dict[str, int]) -> tuple[Any, A
             backend.session_options = with_profiling
     engine = backend.load(manifest, "unet")
     engine.prepare(dims)
-    shapes = spec.shapes(engine.spec, {**engine.model_values, **dims}, include_optional=True)
+    shapes = spec.shapes(engine.spec, {**engine.model_values, **engine.full_dims(dims)}, include_optional=True)
     rng = np.random.default_rng(0)
     for name in engine.spec.input_names:
         dtype = engine.dtype(name)
@@ -170,7 +170,8 @@ def step_flops(folder: Path, dims: dict[str, int]) -> dict[str, float]:
 
     manifest = Manifest.load(folder)
     model = ov.Core().read_model(str(manifest.onnx_path("unet")))
-    shapes = spec.shapes(manifest.spec.component("unet"), {**manifest.values, **dims}, include_optional=True)
+    values = {**manifest.values, "L": manifest.values["S"], **dims}  # one text chunk, as the runtime's default
+    shapes = spec.shapes(manifest.spec.component("unet"), values, include_optional=True)
     model.reshape({port: ov.PartialShape(list(shapes[name])) for port in model.inputs
                    for name in port.get_names() if name in shapes})
     flops: dict[str, float] = defaultdict(float)

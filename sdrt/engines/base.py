@@ -69,7 +69,7 @@ class Engine(abc.ABC):
         return full
 
     def shapes_for(self, dims: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
-        return spec.shapes(self.spec, {**self.model_values, **dims})
+        return spec.shapes(self.spec, {**self.model_values, **self.full_dims(dims)})
 
     def dtype(self, tensor: str) -> np.dtype:
         return np.dtype(spec.dtype_of(self.spec.tensor(tensor), self.precision))

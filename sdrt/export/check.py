@@ -145,9 +145,10 @@ def check_dims(component: spec.ComponentSpec, trace: Mapping[str, int], size_rul
     """Two shapes off the trace: batch 1 and 3 (the trace uses 2), non-square latent sizes that
     the size rule admits but the trace did not use (odd ones where the rule allows)."""
     m, low = size_rule["latent_multiple"], size_rule["min_latent"]
-    h, w, tokens = trace["h"], trace["w"], trace["L"]
-    if "h" not in spec.used_symbols(component):  # text encoders: only the batch varies
-        return [{"B": 1, "h": h, "w": w, "L": tokens}, {"B": 3, "h": h, "w": w, "L": tokens}]
+    h, w, tokens = trace["h"], trace["w"], trace.get("L", spec.TOKEN_LENGTH)
+    if "h" not in spec.used_symbols(component):  # text encoders: the batch varies (and T5's length)
+        other = tokens // 2 + 3 if "L" in spec.used_symbols(component) else tokens
+        return [{"B": 1, "h": h, "w": w, "L": tokens}, {"B": 3, "h": h, "w": w, "L": other}]
     # the second shape also attends to two chunks of text where the graph takes L (long prompts)
     return [{"B": 1, "h": max(3 * m, low), "w": max(5 * m, low), "L": tokens},
             {"B": 3, "h": max(h // 2 // m * m + m, low), "w": max(w // 3 // m * m + 2 * m, low), "L": 2 * tokens}]

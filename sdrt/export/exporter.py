@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from sdrt import spec
 from sdrt.errors import SdrtError
-from sdrt.export import check, sizes, source, staging, trace, weight_map
+from sdrt.export import check, sizes, sizes_transformer, source, staging, trace, weight_map
 from sdrt.export.graphs import example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from sdrt.manifest_schema import component_bytes, component_sha256
@@ -58,12 +58,19 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         raise SdrtError(f"a {pipeline['family']} model has no {absent[0]} (its components: "
                         f"{', '.join(model_spec.component_names)}): drop it from --components")
     components = [c for c in model_spec.component_names if c in (components or model_spec.component_names)]
+    # a variant whose own component is left out is off (SD3 exported without its T5 runs on zeros)
+    for variant in list(pipeline["variants"]):
+        others = [v for v in pipeline["variants"] if v != variant]
+        own = set(model_spec.component_names) - set(spec.model_spec(pipeline["family"], others).component_names)
+        if own and not own & set(components):
+            pipeline["variants"] = others
+            model_spec = spec.model_spec(pipeline["family"], others)
     values = spec.model_values(latent_channels=pipeline["latent_channels"],
                                unet_in_channels=pipeline["unet_in_channels"],
                                text_hidden_size=pipeline["text_hidden_size"],
                                vae_scale_factor=pipeline["vae_scale_factor"],
                                token_length=pipeline["token_length"], extra=pipeline["dims"])
-    vocab_size = src.vocab_size
+    first_vocab = src.vocab_size  # the first text encoder's; each text encoder's own below (T5's differs)
     described = f" with the {src.config} configs" if src.config else ""
     described += f", VAE {src.vae}" if src.vae else ""
     log(f"loaded {src.kind} {src.name} ({src.class_name}{described}) in {time.perf_counter() - started:.1f} s; "
@@ -71,14 +78,17 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
 
     # The trace shape: batch 2, the model's latent size, non-square (every check shape differs).
     denoiser = src.module(model_spec.denoiser.source)
-    multiple = sizes.architectural_multiple(denoiser)
+    transformer = sizes_transformer.is_transformer(denoiser)
+    bounds = sizes_transformer.bounds(denoiser, pipeline["sample_size"]) if transformer else None
+    multiple = bounds[0] if bounds else sizes.architectural_multiple(denoiser)
     h = max(pipeline["sample_size"] // multiple, 2) * multiple
     trace_dims = {**values, "B": 2, "h": h, "w": max(h * 3 // 4 // multiple, 1) * multiple, "L": spec.TOKEN_LENGTH}
-    num_upsamplers = int(denoiser.num_upsamplers)
+    num_upsamplers = None if transformer else int(denoiser.num_upsamplers)
+    size_rule = (sizes_transformer.unprobed(denoiser, pipeline["sample_size"]) if transformer
+                 else sizes.unprobed(denoiser, pipeline["sample_size"]))
     del denoiser
 
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
-        size_rule = sizes.unprobed(src.module(model_spec.denoiser.source), pipeline["sample_size"])
         entries: dict[str, dict[str, Any]] = {}
         for index, component in enumerate(components):
             comp = model_spec.component(component)
@@ -89,6 +99,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
             path = tmp / component / "model.onnx"
             path.parent.mkdir()
             graph_module = copy.deepcopy(module).half() if component_precision == "fp16" else module
+            vocab_size = int(getattr(module.config, "vocab_size", None) or first_vocab)
             example = example_inputs(comp, trace_dims, vocab_size=vocab_size, seed=0,
                                      dtype=check.torch_dtype(component_precision))
             trace.export_graph(wrap(comp, graph_module, model_spec), comp, example, path, opset=opset,
@@ -104,7 +115,11 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
             # UNet and its check session are never in memory together.
             started = time.perf_counter()
             probe_cases = None
-            if component == model_spec.family.denoiser:
+            if component == model_spec.family.denoiser and transformer:
+                probe_cases = sizes_transformer.probe_cases(module, values, precision=component_precision,
+                                                            vocab_size=vocab_size, model=model_spec,
+                                                            sample_size=pipeline["sample_size"])
+            elif component == model_spec.family.denoiser:
                 probe_cases = sizes.probe_cases(module, values, precision=component_precision,
                                                 vocab_size=vocab_size, model=model_spec)
             shapes = check.check_dims(comp, trace_dims, size_rule)  # UNet: the architecture's rule
@@ -116,7 +131,10 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                 src.modules[comp.source] = None
                 gc.collect()
             # 5. Sizes (UNet): which latent sizes the graph really supports; then the check.
-            if probe_cases is not None:
+            if probe_cases is not None and transformer:
+                size_rule = sizes_transformer.probe_rule(probe_cases, path, bounds, precision=component_precision,
+                                                         model=model_spec)
+            elif probe_cases is not None:
                 size_rule = sizes.probe_rule(probe_cases, path, num_upsamplers, precision=component_precision,
                                              sample_size=pipeline["sample_size"], model=model_spec)
             result = check.judge_cases(comp, path, cases, precision=component_precision)
@@ -140,9 +158,12 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
 
         # 6. The rest of the folder.
         from sdrt.export.tokenizer_files import write_tokenizer
+        from sdrt.export.tokenizer_t5 import write_t5_tokenizer
 
-        for folder, _ in model_spec.family.text_encoders.values():
-            write_tokenizer(src.tokenizers[folder], tmp / folder)
+        for encoder in model_spec.text_encoders:
+            folder = model_spec.family.text_encoders[encoder][0]
+            kind = model_spec.family.tokenizer_kinds.get(folder, "clip")
+            (write_t5_tokenizer if kind == "t5" else write_tokenizer)(src.tokenizers[folder], tmp / folder)
         (tmp / "scheduler").mkdir()
         write_json(tmp / "scheduler" / "scheduler_config.json", src.scheduler_config)
         write_json(tmp / "model_index.json", src.model_index)
@@ -159,6 +180,8 @@ def precision_policy(component: spec.ComponentSpec, precision: str, module: Any)
     (`fp32_if_config`) for both halves of the VAE, and we do the same."""
     if precision == "fp32":
         return "fp32", "fp32 as asked (--precision fp32)"
+    if component.fp32_always:
+        return "fp32", component.fp32_always
     key = component.fp32_if_config
     if key and module.config.get(key, False):
         return "fp32", (f"kept fp32 under --precision fp16: the VAE config has {key}=true (SD VAEs overflow "
@@ -180,6 +203,10 @@ SYMBOL_READERS: dict[str, Callable[[source.Source], int]] = {
 
 def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str, Any]:
     """What the runtime needs to know about the model, read from its configs (never assumed)."""
+    if src.family.name == "sd3":
+        from sdrt.export.facts_sd3 import sd3_facts
+
+        return sd3_facts(src)
     unet, vae = src.module("unet").config, src.module("vae").config
     family = src.family
     latent_channels = int(vae.latent_channels)

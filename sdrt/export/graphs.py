@@ -135,10 +135,25 @@ class VaeEncoderGraph(torch.nn.Module):
         return self.vae.encode(sample).latent_dist.parameters
 
 
+class SD3TransformerGraph(torch.nn.Module):
+    """SD3's MMDiT: hidden_states (latents), the joint encoder_hidden_states (CLIP then T5 tokens),
+    pooled_projections, timestep (float32 in [0, 1000], even in fp16 graphs) -> out_hidden_states."""
+
+    def __init__(self, transformer: Any, component_spec: spec.ComponentSpec, family: spec.Family):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                pooled_projections: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.transformer(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                pooled_projections=pooled_projections, timestep=timestep, return_dict=False)[0]
+
+
 #: the spec's graph kind (ComponentSpec.graph) -> the wrapper that traces it
 GRAPHS: dict[str, type[torch.nn.Module]] = {
     "text_encoder": TextEncoderGraph,
     "unet": UNetGraph,
+    "sd3_transformer": SD3TransformerGraph,
     "vae_decoder": VaeDecoderGraph,
     "vae_encoder": VaeEncoderGraph,
 }

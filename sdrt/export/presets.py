@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from sdrt import atomic
 from sdrt.errors import SdrtError
+from sdrt.export import presets_sd3 as sd3
 from sdrt.export import presets_sdxl as xl
 from sdrt.export.shapes_model import SHAPES_SCHEDULER, SHAPES_TEXT, SHAPES_UNET, SHAPES_VAE
 
@@ -90,7 +91,7 @@ class Preset:
 
     name: str
     description: str
-    unet: dict[str, Any]
+    unet: dict[str, Any] | None  # None: a transformer model (SD3)
     vae: dict[str, Any]
     text_encoder: dict[str, Any] | None  # None: the SDXL refiner (text_encoder_2 only)
     scheduler: dict[str, Any]
@@ -102,6 +103,10 @@ class Preset:
     pipeline_options: dict[str, Any] = field(default_factory=dict)  # model_index keys (force_zeros_...)
     init_std: dict[str, float] = field(default_factory=lambda: {"embedding": 0.02, "bias": 0.02, "norm": 0.02})
     trained: bool = False  # weights shipped in sdrt/data/<name>/ (see shapes_model.py), not seeded
+    text_encoder_class: str = "CLIPTextModel"  # SD3: CLIPTextModelWithProjection (pooled projection too)
+    text_encoder_3: dict[str, Any] | None = None  # SD3: the T5 encoder (T5EncoderModel)
+    transformer: dict[str, Any] | None = None  # SD3: the denoiser, a diffusers `transformer_class`
+    transformer_class: str = "SD3Transformer2DModel"
 
 
 PRESETS: dict[str, Preset] = {
@@ -230,6 +235,26 @@ PRESETS: dict[str, Preset] = {
             pipeline_class="StableDiffusionXLImg2ImgPipeline",
             pipeline_options=xl.SDXL_REFINER_OPTIONS,
         ),
+        Preset(
+            "tiny-sd3",
+            "a tiny SD3.5-style pipeline: MMDiT with qk RMS-norm and a dual-attention layer, two CLIPs with "
+            "projection, a T5 encoder (sdrt's small vocabulary), 16-channel VAE with shift_factor; 64 px",
+            unet=None, transformer=sd3.TINY_SD3_TRANSFORMER, vae=sd3.TINY_SD3_VAE,
+            text_encoder=sd3.TINY_CLIP_L, text_encoder_class="CLIPTextModelWithProjection",
+            text_encoder_2=sd3.TINY_CLIP_G, text_encoder_3=sd3.TINY_T5,
+            scheduler=sd3.SD3_SCHEDULER, scheduler_class="FlowMatchEulerDiscreteScheduler",
+            pipeline_class="StableDiffusion3Pipeline",
+        ),
+        Preset(
+            "sd3.5-medium",
+            "the SD3.5 Medium architecture (2.5B-parameter MMDiT-X, CLIP-L + OpenCLIP-bigG, T5-XXL encoder, "
+            "1024 px), random weights (T5 with sdrt's small vocabulary)",
+            unet=None, transformer=sd3.SD35_MEDIUM_TRANSFORMER, vae=sd3.SD3_VAE,
+            text_encoder=sd3.CLIP_L, text_encoder_class="CLIPTextModelWithProjection",
+            text_encoder_2=sd3.CLIP_G, text_encoder_3=sd3.T5_XXL,
+            scheduler=sd3.SD3_SCHEDULER, scheduler_class="FlowMatchEulerDiscreteScheduler",
+            pipeline_class="StableDiffusion3Pipeline",
+        ),
     )
 }
 
@@ -311,7 +336,8 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
     the CPU, so another device gets the same bits."""
     import diffusers
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    import transformers
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     from sdrt.export.tokenizer_files import build_clip_tokenizer
 
@@ -320,11 +346,18 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
     models: dict[str, Any] = {}
     with _parameters_on_meta():  # deep copies: a model's config must not share lists with the table
         if preset.text_encoder is not None:
-            models["text_encoder"] = CLIPTextModel(CLIPTextConfig(**copy.deepcopy(preset.text_encoder)))
+            models["text_encoder"] = getattr(transformers, preset.text_encoder_class)(
+                CLIPTextConfig(**copy.deepcopy(preset.text_encoder)))
         if preset.text_encoder_2 is not None:
             models["text_encoder_2"] = CLIPTextModelWithProjection(
                 CLIPTextConfig(**copy.deepcopy(preset.text_encoder_2)))
-        models["unet"] = diffusers.UNet2DConditionModel(**copy.deepcopy(preset.unet))
+        if preset.text_encoder_3 is not None:
+            models["text_encoder_3"] = transformers.T5EncoderModel(
+                transformers.T5Config(**copy.deepcopy(preset.text_encoder_3)))
+        if preset.unet is not None:
+            models["unet"] = diffusers.UNet2DConditionModel(**copy.deepcopy(preset.unet))
+        if preset.transformer is not None:
+            models["transformer"] = getattr(diffusers, preset.transformer_class)(**copy.deepcopy(preset.transformer))
         models["vae"] = diffusers.AutoencoderKL(**copy.deepcopy(preset.vae))
     if device != "meta" and preset.trained:
         from sdrt.export.shapes_model import load_shipped_weights
@@ -341,6 +374,10 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
         tokenizers["tokenizer"] = build_clip_tokenizer(preset.pad_token)
     if preset.text_encoder_2 is not None:
         tokenizers["tokenizer_2"] = build_clip_tokenizer(preset.pad_token_2)
+    if preset.text_encoder_3 is not None:
+        from sdrt.export.tokenizer_t5 import build_t5_tokenizer
+
+        tokenizers["tokenizer_3"] = build_t5_tokenizer()
     return {**models, "scheduler": scheduler, **tokenizers}
 
 
@@ -354,7 +391,7 @@ def build_pipeline(name: str, seed: int = 0, dtype: Any = None) -> Any:
     # every optional module off (no safety checker, no watermarker, no IP-adapter image encoder)
     optional = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
                 "image_encoder": None, "add_watermarker": False, "text_encoder": None, "tokenizer": None,
-                **preset.pipeline_options}
+                "text_encoder_3": None, "tokenizer_3": None, **preset.pipeline_options}
     accepted = inspect.signature(pipeline_class.__init__).parameters
     return pipeline_class(**parts, **{k: v for k, v in optional.items() if k in accepted and k not in parts})
 
@@ -363,6 +400,7 @@ def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = Fal
     """Write the preset as an ordinary diffusers folder, atomically (temporary sibling, then rename)."""
     from sdrt.export.staging import check_target
     from sdrt.export.tokenizer_files import write_tokenizer
+    from sdrt.export.tokenizer_t5 import write_t5_tokenizer
 
     get_preset(name)
     out = Path(out)
@@ -374,4 +412,6 @@ def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = Fal
         for folder in ("tokenizer", "tokenizer_2"):
             if getattr(pipeline, folder, None) is not None:
                 write_tokenizer(getattr(pipeline, folder), tmp / folder)
+        if getattr(pipeline, "tokenizer_3", None) is not None:
+            write_t5_tokenizer(pipeline.tokenizer_3, tmp / "tokenizer_3")
     return out

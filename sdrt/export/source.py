@@ -2,7 +2,7 @@
 
 Every way a source can be wrong is checked here, before any export work, and reported in one
 line that names the file or component: no folder, no `model_index.json`, a pipeline type sdrt
-does not export yet (SD3, Flux, ...), a component of an unexpected class, missing weights.
+does not export yet (Flux, Qwen-Image, ...), a component of an unexpected class, missing weights.
 """
 
 from __future__ import annotations
@@ -20,12 +20,17 @@ from sdrt.errors import SdrtError
 from sdrt.hashing import update_with_file
 
 #: what `sdrt export` takes, in words (each family's pipeline classes are in sdrt.spec.FAMILIES)
-SUPPORTED_TEXT = "SD 1.x/2.x, SDXL (base, refiner, Turbo) and LCM-distilled pipelines"
+SUPPORTED_TEXT = "SD 1.x/2.x, SDXL (base, refiner, Turbo), LCM-distilled and SD3/SD3.5 pipelines"
 
 #: Well-known pipelines sdrt does not export, with the name users know them by.
 KNOWN_UNSUPPORTED = {
-    "StableDiffusion3Pipeline": "SD3",
-    "StableDiffusion3Img2ImgPipeline": "SD3",
+    "StableDiffusion3ControlNetPipeline": "SD3 with ControlNet",
+    "Flux2Pipeline": "Flux.2",
+    "QwenImagePipeline": "Qwen-Image",
+    "WanPipeline": "Wan (a video model)",
+    "LTXPipeline": "LTX-Video (a video model)",
+    "HunyuanVideoPipeline": "HunyuanVideo (a video model)",
+    "CogVideoXPipeline": "CogVideoX (a video model)",
     "FluxImg2ImgPipeline": "Flux",
     "StableDiffusionXLControlNetPipeline": "SDXL with ControlNet",
     "StableDiffusionControlNetPipeline": "SD with ControlNet",
@@ -132,6 +137,8 @@ def check_folder(path: Path) -> tuple[dict[str, Any], dict[str, str | None]]:
     variants: dict[str, str | None] = {}
     for name, (library, cls) in family.modules.items():
         entry = index.get(name)
+        if name in family.optional_modules and (not entry or entry[1] is None):
+            continue  # SD3 without T5: the runtime feeds zeros in its place, as diffusers does
         if not entry or entry[1] is None:
             raise SdrtError(f"{index_path} has no {name}: a {class_name} needs {cls} weights in {path / name}")
         if tuple(entry) != (library, cls):
@@ -139,7 +146,9 @@ def check_folder(path: Path) -> tuple[dict[str, Any], dict[str, str | None]]:
         if not (path / name / "config.json").is_file():
             raise SdrtError(f"{name} config missing: {path / name / 'config.json'} does not exist")
         variants[name] = _weight_variant(path / name, WEIGHT_STEMS[library])
-    for tokenizer, _ in family.text_encoders.values():
+    for encoder, (tokenizer, _) in family.text_encoders.items():
+        if encoder in family.modules and encoder not in variants:
+            continue  # an optional encoder the folder lacks needs no tokenizer
         if not (path / tokenizer).is_dir():
             raise SdrtError(f"{tokenizer} missing: {path / tokenizer} does not exist")
     if not (path / "scheduler" / "scheduler_config.json").is_file():
@@ -169,6 +178,9 @@ def load_folder(path: Path) -> Source:
     family = family_of(index["_class_name"], index)
     models: dict[str, Any] = {}
     for name, (library, cls) in family.modules.items():
+        if name not in variants:  # an optional module the folder lacks
+            models[name] = None
+            continue
         module = diffusers if library == "diffusers" else transformers
         dtype_key = "torch_dtype" if library == "diffusers" else "dtype"
         try:
@@ -179,10 +191,14 @@ def load_folder(path: Path) -> Source:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SdrtError(f"cannot load {name} from {path / name}: {first[:200]}") from None
     tokenizers: dict[str, Any] = {}
-    for name, _ in family.text_encoders.values():
+    for encoder, (name, _) in family.text_encoders.items():
+        if models.get(encoder, True) is None:
+            continue
+        kind = family.tokenizer_kinds.get(name, "clip")
+        loader = transformers.T5TokenizerFast if kind == "t5" else transformers.CLIPTokenizer
         try:
-            tokenizers[name] = transformers.CLIPTokenizer.from_pretrained(path / name, local_files_only=True)
-        except (OSError, ValueError) as e:
+            tokenizers[name] = loader.from_pretrained(path / name, local_files_only=True)
+        except (OSError, ValueError, ImportError) as e:
             raise SdrtError(f"cannot load the {name} from {path / name}: {str(e).splitlines()[0]}")
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     return Source("folder", path.name, path.resolve(), index["_class_name"], index, family, models, tokenizers,
@@ -197,8 +213,9 @@ def load_preset(name: str) -> Source:
     index = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(pipe.config).items()}
     index["_class_name"] = type(pipe).__name__
     family = family_of(index["_class_name"], index)
-    modules = {name: getattr(pipe, name) for name in family.modules}
-    tokenizers = {folder: getattr(pipe, folder) for folder, _ in family.text_encoders.values()}
+    modules = {name: getattr(pipe, name, None) for name in family.modules}
+    tokenizers = {folder: getattr(pipe, folder) for encoder, (folder, _) in family.text_encoders.items()
+                  if modules.get(encoder, True) is not None}
     return Source("preset", name, None, type(pipe).__name__, index, family, modules, tokenizers,
                   json.loads(pipe.scheduler.to_json_string()),
                   hash_modules(name, [m for m in modules.values() if m is not None]))

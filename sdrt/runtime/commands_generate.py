@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from sdrt.runtime import commands_a1111, commands_sdxl
+from sdrt.runtime import commands_a1111, commands_sd3, commands_sdxl
 from sdrt.runtime.infotext import a1111_parameters, image_seed
 from sdrt.runtime.load_options import cuda_graph_options, vae_tiling_options
 
@@ -58,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="sdrt-out", help="output folder (default ./sdrt-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
     commands_sdxl.add_arguments(p)
+    commands_sd3.add_arguments(p)
     commands_a1111.add_arguments(p)
 
 
@@ -138,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
                 call = dict(negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                             guidance_scale=args.guidance_scale, height=args.height, width=args.width,
                             num_images_per_prompt=len(batch), seed=batch, scheduler=args.scheduler,
-                            callback=lambda i, t, x: bar.update(1), **commands_sdxl.call_options(args), **a1111_call)
+                            callback=lambda i, t, x: bar.update(1), **commands_sdxl.call_options(args),
+                            **commands_sd3.call_options(args), **a1111_call)
                 if hires is not None:
                     from sdrt.runtime.hires import generate as generate_hires
 

@@ -12,8 +12,8 @@ SIZE_FLAGS = ("original_size", "crops_coords_top_left", "target_size", "negative
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SDXL, Turbo, LCM and the refiner")
-    g.add_argument("--prompt-2", default=None, help="SDXL: the prompt for the second text encoder (default: --prompt)")
-    g.add_argument("--negative-prompt-2", default=None, help="SDXL: the second encoder's negative prompt")
+    g.add_argument("--prompt-2", default=None, help="SDXL, SD3: the prompt for the second text encoder (default: --prompt)")
+    g.add_argument("--negative-prompt-2", default=None, help="SDXL, SD3: the second encoder's negative prompt")
     for key in SIZE_FLAGS:
         g.add_argument("--" + key.replace("_", "-"), type=int, nargs=2, metavar=("H", "W"), default=None,
                        help=f"SDXL micro-conditioning {key} (two whole numbers)")

@@ -33,12 +33,18 @@ class Blend:
     mask: np.ndarray
 
 
+#: the denoiser's latents in, its timestep, its prediction out: the UNet's names (transformers: Optimum's)
+UNET_NAMES = (N.SAMPLE, N.TIMESTEP, N.OUT_SAMPLE)
+TRANSFORMER_NAMES = (N.LATENTS, N.TIMESTEP, N.OUT_LATENTS)
+
+
 def denoise(unet: Any, sched: Any, timesteps: np.ndarray, x: np.ndarray, model_in: np.ndarray, *, images: int,
             latent_channels: int, guidance: bool, guidance_scale: float, guidance_rescale: float = 0.0,
             blend: Blend | None = None, rng: Any = None, callback: StepCallback | None = None,
-            timings: StageTimings | None = None) -> np.ndarray:
-    """Run the steps on the prepared UNet engine; `model_in` is the [UNet batch, Cin, h, w] input buffer
-    (inpainting UNets: mask and masked-image channels already filled)."""
+            timings: StageTimings | None = None, names: tuple[str, str, str] = UNET_NAMES) -> np.ndarray:
+    """Run the steps on the prepared denoiser engine; `model_in` is the [batch, Cin, h, w] input buffer
+    (inpainting UNets: mask and masked-image channels already filled); `names` its tensors' names."""
+    sample_name, timestep_name, output_name = names
     n, C = images, latent_channels
     t_in = np.zeros((model_in.shape[0],), dtype=np.float32)
     for i, t in enumerate(timesteps):
@@ -49,7 +55,7 @@ def denoise(unet: Any, sched: Any, timesteps: np.ndarray, x: np.ndarray, model_i
             model_in[n:, :C] = scaled
         t_in.fill(t)
         t1 = time.perf_counter()
-        out = unet.run({N.SAMPLE: model_in, N.TIMESTEP: t_in})[N.OUT_SAMPLE]
+        out = unet.run({sample_name: model_in, timestep_name: t_in})[output_name]
         t2 = time.perf_counter()
         if guidance:  # views (no copy for fp32 engines); the guidance formula makes a new array
             uncond = out[:n].astype(np.float32, copy=False)

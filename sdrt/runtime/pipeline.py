@@ -46,12 +46,28 @@ from sdrt.runtime.timing import StageTimings
 from sdrt.spec import N
 
 #: the family table's `runtime` -> the class that generates for it ("module:Class", imported on use)
-RUNTIMES: dict[str, str] = {"unet": "sdrt.runtime.unet_pipeline:UNetPipeline"}
+RUNTIMES: dict[str, str] = {"unet": "sdrt.runtime.unet_pipeline:UNetPipeline",
+                            "sd3": "sdrt.runtime.sd3_pipeline:SD3Pipeline"}
 
 
 def runtime_class(name: str) -> type["Pipeline"]:
     module, _, cls = RUNTIMES[name].partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def load_tokenizers(manifest: Manifest) -> dict[str, Any]:
+    """The tokenizers of the text encoders this model has, by folder (CLIP's, or T5's where the family
+    table says so)."""
+    from sdrt.runtime.t5_tokenizer import T5Tokenizer
+    from sdrt.runtime.tokenizer import ClipTokenizer
+
+    family = manifest.family_spec
+    tokenizers: dict[str, Any] = {}
+    for encoder in manifest.spec.text_encoders:
+        folder = family.text_encoders[encoder][0]
+        kind = T5Tokenizer if family.tokenizer_kinds.get(folder) == "t5" else ClipTokenizer
+        tokenizers[folder] = kind.from_folder(Path(manifest.folder) / folder)
+    return tokenizers
 
 
 @dataclass
@@ -127,8 +143,6 @@ class Pipeline:
         `vae_tiling` / `vae_tile_size`: see `enable_vae_tiling`. `vae`: another export's VAE to decode and
         encode with (a folder holding vae_decoder, e.g. the EMA or MSE fine-tune; `sdrt.runtime.vae_swap`).
         """
-        from sdrt.runtime.tokenizer import ClipTokenizer
-
         from sdrt.runtime.vae_swap import vae_manifest
 
         manifest = Manifest.load(folder)
@@ -141,8 +155,7 @@ class Pipeline:
             scheduler_config = json.loads(config_path.read_text())
         except (OSError, ValueError) as e:
             raise SdrtError(f"{config_path} is missing or unreadable ({e}): export the model again with --force")
-        tokenizers = {name: ClipTokenizer.from_folder(Path(folder) / name)
-                      for name, _ in manifest.family_spec.text_encoders.values()}
+        tokenizers = load_tokenizers(manifest)
         family_class = runtime_class(manifest.family_spec.runtime)
         backend_options = with_precision(precision, backend_options)
         names = candidates(backend, backend_options)

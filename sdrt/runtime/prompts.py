@@ -62,6 +62,9 @@ def select_layer(outputs: dict[str, np.ndarray], text_layer: str, clip_skip: int
     return stack[index]
 
 
+_layer = select_layer  # the name other families' prompt modules import
+
+
 def _run(encoder: Encoder, texts: list[str], embeddings: Any = None) -> dict[str, np.ndarray]:
     active = embeddings is not None and embeddings.active  # textual inversions: their names -> their ids
     ids = embeddings.ids(encoder.tokenizer, texts) if active else encoder.tokenizer(texts)

@@ -51,6 +51,9 @@ SCHEDULER_CONFIG_FIXES: dict[str, dict[str, tuple[Callable[[Any], bool], Any]]] 
 class UNetPipeline(Pipeline):
     """SD 1.x/2.x, SDXL (base, refiner, Turbo) and LCM on a UNet: diffusers' arguments, diffusers' numbers."""
 
+    #: how its prompts may be read (`prompt_syntax`): diffusers' way (None) or AUTOMATIC1111's
+    prompt_syntaxes = (None, "a1111")
+
     def make_scheduler(self, scheduler: Any = None, mode: str = "txt2img") -> Any:
         """A fresh scheduler: the folder's own, one by name (its config on top of the folder's) or a config,
         with the config fixes diffusers' pipeline of this mode applies (the family table says which do)."""

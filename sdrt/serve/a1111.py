@@ -112,6 +112,8 @@ def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
         limits.check_size(resize[1], resize[0])
     prompt, loras = service.loras.resolve(prompt)  # <lora:NAME:SCALE> tags: names of --lora-dir files only
     syntax = SYNTAXES[settings["prompt_syntax"]]
+    if syntax not in getattr(service.pipelines[model], "prompt_syntaxes", (None, "a1111")):
+        syntax = None  # a family whose prompts sdrt reads only diffusers' way (SD3 today)
     request = GenerationRequest(
         model=model, prompt=prompt, negative_prompt=negative, n=body.batch_size * body.n_iter,
         width=body.width, height=body.height, steps=body.steps,

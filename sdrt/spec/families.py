@@ -16,6 +16,11 @@ family ``sdxl-refiner``   SDXL refiner: text_encoder_2 only, ``time_ids`` of 5 (
 variant ``timestep_cond`` LCM-distilled UNets: the guidance embedding ``timestep_cond`` [B, G]
 variant ``hidden_states`` SD text encoders also give their layer stack (for ``clip_skip``); SDXL's
                           always do
+family ``sd3``            SD3 / SD3.5 (MMDiT): two CLIPs with projection (penultimate layer +
+                          pooled projection), an optional T5 encoder, a transformer over
+                          16-channel latents, a VAE with ``shift_factor``
+variant ``t5``            SD3 with its T5 encoder (``text_encoder_3``); without it the runtime
+                          feeds zeros in its place, as diffusers does
 ========================  ====================================================================
 
 Tensor names are Optimum's where Optimum has one (``text_embeds``, ``time_ids``,
@@ -96,6 +101,30 @@ def _refiner_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
     return (SDXL_TEXT_ENCODER_2, _unet(UNET_INPUTS + ADDED_COND, variants), VAE_DECODER, VAE_ENCODER)
 
 
+# -- SD3 / SD3.5 (MMDiT) ---------------------------------------------------------------------------
+#: T5's activations overflow fp16 (the released t5-v1_1-xxl: feed-forward outputs past 65504)
+T5_FP32 = ("kept fp32 under --precision fp16: T5 encoders overflow in fp16 (their feed-forward activations "
+           "pass 65504 on real weights; diffusers and the TensorRT demo keep T5 out of fp16 too)")
+T5_ENCODER = ComponentSpec("text_encoder_3", inputs=(T(N.INPUT_IDS, "int32", ("B", "L"), draw="ids"),),
+                           outputs=(T(N.LAST_HIDDEN_STATE, FLOAT, ("B", "L", "D")),), source="text_encoder_3",
+                           graph="text_encoder", batch=TEXT_BATCH, fp32_always=T5_FP32)
+SD3_TRANSFORMER = ComponentSpec(
+    "transformer",
+    inputs=(T(N.LATENTS, FLOAT, ("B", "C", "h", "w")), T(N.ENCODER_HIDDEN_STATES, FLOAT, ("B", "S+L", "D")),
+            T(N.POOLED_PROJECTIONS, FLOAT, ("B", "P")), T(N.TIMESTEP, "float32", ("B",), draw="timestep")),
+    outputs=(T(N.OUT_LATENTS, FLOAT, ("B", "C", "h", "w")),), source="transformer", graph="sd3_transformer",
+    batch=UNET_BATCH)
+
+
+def _sd3_components(variants: tuple[str, ...]) -> tuple[ComponentSpec, ...]:
+    clip_l = _text_encoder("text_encoder", (T(N.TEXT_EMBEDS, FLOAT, ("B", "P1")),
+                                            T(N.HIDDEN_STATES, FLOAT, ("K1", "B", "S", "D1"))))
+    clip_g = _text_encoder("text_encoder_2", (T(N.TEXT_EMBEDS, FLOAT, ("B", "P2")),
+                                              T(N.HIDDEN_STATES, FLOAT, ("K2", "B", "S", "D2"))))
+    t5 = (T5_ENCODER,) if "t5" in variants else ()
+    return (clip_l, clip_g, *t5, SD3_TRANSFORMER, VAE_DECODER, VAE_ENCODER)
+
+
 # -- the family record -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Family:
@@ -128,6 +157,10 @@ class Family:
     aesthetic_score: bool = False            # time_ids carry the aesthetic score (the refiner)
     #: the classes whose diffusers pipelines patch old scheduler configs when they load (SD 1.x/2.x's)
     scheduler_config_fixes: tuple[str, ...] = ()
+    #: modules a folder may lack (then the variant needing them is off): SD3 runs without T5
+    optional_modules: tuple[str, ...] = ()
+    #: tokenizer folder -> its kind when it is not CLIP's ("t5": a SentencePiece Unigram tokenizer.json)
+    tokenizer_kinds: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -159,6 +192,8 @@ _CLIP = ("transformers", "CLIPTextModel")
 _CLIP_PROJECTION = ("transformers", "CLIPTextModelWithProjection")
 _UNET = ("diffusers", "UNet2DConditionModel")
 _VAE = ("diffusers", "AutoencoderKL")
+_SD3_MODES = {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
+              "inpaint": "StableDiffusion3InpaintPipeline"}
 _SDXL_LORA = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
               "unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
 
@@ -194,6 +229,23 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         denoiser="unet", runtime="unet", default_scheduler="EulerDiscreteScheduler", text_layer="penultimate",
         lora_prefixes=_SDXL_LORA, default_strength={"img2img": 0.3, "inpaint": 0.9999}, txt2img=False,
         size_conditioning=True, aesthetic_score=True,
+    ),
+    Family(
+        "sd3", "SD3 / SD3.5 (MMDiT)",
+        pipelines=dict.fromkeys(_SD3_MODES.values(), _SD3_MODES),
+        modules={"text_encoder": _CLIP_PROJECTION, "text_encoder_2": _CLIP_PROJECTION,
+                 "text_encoder_3": ("transformers", "T5EncoderModel"),
+                 "transformer": ("diffusers", "SD3Transformer2DModel"), "vae": _VAE},
+        optional_modules=("text_encoder_3",),
+        components=_sd3_components, variants=("t5",),
+        text_encoders={"text_encoder": ("tokenizer", "prompt"), "text_encoder_2": ("tokenizer_2", "prompt_2"),
+                       "text_encoder_3": ("tokenizer_3", "prompt_3")},
+        tokenizer_kinds={"tokenizer_3": "t5"},
+        denoiser="transformer", runtime="sd3", default_scheduler="FlowMatchEulerDiscreteScheduler",
+        text_layer="penultimate",
+        lora_prefixes={"transformer.": "transformer", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
+                       "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"},
+        default_strength={"img2img": 0.6, "inpaint": 0.6},
     ),
 )}
 #: every variant any family knows
@@ -256,7 +308,8 @@ class ModelSpec:
 
     @property
     def text_encoders(self) -> tuple[str, ...]:
-        return tuple(self.family.text_encoders)
+        """The family's text encoders this model has (an SD3 without T5 lacks text_encoder_3)."""
+        return tuple(name for name in self.family.text_encoders if self.has(name))
 
     @property
     def denoiser(self) -> ComponentSpec:

@@ -7,16 +7,19 @@ A component's tensors are `TensorSpec`s whose shapes are tuples of expressions o
 ``h``  latent height          ``w``  latent width
 ``C``  latent channels        ``Cin`` UNet input channels (C, or 9 for inpainting)
 ``S``  a text encoder's token length (77)
-``L``  text tokens the denoiser attends to (77: one CLIP chunk; more for long prompts or T5)
+``L``  the per-call text length: the tokens a UNet attends to (77: one CLIP chunk; more for long
+       prompts), or a T5 encoder's ``max_sequence_length`` (SD3's transformer attends to ``S+L``)
 ``D``  the UNet's cross-attention width (sd: text hidden size)
 ``f``  VAE scale factor (image size = f * latent size)
 ``D1`` text_encoder hidden    ``D2`` text_encoder_2 hidden (sdxl)
 ``K1`` text_encoder layers    ``K2`` text_encoder_2 layers selectable by clip_skip
 ``P``  pooled text_embeds     ``T``  time_ids length (6, refiner 5)
 ``G``  timestep_cond width (LCM's time_cond_proj_dim)
+``P1`` text_encoder's pooled (projected) width, ``P2`` text_encoder_2's (sd3: P = P1 + P2)
 ====== ==========================================================
 
-An expression is an int, a symbol, or a product such as ``"f*h"`` or ``"2*C"``. ``B``, ``h``, ``w``
+An expression is an int, a symbol, a product such as ``"f*h"`` or ``"2*C"``, or a sum of those
+such as ``"S+L"`` (SD3's joint text: 77 CLIP tokens, then the T5 ones). ``B``, ``h``, ``w``
 and ``L`` change from call to call (the dynamic axes of every graph); the others are fixed by the
 model and recorded in its manifest. An engine prepared without ``L`` takes ``S`` tokens (one chunk). This module is pure Python: the lean runtime imports it.
 """
@@ -31,7 +34,7 @@ Dim = Union[int, str]
 #: Symbols whose value changes from call to call (the rest come from the model).
 DYNAMIC_SYMBOLS = ("B", "h", "w", "L")
 #: Symbols fixed by the model (read from the manifest).
-MODEL_SYMBOLS = ("C", "Cin", "S", "D", "f", "D1", "D2", "K1", "K2", "P", "T", "G")
+MODEL_SYMBOLS = ("C", "Cin", "S", "D", "f", "D1", "D2", "K1", "K2", "P", "T", "G", "P1", "P2")
 
 #: "float" follows the component's precision (fp32 or fp16); the others are fixed.
 FLOAT = "float"
@@ -62,7 +65,8 @@ class ComponentSpec:
 
     `source` is the diffusers folder module it is traced from (both VAE halves come from "vae"),
     `graph` the export wrapper that traces it, `batch` its rows per image (what TensorRT profiles
-    derive from), `fp32_if_config` the config key that keeps it fp32 under --precision fp16.
+    derive from), `fp32_if_config` the config key that keeps it fp32 under --precision fp16,
+    `fp32_always` the reason a component is never exported in fp16 (T5's activations overflow it).
     """
 
     name: str
@@ -72,6 +76,8 @@ class ComponentSpec:
     graph: str
     batch: BatchHint
     fp32_if_config: str | None = None
+    #: why this component stays fp32 under --precision fp16 whatever its config says (None: it may not)
+    fp32_always: str | None = None
 
     @property
     def tensors(self) -> tuple[TensorSpec, ...]:
@@ -113,32 +119,43 @@ class Name:
     LATENT_SAMPLE = "latent_sample"
     IMAGE = "sample"  # the VAE's pixel tensor, in and out
     LATENT_PARAMETERS = "latent_parameters"
+    #: the transformers' (Optimum's names): latents in, the velocity out, the pooled text
+    LATENTS = "hidden_states"
+    OUT_LATENTS = "out_hidden_states"
+    POOLED_PROJECTIONS = "pooled_projections"
 
 
 N = Name
 
 
+def _factors(dim: str) -> list[list[str]]:
+    """``"S+2*L"`` -> ``[["S"], ["2", "L"]]``: a sum of products."""
+    return [[f.strip() for f in term.split("*")] for term in dim.split("+")]
+
+
 def evaluate(dim: Dim, values: Mapping[str, int]) -> int:
-    """Value of one shape expression (``3``, ``"h"``, ``"f*h"``, ``"2*C"``) for given symbols."""
+    """Value of one shape expression (``3``, ``"h"``, ``"f*h"``, ``"2*C"``, ``"S+L"``) for given symbols."""
     if isinstance(dim, int):
         return dim
-    result = 1
-    for term in dim.split("*"):
-        term = term.strip()
-        if term.isdigit():
-            result *= int(term)
-        else:
-            if term not in values:
-                raise KeyError(f"shape symbol {term!r} has no value (have: {sorted(values)})")
-            result *= int(values[term])
-    return result
+    total = 0
+    for factors in _factors(dim):
+        result = 1
+        for term in factors:
+            if term.isdigit():
+                result *= int(term)
+            else:
+                if term not in values:
+                    raise KeyError(f"shape symbol {term!r} has no value (have: {sorted(values)})")
+                result *= int(values[term])
+        total += result
+    return total
 
 
 def symbols_of(dim: Dim) -> tuple[str, ...]:
-    """The symbols an expression uses: ``"f*h"`` -> ``("f", "h")``."""
+    """The symbols an expression uses: ``"f*h"`` -> ``("f", "h")``, ``"S+L"`` -> ``("S", "L")``."""
     if isinstance(dim, int):
         return ()
-    return tuple(t.strip() for t in dim.split("*") if not t.strip().isdigit())
+    return tuple(t for factors in _factors(dim) for t in factors if not t.isdigit())
 
 
 def shape_of(tensor: TensorSpec, values: Mapping[str, int]) -> tuple[int, ...]:
@@ -196,7 +213,7 @@ def model_values(
     token_length: int = TOKEN_LENGTH, extra: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """The fixed symbols of one model (what the manifest records); `extra` holds the family's own
-    (D1, D2, K1, K2, P, T, G)."""
+    (D1, D2, K1, K2, P, T, G, P1, P2)."""
     values = {"C": latent_channels, "Cin": unet_in_channels, "S": token_length,
               "D": text_hidden_size, "f": vae_scale_factor}
     for key, value in (extra or {}).items():

@@ -73,8 +73,8 @@ def test_every_component_of_the_tiny_fp16_export_builds(tiny_fp16, profile, caps
     else:
         unet = _entries(tiny_fp16, "unet")[0]
         f = Manifest.load(tiny_fp16).sizes.vae_scale_factor
-        assert unet.profile.min == {"B": 2, "h": 32 // f, "w": 32 // f}
-        assert unet.profile.max == {"B": 4, "h": 128 // f, "w": 128 // f}
+        assert unet.profile.min == {"B": 2, "h": 32 // f, "w": 32 // f, "L": 77}
+        assert unet.profile.max == {"B": 4, "h": 128 // f, "w": 128 // f, "L": 77}
     assert cli.main(argv) == 0 and capsys.readouterr().err.count("up to date") == len(components)
 
 
@@ -104,3 +104,26 @@ def test_a_refittable_build_on_this_machine_is_built_or_one_line(tiny_fp16, caps
     message = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err
     assert "refittable unet engine needs a working GPU" in message and "--refit" in message
+
+
+@pytest.fixture
+def tiny_sd3_fp16(onnx_export, tmp_path):
+    """A private copy of the tiny-sd3 fp16 export (T5 stays fp32 in it: fp32_always)."""
+    folder = tmp_path / "tiny-sd3-fp16"
+    shutil.copytree(onnx_export("tiny-sd3", "fp16"), folder, ignore=shutil.ignore_patterns("engines"))
+    return folder
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_every_component_of_the_tiny_sd3_fp16_export_builds(tiny_sd3_fp16, profile, capsys):
+    """SD3: two CLIPs, T5 (fp32), the MMDiT transformer (qk RMS-norm, dual attention) and the 16-channel VAE."""
+    argv = ["build", "--model", str(tiny_sd3_fp16), "--backend", "tensorrt_rtx", *PROFILES[profile]]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    components = [c for c in spec.component_names() if (tiny_sd3_fp16 / c / "model.onnx").is_file()]
+    assert set(components) == {"text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder",
+                               "vae_encoder"}
+    for component in components:
+        (entry,) = _entries(tiny_sd3_fp16, component)
+        assert entry.engine_file.stat().st_size > 10_000, component  # a real serialized plan
+    transformer = _entries(tiny_sd3_fp16, "transformer")[0]
+    assert transformer.profile.max["L"] == 77 and Manifest.load(tiny_sd3_fp16).precision("text_encoder_3") == "fp32"

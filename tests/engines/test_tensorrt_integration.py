@@ -51,7 +51,7 @@ def test_rtx_builds_a_real_engine_without_a_gpu(tmp_path, capsys):
     entries = trt_cache.read_entries(trt_cache.store_root(tmp_path, "tensorrt_rtx"), "unet")
     assert len(entries) == 1 and entries[0].engine_file.stat().st_size > 1000
     assert entries[0].identity["library"] == f"tensorrt_rtx {tensorrt_rtx.__version__}"
-    assert entries[0].profile.max == {"B": 4, "h": 16, "w": 16}
+    assert entries[0].profile.max == {"B": 4, "h": 16, "w": 16, "L": 77}
     assert cli.main(argv) == 0 and "up to date" in capsys.readouterr().err
 
 

@@ -51,7 +51,7 @@ def test_not_a_diffusers_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -
 
 
 @pytest.mark.parametrize("class_name, label", [("FluxPipeline", "Flux"),
-                                               ("StableDiffusion3Pipeline", "SD3"),
+                                               ("QwenImagePipeline", "Qwen-Image"),
                                                ("WuerstchenPipeline", "WuerstchenPipeline")])
 def test_unsupported_pipeline_type(tmp_path: Path, capsys: pytest.CaptureFixture, class_name: str, label: str) -> None:
     src = tmp_path / "src"
