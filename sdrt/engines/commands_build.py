@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--min-size", type=int, help="smallest image side in pixels (dynamic profile)")
     size.add_argument("--max-size", type=int, help="largest image side in pixels (dynamic profile)")
     size.add_argument("--max-batch", type=int, help="most images per call (dynamic batch)")
+    size.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                      help="the most text tokens the UNet attends to (long prompts, A1111 syntax: 77 per chunk, e.g. "
+                           "231 for three); default: one chunk, 77")
     size.add_argument("--no-guidance", action="store_true",
                       help="build for guidance_scale <= 1 (UNet batch not doubled for classifier-free guidance)")
     parser.add_argument("--components", nargs="+", choices=spec.component_names(), metavar="NAME",
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         raise SdrtError(f"--workspace-gb {args.workspace_gb} must be positive")
     request = trt_profiles.ProfileRequest(
         batch=args.batch, height=args.height, width=args.width, min_size=args.min_size,
-        max_size=args.max_size, max_batch=args.max_batch, guidance=not args.no_guidance)
+        max_size=args.max_size, max_batch=args.max_batch, guidance=not args.no_guidance,
+        max_tokens=getattr(args, "max_tokens", None))
     for name in components:  # every profile checked before the first (long) build starts
         trt_profiles.dim_range(manifest.spec.component(name), request, manifest.sizes, manifest.default_image_size)
 
