@@ -145,6 +145,10 @@ class Pipeline:
         """
         from sdrt.runtime.vae_swap import vae_manifest
 
+        from sdrt.runtime import optimum_view
+
+        if optimum_view.is_optimum_folder(folder):  # read as it is, through an sdrt view of it
+            folder = optimum_view.view_of(folder)
         manifest = Manifest.load(folder)
         tiles = tiling.from_options(manifest.pipeline, vae_tiling, vae_tile_size)  # fails before loading
         vae_export = vae_manifest(manifest, vae) if vae is not None else None

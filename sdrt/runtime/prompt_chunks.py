@@ -135,6 +135,8 @@ class Chunker:
 def max_text_tokens(manifest: Any) -> int | None:
     """The most text tokens the model's denoiser takes: None (any multiple of 77) for an export that
     checked its UNet at more than one chunk (sdrt exports since L became dynamic), else 77."""
+    if manifest.pipeline.get("long_prompts"):  # a folder whose UNet graph declares a dynamic token axis
+        return None
     entry = manifest.components.get(manifest.family_spec.denoiser, {})
     checked = [shape.get("dims", {}).get("L") for shape in (entry.get("check") or {}).get("shapes", [])]
     token_length = int(manifest.pipeline.get("token_length") or TOKEN_LENGTH)

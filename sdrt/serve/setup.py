@@ -19,7 +19,9 @@ def model_folders(specs: list[str]) -> dict[str, Path]:
         name, sep, folder = spec.partition("=")
         path = Path(folder if sep else spec)
         name = name if sep else path.resolve().name
-        if not (path / "sdrt.json").is_file():
+        from sdrt.runtime.optimum_view import is_optimum_folder
+
+        if not (path / "sdrt.json").is_file() and not is_optimum_folder(path):
             raise SdrtError(f"--model {spec}: {path} is not an ONNX model folder (no sdrt.json): run sdrt export")
         if name in folders:
             raise SdrtError(f"--model {spec}: the name {name!r} is taken: use NAME=DIR to name it")
