@@ -217,12 +217,24 @@ class Pipeline:
                 raise
             return embedding.name
 
-    def unload_textual_inversion(self) -> None:
-        """Forget every embedding: the text encoders get their exported token tables back."""
+    def unload_textual_inversion(self, tokens: str | Sequence[str] | None = None) -> None:
+        """Forget these embeddings (by name; None: every one): the text encoders get their tables back
+        without them. An unknown name is one line listing the loaded ones."""
         from sdrt.runtime import textual_inversion as ti
 
         with self._lock:
-            self.embeddings.clear()
+            names = [tokens] if isinstance(tokens, str) else list(tokens) if tokens is not None else None
+            unknown = [n for n in names or [] if n not in self.embeddings.embeddings]
+            if unknown:
+                raise SdrtError(f"no embedding named {unknown[0]!r} is loaded (loaded: "
+                                f"{', '.join(self.embeddings.embeddings) or 'none'})")
+            if names is None:
+                self.embeddings.clear()
+            else:
+                vocabulary = ti.table_record(self.adapters.weight_map(self.model_spec.text_encoders[0]))["shape"][0]
+                for name in names:
+                    del self.embeddings.embeddings[name]
+                self.embeddings._renumber(vocabulary)
             ti.install(self)
 
     def use_vae(self, folder: str | os.PathLike | None) -> None:

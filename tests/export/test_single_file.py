@@ -102,6 +102,17 @@ def test_single_file_exports_the_folders_graphs_and_image(single_files, tiny_onn
         images.append(pipe("a lighthouse", **call).images)
         pipe.close()
     np.testing.assert_allclose(images[0], images[1], atol=1e-5)
+    from sdrt.reference import load_reference
+    from sdrt.runtime.images import psnr
+
+    from sdrt.reference import TorchReplay
+
+    reference = load_reference(out)("a lighthouse", num_inference_steps=3, height=64, width=64, seed=5).images
+    pipe = Pipeline.load(out, backend="ort-cpu")
+    replayed = pipe("a lighthouse", num_inference_steps=3, height=64, width=64, generator=TorchReplay(5),
+                    output_type="np").images
+    pipe.close()
+    assert psnr(reference, replayed) >= 40.0  # the reference converts the file again, as export did
 
 
 def test_a_file_no_architecture_fits_says_what_it_found(tmp_path) -> None:

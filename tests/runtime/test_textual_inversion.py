@@ -135,3 +135,14 @@ def test_two_files_of_one_name(pipe, files, tmp_path) -> None:
     with pytest.raises(SdrtError, match="named 'shinycat' is loaded already"):
         pipe.load_textual_inversion(tmp_path / "other" / "shinycat.safetensors")
     assert pipe.load_textual_inversion(tmp_path / "other" / "shinycat.safetensors", token="othercat") == "othercat"
+
+
+def test_unload_by_name(pipe, files) -> None:
+    pipe.load_textual_inversion(files / "shinycat.safetensors")
+    pipe.load_textual_inversion(files / "learned_embeds.bin")
+    with pytest.raises(SdrtError, match="no embedding named 'nope' is loaded \\(loaded: shinycat, <toy>\\)"):
+        pipe.unload_textual_inversion("nope")
+    toy = pipe("a <toy>", **CALL).images
+    pipe.unload_textual_inversion("shinycat")
+    assert list(pipe.embeddings.embeddings) == ["<toy>"]
+    assert np.array_equal(pipe("a <toy>", **CALL).images, toy)  # the other one keeps working
