@@ -115,7 +115,8 @@ class Adapters:
     def prepare(self, loras: Sequence[LoraSpec]) -> tuple[list[ActiveLora], list, dict[str, WeightMap]]:
         """Read and check every file against the weight maps (every bad-input error is raised here);
         touches no engine and merges nothing yet."""
-        files: list[tuple[LoraFile, float]] = [(read_lora(path), scale) for path, scale in _pairs(loras)]
+        files: list[tuple[LoraFile, float]] = [(read_lora(path, self.manifest.family_spec.lora_prefixes), scale)
+                                                for path, scale in _pairs(loras)]
         targets = sorted({layer.component for f, _ in files for layer in f.layers})
         maps = {c: self.weight_map(c) for c in targets if c in self.components and self.manifest.has(c)}
         placed = resolve(files, maps)

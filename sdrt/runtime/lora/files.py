@@ -29,6 +29,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -37,7 +38,8 @@ from sdrt.hashing import file_sha256
 from sdrt.spec import lora_prefixes
 
 #: key prefix -> the component it targets: kohya's (lora_unet_, lora_te_, lora_te1_, ...) and diffusers'
-#: (unet., text_encoder., ...), as the family table (sdrt.spec.families) declares them
+#: (unet., text_encoder., ...), as the family table (sdrt.spec.families) declares them; a model reads
+#: its files with its own family's table (`read_lora(path, family.lora_prefixes)`)
 PREFIXES = lora_prefixes()
 #: (up suffix, down suffix) of each low-rank spelling
 PAIRS = ((".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"),
@@ -82,9 +84,9 @@ class LoraFile:
     short_hash: str     # A1111's "Lora hashes": sha256 of the tensors after the header, first 12 hex
 
 
-def _split(key: str) -> tuple[str, str, str] | None:
+def _split(key: str, prefixes: Mapping[str, str]) -> tuple[str, str, str] | None:
     """key -> (component, layer, suffix) or None when the prefix is unknown."""
-    for prefix, component in PREFIXES.items():
+    for prefix, component in prefixes.items():
         if key.startswith(prefix):
             rest = key[len(prefix):]
             for up, down in PAIRS:
@@ -127,8 +129,12 @@ def _short_hash(path: Path) -> str:
     return file_sha256(path, start=8 + header)[:12]
 
 
-def read_lora(path: str | os.PathLike) -> LoraFile:
-    """Parse one LoRA file; a one-line SdrtError for anything that is not a readable LoRA."""
+def read_lora(path: str | os.PathLike, prefixes: Mapping[str, str] | None = None) -> LoraFile:
+    """Parse one LoRA file; a one-line SdrtError for anything that is not a readable LoRA. `prefixes`:
+    the key prefixes of the model's family -> component; they win over other families' meanings of
+    the same prefix, and other families' prefixes still name their component (so an SDXL LoRA on an
+    SD model is "targets text_encoder_2, which this model does not have", not an unknown key)."""
+    prefixes = {**PREFIXES, **(prefixes or {})}
     path = Path(path)
     if not path.is_file():
         raise SdrtError(f"LoRA file {path} does not exist")
@@ -150,7 +156,7 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
     unknown = []
     formats = set()
     for key in keys:
-        split = _split(key)
+        split = _split(key, prefixes)
         if split is None or not split[2]:
             unknown.append(key)
             continue
