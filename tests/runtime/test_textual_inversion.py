@@ -146,3 +146,20 @@ def test_unload_by_name(pipe, files) -> None:
     pipe.unload_textual_inversion("shinycat")
     assert list(pipe.embeddings.embeddings) == ["<toy>"]
     assert np.array_equal(pipe("a <toy>", **CALL).images, toy)  # the other one keeps working
+
+
+def test_openvino_takes_the_longer_table(tiny_onnx, files, pipe) -> None:
+    pytest.importorskip("openvino")
+    from sdrt.runtime import Pipeline
+    from sdrt.runtime.images import psnr
+
+    pipe.load_textual_inversion(files / "shinycat.safetensors")
+    want = pipe("a shinycat", **CALL).images
+    ov = Pipeline.load(tiny_onnx, backend="openvino")
+    try:
+        before = ov("a shinycat", **CALL).images
+        ov.load_textual_inversion(files / "shinycat.safetensors")
+        got = ov("a shinycat", **CALL).images
+    finally:
+        ov.close()
+    assert not np.allclose(before, got) and psnr(got, want) >= 40.0
