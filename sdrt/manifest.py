@@ -46,6 +46,9 @@ FORMAT_VERSION = 1
 LEGACY_FAMILY = "sd"
 #: the folder inside a model folder where every backend keeps what it builds or caches from the ONNX
 ENGINES_DIR = "engines"
+#: `pipeline.kind`: a model folder (absent: the same), or a ControlNet folder (sdrt.export.controlnet)
+PIPELINE_KIND = "pipeline"
+CONTROLNET_KIND = "controlnet"
 
 
 def engines_dir(folder: str | os.PathLike, backend: str | None = None) -> Path:
@@ -190,13 +193,38 @@ class Manifest:
         return self.spec.family
 
     @property
+    def kind(self) -> str:
+        """"pipeline" (a model folder) or "controlnet" (a ControlNet folder: `pipeline.kind`)."""
+        return self.pipeline.get("kind", PIPELINE_KIND)
+
+    @property
+    def residuals(self) -> spec.Residuals | None:
+        """The ControlNet residual layout the model's UNet (or the ControlNet) has; None: not recorded
+        (exported before ControlNet support)."""
+        data = self.pipeline.get("residuals")
+        return None if data is None else spec.Residuals.from_json(data, f"{self.folder / MANIFEST_NAME} "
+                                                                        f"pipeline.residuals")
+
+    @property
     def spec(self) -> spec.ModelSpec:
         """The model's tensors, from its family and variants (what engines and the runtime derive from);
-        an unknown family or variant is one line naming the manifest."""
+        an unknown family or variant is one line naming the manifest. A ControlNet folder's spec has
+        its one component; a manifest with `pipeline.residual_inputs` (sdrt.residual_graph) has a UNet
+        that takes the residuals."""
         try:
-            return spec.model_spec(self.family, tuple(self.pipeline.get("variants", ())))
+            if self.kind == CONTROLNET_KIND:
+                return spec.controlnet_spec(self.family, self._recorded_residuals(),
+                                            int(self.pipeline.get("conditioning_channels", 3)))
+            residuals = self._recorded_residuals() if self.pipeline.get("residual_inputs") else None
+            return spec.model_spec(self.family, tuple(self.pipeline.get("variants", ())), residuals)
         except SdrtError as e:
             raise SdrtError(f"{self.folder / MANIFEST_NAME}: {e}") from None
+
+    def _recorded_residuals(self) -> spec.Residuals:
+        residuals = self.residuals
+        if residuals is None:
+            raise SdrtError("pipeline.residuals is missing: export the model again with --force")
+        return residuals
 
     def precision(self, component: str) -> str:
         return self.components[component]["precision"]
@@ -231,6 +259,9 @@ class Manifest:
 
     @property
     def default_image_size(self) -> int:
+        if self.pipeline.get("sample_size") is None:
+            raise SdrtError(f"{self.folder} is a {self.kind} folder without a default size: pass the size, "
+                            f"or load it with a base model")
         return self.pipeline["sample_size"] * self.pipeline["vae_scale_factor"]
 
 

@@ -31,7 +31,7 @@ class PipelineFacts(_Section):
     vae_scale_factor: int = Field(ge=1)
     latent_channels: int = Field(ge=1)
     unet_in_channels: int = Field(ge=1)
-    sample_size: int = Field(ge=1)
+    sample_size: Optional[int] = Field(default=None, ge=1)  # none in a ControlNet folder (no default size)
     vae_sample_size: Optional[int] = Field(default=None, ge=1)  # older manifests: none (see vae_tiling)
     text_hidden_size: int = Field(ge=1)
     token_length: int = Field(ge=1)

@@ -23,6 +23,10 @@ API::
   inpainting at strength 1). Everything else draws from `torch.Generator().manual_seed(seed)`;
   pass `TorchReplay(seed)` as sdrt's `generator=` and sdrt draws the same numbers in the same order.
 - Image inputs: paths, PIL images or arrays, loaded exactly as sdrt loads them.
+- ControlNets: `load_reference(folder, controlnet=[DIR, ...])` (exported ControlNet folders; their
+  diffusers source folders are loaded) runs diffusers' ControlNet pipelines of the family
+  (`Family.controlnet`); the call takes `control_image=` as sdrt does (diffusers' txt2img class calls
+  it `image`).
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ def load_source_pipeline(manifest: Manifest, dtype: Any = None, source: str | os
 class Reference:
     """diffusers on the source weights, called like `sdrt.runtime.Pipeline`."""
 
-    def __init__(self, pipe: Any, folder: Path, device: str = "cpu"):
+    def __init__(self, pipe: Any, folder: Path, device: str = "cpu", controlnets: list[Any] | None = None):
         import torch
 
         self.device = torch.device(device)
@@ -143,6 +147,7 @@ class Reference:
             raise SdrtError(f"{self.class_name} is no pipeline class of a family sdrt knows: no reference for it")
         self.folder = folder
         self.scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        self.controlnets = [c.to(self.device) for c in controlnets or []]
 
     def diffusers_scheduler(self, scheduler: Any = None) -> Any:
         """The diffusers class of sdrt's resolved scheduler, from the same config."""
@@ -158,12 +163,15 @@ class Reference:
     def _pipeline(self, mode: str, scheduler: Any) -> Any:
         import diffusers
 
-        name = self.family.mode_class(self.class_name, mode)
+        name = self.family.controlnet.get(mode) if self.controlnets else self.family.mode_class(self.class_name, mode)
         if name is None:
             raise SdrtError(f"diffusers has no {mode} pipeline for a {self.class_name}: no reference for {mode}")
         cls = getattr(diffusers, name)
         accepted = inspect.signature(cls.__init__).parameters
         modules = {**self.modules, "scheduler": self.diffusers_scheduler(scheduler)}
+        if self.controlnets:
+            modules["controlnet"] = (self.controlnets[0] if len(self.controlnets) == 1
+                                     else diffusers.MultiControlNetModel(self.controlnets))
         options = {**OPTIONAL_MODULES, **self.config, **modules}
         pipe = cls(**{k: v for k, v in options.items() if k in accepted})
         pipe.set_progress_bar_config(disable=True)
@@ -211,6 +219,14 @@ class Reference:
             kwargs["mask_image"] = masks[0] if len(masks) == 1 else masks
         if mode != "img2img":
             kwargs["height"], kwargs["width"] = height, width
+        control = kwargs.pop("control_image", None)
+        if control is not None:
+            pictures = [imageio.load_images(c, "control image") for c in
+                        (control if isinstance(control, (list, tuple)) and len(self.controlnets) > 1 else [control])]
+            given = [p[0] if len(p) == 1 else p for p in pictures]
+            kwargs["image" if mode == "txt2img" else "control_image"] = given[0] if len(given) == 1 else given
+            if mode == "img2img":
+                kwargs["height"], kwargs["width"] = height, width
         if latents is not None:
             kwargs["latents"] = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).to(self.device)
         timings = StageTimings()
@@ -248,8 +264,26 @@ class Reference:
         return ReferenceOutput(np.asarray(images, dtype=np.float32), timings)
 
 
+def load_controlnet_source(folder: str | os.PathLike, dtype: Any = None) -> Any:
+    """The diffusers ControlNetModel an exported ControlNet folder came from (its recorded source folder)."""
+    import diffusers
+
+    manifest = Manifest.load(folder)
+    path = (manifest.data.get("source") or {}).get("path")
+    if not path or not Path(path).is_dir():
+        raise SdrtError(f"{folder}: the ControlNet folder it was exported from ({path!r}) is not available here, "
+                        f"so there is no PyTorch reference")
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    return diffusers.ControlNetModel.from_pretrained(path, local_files_only=True, **kwargs).eval()
+
+
 def load_reference(folder: str | os.PathLike | Manifest, device: str = "cpu", dtype: Any = None,
-                   source: str | os.PathLike | None = None) -> Reference:
-    """The PyTorch reference for an sdrt ONNX folder (fp32 on the CPU by default)."""
+                   source: str | os.PathLike | None = None,
+                   controlnet: str | os.PathLike | list | None = None) -> Reference:
+    """The PyTorch reference for an sdrt ONNX folder (fp32 on the CPU by default), with the diffusers
+    ControlNets of exported ControlNet folders when `controlnet` names any."""
     manifest = folder if isinstance(folder, Manifest) else Manifest.load(folder)
-    return Reference(load_source_pipeline(manifest, dtype=dtype, source=source), manifest.folder, device=device)
+    folders = [] if controlnet is None else list(controlnet) if isinstance(controlnet, (list, tuple)) else [controlnet]
+    nets = [load_controlnet_source(f, dtype=dtype) for f in folders]
+    return Reference(load_source_pipeline(manifest, dtype=dtype, source=source), manifest.folder, device=device,
+                     controlnets=nets)

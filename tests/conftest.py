@@ -13,6 +13,10 @@ Fixtures (all session-scoped; each returns a `pathlib.Path`):
 ``tiny_sdxl_onnx``     fp32 ONNX model folder of ``tiny-sdxl`` (two text encoders, text_time UNet)
 ``tiny_sdxl_refiner_onnx``  likewise, ``tiny-sdxl-refiner`` (text_encoder_2 only, aesthetic time ids)
 ``tiny_lcm_onnx``      likewise, ``tiny-lcm`` (UNet with time_cond_proj_dim: ``timestep_cond``)
+``tiny_sd3_streamed_onnx``  ``tiny-sd3`` written in fp16, its T5 and transformer exported streamed (fp16 weights)
+``tiny_controlnet_onnx``  an exported ControlNet for ``tiny`` (``tiny-controlnet`` preset, non-zero
+                       zero convolutions); ``controlnet_export(preset, seed=0, precision="fp32")``
+                       exports others (e.g. a second one, ``tiny-sdxl-controlnet``), cached likewise
 ``onnx_export``        a function ``onnx_export(preset, precision="fp32", components=None,
                        hidden_states=False) -> Path`` for other variants (e.g.
                        ``onnx_export("tiny", "fp16")``), cached likewise
@@ -236,6 +240,45 @@ def tiny_sd3_no_t5_onnx(onnx_export: Callable[..., Path]) -> Path:
     """tiny-sd3 exported without its T5 encoder (the runtime feeds zeros in its place, as diffusers does)."""
     return onnx_export("tiny-sd3", components=("text_encoder", "text_encoder_2", "transformer", "vae_decoder",
                                                "vae_encoder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_streamed_onnx(_model_cache: Path) -> Path:
+    """tiny-sd3 written with fp16 weights (as released SD3 folders are) and exported with its T5 and transformer
+    streamed (sdrt.export.streamed: traced without weights, fp16 weights copied from the folder, fp32 compute)."""
+    from sdrt.export.exporter import export_model
+    from sdrt.export.presets import write_preset
+
+    src = _cached(_model_cache / f"src-tiny-sd3-fp16-{_cache_key('src', 'tiny-sd3', 'fp16')}", "model_index.json",
+                  lambda out: write_preset("tiny-sd3", out, storage="fp16"))
+    folder = _model_cache / f"onnx-tiny-sd3-streamed-{_cache_key('onnx', 'tiny-sd3', 'fp16', 'streamed')}"
+    return _cached(folder, "sdrt.json", lambda out: export_model(str(src), out, stream=("text_encoder_3", "transformer"),
+                                                                 log=lambda line: None))
+
+
+@pytest.fixture(scope="session")
+def controlnet_export(_model_cache: Path) -> Callable[..., Path]:
+    """(ControlNet preset, seed, precision) -> an exported ONNX ControlNet folder (its diffusers source
+    folder beside it, what the reference loads), cached like the model exports."""
+
+    def export(name: str, seed: int = 0, precision: str = "fp32") -> Path:
+        from sdrt.export.controlnet_presets import write_controlnet
+        from sdrt.export.exporter import export_model
+
+        tag = f"{name}-{seed}"
+        src = _cached(_model_cache / f"src-{tag}-{_cache_key('src', tag)}", "config.json",
+                      lambda out: write_controlnet(name, out, seed=seed))
+        folder = _model_cache / f"onnx-{tag}-{precision}-{_cache_key('onnx', tag, precision)}"
+        return _cached(folder, "sdrt.json", lambda out: export_model(str(src), out, precision=precision,
+                                                                     log=lambda line: None))
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_onnx(controlnet_export: Callable[..., Path]) -> Path:
+    """An exported ControlNet for ``tiny`` (and the tiny presets of its layout), seeded non-zero weights."""
+    return controlnet_export("tiny-controlnet")
 
 
 # -- loaded pipelines (sdrt and the diffusers reference) -----------------------------------------

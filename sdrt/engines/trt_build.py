@@ -163,7 +163,7 @@ def build_component(manifest: Any, component: str, flavor_name: str, request: tr
     onnx_path = manifest.onnx_path(component)
     root = trt_cache.store_root(manifest.folder, flavor_name)
     component_spec = manifest.spec.component(component)
-    rng = trt_profiles.dim_range(component_spec, request, manifest.sizes, manifest.default_image_size)
+    rng = trt_profiles.dim_range(component_spec, request, manifest.sizes, trt_profiles.default_size(request, manifest))
     onnx_hash = manifest.component_hash(component)
     precision = manifest.precision(component)
     ident = trt_cache.identity(component, onnx_hash, features.library, target, precision)

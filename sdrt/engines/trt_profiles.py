@@ -122,6 +122,14 @@ def token_range(request: ProfileRequest) -> tuple[int, int, int]:
     return min(request.tokens, spec.TOKEN_LENGTH), request.tokens, request.max_tokens
 
 
+def default_size(request: ProfileRequest, manifest) -> int:
+    """The model's default image side, asked for only when the request leaves a side out (a ControlNet
+    folder has none: its build needs --height and --width)."""
+    if request.height is not None and request.width is not None:
+        return max(request.height, request.width)
+    return manifest.default_image_size
+
+
 def dim_range(component: spec.ComponentSpec, request: ProfileRequest, rule: SizeRule,
               default_size: int) -> DimRange:
     """The profile of one component for a build request."""

@@ -26,9 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               subsequent_indent=" " * (width + 4))
                 for name, p in PRESETS.items() if p.trained == trained]
 
+    from sdrt.export.controlnet_presets import CONTROLNET_PRESETS
+
+    controlnets = [textwrap.fill(p.description, 79, initial_indent=f"  {name:<{width}}  ",
+                                 subsequent_indent=" " * (width + 4)) for name, p in CONTROLNET_PRESETS.items()]
     parser.epilog = "\n".join(["presets with weights trained by sdrt (real pictures):", *listing(True),
                                 "presets with seeded random weights (for timings and tests; noise pictures):",
-                                *listing(False)])
+                                *listing(False), "ControlNets (diffusers ControlNet folders; export them the same way):",
+                                *controlnets])
     parser.add_argument("name", nargs="?", metavar="NAME", help="preset name (listed below and by --list)")
     parser.add_argument("--out", metavar="DIR", help="folder to write (must not exist, unless --force)")
     parser.add_argument("--seed", type=int, default=0,
@@ -46,6 +51,7 @@ def _quiet_libraries() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdrt.export.controlnet_presets import CONTROLNET_PRESETS
     from sdrt.export.presets import PRESETS, get_preset, write_preset
 
     if args.list:
@@ -55,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise SdrtError("give a preset name (sdrt preset --list shows them) and --out DIR")
+    if args.name in CONTROLNET_PRESETS:
+        return _write_controlnet(args)
     preset = get_preset(args.name)  # unknown name: fail before anything else
     if not args.out:
         raise SdrtError(f"missing --out DIR: where to write the {args.name} preset")
@@ -65,4 +73,18 @@ def run(args: argparse.Namespace) -> int:
     out = write_preset(args.name, args.out, seed=args.seed, force=args.force)
     weights = "trained weights" if preset.trained else f"seed {args.seed}"
     print(f"wrote preset {args.name} ({weights}) to {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _write_controlnet(args: argparse.Namespace) -> int:
+    from sdrt.export.controlnet_presets import write_controlnet
+
+    if not args.out:
+        raise SdrtError(f"missing --out DIR: where to write the {args.name} ControlNet")
+    if args.seed < 0:
+        raise SdrtError(f"--seed {args.seed} is negative: use a seed >= 0")
+    _quiet_libraries()
+    start = time.perf_counter()
+    out = write_controlnet(args.name, args.out, seed=args.seed, force=args.force)
+    print(f"wrote ControlNet preset {args.name} (seed {args.seed}) to {out} in {time.perf_counter() - start:.1f} s")
     return 0

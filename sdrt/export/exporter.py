@@ -12,13 +12,15 @@ import copy
 import datetime
 import gc
 import json
+import shutil
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from sdrt import spec
+from sdrt import residual_graph, spec
 from sdrt.errors import SdrtError
-from sdrt.export import check, sizes, sizes_transformer, source, staging, trace, weight_map
+from sdrt.export import check, controlnet, sizes, sizes_transformer, source, staging, streamed, trace, weight_map
 from sdrt.export.graphs import example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from sdrt.manifest_schema import component_bytes, component_sha256
@@ -27,23 +29,28 @@ PRECISIONS = ("fp32", "fp16")
 
 def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSET, precision: str = "fp32",
                  components: Sequence[str] | None = None, force: bool = False, exporter: str = "dynamo",
-                 hidden_states: bool = False, log: Callable[[str], None] = print, vae: str | None = None,
-                 unsafe_pickle: bool = False, prediction_type: str | None = None) -> Path:
+                 hidden_states: bool = False, stream: Sequence[str] = (), log: Callable[[str], None] = print,
+                 vae: str | None = None, unsafe_pickle: bool = False, prediction_type: str | None = None) -> Path:
     """Export `model` (a diffusers folder or a preset name) into the ONNX model folder `out`.
 
     `hidden_states`: SD 1.x/2.x text encoders also give their layer stack (what `clip_skip` needs;
-    SDXL exports always have it). `vae`: another VAE (file or folder) in place of the model's;
-    `unsafe_pickle`: read a .ckpt single file; `prediction_type`: override the scheduler's."""
+    SDXL exports always have it). `stream`: components to export streamed (sdrt.export.streamed:
+    weights copied tensor by tensor in their stored dtype; automatic above its STREAM_BYTES).
+    `vae`: another VAE (file or folder) in place of the model's; `unsafe_pickle`: read a .ckpt single
+    file; `prediction_type`: override the scheduler's."""
     out = Path(out)
 
     # 1. Arguments: everything that can be wrong without loading a model fails here.
     trace.check_opset(exporter, opset)
     if precision not in PRECISIONS:
         raise SdrtError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    unknown = [c for c in components or () if c not in spec.component_names()]
+    unknown = [c for c in [*(components or ()), *stream] if c not in spec.component_names()]
     if unknown:
         raise SdrtError(f"unknown component {unknown[0]!r}: choose from {', '.join(spec.component_names())}")
     staging.check_target(out, force)
+    if controlnet.is_controlnet_folder(model):  # a ControlNet folder: its own export, the same command
+        return controlnet.export_controlnet(Path(model), out, opset=opset, precision=precision, force=force,
+                                            exporter=exporter, log=log)
     source.resolve(model)
 
     # 2. The source, in fp32, and the model spec its family and variants give.
@@ -65,33 +72,49 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         if own and not own & set(components):
             pipeline["variants"] = others
             model_spec = spec.model_spec(pipeline["family"], others)
+    # the denoiser is traced and checked with ControlNet residual inputs, stored without them
+    # (sdrt.residual_graph: a ControlNet adds them back at load, without re-export)
+    residuals = spec.Residuals.from_json(pipeline["residuals"]) if "residuals" in pipeline else None
+    traced_spec = spec.model_spec(pipeline["family"], pipeline["variants"], residuals)
     values = spec.model_values(latent_channels=pipeline["latent_channels"],
                                unet_in_channels=pipeline["unet_in_channels"],
                                text_hidden_size=pipeline["text_hidden_size"],
                                vae_scale_factor=pipeline["vae_scale_factor"],
                                token_length=pipeline["token_length"], extra=pipeline["dims"])
     first_vocab = src.vocab_size  # the first text encoder's; each text encoder's own below (T5's differs)
-    described = f" with the {src.config} configs" if src.config else ""
+    streaming = streamed.streamed_components(src, model_spec, components, stream, available=streamed.available_bytes())
+    described = f" with the {src.config_preset} configs" if src.config_preset else ""
     described += f", VAE {src.vae}" if src.vae else ""
     log(f"loaded {src.kind} {src.name} ({src.class_name}{described}) in {time.perf_counter() - started:.1f} s; "
         f"model family {pipeline['family']}" + (f" ({', '.join(pipeline['variants'])})" if pipeline["variants"] else ""))
 
     # The trace shape: batch 2, the model's latent size, non-square (every check shape differs).
-    denoiser = src.module(model_spec.denoiser.source)
-    transformer = sizes_transformer.is_transformer(denoiser)
-    bounds = sizes_transformer.bounds(denoiser, pipeline["sample_size"]) if transformer else None
+    # (a transformer's config only: its weights are loaded when its turn comes)
+    denoiser_config = src.config(model_spec.denoiser.source)
+    transformer = sizes_transformer.is_transformer(denoiser_config)
+    denoiser = None if transformer else src.module(model_spec.denoiser.source)
+    bounds = sizes_transformer.bounds(denoiser_config, pipeline["sample_size"]) if transformer else None
     multiple = bounds[0] if bounds else sizes.architectural_multiple(denoiser)
     h = max(pipeline["sample_size"] // multiple, 2) * multiple
     trace_dims = {**values, "B": 2, "h": h, "w": max(h * 3 // 4 // multiple, 1) * multiple, "L": spec.TOKEN_LENGTH}
     num_upsamplers = None if transformer else int(denoiser.num_upsamplers)
-    size_rule = (sizes_transformer.unprobed(denoiser, pipeline["sample_size"]) if transformer
+    size_rule = (sizes_transformer.unprobed(denoiser_config, pipeline["sample_size"]) if transformer
                  else sizes.unprobed(denoiser, pipeline["sample_size"]))
     del denoiser
 
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
         entries: dict[str, dict[str, Any]] = {}
         for index, component in enumerate(components):
-            comp = model_spec.component(component)
+            comp = traced_spec.component(component)
+            if component in streaming:  # larger than memory in fp32: traced without weights, weights copied
+                config = types.SimpleNamespace(config=src.config(comp.source))
+                entries[component], probed = streamed.export_component(
+                    src, comp, model_spec, tmp / component / "model.onnx", trace_dims=trace_dims, values=values,
+                    size_rule=size_rule, opset=opset, precision=precision_policy(comp, precision, config)[0],
+                    note=comp.fp32_always if precision == "fp16" and comp.fp32_always else "", log=log,
+                    bounds=bounds, sample_size=pipeline["sample_size"])
+                size_rule = probed or size_rule
+                continue
             # 3. Trace.
             started = time.perf_counter()
             module = src.module(comp.source)
@@ -102,10 +125,13 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
             vocab_size = int(getattr(module.config, "vocab_size", None) or first_vocab)
             example = example_inputs(comp, trace_dims, vocab_size=vocab_size, seed=0,
                                      dtype=check.torch_dtype(component_precision))
-            trace.export_graph(wrap(comp, graph_module, model_spec), comp, example, path, opset=opset,
+            trace.export_graph(wrap(comp, graph_module, traced_spec), comp, example, path, opset=opset,
                                exporter=exporter, precision=component_precision)
+            marked = residuals is not None and component == model_spec.family.denoiser
+            if marked:
+                residual_graph.strip(path, residuals)
             mapped = (weight_map.write(graph_module, f"{comp.source}.", path, run=lambda: wrap(
-                comp, graph_module, model_spec)(*(example[name] for name in comp.input_names)))
+                comp, graph_module, traced_spec)(*(example[name] for name in comp.input_names)))
                       if component in model_spec.family.lora_components else None)
             del graph_module, example
             exported_s = time.perf_counter() - started
@@ -121,24 +147,32 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                                             sample_size=pipeline["sample_size"])
             elif component == model_spec.family.denoiser:
                 probe_cases = sizes.probe_cases(module, values, precision=component_precision,
-                                                vocab_size=vocab_size, model=model_spec)
+                                                vocab_size=vocab_size, model=traced_spec)
             shapes = check.check_dims(comp, trace_dims, size_rule)  # UNet: the architecture's rule
             cases = check.reference_cases(comp, module, values, shapes, precision=component_precision,
-                                          vocab_size=vocab_size, model=model_spec)
+                                          vocab_size=vocab_size, model=traced_spec)
             save_config(module, path.parent)
             del module
             if not any(model_spec.component(later).source == comp.source for later in components[index + 1:]):
-                src.modules[comp.source] = None
+                src.free(comp.source)
                 gc.collect()
-            # 5. Sizes (UNet): which latent sizes the graph really supports; then the check.
+            # 5. Sizes (UNet): which latent sizes the graph really supports; then the check (a marked
+            # UNet: of the graph a ControlNet runs, its residual inputs added back as at load).
+            checked = path
+            if marked:
+                checked = tmp / ".checks" / component / path.name
+                checked.parent.mkdir(parents=True)
+                residual_graph.add_inputs(path, checked, comp, component_precision)
             if probe_cases is not None and transformer:
                 size_rule = sizes_transformer.probe_rule(probe_cases, path, bounds, precision=component_precision,
                                                          model=model_spec)
             elif probe_cases is not None:
-                size_rule = sizes.probe_rule(probe_cases, path, num_upsamplers, precision=component_precision,
-                                             sample_size=pipeline["sample_size"], model=model_spec)
-            result = check.judge_cases(comp, path, cases, precision=component_precision)
+                size_rule = sizes.probe_rule(probe_cases, checked, num_upsamplers, precision=component_precision,
+                                             sample_size=pipeline["sample_size"], model=traced_spec)
+            result = check.judge_cases(comp, checked, cases, precision=component_precision)
             del cases, probe_cases
+            if marked:
+                shutil.rmtree(tmp / ".checks")
             data = path.with_name(path.name + ".data")
             entries[component] = {
                 "file": f"{component}/model.onnx",
@@ -191,13 +225,13 @@ def precision_policy(component: spec.ComponentSpec, precision: str, module: Any)
 
 #: model symbol -> how to read it from the source's modules (the family's own symbols, sdrt.spec)
 SYMBOL_READERS: dict[str, Callable[[source.Source], int]] = {
-    "D1": lambda src: int(src.module("text_encoder").config.hidden_size),
-    "K1": lambda src: int(src.module("text_encoder").config.num_hidden_layers),
-    "D2": lambda src: int(src.module("text_encoder_2").config.hidden_size),
-    "K2": lambda src: int(src.module("text_encoder_2").config.num_hidden_layers),
-    "P": lambda src: int(src.module("text_encoder_2").config.projection_dim),
+    "D1": lambda src: int(src.config("text_encoder").hidden_size),
+    "K1": lambda src: int(src.config("text_encoder").num_hidden_layers),
+    "D2": lambda src: int(src.config("text_encoder_2").hidden_size),
+    "K2": lambda src: int(src.config("text_encoder_2").num_hidden_layers),
+    "P": lambda src: int(src.config("text_encoder_2").projection_dim),
     "T": lambda src: 5 if src.model_index.get("requires_aesthetics_score", False) else 6,
-    "G": lambda src: int(src.module("unet").config.time_cond_proj_dim),
+    "G": lambda src: int(src.config("unet").time_cond_proj_dim),
 }
 
 
@@ -207,12 +241,12 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
         from sdrt.export.facts_sd3 import sd3_facts
 
         return sd3_facts(src)
-    unet, vae = src.module("unet").config, src.module("vae").config
+    unet, vae = src.config("unet"), src.config("vae")
     family = src.family
     latent_channels = int(vae.latent_channels)
-    encoders = [(name, src.module(name)) for name in family.text_encoders]
-    width = sum(int(e.config.hidden_size) for _, e in encoders)
-    names = " + ".join(f"{n}'s {int(e.config.hidden_size)}" for n, e in encoders)
+    encoders = [(name, src.config(name)) for name in family.text_encoders]
+    width = sum(int(e.hidden_size) for _, e in encoders)
+    names = " + ".join(f"{n}'s {int(e.hidden_size)}" for n, e in encoders)
     if int(unet.cross_attention_dim) != width:
         raise SdrtError(f"the UNet's cross_attention_dim {unet.cross_attention_dim} differs from the text "
                         f"encoders' hidden size ({names}): the pipeline's components do not match")
@@ -226,6 +260,7 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
     if family.size_conditioning:
         check_size_conditioning(src, dims)
     index = src.model_index
+    residuals = controlnet.residual_layout(src.module("unet")) if family.controlnet else None
     facts = {
         "family": family.name,
         "variants": variants,
@@ -242,6 +277,8 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
         "sample_size": int(unet.sample_size),
         "vae_sample_size": vae_sample_size(vae),  # diffusers' VAE tile size (tile_sample_min_size)
         "inpainting": int(unet.in_channels) == 2 * latent_channels + 1,
+        # the UNet's ControlNet residuals (sdrt.spec.residuals): what a ControlNet must give to fit it
+        **({"residuals": residuals.to_json()} if residuals is not None else {}),
         "vae_decoder_input": "latents already divided by scaling_factor (diffusers' pipeline divides "
                              "before vae.decode)",
         "vae_encoder_output": "raw diagonal-Gaussian parameters (mean, logvar) on channels; multiply "
@@ -264,7 +301,7 @@ def vae_sample_size(vae: Any) -> int | None:
 
 def check_size_conditioning(src: source.Source, dims: dict[str, int]) -> None:
     """An SDXL-family UNet must take text_time conditioning of T time ids and the pooled projection P."""
-    unet = src.module("unet").config
+    unet = src.config("unet")
     if unet.get("addition_embed_type") != "text_time":
         raise SdrtError(f"the UNet's addition_embed_type is {unet.get('addition_embed_type')!r}, an SDXL "
                         f"pipeline needs 'text_time': the pipeline's components do not match")
@@ -295,7 +332,7 @@ def manifest(src: source.Source, pipeline: dict[str, Any], size_rule: dict[str, 
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {"kind": src.kind, "name": src.name, "path": str(src.path) if src.path else None,
                    "content_hash": src.content_hash,
-                   **({"config": src.config} if src.config else {}), **({"vae": src.vae} if src.vae else {})},
+                   **({"config": src.config_preset} if src.config_preset else {}), **({"vae": src.vae} if src.vae else {})},
         "exporter": {"method": exporter, "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxscript": onnxscript.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "onnxruntime_check": onnxruntime.__version__},

@@ -54,7 +54,8 @@ class UNetGraph(torch.nn.Module):
     """The spec's UNet inputs, in order (timestep float32 even in fp16 graphs) -> out_sample.
 
     SDXL UNets also take the pooled ``text_embeds`` and ``time_ids`` (diffusers' added_cond_kwargs),
-    LCM-distilled ones the guidance embedding ``timestep_cond``.
+    LCM-distilled ones the guidance embedding ``timestep_cond``; a UNet spec with residual inputs
+    (``down_block_residual_<i>``, ``mid_block_residual``) adds them as diffusers adds a ControlNet's.
     """
 
     def __init__(self, unet: Any, component_spec: spec.ComponentSpec, family: spec.Family):
@@ -65,9 +66,13 @@ class UNetGraph(torch.nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         named = dict(zip(self.inputs, inputs))
         added = {k: named[k] for k in (spec.N.TEXT_EMBEDS, spec.N.TIME_IDS) if k in named}
+        down = tuple(named[k] for k in self.inputs if k.startswith(spec.N.DOWN_BLOCK_RESIDUAL))
+        residuals = ({"down_block_additional_residuals": down,
+                      "mid_block_additional_residual": named[spec.N.MID_BLOCK_RESIDUAL]}
+                     if spec.N.MID_BLOCK_RESIDUAL in named else {})
         return self.unet(named[spec.N.SAMPLE], named[spec.N.TIMESTEP], named[spec.N.ENCODER_HIDDEN_STATES],
                          timestep_cond=named.get(spec.N.TIMESTEP_COND),
-                         added_cond_kwargs=added or None, return_dict=False)[0]
+                         added_cond_kwargs=added or None, return_dict=False, **residuals)[0]
 
     @contextlib.contextmanager
     def export_context(self) -> Iterator[None]:
@@ -135,6 +140,29 @@ class VaeEncoderGraph(torch.nn.Module):
         return self.vae.encode(sample).latent_dist.parameters
 
 
+class ControlNetGraph(torch.nn.Module):
+    """The spec's ControlNet inputs -> its residuals, each times its entry of ``conditioning_scale``.
+
+    The scale is an input with one entry per residual so one graph serves a plain scale (every entry
+    the same) and guess mode (diffusers' ramp from 0.1 to 1 times the scale), per call; the
+    ControlNet itself runs at scale 1 (x * 1 is exact), as diffusers' own multiplication then is.
+    """
+
+    def __init__(self, controlnet: Any, component_spec: spec.ComponentSpec, family: spec.Family):
+        super().__init__()
+        self.controlnet = controlnet
+        self.inputs = component_spec.input_names
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        named = dict(zip(self.inputs, inputs))
+        added = {k: named[k] for k in (spec.N.TEXT_EMBEDS, spec.N.TIME_IDS) if k in named}
+        down, mid = self.controlnet(named[spec.N.SAMPLE], named[spec.N.TIMESTEP],
+                                    named[spec.N.ENCODER_HIDDEN_STATES], named[spec.N.CONTROLNET_COND],
+                                    conditioning_scale=1.0, added_cond_kwargs=added or None, return_dict=False)
+        scale = named[spec.N.CONDITIONING_SCALE].to(mid.dtype)
+        return tuple(r * scale[i] for i, r in enumerate((*down, mid)))
+
+
 class SD3TransformerGraph(torch.nn.Module):
     """SD3's MMDiT: hidden_states (latents), the joint encoder_hidden_states (CLIP then T5 tokens),
     pooled_projections, timestep (float32 in [0, 1000], even in fp16 graphs) -> out_hidden_states."""
@@ -153,6 +181,7 @@ class SD3TransformerGraph(torch.nn.Module):
 GRAPHS: dict[str, type[torch.nn.Module]] = {
     "text_encoder": TextEncoderGraph,
     "unet": UNetGraph,
+    "controlnet": ControlNetGraph,
     "sd3_transformer": SD3TransformerGraph,
     "vae_decoder": VaeDecoderGraph,
     "vae_encoder": VaeEncoderGraph,
@@ -190,6 +219,8 @@ def example_inputs(component: spec.ComponentSpec, dims: Mapping[str, int], *, vo
             value = torch.rand(shape, generator=generator) * 2.0 - 1.0
         elif tensor.draw == "pixels":
             value = torch.floor(torch.rand(shape, generator=generator) * 1024.0)
+        elif tensor.draw == "scale":
+            value = torch.rand(shape, generator=generator) * 2.0
         else:
             value = torch.randn(shape, generator=generator)
         target = dtype if tensor.dtype == spec.FLOAT else getattr(torch, tensor.dtype)

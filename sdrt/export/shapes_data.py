@@ -85,12 +85,19 @@ def _jittered(colour: str, rng: np.random.Generator, amount: int = 12) -> np.nda
 
 def render(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
     """One image, uint8 [size, size, 3]: the scene's shape at a random size and place."""
+    return render_with_coverage(scene, rng, size)[0]
+
+
+def render_with_coverage(scene: Scene, rng: np.random.Generator,
+                         size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """`render`'s image (the same draws) and the shape's coverage in [0, 1], [size, size] (its mask)."""
     r = float(rng.uniform(0.2, 0.32)) * size
     cx = float(rng.uniform(r + 1, size - r - 1))
     cy = float(rng.uniform(r + 1, size - r - 1))
-    coverage = _mask(scene.shape, cx, cy, r, size)[..., None]
-    image = _jittered(scene.background, rng) * (1 - coverage) + _jittered(scene.colour, rng) * coverage
-    return np.round(image).astype(np.uint8)
+    coverage = _mask(scene.shape, cx, cy, r, size)
+    cover = coverage[..., None]
+    image = _jittered(scene.background, rng) * (1 - cover) + _jittered(scene.colour, rng) * cover
+    return np.round(image).astype(np.uint8), coverage.astype(np.float32)
 
 
 def make_dataset(n: int, seed: int, size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[Scene]]:
@@ -153,14 +160,31 @@ class Detection:
 
 def detect(image: np.ndarray, min_area: int = 12) -> Detection:
     """Background colour, and colour + shape of the largest blob, of an RGB image (uint8 or [0, 1] float)."""
-    pixels = np.asarray(image, dtype=np.float32)
-    if pixels.max() <= 1.0 + 1e-6:
-        pixels = pixels * 255.0
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background_rgb = np.median(border, axis=0)
-    background = nearest_colour(background_rgb)
+    pixels = _pixels(image)
+    background = _background(pixels)
     labels = nearest_colours(pixels)
     blob = _largest_component(labels != COLOURS.index(background))
+    return _describe(blob, labels, background, min_area)
+
+
+def blob_mask(image: np.ndarray) -> np.ndarray:
+    """The largest blob `detect` finds (boolean [H, W]): what a control mask is compared with (IoU)."""
+    pixels = _pixels(image)
+    return _largest_component(nearest_colours(pixels) != COLOURS.index(_background(pixels)))
+
+
+def _pixels(image: np.ndarray) -> np.ndarray:
+    pixels = np.asarray(image, dtype=np.float32)
+    return pixels * 255.0 if pixels.max() <= 1.0 + 1e-6 else pixels
+
+
+def _background(pixels: np.ndarray) -> str:
+    """The palette colour nearest to the border's median."""
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return nearest_colour(np.median(border, axis=0))
+
+
+def _describe(blob: np.ndarray, labels: np.ndarray, background: str, min_area: int) -> Detection:
     area = int(blob.sum())
     if area < min_area:
         return Detection(None, None, background, 0.0, area)

@@ -246,7 +246,7 @@ def load(path: Path, *, unsafe_pickle: bool = False, prediction_type: str | None
         prediction = "v_prediction" if v_prediction_test(modules["unet"]) else "epsilon"
     scheduler["prediction_type"] = prediction or "epsilon"
     return Source("single_file", path.name, path.resolve(), class_name, index, family, modules, tokenizers,
-                  scheduler, hash_file(path), config=preset)
+                  scheduler, hash_file(path), config_preset=preset)
 
 
 def hash_file(path: Path) -> str:

@@ -14,9 +14,10 @@ import json
 import sys
 from typing import Any
 
-from sdrt.runtime import commands_a1111, commands_sd3, commands_sdxl
+from sdrt.runtime import commands_a1111, commands_controlnet, commands_sd3, commands_sdxl
 from sdrt.runtime.infotext import a1111_parameters, image_seed
-from sdrt.runtime.load_options import cuda_graph_options, vae_tiling_options
+from sdrt.runtime.load_options import (add_low_memory_argument, cuda_graph_options, low_memory_options,
+                                       vae_tiling_options)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,11 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-dir", default=None,
                    help="folder where AUTOMATIC1111 prompt tags <lora:NAME:SCALE> find NAME.safetensors")
     add_vae_tiling_arguments(p)
+    add_low_memory_argument(p)
     p.add_argument("--out", default="sdrt-out", help="output folder (default ./sdrt-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
     commands_sdxl.add_arguments(p)
     commands_sd3.add_arguments(p)
     commands_a1111.add_arguments(p)
+    commands_controlnet.add_arguments(p)
 
 
 def add_vae_tiling_arguments(p: argparse.ArgumentParser) -> None:
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.seeds import image_seeds
 
-    options = cuda_graph_options(args) | ({"auto_build": True} if args.auto_build else {}) | vae_tiling_options(args)
+    options = (cuda_graph_options(args) | ({"auto_build": True} if args.auto_build else {}) | vae_tiling_options(args)
+               | low_memory_options(args))
     out = outputs.check_writable(args.out)  # before any work: an unwritable --out is found in a second
     from sdrt.runtime.lora import parse_lora_arg
     from sdrt.runtime.lora.adapters import prompt_loras
@@ -111,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
     loras = [parse_lora_arg(text) for text in args.lora] + tagged
     hires = commands_a1111.hires_of(args)
     a1111_call = commands_a1111.call_options(args)
+    control = commands_controlnet.load_options(args)
+    control_call = commands_controlnet.call_options(args)  # a bad flag or image fails before any engine loads
     pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options,
-                         **commands_a1111.load_options(args))
+                         **commands_a1111.load_options(args), **control)
     for path in commands_a1111.embedding_files(args):
         pipe.load_textual_inversion(path)
     refiner = refiner_pipeline(args, pipe, {"precision": args.precision, **options})
@@ -140,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                             guidance_scale=args.guidance_scale, height=args.height, width=args.width,
                             num_images_per_prompt=len(batch), seed=batch, scheduler=args.scheduler,
                             callback=lambda i, t, x: bar.update(1), **commands_sdxl.call_options(args),
-                            **commands_sd3.call_options(args), **a1111_call)
+                            **commands_sd3.call_options(args), **a1111_call, **control_call)
                 if hires is not None:
                     from sdrt.runtime.hires import generate as generate_hires
 
@@ -160,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
             if index == 0 and args.seed in (None, -1):  # printed even with --quiet: the only way back
                 print(f"seed {seeds[0]} (random; image i used seed {seeds[0]} + i)", file=sys.stderr)
             params = {**result.parameters, "seed": seeds[0], "seeds": seeds, "num_images_per_prompt": num_images}
+            for unit, module in zip(params.get("controlnets", []), args.preprocess * len(args.controlnet)):
+                unit["module"] = module
             for image in result.images:  # written after each batch: memory holds one batch at a time
                 seed = image_seed(params, index)
                 path = out / f"{number:05d}-{seed}-{index}.png"

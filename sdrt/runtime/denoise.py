@@ -41,9 +41,12 @@ TRANSFORMER_NAMES = (N.LATENTS, N.TIMESTEP, N.OUT_LATENTS)
 def denoise(unet: Any, sched: Any, timesteps: np.ndarray, x: np.ndarray, model_in: np.ndarray, *, images: int,
             latent_channels: int, guidance: bool, guidance_scale: float, guidance_rescale: float = 0.0,
             blend: Blend | None = None, rng: Any = None, callback: StepCallback | None = None,
-            timings: StageTimings | None = None, names: tuple[str, str, str] = UNET_NAMES) -> np.ndarray:
+            timings: StageTimings | None = None, names: tuple[str, str, str] = UNET_NAMES,
+            before_unet: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
     """Run the steps on the prepared denoiser engine; `model_in` is the [batch, Cin, h, w] input buffer
-    (inpainting UNets: mask and masked-image channels already filled); `names` its tensors' names."""
+    (inpainting UNets: mask and masked-image channels already filled); `names` its tensors' names.
+    `before_unet(i, model_in, timesteps)` runs before each denoiser call, on the step's inputs
+    (ControlNets: sdrt.runtime.controlnet); its time counts as the denoiser step's."""
     sample_name, timestep_name, output_name = names
     n, C = images, latent_channels
     t_in = np.zeros((model_in.shape[0],), dtype=np.float32)
@@ -55,6 +58,8 @@ def denoise(unet: Any, sched: Any, timesteps: np.ndarray, x: np.ndarray, model_i
             model_in[n:, :C] = scaled
         t_in.fill(t)
         t1 = time.perf_counter()
+        if before_unet is not None:
+            before_unet(i, model_in, t_in)
         out = unet.run({sample_name: model_in, timestep_name: t_in})[output_name]
         t2 = time.perf_counter()
         if guidance:  # views (no copy for fp32 engines); the guidance formula makes a new array

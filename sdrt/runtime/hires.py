@@ -139,6 +139,8 @@ def generate(pipe: Any, prompt: Any, *, hires: HiresFix, **call: Any) -> Any:
     check(hires)
     if call.get("image") is not None or call.get("mask_image") is not None:
         raise SdrtError("the hires fix follows txt2img: leave out image= and mask_image=")
+    if call.get("control_image") is not None:
+        raise SdrtError("the hires fix does not run ControlNets yet: leave out the ControlNet units (or enable_hr)")
     if call.get("generator") is not None:
         raise SdrtError("the hires fix re-draws from the call's seeds: pass seed= instead of generator=")
     output_type = call.pop("output_type", "pil")

@@ -14,6 +14,8 @@ def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
     fields = [("Steps", parameters["steps"]), ("Sampler", parameters.get("sampler") or parameters["scheduler"]),
               ("CFG scale", parameters["guidance_scale"]), ("Seed", image_seed(parameters, index)),
               ("Size", f"{parameters['width']}x{parameters['height']}")]
+    if parameters.get("schedule_type"):  # A1111 1.9+: the schedule beside the sampler (flow Euler's Karras, ...)
+        fields.insert(2, ("Schedule type", parameters["schedule_type"]))
     if parameters.get("model_hash"):
         fields.append(("Model hash", parameters["model_hash"]))
     fields.append(("Model", parameters["model"]))
@@ -38,6 +40,8 @@ def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
         fields.append(("VAE tiling", f"{parameters['vae_tiling']['tile_size']} px"))
     if parameters.get("precision"):
         fields.append(("Precision", parameters.get("runtime_precision") or parameters["precision"].get("unet")))
+    for i, unit in enumerate(parameters.get("controlnets", [])):  # sd-webui-controlnet's unit lines
+        fields.append((f"ControlNet {i}", '"' + controlnet_unit(unit) + '"'))
     loras = parameters.get("loras", [])
     if loras:  # A1111 keeps the tags in the prompt and lists the files' short hashes
         fields.append(("Lora hashes", quoted(", ".join(f"{lora['name']}: {lora['hash']}" for lora in loras))))
@@ -76,6 +80,19 @@ def quoted(text: str) -> str:
     import json
 
     return json.dumps(text, ensure_ascii=False)
+
+
+def controlnet_unit(unit: dict[str, Any]) -> str:
+    """One ControlNet unit as sd-webui-controlnet writes it into the infotext ("Module: canny, Model: ...")."""
+    mode = "ControlNet is more important" if unit.get("guess_mode") else "Balanced"
+    fields = [("Module", unit.get("module", "none")), ("Model", unit["model"]), ("Weight", unit["weight"]),
+              ("Guidance Start", unit["guidance_start"]), ("Guidance End", unit["guidance_end"]),
+              ("Control Mode", mode)]
+    for key, label in (("processor_res", "Processor Res"), ("threshold_a", "Threshold A"),
+                       ("threshold_b", "Threshold B")):
+        if unit.get(key) is not None:
+            fields.append((label, unit[key]))
+    return ", ".join(f"{name}: {value}" for name, value in fields)
 
 
 def image_seed(parameters: dict[str, Any], index: int) -> Any:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sdrt.engines import quantized
 from sdrt.engines.base import Backend, Engine, backend_class, candidates, with_precision
 from sdrt.errors import EngineMissing, SdrtError
 from sdrt.manifest import Manifest
@@ -48,6 +49,13 @@ from sdrt.spec import N
 #: the family table's `runtime` -> the class that generates for it ("module:Class", imported on use)
 RUNTIMES: dict[str, str] = {"unet": "sdrt.runtime.unet_pipeline:UNetPipeline",
                             "sd3": "sdrt.runtime.sd3_pipeline:SD3Pipeline"}
+
+
+def _folders(controlnet: Any) -> list[Any]:
+    """`controlnet=`: None, one folder, or a list of folders."""
+    if controlnet is None:
+        return []
+    return list(controlnet) if isinstance(controlnet, (list, tuple)) else [controlnet]
 
 
 def runtime_class(name: str) -> type["Pipeline"]:
@@ -88,7 +96,7 @@ class Pipeline:
     """Engines for one ONNX model folder; `load` gives the family's subclass, whose call makes images."""
 
     def __init__(self, manifest: Manifest, backend: Backend, tokenizers: dict[str, Any],
-                 scheduler_config: dict[str, Any], vae: Manifest | None = None):
+                 scheduler_config: dict[str, Any], vae: Manifest | None = None, *, low_memory: bool = False):
         self.manifest = manifest
         self.vae_manifest = vae  # another export's VAE (`vae=` at load, `use_vae`); None: the model's own
         self.backend = backend
@@ -114,8 +122,14 @@ class Pipeline:
         self._denoiser_config = memory_guard.denoiser_config(manifest.folder / self.denoiser)
         self._lock = threading.RLock()  # one call at a time: the engines' bound buffers are shared
         self.vae_tiles: tiling.VaeTiles | None = None  # None: decode whole (see enable_vae_tiling)
+        self.low_memory = low_memory  # text encoders and denoiser loaded in turn (sdrt.runtime.low_memory)
+
+        from sdrt.runtime.controlnet import ControlNets
+
+        self.controlnets = ControlNets([])  # set by load(controlnet=...): run before the UNet every step
         try:
-            for component in (*self.model_spec.text_encoders, self.denoiser, "vae_decoder"):  # a broken folder fails here
+            preload = ("vae_decoder",) if low_memory else (*self.model_spec.text_encoders, self.denoiser, "vae_decoder")
+            for component in preload:  # a broken folder fails here
                 self.engine(component)
         except BaseException:
             self.close()
@@ -129,7 +143,8 @@ class Pipeline:
     @classmethod
     def load(cls, folder: str | os.PathLike, backend: str = "auto", precision: str | None = None,
              verify: bool = False, loras: Sequence[Any] = (), vae_tiling: bool = False,
-             vae_tile_size: int | None = None, vae: str | os.PathLike | None = None,
+             vae_tile_size: int | None = None, vae: str | os.PathLike | None = None, low_memory: bool | str = "auto",
+             controlnet: Any = None,
              **backend_options: Any) -> "Pipeline":
         """Open an exported folder on a backend, as its family's pipeline class; options go to the backend
         (its declared ones only).
@@ -142,6 +157,11 @@ class Pipeline:
         `loras`: LoRA files to apply, each a path or a (path, scale) pair (see `set_loras`).
         `vae_tiling` / `vae_tile_size`: see `enable_vae_tiling`. `vae`: another export's VAE to decode and
         encode with (a folder holding vae_decoder, e.g. the EMA or MSE fine-tune; `sdrt.runtime.vae_swap`).
+        the denoiser in turn, never together ("auto": when they would not fit the memory available;
+        sdrt.runtime.low_memory); LoRAs need it off.
+        `controlnet`: an exported ControlNet folder, or a list of them (each call then takes
+        `control_image=`, one per ControlNet; see sdrt.runtime.controlnet); the UNet runs as the
+        residual-taking graph made from the export (sdrt.residual_graph), not re-exported.
         """
         from sdrt.runtime.vae_swap import vae_manifest
 
@@ -161,13 +181,31 @@ class Pipeline:
             raise SdrtError(f"{config_path} is missing or unreadable ({e}): export the model again with --force")
         tokenizers = load_tokenizers(manifest)
         family_class = runtime_class(manifest.family_spec.runtime)
+        from sdrt.runtime import low_memory as lean
+
+        low_memory = lean.decide(manifest, low_memory)
+        if low_memory and loras:
+            raise SdrtError(lean.NO_LORA)
+        controlnets = _folders(controlnet)
+        if controlnets:
+            from sdrt.residual_graph import residual_manifest
+            from sdrt.runtime.controlnet import check_fits, open_controlnet
+
+            for folder in controlnets:  # a ControlNet that does not fit fails before any engine loads
+                check_fits(manifest, open_controlnet(folder))
+            manifest = residual_manifest(manifest)
         backend_options = with_precision(precision, backend_options)
         names = candidates(backend, backend_options)
+        quantized.check_source(manifest)
+        if backend == "auto":  # a quantized folder: only the backends that run its scheme
+            names = quantized.filter_candidates(manifest.folder, manifest.components, names)
+        else:
+            quantized.check_backend(manifest.folder, manifest.components, names[0])
         for i, name in enumerate(names):
             try:
                 options = with_precision(precision, backend_options, backend_class(name))
                 pipe = family_class(manifest, backend_class(name)(**options), tokenizers, scheduler_config,
-                                    vae=vae_export)
+                                    vae=vae_export, low_memory=low_memory)
             except EngineMissing as e:
                 if i + 1 == len(names):
                     raise
@@ -177,6 +215,14 @@ class Pipeline:
         else:
             raise AssertionError("unreachable: candidates() returns at least one backend")
         pipe.vae_tiles = tiles
+        if controlnets:
+            from sdrt.runtime.controlnet import ControlNets
+
+            try:
+                pipe.controlnets = ControlNets.load(manifest, pipe.backend, controlnets)
+            except BaseException:
+                pipe.close()
+                raise
         if loras:
             try:
                 pipe.set_loras(loras)
@@ -190,6 +236,10 @@ class Pipeline:
         encoder's and UNet's weights without re-export; [] restores the exported weights exactly.
         A file that does not fit is a one-line error and leaves the pipeline as it was."""
         with self._lock:  # never while a call runs on the engines being swapped
+            if self.low_memory and loras:
+                from sdrt.runtime.low_memory import NO_LORA
+
+                raise SdrtError(NO_LORA)
             self.adapters.apply(self.backend, self.engines, list(loras))
 
     def load_textual_inversion(self, path: str | os.PathLike, token: str | None = None) -> str:
@@ -256,6 +306,30 @@ class Pipeline:
             self.shift_factor = float(facts.get("shift_factor") or 0.0)
             self.engine("vae_decoder")  # a broken VAE fails here, not mid-call
 
+    def set_controlnets(self, folders: Sequence[Any]) -> None:
+        """Run with exactly these exported ControlNet folders from now on ([]: none). Engines of folders
+        used before are kept and reused (a server switches sets per batch); the first ControlNet makes
+        the UNet the residual-taking graph (before any LoRA: load ControlNets first)."""
+        from sdrt.runtime.controlnet import ControlNets
+
+        with self._lock:
+            folders = _folders(list(folders))
+            if folders and not self.manifest.pipeline.get("residual_inputs"):
+                if self.adapters.active:
+                    raise SdrtError("load ControlNets before LoRAs (Pipeline.load(..., controlnet=...)), or clear "
+                                    "the LoRAs first: the UNet is reloaded for ControlNets")
+                from sdrt.residual_graph import residual_manifest
+                from sdrt.runtime.controlnet import check_fits, open_controlnet
+
+                for folder in folders:
+                    check_fits(self.manifest, open_controlnet(folder))
+                derived = residual_manifest(self.manifest)
+                engine = self.backend.load(derived, self.denoiser)  # fails before the old one is closed
+                self.engines.pop(self.denoiser).close()
+                self.engines[self.denoiser] = engine
+                self.manifest, self.model_spec = derived, derived.spec
+            self.controlnets = ControlNets.pick(self.controlnets, self.manifest, self.backend, folders)
+
     def enable_vae_tiling(self, tile_size: int | None = None) -> None:
         """Decode latents larger than a tile in overlapping `tile_size` px tiles (default: the VAE's
         sample_size), as diffusers' `enable_vae_tiling()`: less memory, pixels slightly unlike the
@@ -286,6 +360,10 @@ class Pipeline:
 
     def engine(self, component: str) -> Engine:
         if component not in self.engines:
+            if self.low_memory:
+                from sdrt.runtime.low_memory import make_room
+
+                make_room(self, component)
             swapped = self.vae_manifest is not None and component in ("vae_decoder", "vae_encoder")
             self.engines[component] = self.backend.load(self.vae_manifest if swapped else self.manifest, component)
         return self.engines[component]
@@ -295,6 +373,8 @@ class Pipeline:
         for engine in self.engines.values():
             engine.close()
         self.engines.clear()
+        if hasattr(self, "controlnets"):
+            self.controlnets.close()
         self.backend.close()
 
 

@@ -27,8 +27,8 @@ import numpy as np
 
 from sdrt.engines.base import Engine
 from sdrt.errors import SdrtError
-from sdrt.runtime import added_conditioning, conditioning, images as imageio, memory_guard, metadata, prompts as text
-from sdrt.runtime import variation
+from sdrt.runtime import (added_conditioning, conditioning, controlnet, images as imageio, memory_guard, metadata,
+                          prompts as text, variation)
 from sdrt.runtime.prompt_chunks import max_text_tokens
 from sdrt.runtime.call import Call, check as check_call
 from sdrt.runtime.denoise import Blend, StepCallback, cut_timesteps_end, denoise, start_at
@@ -63,6 +63,8 @@ class UNetPipeline(Pipeline):
 
         made = get_scheduler(self.scheduler_config if scheduler is None else scheduler, self.scheduler_config)
         if self.manifest.pipeline.get("class_name") not in self.family_spec.scheduler_config_fixes:
+            return made
+        if len(self.controlnets):  # diffusers' ControlNet pipelines apply none of these fixes
             return made
         fixes = {key: value
                  for key, (outdated, value) in SCHEDULER_CONFIG_FIXES[mode].items()
@@ -101,7 +103,10 @@ class UNetPipeline(Pipeline):
                  denoising_start: float | None = None, denoising_end: float | None = None,
                  prompt_syntax: str | None = None, subseed: int | Sequence[int] | None = None,
                  subseed_strength: float = 0.0, seed_resize_from_h: int = 0,
-                 seed_resize_from_w: int = 0) -> PipelineOutput:
+                 seed_resize_from_w: int = 0,
+                 control_image: Any = None, controlnet_conditioning_scale: float | Sequence[float] | None = None,
+                 control_guidance_start: float | Sequence[float] = 0.0,
+                 control_guidance_end: float | Sequence[float] = 1.0, guess_mode: bool = False) -> PipelineOutput:
         """Generate; safe from many threads (calls run one at a time, see the module docstring).
 
         `seed`: an int s (image i uses s + i), one int per image, or None / -1 for a random one.
@@ -110,7 +115,11 @@ class UNetPipeline(Pipeline):
         the base -> refiner hand-off (`denoising_end` with output_type="latent", `denoising_start`).
         AUTOMATIC1111's: `prompt_syntax="a1111"` reads emphasis, BREAK and prompts past 77 tokens
         (default: diffusers' way), and the variation seeds `subseed`, `subseed_strength`,
-        `seed_resize_from_h/w` (`sdrt.runtime.variation`)."""
+        `seed_resize_from_h/w` (`sdrt.runtime.variation`).
+        With ControlNets (`Pipeline.load(..., controlnet=...)`): `control_image` (one per ControlNet),
+        `controlnet_conditioning_scale` (default: diffusers' for the mode, e.g. 1.0 txt2img, 0.8 img2img,
+        0.5 SD inpainting), `control_guidance_start` / `_end` (each a value or one per ControlNet) and
+        `guess_mode`, as diffusers' ControlNet pipelines take them."""
         arguments = dict(locals())
         del arguments["self"]
         return self._run(self._generate, arguments)
@@ -122,6 +131,8 @@ class UNetPipeline(Pipeline):
         call = check_call(self.family_spec, self.manifest.folder, arguments, inputs=self._inputs,
                           size_of=self._size, latent_channels=self.latent_channels,
                           vae_scale_factor=self.vae_scale_factor, guidance_is_embedded=self.time_cond_dim is not None)
+        control = controlnet.check(len(self.controlnets), arguments, prompts=len(call.prompts), height=call.height,
+                                   width=call.width, default_scale=self.family_spec.controlnet_scale.get(call.mode, 1.0))
         # 2. Encode the prompts (unconditional rows first under classifier-free guidance).
         self.embeddings.used.clear()
         with timings.measure("text_encoder"):
@@ -141,12 +152,21 @@ class UNetPipeline(Pipeline):
         if call.denoising_end is not None:
             timesteps = cut_timesteps_end(timesteps, call.denoising_end,
                                           int(sched.config.get("num_train_timesteps", 1000)))
-        # 5. The denoiser's per-call inputs, bound once for the whole loop.
-        denoiser, model_in = self._bind_denoiser(call, cond, start)
+        # 5. The denoiser's per-call inputs, bound once for the whole loop (and the ControlNets').
+        denoiser, model_in, fixed = self._bind_denoiser(call, cond, start)
+        before_unet = None
+        if control is not None:
+            before_unet = controlnet.ControlStep(
+                self.controlnets, control, denoiser, fixed, images=call.n, per_prompt=call.per_prompt,
+                guidance=call.cfg, steps=len(timesteps), latent_channels=self.latent_channels,
+                dims=dict(denoiser.dims or {}))
+        elif self.manifest.pipeline.get("residual_inputs"):  # ControlNets loaded, none in this call
+            controlnet.zero_residuals(denoiser)
         # 6. The denoising loop.
         x = denoise(denoiser, sched, timesteps, x, model_in, images=call.n, latent_channels=self.latent_channels,
                     guidance=call.cfg, guidance_scale=call.guidance, guidance_rescale=call.rescale,
-                    blend=start.blend, rng=call.rng, callback=arguments["callback"], timings=timings)
+                    blend=start.blend, rng=call.rng, callback=arguments["callback"], timings=timings,
+                    before_unet=before_unet)
         # 7. Decode (or hand back the latents).
         if call.output_type == "latent":
             result = x
@@ -156,6 +176,8 @@ class UNetPipeline(Pipeline):
         timings.total = time.perf_counter() - t_call
         # 8. Describe the call (what the PNG metadata and the API answers record).
         parameters = self._describe(call, sched, x)
+        if control is not None:
+            parameters["controlnets"] = control.describe(self.controlnets.names)
         images_out = imageio.to_pil(result) if call.output_type == "pil" else result
         return PipelineOutput(images_out, call.seed, timings, parameters, call.seeds)
 
@@ -210,10 +232,12 @@ class UNetPipeline(Pipeline):
         start = _Start(mask_lat, masked_lat, Blend(image_lat, noise, mask_lat) if blend else None)
         return np.asarray(x, dtype=np.float32), start
 
-    def _bind_denoiser(self, call: Call, cond: text.TextConditioning, start: "_Start") -> tuple[Engine, np.ndarray]:
+    def _bind_denoiser(self, call: Call, cond: text.TextConditioning,
+                       start: "_Start") -> tuple[Engine, np.ndarray, dict[str, np.ndarray]]:
         """Step 5: prepare the denoiser for this call's shapes and bind what stays fixed over the loop (text
-        embeddings, SDXL's text_embeds and time_ids, LCM's guidance embedding); returns it and the
-        input buffer the loop writes (inpainting UNets: mask and masked-image channels filled)."""
+        embeddings, SDXL's text_embeds and time_ids, LCM's guidance embedding); returns it, the
+        input buffer the loop writes (inpainting UNets: mask and masked-image channels filled) and the
+        text conditioning it bound (what ControlNets take too)."""
         n, C, f = call.n, self.latent_channels, self.vae_scale_factor
         h, w = call.height // f, call.width // f
         engine = self.engine(self.denoiser)
@@ -221,14 +245,16 @@ class UNetPipeline(Pipeline):
         memory_guard.check_fits(self.backend_name, self.backend.attention_bytes, self._denoiser_config, batch,
                                 call.height, call.width, f, n)
         engine.prepare({"B": batch, "h": h, "w": w, "L": cond.hidden.shape[1]})
-        engine.set_input(N.ENCODER_HIDDEN_STATES, cond.hidden)
+        fixed = {N.ENCODER_HIDDEN_STATES: cond.hidden}
         if self.family_spec.size_conditioning:
             size_cond = added_conditioning.size_conditioning(call.height, call.width, call.sizes, call.aesthetic_score,
                                                              call.negative_aesthetic_score)
-            engine.set_input(N.TEXT_EMBEDS, cond.pooled)
-            engine.set_input(N.TIME_IDS, added_conditioning.time_ids(
+            fixed[N.TEXT_EMBEDS] = cond.pooled
+            fixed[N.TIME_IDS] = added_conditioning.time_ids(
                 size_cond, mode=call.mode, aesthetic=self.family_spec.aesthetic_score
-                or bool(self.manifest.pipeline.get("requires_aesthetics_score")), images=n, guidance=call.cfg))
+                or bool(self.manifest.pipeline.get("requires_aesthetics_score")), images=n, guidance=call.cfg)
+        for name, value in fixed.items():
+            engine.set_input(name, value)
         if self.time_cond_dim is not None:
             engine.set_input(N.TIMESTEP_COND, added_conditioning.guidance_embedding(call.guidance, n, self.time_cond_dim))
         model_in = np.zeros((batch, self.unet_in_channels, h, w), dtype=np.float32)
@@ -236,7 +262,7 @@ class UNetPipeline(Pipeline):
             halves = 2 if call.cfg else 1
             model_in[:, C:C + 1] = np.concatenate([start.mask_latents] * halves)
             model_in[:, C + 1:] = np.concatenate([start.masked_latents] * halves)
-        return engine, model_in
+        return engine, model_in, fixed
 
     def _describe(self, call: Call, sched: Any, x: np.ndarray) -> dict[str, Any]:
         """Step 8: what the call was (its PNG metadata, the API's info): enough to redo any image."""

@@ -23,8 +23,8 @@ from fastapi import APIRouter, Request
 from PIL import Image
 
 from sdrt.errors import SdrtError
-from sdrt.runtime.infotext import a1111_parameters, hires_fields
-from sdrt.serve import samplers
+from sdrt.runtime.infotext import a1111_parameters, controlnet_unit, hires_fields
+from sdrt.serve import controlnets, samplers
 from sdrt.serve.a1111_models import ImageAnswer, Img2ImgRequest, Txt2ImgRequest
 from sdrt.serve.access_log import note
 from sdrt.serve.dispatch import png_base64, run_job
@@ -39,6 +39,8 @@ UNSUPPORTED = {"restore_faces": False, "tiling": False, "script_name": None, "al
 def _check_supported(body: Txt2ImgRequest) -> None:
     for name, default in UNSUPPORTED.items():
         value = getattr(body, name)
+        if name == "alwayson_scripts":  # ControlNet units are read (sdrt.serve.controlnets); any other script is not
+            value = {k: v for k, v in (value or {}).items() if k.lower() != "controlnet"}
         if value not in (default, None) and not (name == "alwayson_scripts" and not value):
             raise RequestRejected(f"{name}={value!r} is not supported by sdrt serve: leave it at {default!r}")
     if body.save_images:
@@ -114,16 +116,21 @@ def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
     syntax = SYNTAXES[settings["prompt_syntax"]]
     if syntax not in getattr(service.pipelines[model], "prompt_syntaxes", (None, "a1111")):
         syntax = None  # a family whose prompts sdrt reads only diffusers' way (SD3 today)
+    flow = samplers.flow_model(service.pipelines[model])  # SD3 / Flux take the flow-matching samplers
     request = GenerationRequest(
         model=model, prompt=prompt, negative_prompt=negative, n=body.batch_size * body.n_iter,
         width=body.width, height=body.height, steps=body.steps,
-        sampler=samplers.resolve(body.sampler_name or body.sampler_index, body.scheduler),
+        sampler=samplers.resolve(body.sampler_name or body.sampler_index, body.scheduler, flow=flow),
         guidance_scale=body.cfg_scale, seed=_seed(body.seed), loras=loras, syntax=syntax,
         text_chunks=_text_chunks(service.pipelines[model], syntax, (prompt, negative)),
         clip_skip=settings["CLIP_stop_at_last_layers"] - 1 or None,
         subseed=_seed(body.subseed), subseed_strength=body.subseed_strength,
         seed_resize=resize if min(resize) > 0 else None, hires=_hires(body, service, model),
         vae=None if settings["sd_vae"] in OWN_VAE else (settings["sd_vae"], str(service.vaes[settings["sd_vae"]])))
+    units = controlnets.scripts_units(body.alwayson_scripts)
+    if units:
+        request.controlnets = controlnets.parse_units(units, service.controlnets, limits, width=body.width,
+                                                      height=body.height)
     if isinstance(body, Img2ImgRequest):
         if not body.init_images:
             raise RequestRejected("init_images is empty: send one base64 image")
@@ -148,6 +155,8 @@ def _answer(body: Txt2ImgRequest, request: GenerationRequest, result: Any, servi
     infotexts = [a1111_parameters(params, index) for index in range(len(result.seeds))]
     n = request.n
     extra: dict[str, Any] = {"Backend": params["backend"]}
+    for i, unit in enumerate(params.get("controlnets", [])):
+        extra[f"ControlNet {i}"] = controlnet_unit(unit)
     if params.get("loras"):  # as A1111 writes them (name: short hash), never the server's paths
         extra["Lora hashes"] = ", ".join(f"{lora['name']}: {lora['hash']}" for lora in params["loras"])
     extra.update(hires_fields(params.get("hires")))
@@ -162,7 +171,7 @@ def _answer(body: Txt2ImgRequest, request: GenerationRequest, result: Any, servi
         "seed_resize_from_w": request.seed_resize[1] if request.seed_resize else -1,
         "seed_resize_from_h": request.seed_resize[0] if request.seed_resize else -1,
         "width": request.width, "height": request.height, "sampler_name": sampler,
-        "scheduler": body.scheduler or "Automatic", "cfg_scale": request.guidance_scale, "steps": request.steps,
+        "scheduler": params.get("schedule_type") or body.scheduler or "Automatic", "cfg_scale": request.guidance_scale, "steps": request.steps,
         "batch_size": body.batch_size, "restore_faces": False, "sd_model_name": request.model,
         "sd_model_hash": params.get("model_hash"), "sd_vae_name": request.vae[0] if request.vae else None, "denoising_strength": strength,
         "extra_generation_params": extra, "index_of_first_image": 0,
@@ -204,13 +213,18 @@ def router(service: Any) -> APIRouter:
 
     @api.get("/samplers")
     async def sampler_list() -> list[dict[str, Any]]:
-        return samplers.listing()
+        kinds = [samplers.flow_model(pipe) for pipe in service.pipelines.values()]
+        return samplers.listing(unet=not all(kinds), flow=any(kinds))
+
+    @api.get("/schedulers")
+    async def schedule_list() -> list[dict[str, Any]]:
+        return samplers.schedule_listing(flow=any(samplers.flow_model(p) for p in service.pipelines.values()))
 
     @api.get("/loras")
     async def lora_list() -> list[dict[str, Any]]:
         return service.loras.listing()
 
-    @api.get("/scripts")
+    @api.get("/scripts")  # (sd-webui-controlnet's own routes: controlnet_router)
     async def scripts() -> dict[str, list]:
         return {"txt2img": [], "img2img": []}
 
@@ -235,4 +249,25 @@ def router(service: Any) -> APIRouter:
     from sdrt.serve import a1111_extras
 
     a1111_extras.add_routes(api, service)
+    return api
+
+
+def controlnet_router(service: Any) -> APIRouter:
+    """sd-webui-controlnet's routes: the ControlNets (by name), the preprocessors, the API version."""
+    api = APIRouter(prefix="/controlnet")
+
+    @api.get("/model_list")
+    async def model_list() -> dict[str, list[str]]:
+        return {"model_list": service.controlnets.names()}
+
+    @api.get("/module_list")
+    async def module_list() -> dict[str, Any]:
+        from sdrt.runtime.preprocessors import module_list as names
+
+        return {"module_list": names(), "module_detail": {}}
+
+    @api.get("/version")
+    async def version() -> dict[str, int]:
+        return {"version": controlnets.API_VERSION}
+
     return api

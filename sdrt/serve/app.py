@@ -190,6 +190,7 @@ def create_app(service: Any, *, api_key: str | None = None, cors_origins: tuple[
                                        500), status_code=500)
 
     app.include_router(a1111.router(service))
+    app.include_router(a1111.controlnet_router(service))
     app.include_router(openai_api.router(service))
 
     @app.get("/healthz")

@@ -2,7 +2,7 @@
 
 A job waits in its model's queue until the worker takes it. The worker takes the oldest job, then,
 for up to `batch_wait_s`, gathers every queued job with the same batch key (same mode, size,
-steps, sampler, guidance, strength, LoRAs) until the batch holds `max_batch` images; other jobs keep their
+steps, sampler, guidance, strength, LoRAs, ControlNet units) until the batch holds `max_batch` images; other jobs keep their
 place in line. A full queue refuses new jobs at once (the HTTP layer answers 429); cancelled jobs
 (client gone, timed out) are dropped when they come up.
 """
@@ -52,6 +52,7 @@ class GenerationRequest:
     seed_resize: tuple | None = None  # (height, width) the seed's noise is drawn at
     hires: Any = None  # sdrt.runtime.hires.HiresFix (txt2img only)
     vae: tuple | None = None  # (NAME, DIR) of a --vae of the server; None: the model's own
+    controlnets: tuple = ()  # sdrt.serve.controlnets.Unit per enabled ControlNet unit
 
     def __post_init__(self) -> None:
         self.loras = tuple((str(path), float(scale)) for path, scale in self.loras)
@@ -73,7 +74,8 @@ class GenerationRequest:
         strength = self.strength if self.init_image is not None else None
         return (self.model, self.mode, self.width, self.height, self.steps, self.sampler,
                 self.guidance_scale, strength, self.loras, self.syntax, self.text_chunks, self.clip_skip,
-                self.subseed_strength, self.seed_resize, self.hires, self.vae)
+                self.subseed_strength, self.seed_resize, self.hires, self.vae,
+                tuple(unit.key for unit in self.controlnets))
 
 
 _ids = itertools.count(1)

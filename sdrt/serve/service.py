@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sdrt.errors import SdrtError
+from sdrt.serve import controlnets
+from sdrt.serve.controlnets import ControlNetCatalog
 from sdrt.serve.loras import LoraCatalog, LoraSwitchFailed, rejection, use_loras
 from sdrt.serve.queueing import GenerationRequest, Job, JobCancelled, JobQueue, QueueFull
 
@@ -58,9 +60,12 @@ def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> l
     """One pipeline call for compatible jobs (same LoRAs and VAE, set first): prompts repeated per image, one
     seed each; with the hires fix, its two passes."""
     first = jobs[0].request
+    if first.controlnets or getattr(pipe, "controlnets", None):  # before the LoRAs: it may reload the UNet
+        pipe.set_controlnets([unit.folder for unit in first.controlnets])
     use_loras(pipe, first.loras)  # a no-op when the pipeline has them already
     if hasattr(pipe, "use_vae"):
         pipe.use_vae(first.vae[1] if first.vae else None)  # (name, folder) of a --vae, or the model's own
+    control = controlnets.call_arguments([j.request.controlnets for j in jobs], [j.request.n for j in jobs])
     prompts = [j.request.prompt for j in jobs for _ in range(j.request.n)]
     negatives = [j.request.negative_prompt for j in jobs for _ in range(j.request.n)]
     seeds = [s for j in jobs for s in j.request.seeds]
@@ -69,7 +74,7 @@ def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> l
     t0 = time.perf_counter()
     call = dict(negative_prompt=negatives, num_inference_steps=first.steps, guidance_scale=first.guidance_scale,
                 height=first.height, width=first.width, num_images_per_prompt=1, seed=seeds, scheduler=first.sampler,
-                callback=callback, **_features(first, jobs))
+                callback=callback, **_features(first, jobs), **control)
     try:
         if first.hires is not None:
             from sdrt.runtime.hires import generate
@@ -89,6 +94,8 @@ def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> l
                   "seed": job.request.seed, "seeds": job.request.seeds, "num_images_per_prompt": n}
         if "subseeds" in params:
             params.update(subseed=job.request.subseed, subseeds=job.request.subseeds)
+        if job.request.controlnets:  # names as the request gave them, never the server's folders
+            params["controlnets"] = controlnets.describe(job.request.controlnets)
         results.append(JobResult(list(out.images[start:start + n]), job.request.seeds, params, len(seeds), seconds))
         start += n
     return results
@@ -204,7 +211,8 @@ class Service:
 
     def __init__(self, pipelines: dict[str, Any], *, limits: Any, queue_size: int = 64, max_batch: int = 4,
                  batch_wait_s: float = 0.01, timeout_s: float = 600.0, metrics: Any = None,
-                 loras: LoraCatalog | None = None, styles: Any = None, vaes: dict[str, Any] | None = None):
+                 loras: LoraCatalog | None = None, styles: Any = None, vaes: dict[str, Any] | None = None,
+                 controlnets: ControlNetCatalog | None = None):
         from sdrt.serve.settings import Options
         from sdrt.serve.styles import Styles
 
@@ -215,6 +223,7 @@ class Service:
         self.styles = styles or Styles()
         self.vaes = dict(vaes or {})  # --vae NAME=DIR: name -> folder (each pipeline loads it on first use)
         self.options = Options(list(pipelines), list(self.vaes))
+        self.controlnets = controlnets or ControlNetCatalog()
         self.pipelines = dict(pipelines)
         self.workers = {name: ModelWorker(name, pipe, queue_size, max_batch, batch_wait_s, metrics)
                         for name, pipe in self.pipelines.items()}

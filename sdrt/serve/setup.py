@@ -56,9 +56,9 @@ def limits_from(args: Any) -> Any:
 
 
 def backend_options(args: Any) -> dict[str, Any]:
-    from sdrt.runtime.load_options import cuda_graph_options, vae_tiling_options
+    from sdrt.runtime.load_options import cuda_graph_options, low_memory_options, vae_tiling_options
 
-    return cuda_graph_options(args) | vae_tiling_options(args)
+    return cuda_graph_options(args) | vae_tiling_options(args) | low_memory_options(args)
 
 
 def build_service(args: Any) -> Any:
@@ -67,11 +67,12 @@ def build_service(args: Any) -> Any:
     from sdrt.serve.loras import LoraCatalog
     from sdrt.serve.metrics import Metrics
     from sdrt.serve.service import Service
-
     from sdrt.serve.styles import Styles
+    from sdrt.serve.controlnets import ControlNetCatalog
 
     loras = LoraCatalog(getattr(args, "lora_dir", None))
     styles = Styles(getattr(args, "styles", None))
+    controlnets = ControlNetCatalog(getattr(args, "controlnet_dir", None))
     folders = model_folders(args.model)
     options = backend_options(args)
     pipelines = {name: Pipeline.load(folder, backend=args.backend, precision=args.precision, **options)
@@ -91,4 +92,4 @@ def build_service(args: Any) -> Any:
                 pipe.load_textual_inversion(path)
     return Service(pipelines, limits=limits_from(args), queue_size=args.queue_size, max_batch=args.max_batch,
                    batch_wait_s=args.batch_wait_ms / 1000.0, timeout_s=args.timeout, metrics=Metrics(), loras=loras,
-                   styles=styles, vaes=vaes)
+                   styles=styles, vaes=vaes, controlnets=controlnets)

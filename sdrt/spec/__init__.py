@@ -7,14 +7,15 @@ family behaviour. No other module spells a tensor name, a shape or a family fact
 lean runtime imports it.
 """
 
-from sdrt.spec.families import (FAMILIES, VARIANTS, Family, ModelSpec, component_names, family,
+from sdrt.spec.families import (FAMILIES, VARIANTS, Family, ModelSpec, component_names, controlnet_spec, family,
                                 family_of_pipeline, lora_prefixes, model_spec, supported_classes)
+from sdrt.spec.residuals import Residuals
 from sdrt.spec.tensors import (DYNAMIC_SYMBOLS, FLOAT, MODEL_SYMBOLS, TOKEN_LENGTH, ComponentSpec, Dim, N, Name,
                                TensorSpec, dtype_of, dynamic_axes, evaluate, model_values, shape_of, shapes,
                                symbols_of, unet_batch, used_symbols)
 
 __all__ = [
-    "FAMILIES", "VARIANTS", "Family", "ModelSpec", "component_names", "family", "family_of_pipeline", "lora_prefixes", "model_spec",
+    "FAMILIES", "VARIANTS", "Family", "ModelSpec", "Residuals", "component_names", "controlnet_spec", "family", "family_of_pipeline", "lora_prefixes", "model_spec",
     "supported_classes", "DYNAMIC_SYMBOLS", "FLOAT", "MODEL_SYMBOLS", "TOKEN_LENGTH", "ComponentSpec", "Dim", "N",
     "Name", "TensorSpec", "dtype_of", "dynamic_axes", "evaluate", "model_values", "shape_of", "shapes", "symbols_of",
     "unet_batch", "used_symbols",

@@ -21,6 +21,9 @@ family ``sd3``            SD3 / SD3.5 (MMDiT): two CLIPs with projection (penult
                           16-channel latents, a VAE with ``shift_factor``
 variant ``t5``            SD3 with its T5 encoder (``text_encoder_3``); without it the runtime
                           feeds zeros in its place, as diffusers does
+``controlnet``            a family that takes ControlNets (sd, sdxl): a ControlNet folder's only
+                          component, and its UNet's residual inputs (``model_spec(...,
+                          residuals=layout)``; see `sdrt.spec.residuals`)
 ========================  ====================================================================
 
 Tensor names are Optimum's where Optimum has one (``text_embeds``, ``time_ids``,
@@ -32,11 +35,13 @@ final layer norm of the ``k+1``-th last layer; "penultimate": the raw ``k+2``-th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from sdrt.errors import SdrtError
+from sdrt.spec.residuals import Residuals
 from sdrt.spec.tensors import FLOAT, MODEL_SYMBOLS, N, ComponentSpec, TensorSpec, symbols_of
 
 T = TensorSpec
@@ -161,6 +166,13 @@ class Family:
     optional_modules: tuple[str, ...] = ()
     #: tokenizer folder -> its kind when it is not CLIP's ("t5": a SentencePiece Unigram tokenizer.json)
     tokenizer_kinds: Mapping[str, str] = field(default_factory=dict)
+    #: component -> the original (non-diffusers) module tree kohya's files name its layers after:
+    #: "ldm" (the SGM/LDM UNet of SDXL files), "mmdit" (Stability's SD3 MMDiT: fused q/k/v)
+    lora_names: Mapping[str, str] = field(default_factory=dict)
+    #: it takes ControlNets: mode -> the diffusers ControlNet pipeline class that runs it (the reference)
+    controlnet: Mapping[str, str] = field(default_factory=dict)
+    #: those pipelines' default controlnet_conditioning_scale per mode
+    controlnet_scale: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -194,6 +206,14 @@ _UNET = ("diffusers", "UNet2DConditionModel")
 _VAE = ("diffusers", "AutoencoderKL")
 _SD3_MODES = {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
               "inpaint": "StableDiffusion3InpaintPipeline"}
+#: SD3's: diffusers/PEFT (transformer., text_encoder., text_encoder_2.; PEFT's bare base_model.model.),
+#: kohya sd-scripts (lora_unet_ = the MMDiT's original names, lora_te1_/2_/3_ = CLIP-L, CLIP-G, T5),
+#: OneTrainer (lora_transformer_ = diffusers names, underscored), SimpleTuner's LyCORIS-LoRA
+#: (lycoris_), ComfyUI's generic diffusion_model. (the MMDiT's original names)
+_SD3_LORA = {"transformer.": "transformer", "base_model.model.": "transformer", "lora_unet_": "transformer",
+             "lora_transformer_": "transformer", "lycoris_": "transformer", "diffusion_model.": "transformer",
+             "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2", "lora_te3_": "text_encoder_3",
+             "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
 _SDXL_LORA = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
               "unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
 
@@ -207,8 +227,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         text_encoders={"text_encoder": ("tokenizer", "prompt")}, denoiser="unet", runtime="unet",
         default_scheduler="PNDMScheduler", text_layer="last",
         lora_prefixes={"lora_unet_": "unet", "lora_te_": "text_encoder", "unet.": "unet",
-                       "text_encoder.": "text_encoder"},
+                       "text_encoder.": "text_encoder"}, lora_names={"unet": "ldm"},
         scheduler_config_fixes=tuple(dict.fromkeys(_SD_MODES.values())),
+        controlnet={"txt2img": "StableDiffusionControlNetPipeline",
+                    "img2img": "StableDiffusionControlNetImg2ImgPipeline",
+                    "inpaint": "StableDiffusionControlNetInpaintPipeline"},
+        controlnet_scale={"txt2img": 1.0, "img2img": 0.8, "inpaint": 0.5},
     ),
     Family(
         "sdxl", "SDXL base (and Turbo)",
@@ -217,7 +241,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         components=_sdxl_components, variants=("timestep_cond",),
         text_encoders={"text_encoder": ("tokenizer", "prompt"), "text_encoder_2": ("tokenizer_2", "prompt_2")},
         denoiser="unet", runtime="unet", default_scheduler="EulerDiscreteScheduler", text_layer="penultimate",
-        lora_prefixes=_SDXL_LORA, default_strength={"img2img": 0.3, "inpaint": 0.9999}, size_conditioning=True,
+        lora_prefixes=_SDXL_LORA, lora_names={"unet": "ldm"}, default_strength={"img2img": 0.3, "inpaint": 0.9999},
+        size_conditioning=True,
+        controlnet={"txt2img": "StableDiffusionXLControlNetPipeline",
+                    "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+                    "inpaint": "StableDiffusionXLControlNetInpaintPipeline"},
+        controlnet_scale={"txt2img": 1.0, "img2img": 0.8, "inpaint": 1.0},
     ),
     Family(
         "sdxl-refiner", "SDXL refiner",
@@ -227,7 +256,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         # diffusers pairs the prompts with the encoders a pipeline has: the refiner's one gets `prompt`
         text_encoders={"text_encoder_2": ("tokenizer_2", "prompt")},
         denoiser="unet", runtime="unet", default_scheduler="EulerDiscreteScheduler", text_layer="penultimate",
-        lora_prefixes=_SDXL_LORA, default_strength={"img2img": 0.3, "inpaint": 0.9999}, txt2img=False,
+        lora_prefixes=_SDXL_LORA, lora_names={"unet": "ldm"}, default_strength={"img2img": 0.3, "inpaint": 0.9999},
+        txt2img=False,
         size_conditioning=True, aesthetic_score=True,
     ),
     Family(
@@ -243,8 +273,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         tokenizer_kinds={"tokenizer_3": "t5"},
         denoiser="transformer", runtime="sd3", default_scheduler="FlowMatchEulerDiscreteScheduler",
         text_layer="penultimate",
-        lora_prefixes={"transformer.": "transformer", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
-                       "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"},
+        lora_prefixes=_SD3_LORA, lora_names={"transformer": "mmdit"},
         default_strength={"img2img": 0.6, "inpaint": 0.6},
     ),
 )}
@@ -332,21 +361,62 @@ class ModelSpec:
         return tuple(s for s in MODEL_SYMBOLS if s in found)
 
 
-def model_spec(family_name: str, variants: Iterable[str] = ()) -> ModelSpec:
-    """The spec of a model of this family with these variants (one line for an unknown one)."""
+def model_spec(family_name: str, variants: Iterable[str] = (), residuals: Residuals | None = None) -> ModelSpec:
+    """The spec of a model of this family with these variants (one line for an unknown one).
+
+    `residuals`: the denoiser also takes ControlNet residuals of this layout (after its other inputs)."""
     entry = family(family_name)
     given = tuple(variants)
     unknown = [v for v in given if v not in entry.variants]
     if unknown:
         raise SdrtError(f"unknown model variant {unknown[0]!r} for the {entry.name} family (it knows "
                         f"{', '.join(entry.variants) or 'none'}): upgrade sdrt, or export the model again")
-    return _model_spec(entry.name, tuple(v for v in entry.variants if v in given))
+    if residuals is not None and not entry.controlnet:
+        raise SdrtError(f"a {entry.title} model takes no ControlNet: leave controlnet out")
+    return _model_spec(entry.name, tuple(v for v in entry.variants if v in given), residuals)
 
 
 @functools.lru_cache(maxsize=None)
-def _model_spec(family_name: str, variants: tuple[str, ...]) -> ModelSpec:
+def _model_spec(family_name: str, variants: tuple[str, ...], residuals: Residuals | None = None) -> ModelSpec:
     entry = FAMILIES[family_name]
-    return ModelSpec(entry, variants, entry.components(variants))
+    components = entry.components(variants)
+    if residuals is not None:
+        components = tuple(dataclasses.replace(c, inputs=c.inputs + residuals.tensors()) if c.name == entry.denoiser
+                           else c for c in components)
+    return ModelSpec(entry, variants, components)
+
+
+#: rows of a ControlNet per image: guess mode runs it on the conditional half only
+CONTROLNET_BATCH = ((1, 2), (1, 1))
+
+
+def controlnet_component(entry: Family, residuals: Residuals, conditioning_channels: int) -> ComponentSpec:
+    """A ControlNet graph: the UNet's per-step inputs, the control image and one scale per residual (a
+    plain scale repeated, or guess mode's ramp) -> its residuals, already scaled."""
+    inputs = (
+        T(N.SAMPLE, FLOAT, ("B", "C", "h", "w")), UNET_INPUTS[1], UNET_INPUTS[2],
+        T(N.CONTROLNET_COND, FLOAT, ("B", conditioning_channels, "f*h", "f*w"), draw="image"),
+        T(N.CONDITIONING_SCALE, "float32", (residuals.count,), draw="scale"),
+    )
+    if entry.size_conditioning:
+        inputs += ADDED_COND
+    return ComponentSpec("controlnet", inputs=inputs, outputs=residuals.tensors(), source="controlnet",
+                         graph="controlnet", batch=CONTROLNET_BATCH)
+
+
+def controlnet_spec(family_name: str, residuals: Residuals, conditioning_channels: int) -> ModelSpec:
+    """The spec of a ControlNet folder made for bases of this family (its one component: controlnet)."""
+    entry = family(family_name)
+    if not entry.controlnet:
+        raise SdrtError(f"the {entry.title} family takes no ControlNet (families that do: "
+                        f"{', '.join(f.name for f in FAMILIES.values() if f.controlnet)})")
+    return _controlnet_spec(entry.name, residuals, int(conditioning_channels))
+
+
+@functools.lru_cache(maxsize=None)
+def _controlnet_spec(family_name: str, residuals: Residuals, conditioning_channels: int) -> ModelSpec:
+    entry = FAMILIES[family_name]
+    return ModelSpec(entry, (), (controlnet_component(entry, residuals, conditioning_channels),))
 
 
 def component_names() -> tuple[str, ...]:

@@ -19,7 +19,8 @@ A component's tensors are `TensorSpec`s whose shapes are tuples of expressions o
 ====== ==========================================================
 
 An expression is an int, a symbol, a product such as ``"f*h"`` or ``"2*C"``, or a sum of those
-such as ``"S+L"`` (SD3's joint text: 77 CLIP tokens, then the T5 ones). ``B``, ``h``, ``w``
+such as ``"S+L"`` (SD3's joint text: 77 CLIP tokens, then the T5 ones); a factor may be divided by a
+whole number, rounded up (``"h/2"``: what a stride-2 convolution leaves of ``h``). ``B``, ``h``, ``w``
 and ``L`` change from call to call (the dynamic axes of every graph); the others are fixed by the
 model and recorded in its manifest. An engine prepared without ``L`` takes ``S`` tokens (one chunk). This module is pure Python: the lean runtime imports it.
 """
@@ -50,7 +51,8 @@ class TensorSpec:
     shape: tuple[Dim, ...]
     optional: bool = False  # an output some exports lack (pooler_output)
     #: the range realistic values of an input lie in (export checks draw from it): "normal",
-    #: "ids" (token ids), "timestep" ([0, 1000)), "image" ([-1, 1]), "pixels" (sizes in [0, 1024))
+    #: "ids" (token ids), "timestep" ([0, 1000)), "image" ([-1, 1]), "pixels" (sizes in [0, 1024)),
+    #: "scale" ([0, 2): a ControlNet's conditioning scale)
     draw: str = "normal"
 
 
@@ -123,6 +125,14 @@ class Name:
     LATENTS = "hidden_states"
     OUT_LATENTS = "out_hidden_states"
     POOLED_PROJECTIONS = "pooled_projections"
+    CONTROLNET_COND = "controlnet_cond"  # a ControlNet's control image, [0, 1]
+    CONDITIONING_SCALE = "conditioning_scale"  # a ControlNet's scale per residual (guess mode: a ramp)
+    MID_BLOCK_RESIDUAL = "mid_block_residual"
+    DOWN_BLOCK_RESIDUAL = "down_block_residual"  # + "_<i>": the i-th down-block residual
+
+    @staticmethod
+    def down_block_residual(index: int) -> str:
+        return f"{Name.DOWN_BLOCK_RESIDUAL}_{index}"
 
 
 N = Name
@@ -133,29 +143,39 @@ def _factors(dim: str) -> list[list[str]]:
     return [[f.strip() for f in term.split("*")] for term in dim.split("+")]
 
 
+def _term(term: str, values: Mapping[str, int]) -> int:
+    """One factor: a number, a symbol, or either divided by a whole number and rounded up (``"h/4"``)."""
+    base, _, divisor = (part.strip() for part in term.partition("/"))
+    if base.isdigit():
+        value = int(base)
+    elif base not in values:
+        raise KeyError(f"shape symbol {base!r} has no value (have: {sorted(values)})")
+    else:
+        value = int(values[base])
+    return -(-value // int(divisor)) if divisor else value
+
+
 def evaluate(dim: Dim, values: Mapping[str, int]) -> int:
-    """Value of one shape expression (``3``, ``"h"``, ``"f*h"``, ``"2*C"``, ``"S+L"``) for given symbols."""
+    """Value of one shape expression (``3``, ``"h"``, ``"f*h"``, ``"2*C"``, ``"S+L"``, ``"h/2"``) for given
+    symbols."""
     if isinstance(dim, int):
         return dim
     total = 0
     for factors in _factors(dim):
         result = 1
         for term in factors:
-            if term.isdigit():
-                result *= int(term)
-            else:
-                if term not in values:
-                    raise KeyError(f"shape symbol {term!r} has no value (have: {sorted(values)})")
-                result *= int(values[term])
+            result *= _term(term, values)
         total += result
     return total
 
 
 def symbols_of(dim: Dim) -> tuple[str, ...]:
-    """The symbols an expression uses: ``"f*h"`` -> ``("f", "h")``, ``"S+L"`` -> ``("S", "L")``."""
+    """The symbols an expression uses: ``"f*h"`` -> ``("f", "h")``, ``"S+L"`` -> ``("S", "L")``,
+    ``"h/2"`` -> ``("h",)``."""
     if isinstance(dim, int):
         return ()
-    return tuple(t for factors in _factors(dim) for t in factors if not t.isdigit())
+    bases = (t.split("/")[0].strip() for factors in _factors(dim) for t in factors)
+    return tuple(b for b in bases if not b.isdigit())
 
 
 def shape_of(tensor: TensorSpec, values: Mapping[str, int]) -> tuple[int, ...]:

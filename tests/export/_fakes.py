@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from sdrt import residual_graph, spec
+
 
 def corrupt(path: Path) -> None:
     """Double the largest weight of a graph: a wrong graph that still runs."""
@@ -32,7 +34,12 @@ def copying_export(folder: Path, *, corrupt_component: str | None = None,
         component = comp.name
         if before is not None:
             before(component)
-        shutil.copyfile(folder / component / "model.onnx", path)
+        stored = folder / component / "model.onnx"
+        if spec.Name.MID_BLOCK_RESIDUAL in comp.input_names:
+            # a UNet traced with ControlNet residual inputs: the stored graph with them added back
+            residual_graph.add_inputs(stored, path, comp, kwargs.get("precision", "fp32"))
+        else:
+            shutil.copyfile(stored, path)
         if component == corrupt_component:
             corrupt(path)
 

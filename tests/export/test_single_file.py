@@ -46,7 +46,7 @@ def test_architecture_configs_and_weights(single_files, preset_source, preset, c
     src = source.load(str(single_files(preset, **extra)))
     folder = source.load(str(preset_source(preset)))
     assert src.kind == "single_file" and src.class_name == class_name and src.family.name == folder.family.name
-    assert src.config == (preset if preset != "tiny-inpaint" else "tiny")  # the inpainting UNet: tiny + 9 channels
+    assert src.config_preset == (preset if preset != "tiny-inpaint" else "tiny")  # the inpainting UNet: tiny + 9 channels
     assert src.scheduler_config["prediction_type"] == prediction
     for name, module in folder.modules.items():
         want, got = module.state_dict(), src.modules[name].state_dict()
@@ -151,7 +151,7 @@ def test_ckpt_needs_unsafe_pickle(single_files, tmp_path, capsys) -> None:
     assert code == 2 and "is a pickle (.ckpt): reading one can run any code" in err and "--unsafe-pickle" in err
     assert not (tmp_path / "out").exists()
     src = source.load(str(ckpt), unsafe_pickle=True)
-    assert src.config == "tiny" and src.kind == "single_file"
+    assert src.config_preset == "tiny" and src.kind == "single_file"
 
 
 def test_hugging_face_cache_ids(tiny_src, tmp_path, monkeypatch) -> None:
