@@ -339,7 +339,7 @@ def replace_vae(src: Source, path: Path) -> None:
 
     from sdrt.export import single_file
 
-    old = src.modules["vae"]
+    old = src.module("vae")
     try:
         if path.is_dir():
             new = diffusers.AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)

@@ -114,7 +114,7 @@ def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
         limits.check_size(resize[1], resize[0])
     prompt, loras = service.loras.resolve(prompt)  # <lora:NAME:SCALE> tags: names of --lora-dir files only
     syntax = SYNTAXES[settings["prompt_syntax"]]
-    if syntax not in getattr(service.pipelines[model], "prompt_syntaxes", (None, "a1111")):
+    if syntax not in getattr(service.pipelines[model], "prompt_syntaxes", (None,)):
         syntax = None  # a family whose prompts sdrt reads only diffusers' way (SD3 today)
     flow = samplers.flow_model(service.pipelines[model])  # SD3 / Flux take the flow-matching samplers
     request = GenerationRequest(

@@ -48,8 +48,8 @@ def test_architecture_configs_and_weights(single_files, preset_source, preset, c
     assert src.kind == "single_file" and src.class_name == class_name and src.family.name == folder.family.name
     assert src.config_preset == (preset if preset != "tiny-inpaint" else "tiny")  # the inpainting UNet: tiny + 9 channels
     assert src.scheduler_config["prediction_type"] == prediction
-    for name, module in folder.modules.items():
-        want, got = module.state_dict(), src.modules[name].state_dict()
+    for name in folder.modules:  # a folder's modules load on use
+        want, got = folder.module(name).state_dict(), src.module(name).state_dict()
         assert set(want) == set(got), name
         assert all(torch.equal(want[k], got[k]) for k in want), name
 
@@ -180,7 +180,7 @@ def test_the_export_never_asks_a_hub(single_files, monkeypatch) -> None:
     for name in ("hf_hub_download", "snapshot_download", "model_info"):
         monkeypatch.setattr(huggingface_hub, name, refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert source.load(str(single_files("tiny-sdxl"))).config == "tiny-sdxl"
+    assert source.load(str(single_files("tiny-sdxl"))).config_preset == "tiny-sdxl"
 
 
 def test_manifest_records_the_single_file(single_files, tmp_path) -> None:
