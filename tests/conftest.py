@@ -274,6 +274,9 @@ def tiny_flux_schnell_onnx(onnx_export: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux_fill_onnx(onnx_export: Callable[..., Path]) -> Path:
     return onnx_export("tiny-flux-fill")
+
+
+@pytest.fixture(scope="session")
 def tiny_sd3_streamed_onnx(_model_cache: Path) -> Path:
     """tiny-sd3 written with fp16 weights (as released SD3 folders are) and exported with its T5 and transformer
     streamed (sdrt.export.streamed: traced without weights, fp16 weights copied from the folder, fp32 compute)."""

@@ -132,12 +132,11 @@ def text_tokens(manifest: Any, max_sequence_length: int | None) -> int:
     """The text tokens (L) an engine takes: --max-sequence-length (a model with a T5 encoder: at most what
     its export allows), else the model's default call's (SD3: its pipeline's 256 as recorded at export,
     Flux: 512; the UNet families: one CLIP chunk, 77)."""
-    from sdrt.engines.tensorrt import default_request
     from sdrt.errors import SdrtError
 
     limit = manifest.pipeline.get("max_sequence_length")
-    if max_sequence_length is None:
-        return default_request(manifest).tokens
+    if max_sequence_length is None:  # as the model's default call (sdrt.engines.tensorrt.default_request)
+        return int(manifest.pipeline.get("default_max_sequence_length") or limit or spec.TOKEN_LENGTH)
     if limit is None:
         raise SdrtError(f"--max-sequence-length is for models with a T5 encoder (SD3, Flux); {manifest.folder} is a "
                         f"{manifest.family} model: leave it out")

@@ -131,7 +131,8 @@ def test_flux_parts_that_do_not_fit_are_one_line(change, needle):
     parts = presets.build_components("tiny-flux", device="meta")
     with torch.device("meta"):
         parts["transformer"] = diffusers.FluxTransformer2DModel(**{**TINY_FLUX_TRANSFORMER, **change})
-    src = type("Src", (), {"module": staticmethod(parts.get), "tokenizers": parts, "class_name": "FluxPipeline"})
+    src = type("Src", (), {"module": staticmethod(parts.get), "config": staticmethod(lambda name: parts[name].config),
+                           "tokenizers": parts, "class_name": "FluxPipeline"})
     with pytest.raises(SdrtError, match=needle):
         flux.pipeline_facts(src)
 

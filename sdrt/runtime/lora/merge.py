@@ -73,7 +73,8 @@ def resolve(loras: Sequence[tuple[LoraFile, float]], maps: Mapping[str, WeightMa
         for layer in lora.layers:  # a component the model lacks first: it names the family the file is for
             if layer.component not in tables:
                 raise SdrtError(f"LoRA {lora.name} targets {layer.component} (key {layer.key}), which this model "
-                                f"does not have: it was trained for another base model ({guess_base(layer.key, layer.component)})")
+                                f"does not have: it was trained for another base model "
+                                f"({guess_base([item.key for item in lora.layers], layer.component)})")
         for layer in lora.layers:
             modules, spelled, parts = tables[layer.component]
             module = spelled.get(layer.layer)
@@ -92,25 +93,28 @@ def resolve(loras: Sequence[tuple[LoraFile, float]], maps: Mapping[str, WeightMa
         if missing:
             raise SdrtError(f"LoRA {lora.name}: {matched} of {len(lora.layers)} layers match this model's layers "
                             f"(first unmatched key: {missing[0].key}): a LoRA for another base model or "
-                            f"architecture ({guess_base(missing[0].key)})")
+                            f"architecture ({guess_base([missing[0].key])})")
     return placed
 
 
 #: words in a LoRA key that name one kind of model's layers (said when a file does not fit)
-_BASES = (("double_blocks", "Flux.1"), ("single_blocks", "Flux.1"), ("single_transformer_blocks", "Flux.1"),
+_BASES = (("double_blocks", "Flux"), ("single_blocks", "Flux"), ("single_transformer_blocks", "Flux"),
           ("down_blocks", "SD 1.x/2.x or SDXL"), ("input_blocks", "SDXL"), ("mid_block", "SD 1.x/2.x or SDXL"),
           ("joint_blocks", "SD3 / SD3.5"))
+#: families whose LoRA files always name some of their own layers above (Flux's: its single blocks)
+_ALWAYS_NAMED = ("Flux",)
 
 
-def guess_base(key: str, component: str | None = None) -> str:
-    """What a key's layer names say about the model the LoRA was trained for; else the families whose
-    models have `component` (a transformer: SD3's and Flux's; text_encoder_2: SDXL's...)."""
+def guess_base(keys: Sequence[str], component: str | None = None) -> str:
+    """What a file's layer names say about the model it was trained for; else the families whose models
+    have `component` (a transformer: SD3's; Flux's files would have named its single blocks)."""
     from sdrt.spec import FAMILIES
 
-    word = next((base for word, base in _BASES if word in key), None)
+    word = next((base for key in keys for word, base in _BASES if word in key), None)
     if word is not None or component is None:
         return (word or "another family") + "?"
-    names = list(dict.fromkeys(f.title.split(" (")[0] for f in FAMILIES.values() if component in f.component_names))
+    names = list(dict.fromkeys(f.title.split(" (")[0] for f in FAMILIES.values() if component in f.component_names
+                               and not f.title.startswith(_ALWAYS_NAMED)))
     if not names:
         return "another family?"
     return (", ".join(names[:-1]) + " or " if len(names) > 1 else "") + names[-1] + "?"
