@@ -138,8 +138,8 @@ def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
         subseed=_seed(body.subseed), subseed_strength=body.subseed_strength,
         seed_resize=resize if min(resize) > 0 else None, hires=_hires(body, service, model),
         vae=None if settings["sd_vae"] in OWN_VAE else (settings["sd_vae"], str(service.vaes[settings["sd_vae"]])))
-    limits.check_model_size(service.pipelines[request.model], body.width, body.height)
-    if distilled_guidance(service.pipelines[request.model]):
+    if distilled_guidance(service.pipelines[request.model]):  # Flux: its 16 px rule before queueing (422)
+        limits.check_model_size(service.pipelines[request.model], body.width, body.height)
         flux_guidance(body, request)
     units = controlnets.scripts_units(body.alwayson_scripts)
     if units:
