@@ -55,7 +55,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Files whose change makes cached models stale.
 CACHE_INPUTS = ["sdrt/manifest.py", "sdrt/weight_map.py", *sorted(
     str(p.relative_to(ROOT)) for p in [*(ROOT / "sdrt" / "spec").glob("*.py"), *(ROOT / "sdrt" / "export").glob("*.py"),
-                                       *(ROOT / "sdrt" / "data" / "shapes").glob("*.safetensors")])]
+                                       *(ROOT / "sdrt" / "data" / "shapes").glob("*.safetensors"),
+                                       *(ROOT / "sdrt" / "data" / "shapes-controlnet").glob("*.safetensors"),
+                                       *(ROOT / "sdrt" / "data" / "shapes-controlnet").glob("config.json")])]
 CACHE_LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime", "tokenizers")
 
 
@@ -264,6 +266,12 @@ def controlnet_export(_model_cache: Path) -> Callable[..., Path]:
 def tiny_controlnet_onnx(controlnet_export: Callable[..., Path]) -> Path:
     """An exported ControlNet for ``tiny`` (and the tiny presets of its layout), seeded non-zero weights."""
     return controlnet_export("tiny-controlnet")
+
+
+@pytest.fixture(scope="session")
+def shapes_controlnet_onnx(controlnet_export: Callable[..., Path]) -> Path:
+    """The exported trained ControlNet of the shapes preset (the control mask -> the shape lands there)."""
+    return controlnet_export("shapes-controlnet")
 
 
 # -- loaded pipelines (sdrt and the diffusers reference) -----------------------------------------

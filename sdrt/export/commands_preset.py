@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_controlnet(args: argparse.Namespace) -> int:
-    from sdrt.export.controlnet_presets import write_controlnet
+    from sdrt.export.controlnet_presets import get_controlnet_preset, write_controlnet
 
     if not args.out:
         raise SdrtError(f"missing --out DIR: where to write the {args.name} ControlNet")
@@ -86,5 +86,6 @@ def _write_controlnet(args: argparse.Namespace) -> int:
     _quiet_libraries()
     start = time.perf_counter()
     out = write_controlnet(args.name, args.out, seed=args.seed, force=args.force)
-    print(f"wrote ControlNet preset {args.name} (seed {args.seed}) to {out} in {time.perf_counter() - start:.1f} s")
+    weights = "trained weights" if get_controlnet_preset(args.name).trained else f"seed {args.seed}"
+    print(f"wrote ControlNet preset {args.name} ({weights}) to {out} in {time.perf_counter() - start:.1f} s")
     return 0
