@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from sdrt.runtime import commands_controlnet, commands_sd3, commands_sdxl
+from sdrt.runtime import commands_controlnet, commands_ip_adapter, commands_sd3, commands_sdxl
 from sdrt.runtime.infotext import a1111_parameters, image_seed
 from sdrt.runtime.load_options import cuda_graph_options, vae_tiling_options
 
@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     commands_sdxl.add_arguments(p)
     commands_sd3.add_arguments(p)
     commands_controlnet.add_arguments(p)
+    commands_ip_adapter.add_arguments(p)
 
 
 def add_vae_tiling_arguments(p: argparse.ArgumentParser) -> None:
@@ -111,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
     loras = [parse_lora_arg(text) for text in args.lora] + tagged
     control = commands_controlnet.load_options(args)
     control_call = commands_controlnet.call_options(args)  # a bad flag or image fails before any engine loads
-    pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options, **control)
+    ip = commands_ip_adapter.load_options(args)
+    control_call.update(commands_ip_adapter.call_options(args))
+    pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options, **control,
+                         **ip)
+    commands_ip_adapter.configure(pipe, args)
     refiner = refiner_pipeline(args, pipe, {"precision": args.precision, **options})
     expected = args.steps
     if args.image is not None and isinstance(args.steps, int) and 0 <= (args.strength or 0.8) <= 1:

@@ -109,7 +109,9 @@ class IPAdapter:
         self.scale = value
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.name, "scale": self.scale}
+        """What the PNG metadata records (the module: sd-webui-controlnet's name of the CLIP preprocessor)."""
+        module = "ip-adapter_clip_sdxl" if self.manifest.family == "sdxl" else "ip-adapter_clip_sd15"
+        return {"model": self.name, "scale": self.scale, "module": module}
 
     @staticmethod
     def picture(image: Any) -> Image.Image:
