@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 from sdrt.errors import SdrtError
+from sdrt.manifest import Manifest
 from sdrt.reference import TorchReplay, load_reference
 from sdrt.runtime import Pipeline
 from sdrt.runtime.images import psnr
+from sdrt.runtime.ip_adapter import check_fits
 
 STEPS = 4
 MIN_PSNR = 40.0
@@ -33,6 +35,7 @@ class Case:
     per_prompt: int = 1
     size: tuple = (32, 32)
     image_size: tuple = (40, 56)  # (height, width) of the image prompt: resized and centre-cropped
+    img2img: bool = False  # diffusers takes no injected latents there: the same seeded draws instead
     extra: dict = field(default_factory=dict)
 
 
@@ -40,6 +43,7 @@ CASES = {
     "alone": Case(scale=0.7),
     "alone-cfg-off-batch2-nonsquare": Case(guidance=1.0, prompts=("a cat", "a dog"), per_prompt=2, size=(24, 40),
                                            scheduler="ddim", image_size=(32, 32)),
+    "img2img": Case(scale=0.6, img2img=True, image_size=(64, 24)),
     "with-controlnet": Case(controlnet=True, scale=0.8, extra={"controlnet_conditioning_scale": 0.7,
                                                               "control_guidance_end": 0.75}),
 }
@@ -71,16 +75,21 @@ def test_ip_adapter_matches_diffusers(name, loaded):
     pipe, ref = loaded(case.controlnet)
     h, w = case.size
     n = len(case.prompts) * case.per_prompt
-    latents = np.random.default_rng(3).standard_normal((n, 4, h // 2, w // 2), dtype=np.float32)
     prompt = list(case.prompts) if len(case.prompts) > 1 else case.prompts[0]
-    call = dict(num_inference_steps=STEPS, guidance_scale=case.guidance, height=h, width=w, latents=latents,
+    call = dict(num_inference_steps=STEPS, guidance_scale=case.guidance, height=h, width=w,
                 num_images_per_prompt=case.per_prompt, scheduler=case.scheduler,
                 ip_adapter_image=image_prompt(case.image_size), **case.extra)
+    if case.img2img:
+        call.update(image=(np.random.default_rng(7).random((h, w, 3)) * 255).astype(np.uint8), strength=0.7)
+        ours_random, theirs_random = {"generator": TorchReplay(11)}, {"seed": 11}
+    else:
+        latents = np.random.default_rng(3).standard_normal((n, 4, h // 2, w // 2), dtype=np.float32)
+        ours_random = theirs_random = {"latents": latents}
     if case.controlnet:
         call["control_image"] = (np.random.default_rng(5).random((h, w, 3)) * 255).astype(np.uint8)
     pipe.set_ip_adapter_scale(case.scale)
-    ours = pipe(prompt, **call, output_type="np")
-    theirs = ref(prompt, **call, ip_adapter_scale=case.scale)
+    ours = pipe(prompt, **call, **ours_random, output_type="np")
+    theirs = ref(prompt, **call, **theirs_random, ip_adapter_scale=case.scale)
     assert ours.images.shape == theirs.images.shape == (n, h, w, 3)
     assert ours.images.std() > 0.01  # a real picture, not a flat one that trivially matches
     quality = psnr(ours.images, theirs.images)
@@ -123,3 +132,7 @@ def test_ip_adapter_bad_input(loaded, tiny_onnx, tiny_controlnet_onnx):
         pipe("x", ip_adapter_image=[image_prompt((8, 8))] * 2, **call)
     with pytest.raises(SdrtError, match="not an IP-Adapter"):
         Pipeline.load(tiny_onnx, backend="ort-cpu", ip_adapter=tiny_controlnet_onnx)
+    base = Manifest.load(tiny_onnx)
+    wider = Manifest(base.folder, {**base.data, "pipeline": {**base.pipeline, "text_hidden_size": 768}})
+    with pytest.raises(SdrtError, match="cross-attention width 32, the base .* has 768"):
+        check_fits(wider, pipe.ip_adapter.manifest)
