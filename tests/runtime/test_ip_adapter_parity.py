@@ -9,6 +9,7 @@ so agreement proves something.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,3 +137,18 @@ def test_ip_adapter_bad_input(loaded, tiny_onnx, tiny_controlnet_onnx):
     wider = Manifest(base.folder, {**base.data, "pipeline": {**base.pipeline, "text_hidden_size": 768}})
     with pytest.raises(SdrtError, match="cross-attention width 32, the base .* has 768"):
         check_fits(wider, pipe.ip_adapter.manifest)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino: pip install 'sdrt[openvino]'")
+def test_openvino_runs_the_ip_adapter_like_onnx_runtime(loaded, tiny_onnx, tiny_controlnet_onnx, tiny_ip_adapter_onnx):
+    """OpenVINO f32 compiles the rewritten UNet (IP-Adapter and ControlNet inputs) and both IP-Adapter graphs."""
+    pipe, _ = loaded(True)
+    other = Pipeline.load(tiny_onnx, backend="openvino", controlnet=[tiny_controlnet_onnx],
+                          ip_adapter=tiny_ip_adapter_onnx)
+    call = dict(num_inference_steps=STEPS, height=32, width=32, scheduler="euler", output_type="np",
+                ip_adapter_image=image_prompt((40, 56)), control_image=image_prompt((32, 32)))
+    images = []
+    for p in (pipe, other):
+        p.set_ip_adapter_scale(0.7)
+        images.append(p("a red bicycle", generator=TorchReplay(4), **call).images)
+    assert psnr(images[1], images[0]) > 40
