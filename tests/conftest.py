@@ -18,6 +18,7 @@ Fixtures (all session-scoped; each returns a `pathlib.Path`):
                        exports others (e.g. a second one, ``tiny-sdxl-controlnet``), cached likewise
 ``tiny_ip_adapter_onnx``  an exported IP-Adapter for ``tiny`` (``tiny-ip-adapter``: diffusers'
                        load_ip_adapter layout, seeded); ``ip_adapter_export(preset, seed=0)`` likewise
+                       (e.g. ``tiny-sdxl-ip-adapter``)
 ``onnx_export``        a function ``onnx_export(preset, precision="fp32", components=None,
                        hidden_states=False) -> Path`` for other variants (e.g.
                        ``onnx_export("tiny", "fp16")``), cached likewise
@@ -275,10 +276,10 @@ def ip_adapter_export(_model_cache: Path) -> Callable[..., Path]:
 
     def export(name: str, seed: int = 0, precision: str = "fp32") -> Path:
         from sdrt.export.exporter import export_model
-        from sdrt.export.ip_adapter_presets import write_ip_adapter
+        from sdrt.export.ip_adapter_presets import get_ip_adapter_preset, write_ip_adapter
 
         tag = f"{name}-{seed}"
-        src = _cached(_model_cache / f"src-{tag}-{_cache_key('src', tag)}", "ip-adapter_sd15.safetensors",
+        src = _cached(_model_cache / f"src-{tag}-{_cache_key('src', tag)}", get_ip_adapter_preset(name).weight_name,
                       lambda out: write_ip_adapter(name, out, seed=seed))
         folder = _model_cache / f"onnx-{tag}-{precision}-{_cache_key('onnx', tag, precision)}"
         return _cached(folder, "sdrt.json", lambda out: export_model(str(src), out, precision=precision,

@@ -1,6 +1,7 @@
 """IP-Adapter presets: IP-Adapters that fit a preset base, in the file layout diffusers' `load_ip_adapter` reads.
 
-`sdrt preset tiny-ip-adapter --out DIR` writes, like h94/IP-Adapter's ``models`` folder::
+`sdrt preset tiny-ip-adapter --out DIR` writes, like h94/IP-Adapter's ``models`` folder (``tiny-sdxl-ip-adapter``:
+its ``sdxl_models`` folder, ``ip-adapter_sdxl.safetensors``)::
 
     DIR/ip-adapter_sd15.safetensors   image_proj.proj.*, image_proj.norm.*,
                                       ip_adapter.<1, 3, 5, ...>.to_k_ip.weight / to_v_ip.weight
@@ -31,6 +32,7 @@ class IPAdapterPreset:
     description: str
     base: str
     vision: dict[str, int]  # the CLIPVisionConfig's sizes
+    weight_name: str = WEIGHT_NAME  # h94/IP-Adapter's file name for the base's family
 
 
 IP_ADAPTER_PRESETS: dict[str, IPAdapterPreset] = {p.name: p for p in (
@@ -38,6 +40,10 @@ IP_ADAPTER_PRESETS: dict[str, IPAdapterPreset] = {p.name: p for p in (
                     "encoder), seeded random weights", "tiny",
                     {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
                      "image_size": 32, "patch_size": 8, "projection_dim": 16}),
+    IPAdapterPreset("tiny-sdxl-ip-adapter", "an IP-Adapter for the tiny-sdxl preset (ip-adapter_sdxl layout, a tiny "
+                    "CLIP vision encoder), seeded random weights", "tiny-sdxl",
+                    {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "image_size": 32, "patch_size": 8, "projection_dim": 16}, "ip-adapter_sdxl.safetensors"),
 )}
 
 
@@ -106,5 +112,5 @@ def write_ip_adapter(name: str, out: str | Path, *, seed: int = 0, force: bool =
     encoder, state = build_ip_adapter(name, seed=seed)
     with atomic.staged_folder(out, if_exists="replace" if force else "fail") as tmp:
         encoder.save_pretrained(tmp / "image_encoder")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHT_NAME))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / get_ip_adapter_preset(name).weight_name))
     return out

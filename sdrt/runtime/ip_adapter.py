@@ -78,20 +78,21 @@ def clip_pixels(picture: Image.Image, size: int) -> np.ndarray:
 class IPAdapter:
     """One exported IP-Adapter on the pipeline's backend, with its scale."""
 
-    def __init__(self, path: Path, manifest: Manifest, encoder: Engine, projection: Engine):
+    def __init__(self, path: Path, manifest: Manifest, encoder: Engine, projection: Engine, family: str = "sd"):
         self.path, self.manifest, self.encoder, self.projection = path, manifest, encoder, projection
         self.layout = manifest.ip_adapter_layout()
         self.scale = 1.0
+        self.family = family  # the base's (what the PNG metadata's module name follows)
 
     @classmethod
-    def load(cls, manifest: Manifest, backend: Backend, folder: str | os.PathLike) -> "IPAdapter":
+    def load(cls, manifest: Manifest, backend: Backend, folder: str | os.PathLike, family: str = "sd") -> "IPAdapter":
         encoder = backend.load(manifest, "image_encoder")
         try:
             projection = backend.load(manifest, "image_proj")
         except BaseException:
             encoder.close()
             raise
-        return cls(Path(folder), manifest, encoder, projection)
+        return cls(Path(folder), manifest, encoder, projection, family)
 
     @property
     def name(self) -> str:
@@ -110,7 +111,7 @@ class IPAdapter:
 
     def describe(self) -> dict[str, Any]:
         """What the PNG metadata records (the module: sd-webui-controlnet's name of the CLIP preprocessor)."""
-        module = "ip-adapter_clip_sdxl" if self.manifest.family == "sdxl" else "ip-adapter_clip_sd15"
+        module = "ip-adapter_clip_sdxl" if self.family == "sdxl" else "ip-adapter_clip_sd15"
         return {"model": self.name, "scale": self.scale, "module": module}
 
     @staticmethod

@@ -208,7 +208,7 @@ class Pipeline:
             from sdrt.runtime.ip_adapter import IPAdapter
 
             try:
-                pipe.ip_adapter = IPAdapter.load(ip_folder, pipe.backend, ip_adapter)
+                pipe.ip_adapter = IPAdapter.load(ip_folder, pipe.backend, ip_adapter, pipe.family)
             except BaseException:
                 pipe.close()
                 raise

@@ -28,6 +28,7 @@ MIN_PSNR = 40.0
 
 @dataclass(frozen=True)
 class Case:
+    base: str = "tiny"
     controlnet: bool = False
     scale: float = 1.0
     scheduler: str = "euler"
@@ -47,21 +48,27 @@ CASES = {
     "img2img": Case(scale=0.6, img2img=True, image_size=(64, 24)),
     "with-controlnet": Case(controlnet=True, scale=0.8, extra={"controlnet_conditioning_scale": 0.7,
                                                               "control_guidance_end": 0.75}),
+    "sdxl": Case(base="tiny-sdxl", scale=0.6, scheduler=None, guidance=5.0, size=(64, 48)),
+    "sdxl-with-controlnet": Case(base="tiny-sdxl", controlnet=True, scheduler=None, guidance=5.0, size=(48, 64),
+                                 extra={"controlnet_conditioning_scale": 0.8}),
 }
+#: base preset -> (its IP-Adapter preset, its ControlNet preset)
+ADD_ONS = {"tiny": ("tiny-ip-adapter", "tiny-controlnet"), "tiny-sdxl": ("tiny-sdxl-ip-adapter", "tiny-sdxl-controlnet")}
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_onnx, tiny_controlnet_onnx, tiny_ip_adapter_onnx):
-    """controlnet? -> (sdrt Pipeline on ort-cpu, diffusers reference), both with the IP-Adapter, loaded once."""
+def loaded(onnx_export, controlnet_export, ip_adapter_export):
+    """(controlnet?, base) -> (sdrt Pipeline on ort-cpu, diffusers reference), both with the IP-Adapter, loaded once."""
     cache: dict = {}
 
-    def get(controlnet: bool):
-        if controlnet not in cache:
-            nets = [tiny_controlnet_onnx] if controlnet else None
-            cache[controlnet] = (Pipeline.load(tiny_onnx, backend="ort-cpu", controlnet=nets,
-                                               ip_adapter=tiny_ip_adapter_onnx),
-                                 load_reference(tiny_onnx, controlnet=nets, ip_adapter=tiny_ip_adapter_onnx))
-        return cache[controlnet]
+    def get(controlnet: bool, base: str = "tiny"):
+        if (controlnet, base) not in cache:
+            ip_name, net_name = ADD_ONS[base]
+            nets = [controlnet_export(net_name)] if controlnet else None
+            folder, ip = onnx_export(base), ip_adapter_export(ip_name)
+            cache[(controlnet, base)] = (Pipeline.load(folder, backend="ort-cpu", controlnet=nets, ip_adapter=ip),
+                                         load_reference(folder, controlnet=nets, ip_adapter=ip))
+        return cache[(controlnet, base)]
 
     return get
 
@@ -73,8 +80,9 @@ def image_prompt(size: tuple) -> np.ndarray:
 @pytest.mark.parametrize("name", list(CASES))
 def test_ip_adapter_matches_diffusers(name, loaded):
     case = CASES[name]
-    pipe, ref = loaded(case.controlnet)
+    pipe, ref = loaded(case.controlnet, case.base)
     h, w = case.size
+    f = pipe.vae_scale_factor
     n = len(case.prompts) * case.per_prompt
     prompt = list(case.prompts) if len(case.prompts) > 1 else case.prompts[0]
     call = dict(num_inference_steps=STEPS, guidance_scale=case.guidance, height=h, width=w,
@@ -84,7 +92,7 @@ def test_ip_adapter_matches_diffusers(name, loaded):
         call.update(image=(np.random.default_rng(7).random((h, w, 3)) * 255).astype(np.uint8), strength=0.7)
         ours_random, theirs_random = {"generator": TorchReplay(11)}, {"seed": 11}
     else:
-        latents = np.random.default_rng(3).standard_normal((n, 4, h // 2, w // 2), dtype=np.float32)
+        latents = np.random.default_rng(3).standard_normal((n, 4, h // f, w // f), dtype=np.float32)
         ours_random = theirs_random = {"latents": latents}
     if case.controlnet:
         call["control_image"] = (np.random.default_rng(5).random((h, w, 3)) * 255).astype(np.uint8)
@@ -96,14 +104,15 @@ def test_ip_adapter_matches_diffusers(name, loaded):
     quality = psnr(ours.images, theirs.images)
     assert quality >= MIN_PSNR, f"{name}: PSNR {quality:.1f} dB"
     described = ours.parameters["ip_adapter"]
-    assert described["scale"] == case.scale and described["model"].startswith("src-tiny-ip-adapter-0-")
-    assert described["module"] == "ip-adapter_clip_sd15"
+    assert described["scale"] == case.scale and described["model"].startswith(f"src-{ADD_ONS[case.base][0]}-0-")
+    assert described["module"] == ("ip-adapter_clip_sdxl" if case.base == "tiny-sdxl" else "ip-adapter_clip_sd15")
 
 
-def test_ip_adapter_changes_the_image(loaded, tiny_onnx):
-    """The fixture steers (so parity proves something); scale 0 and no image prompt are the base alone."""
-    pipe, _ = loaded(False)
-    plain = Pipeline.load(tiny_onnx, backend="ort-cpu")
+@pytest.mark.parametrize("base", list(ADD_ONS))
+def test_ip_adapter_changes_the_image(loaded, onnx_export, base):
+    """The fixtures steer (so parity proves something); scale 0 and no image prompt are the base alone."""
+    pipe, _ = loaded(False, base)
+    plain = Pipeline.load(onnx_export(base), backend="ort-cpu")
     call = dict(num_inference_steps=STEPS, height=32, width=32, scheduler="euler", output_type="np")
     base = plain("a red bicycle", generator=TorchReplay(3), **call).images
     pipe.set_ip_adapter_scale(1.0)
