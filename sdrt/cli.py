@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "write a built-in model as a diffusers folder (shapes: trained by sdrt; the others: seeded random "
                "weights; --list)"),
     "export": ("sdrt.export.commands_export", "export a diffusers folder or a preset to an ONNX model folder"),
+    "quantize": ("sdrt.quantize.commands_quantize",
+                 "write a quantized copy of an ONNX model folder (int8, int8-weights, fp8 Q/DQ graphs), scored "
+                 "against the float one by a quality gate"),
     "build": ("sdrt.engines.commands_build",
               "build TensorRT / TensorRT-RTX engines for an ONNX model folder (ONNX Runtime and OpenVINO need "
               "no build step)"),

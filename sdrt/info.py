@@ -60,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
             "source": m.data.get("source"),
             "pipeline": m.pipeline,
             "sizes": m.data["sizes"],
-            "components": {k: {"precision": v.get("precision"), "check": v.get("check")}
+            "components": {k: {"precision": v.get("precision"), "check": v.get("check"),
+                               **({"quantization": v["quantization"]} if v.get("quantization") else {})}
                            for k, v in m.components.items()},
+            **({"quantized_from": m.data["quantized_from"]} if m.data.get("quantized_from") else {}),
         }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -79,7 +81,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"model {mod['folder']}: {p['class_name']}, {p['prediction_type']}, "
               f"default {p['sample_size'] * f} px, sizes multiple of {s['latent_multiple'] * f} px "
               f"in {s['min_latent'] * f}..{s['max_latent'] * f}")
+        if "quantized_from" in mod:
+            print(f"  quantized from {mod['quantized_from']['path']} by sdrt quantize")
         for name, c in mod["components"].items():
+            if "quantization" in c:
+                print(f"  {name:14} {_quantized_line(c['quantization'])}")
+                continue
             check = c["check"] or {}
             err = check.get("max_rel_error")  # the number export prints and its threshold is set on
             print(f"  {name:14} {c['precision']:5} export check "
@@ -88,3 +95,21 @@ def run(args: argparse.Namespace) -> int:
         if args.verify:
             print("verified: every component matches the sha256 recorded at export")
     return 0
+
+
+def _quantized_line(q: dict) -> str:
+    """One line: scheme, tool, calibration and the gate's scores."""
+    quality = q.get("quality") or {}
+    cal = q.get("calibration") or {}
+    text = f"{q.get('scheme')} ({q.get('tool')} {q.get('tool_version') or ''})".replace(" )", ")")
+    if cal:
+        text += f", calibrated on {cal.get('prompts')} prompts x {cal.get('steps')} steps"
+    if quality:
+        verdict = "passed" if quality.get("passed") else "FAILED (written with --accept-quality-loss)"
+        text += (f"; gate {verdict}: PSNR {quality.get('psnr_db_mean')} dB vs float, "
+                 f"SSIM {quality.get('ssim_mean')}")
+        shapes = quality.get("shapes")
+        if shapes:
+            text += (f", prompt following {100 * shapes['accuracy']:.1f}% "
+                     f"(float {100 * shapes['float_accuracy']:.1f}%), same scene {shapes['same_scene']}/{shapes['images']}")
+    return text

@@ -13,6 +13,7 @@ Fixtures (all session-scoped; each returns a `pathlib.Path`):
 ``tiny_sdxl_onnx``     fp32 ONNX model folder of ``tiny-sdxl`` (two text encoders, text_time UNet)
 ``tiny_sdxl_refiner_onnx``  likewise, ``tiny-sdxl-refiner`` (text_encoder_2 only, aesthetic time ids)
 ``tiny_lcm_onnx``      likewise, ``tiny-lcm`` (UNet with time_cond_proj_dim: ``timestep_cond``)
+``tiny_sd3_streamed_onnx``  ``tiny-sd3`` written in fp16, its T5 and transformer exported streamed (fp16 weights)
 ``tiny_controlnet_onnx``  an exported ControlNet for ``tiny`` (``tiny-controlnet`` preset, non-zero
                        zero convolutions); ``controlnet_export(preset, seed=0, precision="fp32")``
                        exports others (e.g. a second one, ``tiny-sdxl-controlnet``), cached likewise
@@ -242,6 +243,20 @@ def tiny_sd3_no_t5_onnx(onnx_export: Callable[..., Path]) -> Path:
     """tiny-sd3 exported without its T5 encoder (the runtime feeds zeros in its place, as diffusers does)."""
     return onnx_export("tiny-sd3", components=("text_encoder", "text_encoder_2", "transformer", "vae_decoder",
                                                "vae_encoder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_streamed_onnx(_model_cache: Path) -> Path:
+    """tiny-sd3 written with fp16 weights (as released SD3 folders are) and exported with its T5 and transformer
+    streamed (sdrt.export.streamed: traced without weights, fp16 weights copied from the folder, fp32 compute)."""
+    from sdrt.export.exporter import export_model
+    from sdrt.export.presets import write_preset
+
+    src = _cached(_model_cache / f"src-tiny-sd3-fp16-{_cache_key('src', 'tiny-sd3', 'fp16')}", "model_index.json",
+                  lambda out: write_preset("tiny-sd3", out, storage="fp16"))
+    folder = _model_cache / f"onnx-tiny-sd3-streamed-{_cache_key('onnx', 'tiny-sd3', 'fp16', 'streamed')}"
+    return _cached(folder, "sdrt.json", lambda out: export_model(str(src), out, stream=("text_encoder_3", "transformer"),
+                                                                 log=lambda line: None))
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,8 @@ def test_every_schema_field_is_documented():
     assert not missing, f"sdrt.json fields missing from docs/architecture.md: {missing}"
 
 
-@pytest.mark.parametrize("fixture", ["tiny_onnx", "tiny_sdxl_onnx", "tiny_sdxl_refiner_onnx", "tiny_lcm_onnx"])
+@pytest.mark.parametrize("fixture", ["tiny_onnx", "tiny_sdxl_onnx", "tiny_sdxl_refiner_onnx", "tiny_lcm_onnx",
+                                     "tiny_sd3_onnx", "tiny_sd3_streamed_onnx"])
 def test_every_field_a_real_export_writes_is_documented(fixture, request):
     folder = request.getfixturevalue(fixture)
     data = json.loads((folder / "sdrt.json").read_text())

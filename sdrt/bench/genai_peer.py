@@ -125,9 +125,12 @@ class GenaiContender:
     kind: str = "peer"
     pipe: Any = None
     ir: Path | None = None
+    scheme: str | None = None  # the folder is sdrt quantize's (its Q/DQ graphs become the IR's int8 layers)
 
     @property
     def name(self) -> str:
+        if self.scheme:
+            return f"OpenVINO GenAI {self.scheme} ({self.precision_name} elsewhere)"
         return f"OpenVINO GenAI {self.precision_name}"
 
     @property

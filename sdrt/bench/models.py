@@ -77,3 +77,22 @@ def reference_source(manifest: Manifest) -> Path:
         return folder
     raise SdrtError(f"{manifest.folder}: the source it was exported from ({kind} {name or path!r}) is not "
                     f"available here, so there is no PyTorch reference: export from a preset or a local folder")
+
+
+def quantized_folder(folder: Path, scheme: str, size: int | None, log: Callable[[str], None] = print) -> Path:
+    """``folder`` quantized with ``scheme`` (`sdrt quantize` in a subprocess, once: ``<folder>-<scheme>``
+    beside it), calibrated and scored at the benchmark's image size. The gate's verdict is recorded in
+    that folder's sdrt.json and the benchmark reports its own quality columns, so a folder below the
+    default gate is still written (--accept-quality-loss) and measured."""
+    out = folder.parent / f"{folder.name}-{scheme}"
+    if _is_onnx_folder(out):
+        return out
+    log(f"quantizing {folder} ({scheme}) into {out} (once; later runs reuse it) ...")
+    cmd = [sys.executable, "-m", "sdrt.cli", "quantize", "--model", str(folder), "--out", str(out),
+           "--scheme", scheme, "--accept-quality-loss"] + (["--size", str(size)] if size else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0 or not _is_onnx_folder(out):
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SdrtError(f"quantizing {folder} ({scheme}) for the benchmark failed ({last}): "
+                        f"run `sdrt quantize --model {folder} --out {out} --scheme {scheme}` and see why")
+    return out

@@ -55,7 +55,8 @@ def plan_from_args(args: Any) -> Plan:
         suite = get_suite(args.suite)
     else:
         cpu = ("ort-cpu", "openvino")
-        suite = custom_suite(args.model, gpu=any(b.partition(":")[0] not in cpu for b in (args.backend or cpu)))
+        suite = custom_suite(args.model, gpu=any(b.partition("@")[0].partition(":")[0] not in cpu
+                                                 for b in (args.backend or cpu)))
     suite = with_overrides(
         suite, height=args.height, width=args.width, steps=args.steps, scheduler=args.scheduler,
         guidance_scale=args.guidance_scale, reps=args.reps, warmup=args.warmup,
@@ -74,7 +75,12 @@ def plan_from_args(args: Any) -> Plan:
     if any(b < 1 for b in suite.batches):
         raise SdrtError(f"--batch {min(suite.batches)} must be at least 1")
     for label in suite.backends:
-        split_contender(label)
+        spec, _, scheme = label.partition("@")
+        split_contender(spec)
+        if scheme:
+            from sdrt.engines.quantized import scheme as known_scheme
+
+            known_scheme(scheme)
     require_gpu(suite)
     from sdrt.engines.ort_tuning import backend_options
 
@@ -108,14 +114,19 @@ def _method(plan: Plan, manifest: Any, height: int, width: int, batch: int, late
     }
 
 
-def sdrt_contender(folder: Path, spec: str, plan: Plan) -> Any:
+def sdrt_contender(folder: Path, spec: str, plan: Plan, log: Callable[[str], None] = print) -> Any:
     """``backend``, ``backend:precision`` (openvino:bf16) or ``backend:option`` (ort-cuda:cuda_graph) -> an sdrt
-    contender with its options."""
+    contender with its options; ``...@SCHEME`` (ort-cpu@int8, openvino:bf16@int8) runs it on the folder
+    quantized with that scheme (`sdrt quantize`, once, at the suite's size; sdrt.bench.models)."""
     from sdrt.bench.contenders import SdrtContender
+    from sdrt.bench.models import quantized_folder
     from sdrt.engines.ort_tuning import backend_options
 
     from sdrt.engines.base import backend_class
 
+    spec, _, scheme = spec.partition("@")
+    if scheme:
+        folder = quantized_folder(folder, scheme, plan.suite.height, log=log)
     backend, words = split_contender(spec)
     given = dict(plan.backend_options)
     if backend == "openvino" and "intra_op_num_threads" in given:  # --threads, in OpenVINO's words
@@ -124,14 +135,25 @@ def sdrt_contender(folder: Path, spec: str, plan: Plan) -> Any:
     options = backend_options(backend, plan.tuning, folder) | {
         k: v for k, v in given.items() if k in backend_class(backend).options}
     flags = [k for k, v in words.items() if k != "precision"]
-    return SdrtContender(folder, backend, options | words, label=spec if flags else None)
+    label = spec if flags else None
+    if scheme:
+        label = f"{label or backend} {scheme}" + (f" ({words['precision']} elsewhere)" if "precision" in words else "")
+    return SdrtContender(folder, backend, options | words, label=label)
 
 
-def peer_contender(folder: Path, spec: str, suite: Suite) -> Any:
-    """``diffusers:bf16`` or ``openvino-genai:PRECISION`` -> the peer's contender."""
+def peer_contender(folder: Path, spec: str, suite: Suite, log: Callable[[str], None] = print) -> Any:
+    """``diffusers:bf16`` or ``openvino-genai:PRECISION[@SCHEME]`` -> the peer's contender (``@int8``: GenAI on
+    the IR of the folder sdrt quantized, the same int8 graphs as sdrt's int8 contenders)."""
     from sdrt.bench.contenders import ReferenceContender
 
+    spec, _, scheme = spec.partition("@")
     kind, _, precision = spec.partition(":")
+    if scheme and kind == "openvino-genai":
+        from sdrt.bench.genai_peer import GenaiContender
+        from sdrt.bench.models import quantized_folder
+
+        return GenaiContender(quantized_folder(folder, scheme, suite.height, log=log), precision or "f32",
+                              scheme=scheme)
     if kind == "diffusers":
         return ReferenceContender(folder, suite.reference_device, precision or "bf16")
     if kind == "openvino-genai":
@@ -166,7 +188,7 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
         gen = Generation(prompt=plan.prompt, steps=suite.steps, guidance_scale=suite.guidance_scale,
                          height=height, width=width, batch=batch, scheduler=suite.scheduler, latents=latents)
         method = _method(plan, manifest, height, width, batch, latents)
-        sdrt_runs = [sdrt_contender(folder, spec, plan) for spec in suite.backends]
+        sdrt_runs = [sdrt_contender(folder, spec, plan, log) for spec in suite.backends]
         threads = {r.backend: r.options.get("intra_op_num_threads", r.options.get("num_threads", "default"))
                    for r in sdrt_runs}
         method["threads"] = ", ".join(f"{b} intra-op {t}" for b, t in threads.items())
@@ -178,7 +200,7 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
         else:
             log(f"{suite.name}: {suite.model} {height}x{width}, {suite.steps} steps, batch {batch}")
             reference = ReferenceContender(folder, suite.reference_device, suite.reference_precision)
-            peers = [peer_contender(folder, spec, suite) for spec in suite.peers]
+            peers = [peer_contender(folder, spec, suite, log) for spec in suite.peers]
             report = run_benchmark(suite.name, [*sdrt_runs, *peers, reference], gen, warmup=suite.warmup,
                                    reps=suite.reps, method=method, log=log)
             report.method["threads"] += f", torch {report.method.get('torch_threads')}"

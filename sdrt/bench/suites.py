@@ -36,11 +36,13 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("cpu-quick", "tiny", None, None, steps=4, batches=(1,), backends=("ort-cpu",),
           reference_device="cpu", reference_precision="fp32", warmup=1, reps=5, needs_gpu=False,
           about="tiny preset on the CPU: seconds; checks the machinery end to end", dry_run=True),
-    Suite("cpu-sd15", "sd15", 256, 256, steps=10, batches=(1,), backends=("ort-cpu", "openvino", "openvino:bf16"),
+    Suite("cpu-sd15", "sd15", 256, 256, steps=10, batches=(1,),
+          backends=("ort-cpu", "openvino", "openvino:bf16", "ort-cpu@int8", "openvino@int8", "openvino:bf16@int8"),
           reference_device="cpu", reference_precision="fp32", warmup=1, reps=3, needs_gpu=False,
-          peers=("openvino-genai:f32", "openvino-genai:bf16", "diffusers:bf16"),
+          peers=("openvino-genai:f32", "openvino-genai:bf16", "openvino-genai:bf16@int8", "diffusers:bf16"),
           about="the real SD 1.5 architecture at 256x256: what a 2-core CPU can afford; sdrt ort-cpu and "
-                "openvino f32/bf16 against diffusers fp32/bf16 and OpenVINO GenAI f32/bf16"),
+                "openvino f32/bf16, and the int8 UNet (sdrt quantize) on both, against diffusers fp32/bf16 and "
+                "OpenVINO GenAI f32/bf16 and on the same int8 UNet"),
     Suite("cpu-sdxl", "sdxl", 512, 512, steps=4, batches=(1,), backends=("ort-cpu",),
           reference_device="cpu", reference_precision="fp32", warmup=1, reps=1, needs_gpu=False,
           scheduler="EulerDiscreteScheduler", guidance_scale=5.0, peers=("diffusers:bf16",),

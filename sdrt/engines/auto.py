@@ -28,8 +28,11 @@ class Measured:
 
 TABLE: tuple[Measured, ...] = (
     Measured("Intel Xeon (2 cores, AMX-BF16, AVX512-BF16)", frozenset({"amx_bf16"}), frozenset(),
-             {"ort-cpu f32": 1.64, "openvino f32": 1.79, "openvino bf16": 0.58},
-             "issue 10 (measured by the session that filed it)"),
+             {"ort-cpu f32": 1.64, "openvino f32": 1.79, "openvino bf16": 0.58,
+              # the sd15 int8 UNet of `sdrt quantize` (openvino: int8 layers, f32 elsewhere as auto runs it), one run
+              "ort-cpu int8": 2.087, "openvino int8": 1.422},
+             "issue 10 (measured by the session that filed it); int8: "
+             "benchmarks/results/unet-profile-sd15-int8-2026-12-07 (run 2, a shared machine)"),
     Measured("AMD EPYC Zen 4 (2 cores, AVX512-BF16, no AMX)", frozenset({"avx512_bf16", "sse4a"}),
              frozenset({"amx_bf16"}),
              {"ort-cpu f32": 2.038, "openvino f32": 1.907, "openvino bf16": 1.003},
@@ -60,13 +63,15 @@ def matching_row(flags: frozenset[str] | None = None) -> Measured | None:
 
 
 def cpu_order(precision: str | None = None, flags: frozenset[str] | None = None) -> list[str]:
-    """CPU backends, fastest first at ``precision`` (None or "f32": the exported precision)."""
-    if precision not in (None, "f32"):
+    """CPU backends, fastest first at ``precision`` (None or "f32": the exported precision; "int8": a
+    folder `sdrt quantize` wrote, both backends run it)."""
+    if precision not in (None, "f32", "int8"):
         return ["openvino"]
     row = matching_row(flags)
     if row is None:
         return list(DEFAULT_F32)
-    timed = {k.split()[0]: v for k, v in row.unet_step_s.items() if k.endswith(" f32") and v > 0}
+    suffix = " int8" if precision == "int8" else " f32"
+    timed = {k.split()[0]: v for k, v in row.unet_step_s.items() if k.endswith(suffix) and v > 0}
     if len(timed) < len(DEFAULT_F32):
         return list(DEFAULT_F32)
     order = sorted(DEFAULT_F32, key=lambda name: timed[name])

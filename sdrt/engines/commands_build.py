@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from sdrt import spec
 
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--min-size", type=int, help="smallest image side in pixels (dynamic profile)")
     size.add_argument("--max-size", type=int, help="largest image side in pixels (dynamic profile)")
     size.add_argument("--max-batch", type=int, help="most images per call (dynamic batch)")
+    size.add_argument("--max-sequence-length", type=int, default=None, metavar="TOKENS",
+                      help="models with a T5 encoder (SD3): the T5 tokens a call uses, max_sequence_length (default: "
+                           "the pipeline's, SD3's 256; a call with another length needs its own build)")
     size.add_argument("--no-guidance", action="store_true",
                       help="build for guidance_scale <= 1 (UNet batch not doubled for classifier-free guidance)")
     parser.add_argument("--components", nargs="+", choices=spec.component_names(), metavar="NAME",
@@ -73,13 +77,18 @@ def run(args: argparse.Namespace) -> int:
 
         manifest = residual_manifest(manifest)
     components = args.components or [c for c in manifest.spec.component_names if manifest.has(c)]
+    from sdrt.engines import quantized
+
+    quantized.check_backend(manifest.folder, {c: manifest.components[c] for c in components if manifest.has(c)},
+                            args.backend)  # int8 (asymmetric) is for the CPUs: one line before any build
     for name in components:
         manifest.onnx_path(name)  # one-line error for a component the folder lacks
     if args.workspace_gb is not None and args.workspace_gb <= 0:
         raise SdrtError(f"--workspace-gb {args.workspace_gb} must be positive")
     request = trt_profiles.ProfileRequest(
         batch=args.batch, height=args.height, width=args.width, min_size=args.min_size,
-        max_size=args.max_size, max_batch=args.max_batch, guidance=not args.no_guidance)
+        max_size=args.max_size, max_batch=args.max_batch, guidance=not args.no_guidance,
+        tokens=text_tokens(manifest, args.max_sequence_length))
     for name in components:  # every profile checked before the first (long) build starts
         trt_profiles.dim_range(manifest.spec.component(name), request, manifest.sizes,
                                trt_profiles.default_size(request, manifest))
@@ -110,3 +119,20 @@ def run(args: argparse.Namespace) -> int:
                                   target=target, log=_log)
     _log(f"done in {time.perf_counter() - start:.1f} s; engines under {manifest.engines_dir(args.backend)}")
     return 0
+
+
+def text_tokens(manifest: Any, max_sequence_length: int | None) -> int:
+    """The text tokens (L) an engine takes: a T5 model's max_sequence_length (default: its pipeline's, as
+    recorded at export: SD3's 256; else the export's limit), one CLIP chunk (77) for the UNet families."""
+    from sdrt.errors import SdrtError
+
+    limit = manifest.pipeline.get("max_sequence_length")
+    if max_sequence_length is None:
+        return int(manifest.pipeline.get("default_max_sequence_length") or limit or spec.TOKEN_LENGTH)
+    if limit is None:
+        raise SdrtError(f"--max-sequence-length is for models with a T5 encoder (SD3); {manifest.folder} is a "
+                        f"{manifest.family} model: leave it out")
+    if not 1 <= max_sequence_length <= int(limit):
+        raise SdrtError(f"--max-sequence-length {max_sequence_length} must be between 1 and {limit} (what this "
+                        f"export allows)")
+    return max_sequence_length

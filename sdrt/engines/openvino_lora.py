@@ -13,6 +13,10 @@ scales folded into ``B``; a layer no LoRA touches gets rank-1 zeros. The branch 
 (within float32 noise; parity tests against diffusers). Unloading goes back to the base model, so
 an unloaded pipeline is bit for bit the never-LoRA'd one.
 
+On a quantized component (`sdrt quantize`) the same side path sits beside the int8 layer: the weight is
+found under its quantized name and through its dequantization (Convert, Subtract, Multiply), and the
+branch adds ``(x @ A) @ B`` in float to the int8 layer's output: the LoRA needs no re-quantization.
+
 Layers whose weight reaches something else (a 3x3 Conv, an embedding Gather, a MatMul with the
 weight first) get no branch; a LoRA on them takes the merged-weight path (sdrt.engines.openvino).
 """
@@ -36,11 +40,21 @@ class Branch:
     n_out: int
 
 
+#: what a quantized weight is stored as (`sdrt quantize`: ONNX Runtime's quantizer names the int8 tensor so)
+QUANTIZED_SUFFIX = "_quantized"
+#: the ops between a stored weight and its layer: an fp16 weight's Convert, or an int8 weight's dequantization
+#: (OpenVINO reads ONNX's DequantizeLinear as Convert -> Subtract zero point -> Multiply scale)
+DEQUANTIZE_OPS = ("Convert", "Subtract", "Multiply")
+
+
 def _consumer(constant: Any):
-    """(the one op reading the constant, through a Convert of an fp16 weight; its port) or None."""
+    """(the one op reading the constant, through the Convert of an fp16 weight or the dequantization of an
+    int8 one; its port) or None."""
     port = constant.output(0)
     users = list(port.get_target_inputs())
-    if len(users) == 1 and users[0].get_node().get_type_name() == "Convert":
+    for _ in DEQUANTIZE_OPS:
+        if len(users) != 1 or users[0].get_node().get_type_name() not in DEQUANTIZE_OPS:
+            break
         port = users[0].get_node().output(0)
         users = list(port.get_target_inputs())
     if len(users) != 1:
@@ -74,7 +88,7 @@ def add_branches(ov: Any, model: Any, targets: Iterable[str]) -> dict[str, Branc
     branches: dict[str, Branch] = {}
     parameters = []
     for name in sorted(targets):
-        constant = constants.get(name)
+        constant = constants.get(name, constants.get(name + QUANTIZED_SUFFIX))  # a quantized graph's int8 weight
         user = None if constant is None else _consumer(constant)
         if user is None:
             continue

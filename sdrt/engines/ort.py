@@ -21,6 +21,7 @@ from sdrt.engines.attention_memory import unfused_attention_bytes
 from sdrt.engines.base import SHARED_OPTIONS, Backend, Engine
 from sdrt.engines.ort_engine import OrtEngine
 from sdrt.engines.ort_sessions import EXECUTION_MODES, OPT_LEVELS, OrtSessions
+from sdrt.engines.quantized import is_quantized
 from sdrt.errors import BackendUnavailable, SdrtError
 
 
@@ -71,6 +72,7 @@ class OrtCpuBackend(OrtSessions, Backend):
         if graph_rewrites is None:
             graph_rewrites = self.default_rewrites if importlib.util.find_spec("onnx") is not None else ()
         self.graph_rewrites = tuple(graph_rewrites)
+        self._branches: dict[tuple[str, str], tuple[Path, dict]] = {}  # LoRA side paths of quantized components
 
     @classmethod
     def check_available(cls) -> None:
@@ -110,6 +112,48 @@ class OrtCpuBackend(OrtSessions, Backend):
                            component_spec=component_spec, **self.engine_kwargs(self.graphed(manifest, component)))
         engine.weights = (weights, dict(overrides or {}))  # alive as long as the session
         return engine
+
+    # -- LoRA side paths: quantized components only (a float one merges: sdrt.engines.ort_lora_graph) ---
+    @property
+    def lora_branches(self) -> bool:
+        return True
+
+    def branchable(self, manifest, component: str) -> frozenset[str]:
+        """A quantized component's Linear and 1x1 Conv weights (sdrt.engines.ort_lora_branches); none of a
+        float component's: its LoRAs are merged, as they always were."""
+        if not is_quantized(manifest.components[component]):
+            return frozenset()
+        return frozenset(self._branched(manifest, component)[1])
+
+    def _branched(self, manifest, component: str) -> tuple[Path, dict]:
+        key = (str(manifest.folder), component)
+        if key not in self._branches:
+            from sdrt.engines.ort_lora_branches import branched_model
+            from sdrt.engines.ort_tuning import rewritten_model
+            from sdrt.weight_map import WeightMap, linear_initializers
+
+            path, content = manifest.onnx_path(component), manifest.component_hash(component)
+            if self.graph_rewrites:
+                path = rewritten_model(path, self.graph_rewrites, manifest.engines_dir(self.name), content)
+            targets = linear_initializers(WeightMap.load(manifest, component).parameters)
+            self._branches[key] = branched_model(path, "|".join([content, *self.graph_rewrites]), targets,
+                                                 manifest.engines_dir(self.name))
+        return self._branches[key]
+
+    def set_lora_factors(self, manifest, component: str, engine: Engine,
+                         factors: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Engine:
+        """The LoRAs as side-path inputs: the branched session built once, then each switch binds new A/B."""
+        from sdrt.engines.ort_lora_branches import branch_tensors, branched_engine
+
+        path, branches = self._branched(manifest, component)
+        tensors = branch_tensors(branches, factors)
+        if hasattr(engine, "set_factors") and engine.session is not None:
+            engine.set_factors(tensors)
+            return engine
+        self.release_for_reweight(engine)
+        disabled = self.quantized_fixes(manifest, component)
+        session = self._session(path, self.session_options(), self.providers(), disabled_optimizers=disabled)
+        return branched_engine(session, manifest, component, tensors, **self.engine_kwargs())
 
     def release_for_reweight(self, engine: Engine) -> None:
         """Drop the session and the overrides it reads (a new session replaces it in `reweight`)."""
@@ -157,6 +201,10 @@ class OrtCudaBackend(OrtCpuBackend):
         if cuda_driver.device_count() < 1:
             raise BackendUnavailable("backend ort-cuda: no CUDA GPU is visible here (no driver or no device): "
                                      "use --backend ort-cpu")
+
+    @property
+    def lora_branches(self) -> bool:
+        return False  # LoRA side paths on quantized components: CPU only (unverified on CUDA)
 
     def attention_bytes(self, denoiser_config: Mapping[str, Any], batch: int, h: int, w: int) -> int | None:
         return None  # GPU memory: not estimated (an allocation failure is still one line)

@@ -34,13 +34,20 @@ def torch_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16}[precision]
 
 
-def ort_session(path: Path) -> Any:
+def ort_session(path: Path, lean: bool = False) -> Any:
+    """A CPU session on the exported graph. `lean`: weights stored in 16 bits stay so (no constant folding
+    of their Casts, no arena keeping each layer's fp32 copy): a graph larger than memory in fp32 fits."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # fp16 graphs on the CPU log every inserted Cast otherwise
+    extra = {}
+    if lean:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.enable_cpu_mem_arena = False
+        extra["disabled_optimizers"] = ["ConstantFolding"]
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], **extra)
     except Exception as error:  # onnxruntime's Fail/InvalidGraph: the exporter wrote a graph ORT refuses
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SdrtError(f"{path.parent.name} export check failed: ONNX Runtime cannot load the exported graph "
@@ -109,10 +116,11 @@ def reference_cases(component: spec.ComponentSpec, module: Any, model_values: Ma
                        seed=1000 + i) for i, shape in enumerate(shapes)]
 
 
-def judge_cases(component: spec.ComponentSpec, path: Path, cases: list[Case], *, precision: str) -> dict[str, Any]:
-    """The ONNX Runtime side: every case within the threshold, or a one-line error."""
+def judge_cases(component: spec.ComponentSpec, path: Path, cases: list[Case], *, precision: str,
+                lean: bool = False) -> dict[str, Any]:
+    """The ONNX Runtime side: every case within the threshold, or a one-line error (`lean`: see ort_session)."""
     comp = component
-    session = ort_session(path)
+    session = ort_session(path, lean=lean)
     threshold = THRESHOLDS[precision]
     results = []
     for case in cases:

@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(SDXL exports always have it)")
     parser.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
                         help="torch's dynamo exporter (default) or the older TorchScript one (opset <= 20)")
+    parser.add_argument("--stream", nargs="+", metavar="NAME", choices=spec.component_names(), default=[],
+                        help="export these streamed: traced without weights, each weight copied from the folder in "
+                             "its stored dtype (fp16: half the memory at run time); default: text encoders and VAEs "
+                             "over 12 GiB in fp32 (T5-XXL)")
     parser.add_argument("--force", action="store_true", help="replace DIR if it exists (only once all passed)")
 
 
@@ -43,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     export_model(args.model, args.out, opset=args.opset, precision=args.precision, components=args.components,
-                 force=args.force, exporter=args.exporter, hidden_states=args.hidden_states, log=log)
+                 force=args.force, exporter=args.exporter, hidden_states=args.hidden_states, stream=args.stream,
+                 log=log)
     return 0
 

@@ -14,12 +14,14 @@ import gc
 import json
 import shutil
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from sdrt import residual_graph, spec
 from sdrt.errors import SdrtError
-from sdrt.export import check, controlnet, ip_adapter, sizes, sizes_transformer, source, staging, trace, weight_map
+from sdrt.export import (check, controlnet, ip_adapter, sizes, sizes_transformer, source, staging, streamed, trace,
+                         weight_map)
 from sdrt.export.graphs import example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from sdrt.manifest_schema import component_bytes, component_sha256
@@ -28,18 +30,20 @@ PRECISIONS = ("fp32", "fp16")
 
 def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSET, precision: str = "fp32",
                  components: Sequence[str] | None = None, force: bool = False, exporter: str = "dynamo",
-                 hidden_states: bool = False, log: Callable[[str], None] = print) -> Path:
+                 hidden_states: bool = False, stream: Sequence[str] = (),
+                 log: Callable[[str], None] = print) -> Path:
     """Export `model` (a diffusers folder or a preset name) into the ONNX model folder `out`.
 
     `hidden_states`: SD 1.x/2.x text encoders also give their layer stack (what `clip_skip` needs;
-    SDXL exports always have it)."""
+    SDXL exports always have it). `stream`: components to export streamed (sdrt.export.streamed:
+    weights copied tensor by tensor in their stored dtype; automatic above its STREAM_BYTES)."""
     out = Path(out)
 
     # 1. Arguments: everything that can be wrong without loading a model fails here.
     trace.check_opset(exporter, opset)
     if precision not in PRECISIONS:
         raise SdrtError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    unknown = [c for c in components or () if c not in spec.component_names()]
+    unknown = [c for c in [*(components or ()), *stream] if c not in spec.component_names()]
     if unknown:
         raise SdrtError(f"unknown component {unknown[0]!r}: choose from {', '.join(spec.component_names())}")
     staging.check_target(out, force)
@@ -78,18 +82,21 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                vae_scale_factor=pipeline["vae_scale_factor"],
                                token_length=pipeline["token_length"], extra=pipeline["dims"])
     first_vocab = src.vocab_size  # the first text encoder's; each text encoder's own below (T5's differs)
+    streaming = streamed.streamed_components(src, model_spec, components, stream, available=streamed.available_bytes())
     log(f"loaded {src.kind} {src.name} ({src.class_name}) in {time.perf_counter() - started:.1f} s; "
         f"model family {pipeline['family']}" + (f" ({', '.join(pipeline['variants'])})" if pipeline["variants"] else ""))
 
     # The trace shape: batch 2, the model's latent size, non-square (every check shape differs).
-    denoiser = src.module(model_spec.denoiser.source)
-    transformer = sizes_transformer.is_transformer(denoiser)
-    bounds = sizes_transformer.bounds(denoiser, pipeline["sample_size"]) if transformer else None
+    # (a transformer's config only: its weights are loaded when its turn comes)
+    denoiser_config = src.config(model_spec.denoiser.source)
+    transformer = sizes_transformer.is_transformer(denoiser_config)
+    denoiser = None if transformer else src.module(model_spec.denoiser.source)
+    bounds = sizes_transformer.bounds(denoiser_config, pipeline["sample_size"]) if transformer else None
     multiple = bounds[0] if bounds else sizes.architectural_multiple(denoiser)
     h = max(pipeline["sample_size"] // multiple, 2) * multiple
     trace_dims = {**values, "B": 2, "h": h, "w": max(h * 3 // 4 // multiple, 1) * multiple, "L": spec.TOKEN_LENGTH}
     num_upsamplers = None if transformer else int(denoiser.num_upsamplers)
-    size_rule = (sizes_transformer.unprobed(denoiser, pipeline["sample_size"]) if transformer
+    size_rule = (sizes_transformer.unprobed(denoiser_config, pipeline["sample_size"]) if transformer
                  else sizes.unprobed(denoiser, pipeline["sample_size"]))
     del denoiser
 
@@ -97,6 +104,15 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
         entries: dict[str, dict[str, Any]] = {}
         for index, component in enumerate(components):
             comp = traced_spec.component(component)
+            if component in streaming:  # larger than memory in fp32: traced without weights, weights copied
+                config = types.SimpleNamespace(config=src.config(comp.source))
+                entries[component], probed = streamed.export_component(
+                    src, comp, model_spec, tmp / component / "model.onnx", trace_dims=trace_dims, values=values,
+                    size_rule=size_rule, opset=opset, precision=precision_policy(comp, precision, config)[0],
+                    note=comp.fp32_always if precision == "fp16" and comp.fp32_always else "", log=log,
+                    bounds=bounds, sample_size=pipeline["sample_size"])
+                size_rule = probed or size_rule
+                continue
             # 3. Trace.
             started = time.perf_counter()
             module = src.module(comp.source)
@@ -136,7 +152,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
             save_config(module, path.parent)
             del module
             if not any(model_spec.component(later).source == comp.source for later in components[index + 1:]):
-                src.modules[comp.source] = None
+                src.free(comp.source)
                 gc.collect()
             # 5. Sizes (UNet): which latent sizes the graph really supports; then the check (a marked
             # UNet: of the graph a ControlNet runs, its residual inputs added back as at load).
@@ -207,13 +223,13 @@ def precision_policy(component: spec.ComponentSpec, precision: str, module: Any)
 
 #: model symbol -> how to read it from the source's modules (the family's own symbols, sdrt.spec)
 SYMBOL_READERS: dict[str, Callable[[source.Source], int]] = {
-    "D1": lambda src: int(src.module("text_encoder").config.hidden_size),
-    "K1": lambda src: int(src.module("text_encoder").config.num_hidden_layers),
-    "D2": lambda src: int(src.module("text_encoder_2").config.hidden_size),
-    "K2": lambda src: int(src.module("text_encoder_2").config.num_hidden_layers),
-    "P": lambda src: int(src.module("text_encoder_2").config.projection_dim),
+    "D1": lambda src: int(src.config("text_encoder").hidden_size),
+    "K1": lambda src: int(src.config("text_encoder").num_hidden_layers),
+    "D2": lambda src: int(src.config("text_encoder_2").hidden_size),
+    "K2": lambda src: int(src.config("text_encoder_2").num_hidden_layers),
+    "P": lambda src: int(src.config("text_encoder_2").projection_dim),
     "T": lambda src: 5 if src.model_index.get("requires_aesthetics_score", False) else 6,
-    "G": lambda src: int(src.module("unet").config.time_cond_proj_dim),
+    "G": lambda src: int(src.config("unet").time_cond_proj_dim),
 }
 
 
@@ -223,12 +239,12 @@ def pipeline_facts(src: source.Source, hidden_states: bool = False) -> dict[str,
         from sdrt.export.facts_sd3 import sd3_facts
 
         return sd3_facts(src)
-    unet, vae = src.module("unet").config, src.module("vae").config
+    unet, vae = src.config("unet"), src.config("vae")
     family = src.family
     latent_channels = int(vae.latent_channels)
-    encoders = [(name, src.module(name)) for name in family.text_encoders]
-    width = sum(int(e.config.hidden_size) for _, e in encoders)
-    names = " + ".join(f"{n}'s {int(e.config.hidden_size)}" for n, e in encoders)
+    encoders = [(name, src.config(name)) for name in family.text_encoders]
+    width = sum(int(e.hidden_size) for _, e in encoders)
+    names = " + ".join(f"{n}'s {int(e.hidden_size)}" for n, e in encoders)
     if int(unet.cross_attention_dim) != width:
         raise SdrtError(f"the UNet's cross_attention_dim {unet.cross_attention_dim} differs from the text "
                         f"encoders' hidden size ({names}): the pipeline's components do not match")
@@ -283,7 +299,7 @@ def vae_sample_size(vae: Any) -> int | None:
 
 def check_size_conditioning(src: source.Source, dims: dict[str, int]) -> None:
     """An SDXL-family UNet must take text_time conditioning of T time ids and the pooled projection P."""
-    unet = src.module("unet").config
+    unet = src.config("unet")
     if unet.get("addition_embed_type") != "text_time":
         raise SdrtError(f"the UNet's addition_embed_type is {unet.get('addition_embed_type')!r}, an SDXL "
                         f"pipeline needs 'text_time': the pipeline's components do not match")

@@ -15,12 +15,14 @@ from sdrt.errors import SdrtError
 
 #: transformers' T5 tokenizer limit; StableDiffusion3Pipeline refuses a max_sequence_length above it
 T5_MAX_SEQUENCE_LENGTH = 512
+#: StableDiffusion3Pipeline's default max_sequence_length (what a call uses unless it says otherwise)
+DEFAULT_MAX_SEQUENCE_LENGTH = 256
 
 
 def sd3_facts(src: Any) -> dict[str, Any]:
-    transformer, vae = src.module("transformer").config, src.module("vae").config
-    clip_l, clip_g = src.module("text_encoder").config, src.module("text_encoder_2").config
-    t5 = src.module("text_encoder_3")
+    transformer, vae = src.config("transformer"), src.config("vae")
+    clip_l, clip_g = src.config("text_encoder"), src.config("text_encoder_2")
+    t5 = src.config("text_encoder_3") if src.has("text_encoder_3") else None
     latent_channels = int(vae.latent_channels)
     joint = int(transformer.joint_attention_dim)
     widths = int(clip_l.hidden_size) + int(clip_g.hidden_size)
@@ -38,8 +40,8 @@ def sd3_facts(src: Any) -> dict[str, Any]:
     if int(transformer.pooled_projection_dim) != pooled:
         raise mismatch(f"the transformer's pooled_projection_dim {transformer.pooled_projection_dim} is not the "
                        f"CLIP projections' {clip_l.projection_dim} + {clip_g.projection_dim}")
-    if t5 is not None and int(t5.config.d_model) != joint:
-        raise mismatch(f"T5's d_model {t5.config.d_model} is not the transformer's joint_attention_dim {joint}")
+    if t5 is not None and int(t5.d_model) != joint:
+        raise mismatch(f"T5's d_model {t5.d_model} is not the transformer's joint_attention_dim {joint}")
     tokenizer_3 = src.tokenizers.get("tokenizer_3")
     t5_limit = T5_MAX_SEQUENCE_LENGTH
     if tokenizer_3 is not None and 0 < int(tokenizer_3.model_max_length) < 1_000_000:
@@ -60,6 +62,7 @@ def sd3_facts(src: Any) -> dict[str, Any]:
         "text_hidden_size": joint,
         "token_length": spec.TOKEN_LENGTH,
         "max_sequence_length": t5_limit,
+        "default_max_sequence_length": min(DEFAULT_MAX_SEQUENCE_LENGTH, t5_limit),
         "patch_size": int(transformer.patch_size),
         "sample_size": int(transformer.sample_size),
         "vae_sample_size": _vae_sample_size(vae),

@@ -107,6 +107,9 @@ class Preset:
     text_encoder_3: dict[str, Any] | None = None  # SD3: the T5 encoder (T5EncoderModel)
     transformer: dict[str, Any] | None = None  # SD3: the denoiser, a diffusers `transformer_class`
     transformer_class: str = "SD3Transformer2DModel"
+    #: the dtype `write_preset` stores the weights in: fp32, or fp16 as the released folder has them
+    #: (sd3.5-medium: 16 GB instead of 31; sdrt export reads them back as they are stored)
+    storage: str = "fp32"
 
 
 PRESETS: dict[str, Preset] = {
@@ -241,7 +244,7 @@ PRESETS: dict[str, Preset] = {
             text_encoder=sd3.CLIP_L, text_encoder_class="CLIPTextModelWithProjection",
             text_encoder_2=sd3.CLIP_G, text_encoder_3=sd3.T5_XXL,
             scheduler=sd3.SD3_SCHEDULER, scheduler_class="FlowMatchEulerDiscreteScheduler",
-            pipeline_class="StableDiffusion3Pipeline",
+            pipeline_class="StableDiffusion3Pipeline", storage="fp16",
         ),
     )
 }
@@ -309,13 +312,20 @@ def _fill_seeded(models: list[Any], seed: int, preset: Preset, dtype: Any) -> No
 
     generator = torch.Generator().manual_seed(seed)
     for model in models:
-        for module in model.modules():
-            for pname, param in list(module._parameters.items()):
-                if param is None:
-                    continue
-                std, mean = _scaled(_param_kind(module, pname), param.shape, preset.init_std)
-                values = torch.empty(param.shape, dtype=torch.float32).normal_(mean, std, generator=generator)
-                module._parameters[pname] = torch.nn.Parameter(values.to(dtype), requires_grad=False)
+        _fill(model, generator, preset, dtype)
+
+
+def _fill(model: Any, generator: Any, preset: Preset, dtype: Any) -> None:
+    """Draw `model`'s (meta) parameters from `generator` (fp32 draws, stored in `dtype` one at a time)."""
+    import torch
+
+    for module in model.modules():
+        for pname, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            std, mean = _scaled(_param_kind(module, pname), param.shape, preset.init_std)
+            values = torch.empty(param.shape, dtype=torch.float32).normal_(mean, std, generator=generator)
+            module._parameters[pname] = torch.nn.Parameter(values.to(dtype), requires_grad=False)
 
 
 def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str = "cpu") -> dict[str, Any]:
@@ -369,12 +379,16 @@ def build_components(name: str, *, seed: int = 0, dtype: Any = None, device: str
     return {**models, "scheduler": scheduler, **tokenizers}
 
 
-def build_pipeline(name: str, seed: int = 0, dtype: Any = None) -> Any:
-    """A diffusers pipeline with the preset's seeded random weights (no safety checker)."""
+def build_pipeline(name: str, seed: int = 0, dtype: Any = None, device: str = "cpu") -> Any:
+    """A diffusers pipeline with the preset's seeded random weights (no safety checker; `device="meta"`:
+    no weights)."""
+    return _assemble(get_preset(name), build_components(name, seed=seed, dtype=dtype, device=device))
+
+
+def _assemble(preset: Preset, parts: dict[str, Any]) -> Any:
+    """The preset's diffusers pipeline around its parts."""
     import diffusers
 
-    preset = get_preset(name)
-    parts = build_components(name, seed=seed, dtype=dtype)
     pipeline_class = getattr(diffusers, preset.pipeline_class)
     # every optional module off (no safety checker, no watermarker, no IP-adapter image encoder)
     optional = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
@@ -384,18 +398,49 @@ def build_pipeline(name: str, seed: int = 0, dtype: Any = None) -> Any:
     return pipeline_class(**parts, **{k: v for k, v in optional.items() if k in accepted and k not in parts})
 
 
-def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = False) -> Path:
-    """Write the preset as an ordinary diffusers folder, atomically (temporary sibling, then rename)."""
+STORAGE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def write_preset(name: str, out: str | Path, *, seed: int = 0, force: bool = False,
+                 storage: str | None = None) -> Path:
+    """Write the preset as an ordinary diffusers folder, atomically (temporary sibling, then rename).
+
+    In fp32 the pipeline is built whole and saved. In a 16-bit `storage` (default: the preset's; fp16
+    for sd3.5-medium, as released) one module at a time: drawn (the same draws as `build_pipeline`'s,
+    the generator running on from module to module), saved, freed; so a preset larger than the
+    machine's memory is written with about one module's (sd3.5-medium: T5-XXL's 9.5 GB)."""
+    import torch
+
     from sdrt.export.staging import check_target
     from sdrt.export.tokenizer_files import write_tokenizer
     from sdrt.export.tokenizer_t5 import write_t5_tokenizer
 
-    get_preset(name)
+    preset = get_preset(name)
+    storage = storage or preset.storage
+    if storage not in STORAGE:
+        raise SdrtError(f"unknown storage dtype {storage!r}: choose one of {', '.join(STORAGE)}")
+    dtype = getattr(torch, STORAGE[storage])
     out = Path(out)
     check_target(out, force)
     with atomic.staged_folder(out, if_exists="replace" if force else "fail") as tmp:
-        pipeline = build_pipeline(name, seed=seed)
-        pipeline.save_pretrained(tmp)
+        if storage == "fp32" or preset.trained:  # small enough to build whole (sdxl's 14 GB included)
+            pipeline = build_pipeline(name, seed=seed)
+            pipeline.save_pretrained(tmp)
+        else:
+            parts = build_components(name, seed=seed, device="meta")  # configs, scheduler, tokenizers
+            pipeline = _assemble(preset, parts)
+            pipeline.save_config(tmp)
+            generator = torch.Generator().manual_seed(seed)
+            for part, value in parts.items():
+                if isinstance(value, torch.nn.Module):  # the build order: the same draws as build_pipeline
+                    _fill(value, generator, preset, dtype)
+                    value.eval().save_pretrained(tmp / part)
+                    for module in value.modules():  # back to meta: the next module's draws fit beside it
+                        for pname in [n for n, p in module._parameters.items() if p is not None]:
+                            module._parameters[pname] = torch.nn.Parameter(
+                                module._parameters[pname].to("meta"), requires_grad=False)
+                else:
+                    value.save_pretrained(tmp / part)
         # Also vocab.json / merges.txt, as released SD folders have them (older transformers read those).
         for folder in ("tokenizer", "tokenizer_2"):
             if getattr(pipeline, folder, None) is not None:

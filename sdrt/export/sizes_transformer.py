@@ -20,14 +20,15 @@ from sdrt.export.graphs import wrap
 MAX_LATENT_CAP = 256
 
 
-def is_transformer(module: Any) -> bool:
-    return not hasattr(module, "num_upsamplers") and hasattr(module.config, "patch_size")
+def is_transformer(config: Any) -> bool:
+    """Whether a denoiser's config is a patch transformer's (not a UNet's)."""
+    return "patch_size" in config and "up_block_types" not in config
 
 
-def bounds(module: Any, sample_size: int) -> tuple[int, int, int]:
-    """(multiple, min_latent, max_latent) the architecture admits."""
-    p = int(module.config.patch_size)
-    grid = module.config.get("pos_embed_max_size")
+def bounds(config: Any, sample_size: int) -> tuple[int, int, int]:
+    """(multiple, min_latent, max_latent) the architecture (its config) admits."""
+    p = int(config.patch_size)
+    grid = config.get("pos_embed_max_size")
     cap = max(MAX_LATENT_CAP, 4 * sample_size) // p * p
     return p, p, min(cap, int(grid) * p) if grid else cap
 
@@ -43,7 +44,7 @@ def probe_cases(module: Any, model_values: Mapping[str, int], *, precision: str,
     """The PyTorch side (batch 1, a short text): None where PyTorch itself refuses the size."""
     denoiser = model.denoiser
     reference = wrap(denoiser, module, model)
-    multiple, _, max_latent = bounds(module, sample_size)
+    multiple, _, max_latent = bounds(module.config, sample_size)
     cases: dict[tuple[int, int], Case | None] = {}
     for i, (h, w) in enumerate(probe_pairs(multiple, max_latent)):
         try:
@@ -55,10 +56,11 @@ def probe_cases(module: Any, model_values: Mapping[str, int], *, precision: str,
 
 
 def probe_rule(cases: dict[tuple[int, int], Case | None], path: Path, module_bounds: tuple[int, int, int], *,
-               precision: str, model: spec.ModelSpec) -> dict[str, Any]:
-    """The ONNX Runtime side: every multiple of the patch size must pass; the manifest's `sizes`."""
+               precision: str, model: spec.ModelSpec, lean: bool = False) -> dict[str, Any]:
+    """The ONNX Runtime side: every multiple of the patch size must pass; the manifest's `sizes`
+    (`lean`: a streamed graph's 16-bit weights kept so, check.ort_session)."""
     multiple, min_latent, max_latent = module_bounds
-    session = ort_session(path)
+    session = ort_session(path, lean=lean)
     threshold = THRESHOLDS[precision]
     passed = {pair: case is not None and judge(model.denoiser, session, case)["max_rel_error"] <= threshold
               for pair, case in cases.items()}
@@ -77,9 +79,9 @@ def probe_rule(cases: dict[tuple[int, int], Case | None], path: Path, module_bou
             "probed": [{"h": h, "w": w, "passed": ok} for (h, w), ok in passed.items()]}
 
 
-def unprobed(module: Any, sample_size: int) -> dict[str, Any]:
+def unprobed(config: Any, sample_size: int) -> dict[str, Any]:
     """The rule when the transformer was not exported (--components without it): the architecture's."""
-    multiple, min_latent, max_latent = bounds(module, sample_size)
+    multiple, min_latent, max_latent = bounds(config, sample_size)
     return {"latent_multiple": multiple, "min_latent": min_latent, "max_latent": max_latent,
             "rule": f"transformer not exported, sizes not probed: multiples of the patch size {multiple}, "
                     f"up to {max_latent}", "probed": []}

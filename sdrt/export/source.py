@@ -54,11 +54,13 @@ VARIANTS = (None, "fp16")
 
 @dataclass
 class Source:
-    """A loaded pipeline, in fp32, plus the facts the manifest records about where it came from.
+    """A pipeline to export, in fp32, plus the facts the manifest records about where it came from.
 
-    `modules` holds the family's diffusers modules by folder name (text_encoder, unet, vae, ...), and
-    `tokenizers` its tokenizers by folder name; export frees a module (sets it to None) once no later
-    component needs it."""
+    `modules` holds the family's diffusers modules by folder name (text_encoder, unet, vae, ...) and
+    `tokenizers` its tokenizers by folder name. A folder's modules are loaded on first use, one at a
+    time (`present` names the ones it has), so a pipeline larger than memory is exported module by
+    module; export frees a module (`free`) once no later component needs it. `config` reads a
+    module's config without its weights."""
 
     kind: str  # "preset" or "folder"
     name: str
@@ -70,14 +72,36 @@ class Source:
     tokenizers: dict[str, Any]
     scheduler_config: dict[str, Any]
     content_hash: str
+    present: tuple[str, ...] = ()  # a folder's modules (loaded on use); a preset's are all in `modules`
+
+    def has(self, name: str) -> bool:
+        return self.modules.get(name) is not None or name in self.present
 
     def module(self, name: str) -> Any:
+        if self.modules.get(name) is None and name in self.present and self.path is not None:
+            self.modules[name] = load_module(self.path, self.family, name)
         return self.modules.get(name)
+
+    def free(self, name: str) -> None:
+        self.modules.pop(name, None)
+
+    def config(self, name: str) -> Any:
+        """The module's config (attribute access, defaults filled) without loading its weights."""
+        if self.modules.get(name) is not None or self.path is None:
+            module = self.modules.get(name)
+            return None if module is None else module.config
+        return module_config(self.path / name, *self.family.modules[name]) if name in self.present else None
+
+    def weight_files(self, name: str) -> list[Path]:
+        """A folder module's safetensors files (empty for a preset, or .bin weights)."""
+        if self.path is None or name not in self.present:
+            return []
+        return sorted((self.path / name).glob("*.safetensors"))
 
     @property
     def vocab_size(self) -> int:
-        first = next(name for name in self.family.text_encoders if self.modules.get(name) is not None)
-        return int(self.modules[first].config.vocab_size)
+        first = next(name for name in self.family.text_encoders if self.has(name))
+        return int(self.config(first).vocab_size)
 
 
 def resolve(model: str) -> tuple[str, str]:
@@ -159,31 +183,71 @@ def _weight_variant(folder: Path, stems: tuple[str, ...]) -> str | None:
                     f"in {folder}")
 
 
-def load_folder(path: Path) -> Source:
-    """Load the family's models in fp32, component by component (no safety checker, no hub)."""
+def load_module(path: Path, family: spec.Family, name: str, dtype: Any = None) -> Any:
+    """One module of a diffusers folder, in fp32 (or `dtype`: the stored one, for a streamed export)."""
     import diffusers
     import torch
     import transformers
 
+    library, cls = family.modules[name]
+    module = diffusers if library == "diffusers" else transformers
+    dtype_key = "torch_dtype" if library == "diffusers" else "dtype"
+    variant = _weight_variant(path / name, WEIGHT_STEMS[library])
+    try:
+        with quiet_libraries():
+            return getattr(module, cls).from_pretrained(
+                path / name, variant=variant, local_files_only=True, **{dtype_key: dtype or torch.float32}).eval()
+    except Exception as e:  # corrupt or mismatched files: safetensors, torch and config errors alike
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SdrtError(f"cannot load {name} from {path / name}: {first[:200]}") from None
+
+
+def module_config(folder: Path, library: str, cls: str) -> Any:
+    """A module's config from its config.json, defaults filled, no weights read (attribute access)."""
+    import diffusers
+    import transformers
+
+    try:
+        with quiet_libraries():
+            if library == "transformers":
+                return getattr(transformers, cls).config_class.from_pretrained(folder, local_files_only=True)
+            from sdrt.export.presets import _parameters_on_meta
+
+            model_class = getattr(diffusers, cls)
+            with _parameters_on_meta():  # the module's own defaults, without its weights
+                return model_class.from_config(model_class.load_config(folder)).config
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SdrtError(f"cannot read the config of {folder.name} from {folder}: {first[:200]}") from None
+
+
+def _check_weights(path: Path, name: str) -> None:
+    """Each safetensors file of a module opens (its header and size agree): a truncated or corrupt file
+    is found before any export work, not when its module's turn comes."""
+    from safetensors import safe_open
+
+    for file in sorted((path / name).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "np") as f:
+                f.keys()
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SdrtError(f"cannot load {name} from {path / name}: {file.name}: {first[:160]}") from None
+
+
+def load_folder(path: Path) -> Source:
+    """The folder's family and tokenizers; its models are loaded in fp32 when export reaches them (no
+    safety checker, no hub)."""
+    import transformers
+
     index, variants = check_folder(path)
     family = family_of(index["_class_name"], index)
-    models: dict[str, Any] = {}
-    for name, (library, cls) in family.modules.items():
-        if name not in variants:  # an optional module the folder lacks
-            models[name] = None
-            continue
-        module = diffusers if library == "diffusers" else transformers
-        dtype_key = "torch_dtype" if library == "diffusers" else "dtype"
-        try:
-            models[name] = getattr(module, cls).from_pretrained(
-                path / name, variant=variants[name], local_files_only=True, **{dtype_key: torch.float32}
-            ).eval()
-        except Exception as e:  # corrupt or mismatched files: safetensors, torch and config errors alike
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SdrtError(f"cannot load {name} from {path / name}: {first[:200]}") from None
+    for name in variants:
+        _check_weights(path, name)
+    models: dict[str, Any] = {name: None for name in family.modules}
     tokenizers: dict[str, Any] = {}
     for encoder, (name, _) in family.text_encoders.items():
-        if models.get(encoder, True) is None:
+        if encoder in family.modules and encoder not in variants:
             continue
         kind = family.tokenizer_kinds.get(name, "clip")
         loader = transformers.T5TokenizerFast if kind == "t5" else transformers.CLIPTokenizer
@@ -193,7 +257,7 @@ def load_folder(path: Path) -> Source:
             raise SdrtError(f"cannot load the {name} from {path / name}: {str(e).splitlines()[0]}")
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     return Source("folder", path.name, path.resolve(), index["_class_name"], index, family, models, tokenizers,
-                  scheduler_config, hash_folder(path))
+                  scheduler_config, hash_folder(path), present=tuple(variants))
 
 
 def load_preset(name: str) -> Source:

@@ -14,7 +14,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -59,26 +59,35 @@ def _quiet() -> Iterator[None]:
 def export_graph(graph: torch.nn.Module, comp: spec.ComponentSpec, example: Mapping[str, torch.Tensor], path: Path,
                  *, opset: int, exporter: str, precision: str) -> None:
     """Write `path` (plus `path`.data when the graph is over 2 GB) and name its dynamic axes."""
-    args = tuple(example[name] for name in comp.input_names)
-    axes = spec.dynamic_axes(comp)
-    with torch.no_grad(), export_context(graph), _quiet():
-        if exporter == "dynamo":
-            # one entry per input, in the spec's order; a wrapper taking *inputs gets them as one group
-            dynamic = tuple({axis: torch.export.Dim.DYNAMIC for axis in axes[name]} if name in axes else None
-                            for name in comp.input_names)
-            parameters = inspect.signature(graph.forward).parameters.values()
-            if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
-                dynamic = (dynamic,)
-            program = torch.export.export(graph, args, dynamic_shapes=dynamic, strict=False)
-            onnx_program = torch.onnx.export(program, args, dynamo=True, opset_version=opset, verbose=False,
-                                             input_names=list(comp.input_names),
-                                             output_names=list(comp.output_names))
-            onnx_program.save(path)  # external data only when over 2 GB
-        else:
+    if exporter == "dynamo":
+        dynamo_program(graph, comp, example, opset=opset).save(path)  # external data only when over 2 GB
+    else:
+        args = tuple(example[name] for name in comp.input_names)
+        axes = spec.dynamic_axes(comp)
+        with torch.no_grad(), export_context(graph), _quiet():
             torch.onnx.export(graph, args, str(path), dynamo=False, opset_version=opset,
                               input_names=list(comp.input_names), output_names=list(comp.output_names),
                               dynamic_axes={n: dict(a) for n, a in axes.items()})
     name_axes(path, comp, precision)
+
+
+def dynamo_program(graph: torch.nn.Module, comp: spec.ComponentSpec, example: Mapping[str, torch.Tensor], *,
+                   opset: int, optimize: bool = True) -> Any:
+    """The dynamo exporter's ONNXProgram of the wrapped component (`optimize=False`: no constant folding,
+    for a module traced without its weights: sdrt.export.streamed)."""
+    args = tuple(example[name] for name in comp.input_names)
+    axes = spec.dynamic_axes(comp)
+    with torch.no_grad(), export_context(graph), _quiet():
+        # one entry per input, in the spec's order; a wrapper taking *inputs gets them as one group
+        dynamic = tuple({axis: torch.export.Dim.DYNAMIC for axis in axes[name]} if name in axes else None
+                        for name in comp.input_names)
+        parameters = inspect.signature(graph.forward).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+            dynamic = (dynamic,)
+        program = torch.export.export(graph, args, dynamic_shapes=dynamic, strict=False)
+        return torch.onnx.export(program, args, dynamo=True, opset_version=opset, verbose=False,
+                                 input_names=list(comp.input_names), output_names=list(comp.output_names),
+                                 optimize=optimize)
 
 
 def name_axes(path: Path, comp: spec.ComponentSpec, precision: str) -> None:

@@ -16,7 +16,8 @@ from typing import Any
 
 from sdrt.runtime import commands_controlnet, commands_ip_adapter, commands_sd3, commands_sdxl
 from sdrt.runtime.infotext import a1111_parameters, image_seed
-from sdrt.runtime.load_options import cuda_graph_options, vae_tiling_options
+from sdrt.runtime.load_options import (add_low_memory_argument, cuda_graph_options, low_memory_options,
+                                       vae_tiling_options)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-dir", default=None,
                    help="folder where AUTOMATIC1111 prompt tags <lora:NAME:SCALE> find NAME.safetensors")
     add_vae_tiling_arguments(p)
+    add_low_memory_argument(p)
     p.add_argument("--out", default="sdrt-out", help="output folder (default ./sdrt-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
     commands_sdxl.add_arguments(p)
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.seeds import image_seeds
 
-    options = cuda_graph_options(args) | ({"auto_build": True} if args.auto_build else {}) | vae_tiling_options(args)
+    options = (cuda_graph_options(args) | ({"auto_build": True} if args.auto_build else {}) | vae_tiling_options(args)
+               | low_memory_options(args))
     out = outputs.check_writable(args.out)  # before any work: an unwritable --out is found in a second
     from sdrt.runtime.lora import parse_lora_arg
     from sdrt.runtime.lora.adapters import prompt_loras

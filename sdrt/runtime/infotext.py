@@ -14,6 +14,8 @@ def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
     fields = [("Steps", parameters["steps"]), ("Sampler", parameters.get("sampler") or parameters["scheduler"]),
               ("CFG scale", parameters["guidance_scale"]), ("Seed", image_seed(parameters, index)),
               ("Size", f"{parameters['width']}x{parameters['height']}")]
+    if parameters.get("schedule_type"):  # A1111 1.9+: the schedule beside the sampler (flow Euler's Karras, ...)
+        fields.insert(2, ("Schedule type", parameters["schedule_type"]))
     if parameters.get("model_hash"):
         fields.append(("Model hash", parameters["model_hash"]))
     fields.append(("Model", parameters["model"]))

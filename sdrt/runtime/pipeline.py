@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sdrt.engines import quantized
 from sdrt.engines.base import Backend, Engine, backend_class, candidates, with_precision
 from sdrt.errors import EngineMissing, SdrtError
 from sdrt.manifest import Manifest
@@ -95,7 +96,7 @@ class Pipeline:
     """Engines for one ONNX model folder; `load` gives the family's subclass, whose call makes images."""
 
     def __init__(self, manifest: Manifest, backend: Backend, tokenizers: dict[str, Any],
-                 scheduler_config: dict[str, Any]):
+                 scheduler_config: dict[str, Any], *, low_memory: bool = False):
         self.manifest = manifest
         self.backend = backend
         self.tokenizers = tokenizers  # tokenizer folder -> tokenizer (the family's: SDXL has two)
@@ -119,12 +120,15 @@ class Pipeline:
         self._denoiser_config = memory_guard.denoiser_config(manifest.folder / self.denoiser)
         self._lock = threading.RLock()  # one call at a time: the engines' bound buffers are shared
         self.vae_tiles: tiling.VaeTiles | None = None  # None: decode whole (see enable_vae_tiling)
+        self.low_memory = low_memory  # text encoders and denoiser loaded in turn (sdrt.runtime.low_memory)
+
         from sdrt.runtime.controlnet import ControlNets
 
         self.controlnets = ControlNets([])  # set by load(controlnet=...): run before the UNet every step
         self.ip_adapter: Any = None  # set by load(ip_adapter=...): sdrt.runtime.ip_adapter.IPAdapter
         try:
-            for component in (*self.model_spec.text_encoders, self.denoiser, "vae_decoder"):  # a broken folder fails here
+            preload = ("vae_decoder",) if low_memory else (*self.model_spec.text_encoders, self.denoiser, "vae_decoder")
+            for component in preload:  # a broken folder fails here
                 self.engine(component)
         except BaseException:
             self.close()
@@ -136,7 +140,8 @@ class Pipeline:
     @classmethod
     def load(cls, folder: str | os.PathLike, backend: str = "auto", precision: str | None = None,
              verify: bool = False, loras: Sequence[Any] = (), vae_tiling: bool = False,
-             vae_tile_size: int | None = None, controlnet: Any = None, ip_adapter: Any = None,
+             vae_tile_size: int | None = None, low_memory: bool | str = "auto", controlnet: Any = None,
+             ip_adapter: Any = None,
              **backend_options: Any) -> "Pipeline":
         """Open an exported folder on a backend, as its family's pipeline class; options go to the backend
         (its declared ones only).
@@ -147,7 +152,9 @@ class Pipeline:
         with a one-line note on stderr. `verify=True` first checks every component's sha256 against
         the one export recorded (reads every weight once; a changed file is one line naming it).
         `loras`: LoRA files to apply, each a path or a (path, scale) pair (see `set_loras`).
-        `vae_tiling` / `vae_tile_size`: see `enable_vae_tiling`.
+        `vae_tiling` / `vae_tile_size`: see `enable_vae_tiling`. `low_memory`: load the text encoders and
+        the denoiser in turn, never together ("auto": when they would not fit the memory available;
+        sdrt.runtime.low_memory); LoRAs need it off.
         `controlnet`: an exported ControlNet folder, or a list of them (each call then takes
         `control_image=`, one per ControlNet; see sdrt.runtime.controlnet); the UNet runs as the
         residual-taking graph made from the export (sdrt.residual_graph), not re-exported.
@@ -166,6 +173,11 @@ class Pipeline:
             raise SdrtError(f"{config_path} is missing or unreadable ({e}): export the model again with --force")
         tokenizers = load_tokenizers(manifest)
         family_class = runtime_class(manifest.family_spec.runtime)
+        from sdrt.runtime import low_memory as lean
+
+        low_memory = lean.decide(manifest, low_memory)
+        if low_memory and loras:
+            raise SdrtError(lean.NO_LORA)
         controlnets = _folders(controlnet)
         if controlnets:
             from sdrt.residual_graph import residual_manifest
@@ -183,10 +195,16 @@ class Pipeline:
             manifest = ip_manifest(manifest, ip_adapter_fits(manifest, ip_folder))
         backend_options = with_precision(precision, backend_options)
         names = candidates(backend, backend_options)
+        quantized.check_source(manifest)
+        if backend == "auto":  # a quantized folder: only the backends that run its scheme
+            names = quantized.filter_candidates(manifest.folder, manifest.components, names)
+        else:
+            quantized.check_backend(manifest.folder, manifest.components, names[0])
         for i, name in enumerate(names):
             try:
                 options = with_precision(precision, backend_options, backend_class(name))
-                pipe = family_class(manifest, backend_class(name)(**options), tokenizers, scheduler_config)
+                pipe = family_class(manifest, backend_class(name)(**options), tokenizers, scheduler_config,
+                                    low_memory=low_memory)
             except EngineMissing as e:
                 if i + 1 == len(names):
                     raise
@@ -225,6 +243,10 @@ class Pipeline:
         encoder's and UNet's weights without re-export; [] restores the exported weights exactly.
         A file that does not fit is a one-line error and leaves the pipeline as it was."""
         with self._lock:  # never while a call runs on the engines being swapped
+            if self.low_memory and loras:
+                from sdrt.runtime.low_memory import NO_LORA
+
+                raise SdrtError(NO_LORA)
             self.adapters.apply(self.backend, self.engines, list(loras))
 
     def set_controlnets(self, folders: Sequence[Any]) -> None:
@@ -290,6 +312,10 @@ class Pipeline:
 
     def engine(self, component: str) -> Engine:
         if component not in self.engines:
+            if self.low_memory:
+                from sdrt.runtime.low_memory import make_room
+
+                make_room(self, component)
             self.engines[component] = self.backend.load(self.manifest, component)
         return self.engines[component]
 

@@ -102,11 +102,12 @@ def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
     limits.check_images(body.batch_size * body.n_iter)
     seed = secrets.randbits(32) if body.seed is None or body.seed < 0 else body.seed % 2**32
     prompt, loras = service.loras.resolve(body.prompt)  # <lora:NAME:SCALE> tags: names of --lora-dir files only
+    model = service.model_name(body.override_settings.get("sd_model_checkpoint"))
+    flow = samplers.flow_model(service.pipelines[model])  # SD3 / Flux take the flow-matching samplers
     request = GenerationRequest(
-        model=service.model_name(body.override_settings.get("sd_model_checkpoint")),
-        prompt=prompt, negative_prompt=body.negative_prompt, n=body.batch_size * body.n_iter,
+        model=model, prompt=prompt, negative_prompt=body.negative_prompt, n=body.batch_size * body.n_iter,
         width=body.width, height=body.height, steps=body.steps,
-        sampler=samplers.resolve(body.sampler_name or body.sampler_index, body.scheduler),
+        sampler=samplers.resolve(body.sampler_name or body.sampler_index, body.scheduler, flow=flow),
         guidance_scale=body.cfg_scale, seed=seed, loras=loras)
     units = controlnets.scripts_units(body.alwayson_scripts)
     if units:
@@ -145,7 +146,7 @@ def _answer(body: Txt2ImgRequest, request: GenerationRequest, result: Any, servi
         "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * n,
         "seed": request.seed, "all_seeds": result.seeds, "subseed": -1, "all_subseeds": [-1] * n,
         "subseed_strength": 0, "width": request.width, "height": request.height, "sampler_name": sampler,
-        "scheduler": body.scheduler or "Automatic", "cfg_scale": request.guidance_scale, "steps": request.steps,
+        "scheduler": params.get("schedule_type") or body.scheduler or "Automatic", "cfg_scale": request.guidance_scale, "steps": request.steps,
         "batch_size": body.batch_size, "restore_faces": False, "sd_model_name": request.model,
         "sd_model_hash": None, "denoising_strength": request.strength if request.init_image else None,
         "extra_generation_params": extra, "index_of_first_image": 0,
@@ -186,7 +187,12 @@ def router(service: Any) -> APIRouter:
 
     @api.get("/samplers")
     async def sampler_list() -> list[dict[str, Any]]:
-        return samplers.listing()
+        kinds = [samplers.flow_model(pipe) for pipe in service.pipelines.values()]
+        return samplers.listing(unet=not all(kinds), flow=any(kinds))
+
+    @api.get("/schedulers")
+    async def schedule_list() -> list[dict[str, Any]]:
+        return samplers.schedule_listing(flow=any(samplers.flow_model(p) for p in service.pipelines.values()))
 
     @api.get("/loras")
     async def lora_list() -> list[dict[str, Any]]:

@@ -45,10 +45,11 @@ class BatchItem:
 
 
 def read_requests(path: str | os.PathLike, *, model: str, default_size: int, default_steps: int,
-                  seed_base: int, lora_dir: str | os.PathLike | None = None) -> list[BatchItem]:
+                  seed_base: int, lora_dir: str | os.PathLike | None = None, flow: bool = False) -> list[BatchItem]:
     """Parse and check every line first: a bad line stops the run before anything is generated.
 
-    `<lora:NAME:SCALE>` tags in a prompt name `lora_dir`/NAME.safetensors, as for `sdrt generate`."""
+    `<lora:NAME:SCALE>` tags in a prompt name `lora_dir`/NAME.safetensors, as for `sdrt generate`.
+    `flow`: the model is a flow-matching one (SD3): A1111 sampler names map to its samplers (Euler, Heun)."""
     from sdrt.runtime.lora.adapters import prompt_loras
     from sdrt.serve import samplers
 
@@ -78,8 +79,8 @@ def read_requests(path: str | os.PathLike, *, model: str, default_size: int, def
             raise SdrtError(f"{where}: id {item_id!r} appears twice: give each request its own id")
         seen.add(item_id)
         sampler = obj.get("sampler")
-        if sampler in samplers.SAMPLERS:  # an A1111 name; else an sdrt or diffusers name, checked by the pipeline
-            sampler = samplers.resolve(sampler)
+        if sampler in (samplers.FLOW_SAMPLERS if flow else samplers.SAMPLERS):  # an A1111 name; else an sdrt or
+            sampler = samplers.resolve(sampler, flow=flow)                      # diffusers name, the pipeline checks it
         try:
             prompt, loras = prompt_loras(obj["prompt"], lora_dir) if "<lora:" in obj["prompt"] else (obj["prompt"], [])
         except SdrtError as e:
@@ -100,6 +101,17 @@ def read_requests(path: str | os.PathLike, *, model: str, default_size: int, def
     if not items:
         raise SdrtError(f"{path} has no requests")
     return items
+
+
+def is_flow_folder(folder: str | os.PathLike) -> bool:
+    """Whether an exported folder's scheduler is a flow-matching one (SD3): it takes the flow samplers."""
+    from sdrt.runtime.schedulers import is_flow_config
+
+    try:
+        config = json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return is_flow_config(config)
 
 
 def finished_ids(out: Path) -> set[str]:

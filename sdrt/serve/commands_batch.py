@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise SdrtError("--max-batch, --steps and --ray-actors must be >= 1")
     manifest = Manifest.load(args.model)
     items = batch.read_requests(args.requests, model="model", default_size=manifest.default_image_size,
-                                default_steps=args.steps, seed_base=args.seed, lora_dir=args.lora_dir)
+                                default_steps=args.steps, seed_base=args.seed, lora_dir=args.lora_dir,
+                                flow=batch.is_flow_folder(args.model))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done = batch.finished_ids(out)

@@ -8,6 +8,7 @@ import os
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.commands_generate import add_vae_tiling_arguments
+from sdrt.runtime.load_options import add_low_memory_argument
 from sdrt.serve.setup import backend_options, build_service, limits_from, model_folders  # noqa: F401 (tests, Ray)
 
 LOOPBACK_NAMES = ("localhost",)
@@ -21,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run-time precision, as for `sdrt generate` (default: the exported one)")
     p.add_argument("--cuda-graph", action="store_true", help="CUDA-graph replay on GPU backends, as for generate")
     add_vae_tiling_arguments(p)  # a server option: A1111's API has no standard field for it
+    add_low_memory_argument(p)
     p.add_argument("--lora-dir", default=None, metavar="DIR",
                    help="LoRAs requests may pick by name with <lora:NAME:SCALE> prompt tags: DIR/NAME.safetensors")
     p.add_argument("--controlnet-dir", default=None, metavar="DIR",

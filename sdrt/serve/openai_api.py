@@ -69,8 +69,9 @@ def to_generation(body: ImageGenerationRequest, service: Any) -> GenerationReque
     limits.check_images(body.n)
     seed = secrets.randbits(32) if body.seed is None or body.seed < 0 else body.seed % 2**32
     prompt, loras = service.loras.resolve(body.prompt)  # the same <lora:NAME:SCALE> tags as A1111's routes
+    sampler = samplers.resolve(body.sampler, flow=samplers.flow_model(service.pipelines[model]))
     return GenerationRequest(model=model, prompt=prompt, negative_prompt=body.negative_prompt, n=body.n,
-                             width=width, height=height, steps=body.steps, sampler=samplers.resolve(body.sampler),
+                             width=width, height=height, steps=body.steps, sampler=sampler,
                              guidance_scale=body.guidance_scale, seed=seed, loras=loras)
 
 

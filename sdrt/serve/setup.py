@@ -38,9 +38,9 @@ def limits_from(args: Any) -> Any:
 
 
 def backend_options(args: Any) -> dict[str, Any]:
-    from sdrt.runtime.load_options import cuda_graph_options, vae_tiling_options
+    from sdrt.runtime.load_options import cuda_graph_options, low_memory_options, vae_tiling_options
 
-    return cuda_graph_options(args) | vae_tiling_options(args)
+    return cuda_graph_options(args) | vae_tiling_options(args) | low_memory_options(args)
 
 
 def build_service(args: Any) -> Any:

@@ -167,6 +167,9 @@ class Family:
     optional_modules: tuple[str, ...] = ()
     #: tokenizer folder -> its kind when it is not CLIP's ("t5": a SentencePiece Unigram tokenizer.json)
     tokenizer_kinds: Mapping[str, str] = field(default_factory=dict)
+    #: component -> the original (non-diffusers) module tree kohya's files name its layers after:
+    #: "ldm" (the SGM/LDM UNet of SDXL files), "mmdit" (Stability's SD3 MMDiT: fused q/k/v)
+    lora_names: Mapping[str, str] = field(default_factory=dict)
     #: it takes ControlNets: mode -> the diffusers ControlNet pipeline class that runs it (the reference)
     controlnet: Mapping[str, str] = field(default_factory=dict)
     #: those pipelines' default controlnet_conditioning_scale per mode
@@ -204,6 +207,14 @@ _UNET = ("diffusers", "UNet2DConditionModel")
 _VAE = ("diffusers", "AutoencoderKL")
 _SD3_MODES = {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
               "inpaint": "StableDiffusion3InpaintPipeline"}
+#: SD3's: diffusers/PEFT (transformer., text_encoder., text_encoder_2.; PEFT's bare base_model.model.),
+#: kohya sd-scripts (lora_unet_ = the MMDiT's original names, lora_te1_/2_/3_ = CLIP-L, CLIP-G, T5),
+#: OneTrainer (lora_transformer_ = diffusers names, underscored), SimpleTuner's LyCORIS-LoRA
+#: (lycoris_), ComfyUI's generic diffusion_model. (the MMDiT's original names)
+_SD3_LORA = {"transformer.": "transformer", "base_model.model.": "transformer", "lora_unet_": "transformer",
+             "lora_transformer_": "transformer", "lycoris_": "transformer", "diffusion_model.": "transformer",
+             "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2", "lora_te3_": "text_encoder_3",
+             "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
 _SDXL_LORA = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
               "unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
 
@@ -217,7 +228,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         text_encoders={"text_encoder": ("tokenizer", "prompt")}, denoiser="unet", runtime="unet",
         default_scheduler="PNDMScheduler", text_layer="last",
         lora_prefixes={"lora_unet_": "unet", "lora_te_": "text_encoder", "unet.": "unet",
-                       "text_encoder.": "text_encoder"},
+                       "text_encoder.": "text_encoder"}, lora_names={"unet": "ldm"},
         scheduler_config_fixes=tuple(dict.fromkeys(_SD_MODES.values())),
         controlnet={"txt2img": "StableDiffusionControlNetPipeline",
                     "img2img": "StableDiffusionControlNetImg2ImgPipeline",
@@ -231,7 +242,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         components=_sdxl_components, variants=("timestep_cond",),
         text_encoders={"text_encoder": ("tokenizer", "prompt"), "text_encoder_2": ("tokenizer_2", "prompt_2")},
         denoiser="unet", runtime="unet", default_scheduler="EulerDiscreteScheduler", text_layer="penultimate",
-        lora_prefixes=_SDXL_LORA, default_strength={"img2img": 0.3, "inpaint": 0.9999}, size_conditioning=True,
+        lora_prefixes=_SDXL_LORA, lora_names={"unet": "ldm"}, default_strength={"img2img": 0.3, "inpaint": 0.9999},
+        size_conditioning=True,
         controlnet={"txt2img": "StableDiffusionXLControlNetPipeline",
                     "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
                     "inpaint": "StableDiffusionXLControlNetInpaintPipeline"},
@@ -245,7 +257,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         # diffusers pairs the prompts with the encoders a pipeline has: the refiner's one gets `prompt`
         text_encoders={"text_encoder_2": ("tokenizer_2", "prompt")},
         denoiser="unet", runtime="unet", default_scheduler="EulerDiscreteScheduler", text_layer="penultimate",
-        lora_prefixes=_SDXL_LORA, default_strength={"img2img": 0.3, "inpaint": 0.9999}, txt2img=False,
+        lora_prefixes=_SDXL_LORA, lora_names={"unet": "ldm"}, default_strength={"img2img": 0.3, "inpaint": 0.9999},
+        txt2img=False,
         size_conditioning=True, aesthetic_score=True,
     ),
     Family(
@@ -261,8 +274,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         tokenizer_kinds={"tokenizer_3": "t5"},
         denoiser="transformer", runtime="sd3", default_scheduler="FlowMatchEulerDiscreteScheduler",
         text_layer="penultimate",
-        lora_prefixes={"transformer.": "transformer", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
-                       "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"},
+        lora_prefixes=_SD3_LORA, lora_names={"transformer": "mmdit"},
         default_strength={"img2img": 0.6, "inpaint": 0.6},
     ),
 )}

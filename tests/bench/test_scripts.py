@@ -9,7 +9,8 @@ import sys
 import pytest
 
 MODULES = ["footprint", "lora_switch", "schedulers_bench", "serve_load", "probes.lora_ready_graph",
-           "probes.switch_breakdown", "probes.ort_override_copy", "probes.scratch_page_fault", "probes.trt_rtx"]
+           "probes.switch_breakdown", "probes.ort_override_copy", "probes.scratch_page_fault", "probes.trt_rtx",
+           "sd3_new_user", "steps"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -70,3 +70,26 @@ def test_openvino_bf16_runs(tiny_sd3_onnx, ort_image):
     pipe = Pipeline.load(tiny_sd3_onnx, backend="openvino", precision="bf16")
     ours = pipe("a cat", num_inference_steps=3, guidance_scale=5.0, output_type="np", seed=2).images
     assert np.isfinite(ours).all() and psnr(ours, ort_image) >= 20
+
+
+def test_build_t5_length_defaults_to_the_pipelines_and_is_checked(tiny_sd3_onnx, tiny_onnx, capsys):
+    from types import SimpleNamespace
+
+    from sdrt.cli import main
+    from sdrt.engines.commands_build import text_tokens
+    from sdrt.errors import SdrtError
+    from sdrt.manifest import Manifest
+
+    sd3 = Manifest.load(tiny_sd3_onnx)
+    assert sd3.pipeline["default_max_sequence_length"] == 256  # StableDiffusion3Pipeline's default, recorded
+    assert text_tokens(sd3, None) == 256 and text_tokens(sd3, 128) == 128
+    older = SimpleNamespace(pipeline={"max_sequence_length": 512}, folder="x", family="sd3")  # exported before
+    assert text_tokens(older, None) == 512
+    assert text_tokens(Manifest.load(tiny_onnx), None) == 77  # one CLIP chunk
+    with pytest.raises(SdrtError, match="between 1 and 512"):
+        text_tokens(sd3, 513)
+    for folder, value, words in ((tiny_sd3_onnx, "600", "between 1 and 512"),
+                                 (tiny_onnx, "128", "for models with a T5 encoder")):
+        code = main(["build", "--model", str(folder), "--backend", "tensorrt_rtx", "--max-sequence-length", value])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and words in err

@@ -8,6 +8,7 @@ time: A -> B -> A gives A's weights bit for bit, and `[]` gives the export's own
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from typing import Any, Iterable, Mapping, MutableMapping, Sequence, Union
 
 import numpy as np
 
-from sdrt.errors import SdrtError
+from sdrt.engines.quantized import is_quantized
+from sdrt.errors import SdrtError, warn
 from sdrt.weight_map import WeightMap
 from sdrt.runtime.lora.files import LoraFile, read_lora
 from sdrt.runtime.lora.merge import check_scale, low_rank_factors, merged_shapes, merged_weights, resolve
@@ -112,11 +114,11 @@ class Adapters:
     def prepare(self, loras: Sequence[LoraSpec]) -> tuple[list[ActiveLora], list, dict[str, WeightMap]]:
         """Read and check every file against the weight maps (every bad-input error is raised here);
         touches no engine and merges nothing yet."""
-        files: list[tuple[LoraFile, float]] = [(read_lora(path, self.manifest.family_spec.lora_prefixes), scale)
-                                                for path, scale in _pairs(loras)]
+        files: list[tuple[LoraFile, float]] = [(self._without_absent(read_lora(path, self.manifest.family_spec.lora_prefixes)),
+                                                 scale) for path, scale in _pairs(loras)]
         targets = sorted({layer.component for f, _ in files for layer in f.layers})
         maps = {c: self.weight_map(c) for c in targets if c in self.components and self.manifest.has(c)}
-        placed = resolve(files, maps)
+        placed = resolve(files, maps, self.manifest.family_spec.lora_names)
         active = [ActiveLora(f.name, str(f.path), scale, f.short_hash, f.format) for f, scale in files]
         return active, placed, maps
 
@@ -133,6 +135,14 @@ class Adapters:
         active, placed, maps = self.prepare(loras)
         by_component = {c: [item for item in placed if item.layer.component == c] for c in self.components}
         side = {c for c, items in by_component.items() if items and self._side_path(backend, c, items, maps)}
+        for component, items in by_component.items():
+            if items and component not in side and is_quantized(self.manifest.components.get(component, {})):
+                raise SdrtError(f"{self.manifest.folder}: the {component} is quantized "
+                                f"({self.manifest.components[component]['quantization']['scheme']}): a LoRA on it runs "
+                                f"as float side paths beside the int8 layers, which backend {backend.name} has not "
+                                f"for every layer this LoRA changes (Linear and 1x1 Conv only, on ort-cpu and "
+                                f"openvino with dynamic shapes): leave its 3x3 conv layers out, or use the float "
+                                f"folder")
         shapes = merged_shapes([item for c, items in by_component.items() if c not in side for item in items], maps)
         stores = {component: store_for(shapes[component], self.manifest.folder) for component in shapes}
         for component in self.components:
@@ -158,6 +168,18 @@ class Adapters:
             self.changed[component] = new
             self.branched.discard(component)
         self.active = active
+
+    def _without_absent(self, lora: LoraFile) -> LoraFile:
+        """The file without its layers on an optional component this model was exported without (SD3's
+        T5: the runtime feeds zeros in its place, so a LoRA on it changes nothing), with a warning."""
+        absent = {c for c in self.components if not self.manifest.has(c)}
+        dropped = [layer for layer in lora.layers if layer.component in absent]
+        if not dropped:
+            return lora
+        names = ", ".join(sorted({layer.component for layer in dropped}))
+        warn(f"LoRA {lora.name}: {len(dropped)} of its layers change {names}, which {self.manifest.folder} was "
+             f"exported without (its output is zeros there): they change nothing and are left out")
+        return dataclasses.replace(lora, layers=tuple(layer for layer in lora.layers if layer.component not in absent))
 
     def _side_path(self, backend: Any, component: str, items: Sequence, maps: Mapping[str, WeightMap]) -> bool:
         """Whether `component`'s LoRA layers all go in as side paths on this backend."""

@@ -18,6 +18,11 @@ Formats:
   (``attn1.processor.to_q_lora.down.weight``, ``to_out_lora``; ``self_attn.to_q_lora`` in text
   encoders), renamed to the module they patch. An optional ``<layer>.alpha``; without one,
   alpha = rank (diffusers' default).
+- SD3 / SD3.5 (the family table's prefixes): ``transformer.`` (diffusers/PEFT) or ``base_model.model.``
+  (PEFT's own), ``lora_transformer_`` (OneTrainer: diffusers names, underscored), ``lycoris_``
+  (SimpleTuner), and kohya's ``lora_unet_`` / ComfyUI's ``diffusion_model.`` with the original MMDiT
+  names (sdrt.runtime.lora.names_mmdit); ``lora_te1_`` / ``lora_te2_`` / ``lora_te3_`` for CLIP-L,
+  CLIP-G and T5.
 
 Other adapter kinds are refused in one line naming the kind: they are not low-rank products.
 """
@@ -134,6 +139,7 @@ def read_lora(path: str | os.PathLike, prefixes: Mapping[str, str] | None = None
     the key prefixes of the model's family -> component; they win over other families' meanings of
     the same prefix, and other families' prefixes still name their component (so an SDXL LoRA on an
     SD model is "targets text_encoder_2, which this model does not have", not an unknown key)."""
+    own = list(prefixes or ())
     prefixes = {**PREFIXES, **(prefixes or {})}
     path = Path(path)
     if not path.is_file():
@@ -166,8 +172,9 @@ def read_lora(path: str | os.PathLike, prefixes: Mapping[str, str] | None = None
         parts.setdefault((component, layer), {})[role] = tensors[key]
         parts[(component, layer)].setdefault("keys", {})[role] = key  # type: ignore[index]
     if unknown:
+        expected = "/".join(own) if own else "kohya lora_unet_/lora_te_ or diffusers unet./text_encoder."
         raise SdrtError(f"{path.name}: {len(unknown)} of {len(keys)} keys are not LoRA keys sdrt knows "
-                        f"(first: {unknown[0]}): expected kohya lora_unet_/lora_te_ or diffusers unet./text_encoder. keys")
+                        f"(first: {unknown[0]}): expected {expected} keys")
     layers = []
     for (component, layer), found in sorted(parts.items()):
         names = found.pop("keys")  # type: ignore[arg-type]
