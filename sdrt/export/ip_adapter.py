@@ -111,7 +111,7 @@ def _load(path: Path) -> tuple[Any, Any]:
 def export_ip_adapter(path: Path, out: Path, *, opset: int, precision: str, force: bool, exporter: str,
                       log: Callable[[str], None]) -> Path:
     """Export the IP-Adapter folder at `path` into the ONNX IP-Adapter folder `out` (see the module docstring)."""
-    from sdrt.export import check, staging, trace
+    from sdrt.export import check, sizes, staging, trace
     from sdrt.export.exporter import manifest, precision_policy, save_config
     from sdrt.export.graphs import example_inputs, wrap
     from sdrt.export.source import hash_folder
@@ -132,8 +132,9 @@ def export_ip_adapter(path: Path, out: Path, *, opset: int, precision: str, forc
                 # an IP-Adapter has no latents: these three satisfy the manifest schema, nothing reads them
                 "latent_channels": 1, "unet_in_channels": 1, "vae_scale_factor": 1,
                 "ip_adapter": layout.to_json(), "weight_name": weight_file(path).name}
-    size_rule = {"latent_multiple": 1, "min_latent": 1, "max_latent": 1,
-                 "rule": "an IP-Adapter runs once per call at its image encoder's size", "probed": []}
+    size_rule = {"latent_multiple": 1, "min_latent": 1, "max_latent": sizes.MAX_LATENT_CAP,
+                 "rule": "an IP-Adapter runs once per call at its image encoder's size, whatever the latent size "
+                         "of the base it is loaded with", "probed": []}
     entries = {}
     trace_dims = {"B": 2, "h": 1, "w": 1, "L": spec.TOKEN_LENGTH}
     with staging.terminate_as_exception(), staging.staged_folder(out, force) as tmp:
