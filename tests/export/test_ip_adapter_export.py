@@ -74,3 +74,19 @@ def test_unet_rewrite_adds_one_branch_per_cross_attention(tiny_onnx, tiny_ip_ada
     assert np.abs(rewritten.run(None, {**feeds, **extra})[0] - want).max() > 1e-2
     with pytest.raises(SdrtError, match="layer widths"):
         add_ip_inputs(source, tmp_path / "other.onnx", layout, "fp32", [32, 32, 64])
+
+
+def test_unet_without_module_names_is_one_line(tiny_onnx, tiny_ip_adapter_onnx, tmp_path):
+    """A UNet graph whose nodes do not say which module they came from (the torchscript exporter, older
+    sdrt): the rewrite cannot find the cross-attentions and says to export again."""
+    from sdrt.ip_graph import add_ip_inputs
+
+    model = onnx.load(str(Manifest.load(tiny_onnx).onnx_path("unet")), load_external_data=False)
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(SdrtError, match="export the model again with this sdrt's defaults to use an IP-Adapter"):
+        add_ip_inputs(bare, tmp_path / "out.onnx", Manifest.load(tiny_ip_adapter_onnx).ip_adapter_layout(), "fp32",
+                      [32, 64, 64])
+    assert not (tmp_path / "out.onnx").exists()
