@@ -40,7 +40,7 @@ import numpy as np
 from sdrt.engines import quantized
 from sdrt.engines.base import Backend, Engine, backend_class, candidates, with_precision
 from sdrt.errors import EngineMissing, SdrtError
-from sdrt.manifest import Manifest
+from sdrt.manifest import PIPELINE_KIND, Manifest
 from sdrt.runtime import conditioning, images as imageio, memory_guard, vae_tiling as tiling
 from sdrt.runtime.seeds import PerImageGenerator
 from sdrt.runtime.timing import StageTimings
@@ -163,6 +163,10 @@ class Pipeline:
         its keys and values (sdrt.ip_graph), not re-exported.
         """
         manifest = Manifest.load(folder)
+        if manifest.kind != PIPELINE_KIND:  # a ControlNet or IP-Adapter folder given as the model
+            label = {"controlnet": "a ControlNet", "ip_adapter": "an IP-Adapter"}.get(manifest.kind, f"a {manifest.kind}")
+            raise SdrtError(f"{folder} is {label} folder, not a model: load a model folder and pass this one as "
+                            f"{manifest.kind}= (--{manifest.kind.replace('_', '-')} DIR)")
         tiles = tiling.from_options(manifest.pipeline, vae_tiling, vae_tile_size)  # fails before loading
         if verify:
             manifest.verify()

@@ -142,6 +142,8 @@ def test_ip_adapter_bad_input(loaded, tiny_onnx, tiny_controlnet_onnx):
         pipe("x", ip_adapter_image=[image_prompt((8, 8))] * 2, **call)
     with pytest.raises(SdrtError, match="not an IP-Adapter"):
         Pipeline.load(tiny_onnx, backend="ort-cpu", ip_adapter=tiny_controlnet_onnx)
+    with pytest.raises(SdrtError, match="is an IP-Adapter folder, not a model: .* as ip_adapter="):
+        Pipeline.load(pipe.ip_adapter.manifest.folder, backend="ort-cpu")
     base = Manifest.load(tiny_onnx)
     wider = Manifest(base.folder, {**base.data, "pipeline": {**base.pipeline, "text_hidden_size": 768}})
     with pytest.raises(SdrtError, match="cross-attention width 32, the base .* has 768"):
