@@ -113,6 +113,10 @@ class Manifest:
                             f"`sdrt export --model tiny --out {folder}`")
         path = folder / MANIFEST_NAME
         if not path.is_file():
+            if (folder / "model_index.json").is_file() and (folder / "unet" / "model.onnx").is_file():
+                raise SdrtError(f"{folder} is an Optimum ONNX folder (no {MANIFEST_NAME}): sdrt generate and sdrt "
+                                f"serve read it as it is; this command reads the sdrt view they write, "
+                                f"{folder / ENGINES_DIR / 'sdrt-view'}")
             raise SdrtError(f"{folder} is not an sdrt ONNX folder (no {MANIFEST_NAME}): export it "
                             f"with `sdrt export --model SRC --out {folder}`")
         try:

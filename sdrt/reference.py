@@ -112,6 +112,16 @@ def load_source_pipeline(manifest: Manifest, dtype: Any = None, source: str | os
         from sdrt.export.presets import build_pipeline
 
         return build_pipeline(name, seed=int(recorded.get("seed", 0)), dtype=dtype)
+    if kind == "single_file" and path and Path(path).is_file():  # converted again, as export did
+        from sdrt.export.source import load
+
+        src = load(str(path))
+        cls = getattr(diffusers, src.class_name)
+        accepted = inspect.signature(cls.__init__).parameters
+        parts = {**src.modules, **src.tokenizers, "scheduler": getattr(diffusers, src.scheduler_config.get(
+            "_class_name", "PNDMScheduler")).from_config(src.scheduler_config)}
+        pipe = cls(**{k: v for k, v in {**OPTIONAL_MODULES, **parts}.items() if k in accepted})
+        return pipe.to(dtype) if dtype is not None else pipe
     if kind == "folder" and path and Path(path).is_dir():
         cls = getattr(diffusers, manifest.pipeline.get("class_name", ""), diffusers.StableDiffusionPipeline)
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--min-size", type=int, help="smallest image side in pixels (dynamic profile)")
     size.add_argument("--max-size", type=int, help="largest image side in pixels (dynamic profile)")
     size.add_argument("--max-batch", type=int, help="most images per call (dynamic batch)")
+    size.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                      help="the most text tokens the UNet attends to (long prompts, A1111 syntax: 77 per chunk, e.g. "
+                           "231 for three); default: one chunk, 77")
     size.add_argument("--max-sequence-length", type=int, default=None, metavar="TOKENS",
                       help="models with a T5 encoder (SD3): the T5 tokens a call uses, max_sequence_length (default: "
                            "the pipeline's, SD3's 256; a call with another length needs its own build)")
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     request = trt_profiles.ProfileRequest(
         batch=args.batch, height=args.height, width=args.width, min_size=args.min_size,
         max_size=args.max_size, max_batch=args.max_batch, guidance=not args.no_guidance,
-        tokens=text_tokens(manifest, args.max_sequence_length))
+        tokens=text_tokens(manifest, args.max_sequence_length), max_tokens=getattr(args, "max_tokens", None))
     for name in components:  # every profile checked before the first (long) build starts
         trt_profiles.dim_range(manifest.spec.component(name), request, manifest.sizes,
                                trt_profiles.default_size(request, manifest))

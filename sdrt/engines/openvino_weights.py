@@ -30,7 +30,9 @@ def replace_constants(ov: Any, model: Any, overrides: Mapping[str, np.ndarray], 
         if old is None:
             raise SdrtError(f"{where}: initializer {name} (from the weight map) is not a constant of the OpenVINO "
                             f"model: re-export with sdrt export --force")
-        if tuple(old.get_shape()) != tuple(array.shape):
+        old_shape = tuple(old.get_shape())
+        grown_table = len(old_shape) == 2 and old_shape[1:] == array.shape[1:] and array.shape[0] > old_shape[0]
+        if old_shape != tuple(array.shape) and not grown_table:  # a table may gain rows (textual inversion)
             raise SdrtError(f"{where}: initializer {name} has shape {tuple(old.get_shape())} in the OpenVINO "
                             f"model, the merged weight {tuple(array.shape)}: re-export with sdrt export --force")
         new = ov.op.Constant(np.ascontiguousarray(array), shared_memory=True)

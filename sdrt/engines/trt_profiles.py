@@ -40,10 +40,12 @@ class ProfileRequest:
     max_batch: int | None = None   # images; dynamic batch when set
     guidance: bool = True          # classifier-free guidance doubles the UNet batch
     tokens: int = spec.TOKEN_LENGTH  # text tokens the denoiser attends to (L; 77 = one CLIP chunk)
+    max_tokens: int | None = None  # the most text tokens (long prompts: 77 per chunk); dynamic L when set
 
     @property
     def dynamic(self) -> bool:
-        return self.min_size is not None or self.max_size is not None or self.max_batch is not None
+        return (self.min_size is not None or self.max_size is not None or self.max_batch is not None
+                or self.max_tokens is not None)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,18 @@ def batch_range(request: ProfileRequest) -> tuple[int, int, int]:
     return 1, request.batch, request.max_batch
 
 
+def token_range(request: ProfileRequest) -> tuple[int, int, int]:
+    """(min, opt, max) text tokens the denoiser attends to: `tokens` alone, or one chunk .. `max_tokens`."""
+    _positive("tokens", request.tokens)
+    if request.max_tokens is None:
+        return request.tokens, request.tokens, request.tokens
+    _positive("--max-tokens", request.max_tokens)
+    if request.max_tokens < request.tokens:
+        raise SdrtError(f"--max-tokens {request.max_tokens} is below the {request.tokens} tokens of one prompt chunk: "
+                        f"pass a multiple of {spec.TOKEN_LENGTH} (231 = three chunks, 225 prompt tokens)")
+    return min(request.tokens, spec.TOKEN_LENGTH), request.tokens, request.max_tokens
+
+
 def default_size(request: ProfileRequest, manifest) -> int:
     """The model's default image side, asked for only when the request leaves a side out (a ControlNet
     folder has none: its build needs --height and --width)."""
@@ -121,12 +135,13 @@ def dim_range(component: spec.ComponentSpec, request: ProfileRequest, rule: Size
     """The profile of one component for a build request."""
     (h0, w0), (h1, w1), (h2, w2) = image_range(request, rule, default_size)
     n0, n1, n2 = batch_range(request)
+    t0, t1, t2 = token_range(request)
     lo_factor, hi_factor = batch_factors(component, request.guidance)
     f = rule.vae_scale_factor
     full = {
-        "min": {"B": max(1, lo_factor * n0), "h": h0 // f, "w": w0 // f, "L": request.tokens},
-        "opt": {"B": hi_factor * n1, "h": h1 // f, "w": w1 // f, "L": request.tokens},
-        "max": {"B": hi_factor * n2, "h": h2 // f, "w": w2 // f, "L": request.tokens},
+        "min": {"B": max(1, lo_factor * n0), "h": h0 // f, "w": w0 // f, "L": t0},
+        "opt": {"B": hi_factor * n1, "h": h1 // f, "w": w1 // f, "L": t1},
+        "max": {"B": hi_factor * n2, "h": h2 // f, "w": w2 // f, "L": t2},
     }
     keep = used_symbols(component)
     return DimRange(*({s: full[k][s] for s in keep} for k in ("min", "opt", "max")))
@@ -185,6 +200,9 @@ def build_command(folder: str, backend: str, request: ProfileRequest, components
                         ("--max-batch", request.max_batch)):
         if value is not None:
             words.append(f"{flag} {value}")
+    most_tokens = max(request.tokens, request.max_tokens or 0)
+    if most_tokens != spec.TOKEN_LENGTH:
+        words.append(f"--max-tokens {most_tokens}")
     if not request.guidance:
         words.append("--no-guidance")
     if components:

@@ -14,8 +14,18 @@ DEFAULT_OPSET = 23  # trace.DEFAULT_OPSET, spelled here so argparse needs no tor
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="SRC",
-                        help="a local diffusers folder (with model_index.json) or a preset name "
+                        help="a local diffusers folder (with model_index.json), a single-file checkpoint "
+                             "(.safetensors: SD 1.x, 2.x, SDXL base or refiner, inpainting), a Hugging Face id "
+                             "already in the local cache (org/name; nothing is downloaded) or a preset name "
                              "(e.g. shapes, tiny, sd15: sdrt preset --list)")
+    parser.add_argument("--vae", default=None, metavar="FILE_OR_DIR",
+                        help="export with this VAE instead of the model's (a .safetensors VAE file or a diffusers "
+                             "VAE folder); with --components vae_decoder vae_encoder: a VAE to swap in at run time")
+    parser.add_argument("--prediction-type", default=None, choices=("epsilon", "v_prediction", "sample"),
+                        help="override what the UNet predicts (single files: read from the file's v_pred key, or "
+                             "SD 2.x's test run; default epsilon)")
+    parser.add_argument("--unsafe-pickle", action="store_true",
+                        help="read a .ckpt (pickle) single file: it can run any code it holds; only for files you trust")
     parser.add_argument("--out", required=True, metavar="DIR", help="the ONNX model folder to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET}; dynamo 18-23, torchscript 14-20)")
@@ -48,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
 
     export_model(args.model, args.out, opset=args.opset, precision=args.precision, components=args.components,
                  force=args.force, exporter=args.exporter, hidden_states=args.hidden_states, stream=args.stream,
-                 log=log)
+                 log=log, vae=args.vae, unsafe_pickle=args.unsafe_pickle, prediction_type=args.prediction_type)
     return 0
 

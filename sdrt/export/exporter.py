@@ -30,13 +30,15 @@ PRECISIONS = ("fp32", "fp16")
 
 def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSET, precision: str = "fp32",
                  components: Sequence[str] | None = None, force: bool = False, exporter: str = "dynamo",
-                 hidden_states: bool = False, stream: Sequence[str] = (),
-                 log: Callable[[str], None] = print) -> Path:
+                 hidden_states: bool = False, stream: Sequence[str] = (), log: Callable[[str], None] = print,
+                 vae: str | None = None, unsafe_pickle: bool = False, prediction_type: str | None = None) -> Path:
     """Export `model` (a diffusers folder or a preset name) into the ONNX model folder `out`.
 
     `hidden_states`: SD 1.x/2.x text encoders also give their layer stack (what `clip_skip` needs;
     SDXL exports always have it). `stream`: components to export streamed (sdrt.export.streamed:
-    weights copied tensor by tensor in their stored dtype; automatic above its STREAM_BYTES)."""
+    weights copied tensor by tensor in their stored dtype; automatic above its STREAM_BYTES).
+    `vae`: another VAE (file or folder) in place of the model's; `unsafe_pickle`: read a .ckpt single
+    file; `prediction_type`: override the scheduler's."""
     out = Path(out)
 
     # 1. Arguments: everything that can be wrong without loading a model fails here.
@@ -57,7 +59,9 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
 
     # 2. The source, in fp32, and the model spec its family and variants give.
     started = time.perf_counter()
-    src = source.load(model)
+    if prediction_type not in (None, "epsilon", "v_prediction", "sample"):
+        raise SdrtError(f"prediction type {prediction_type!r} is not one of: epsilon, v_prediction, sample")
+    src = source.load(model, unsafe_pickle=unsafe_pickle, prediction_type=prediction_type, vae=vae)
     pipeline = pipeline_facts(src, hidden_states=hidden_states)
     model_spec = spec.model_spec(pipeline["family"], pipeline["variants"])
     absent = [c for c in components or () if not model_spec.has(c)]
@@ -83,7 +87,9 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                token_length=pipeline["token_length"], extra=pipeline["dims"])
     first_vocab = src.vocab_size  # the first text encoder's; each text encoder's own below (T5's differs)
     streaming = streamed.streamed_components(src, model_spec, components, stream, available=streamed.available_bytes())
-    log(f"loaded {src.kind} {src.name} ({src.class_name}) in {time.perf_counter() - started:.1f} s; "
+    described = f" with the {src.config_preset} configs" if src.config_preset else ""
+    described += f", VAE {src.vae}" if src.vae else ""
+    log(f"loaded {src.kind} {src.name} ({src.class_name}{described}) in {time.perf_counter() - started:.1f} s; "
         f"model family {pipeline['family']}" + (f" ({', '.join(pipeline['variants'])})" if pipeline["variants"] else ""))
 
     # The trace shape: batch 2, the model's latent size, non-square (every check shape differs).
@@ -329,7 +335,10 @@ def manifest(src: source.Source, pipeline: dict[str, Any], size_rule: dict[str, 
         "sdrt_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {"kind": src.kind, "name": src.name, "path": str(src.path) if src.path else None,
-                   "content_hash": src.content_hash},
+                   "content_hash": src.content_hash,
+                   # a single file's preset configs and a swapped VAE (a ControlNet folder's source has neither)
+                   **{key: value for key, value in (("config", getattr(src, "config_preset", None)),
+                                                    ("vae", getattr(src, "vae", None))) if value}},
         "exporter": {"method": exporter, "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxscript": onnxscript.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "onnxruntime_check": onnxruntime.__version__},

@@ -227,6 +227,18 @@ PRESETS: dict[str, Preset] = {
             pipeline_options=xl.SDXL_BASE_OPTIONS,
         ),
         Preset(
+            "sdxl-refiner",
+            "the SDXL 1.0 refiner architecture (OpenCLIP ViT-bigG only, aesthetic-score time ids), random weights",
+            unet=xl.SDXL_REFINER_UNET,
+            vae={**SD_VAE, "sample_size": 1024, **xl.SDXL_VAE_CHANGES},
+            text_encoder=None,
+            text_encoder_2=xl.CLIP_BIG_G,
+            scheduler=xl.SDXL_SCHEDULER,
+            scheduler_class="EulerDiscreteScheduler",
+            pipeline_class="StableDiffusionXLImg2ImgPipeline",
+            pipeline_options=xl.SDXL_REFINER_OPTIONS,
+        ),
+        Preset(
             "tiny-sd3",
             "a tiny SD3.5-style pipeline: MMDiT with qk RMS-norm and a dual-attention layer, two CLIPs with "
             "projection, a T5 encoder (sdrt's small vocabulary), 16-channel VAE with shift_factor; 64 px",

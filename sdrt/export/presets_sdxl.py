@@ -40,6 +40,22 @@ SDXL_UNET: dict[str, Any] = {
     "addition_time_embed_dim": 256,
     "projection_class_embeddings_input_dim": 2816,  # 6 time ids x 256 + the 1280 pooled text embeds
 }
+#: stabilityai/stable-diffusion-xl-refiner-1.0 unet/config.json (text_encoder_2 only: 1280-wide cross-attention,
+#: 5 time ids x 256 + the 1280 pooled text embeds)
+SDXL_REFINER_UNET: dict[str, Any] = {
+    "sample_size": 128,
+    "block_out_channels": [384, 768, 1536, 1536],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 2,
+    "attention_head_dim": [6, 12, 24, 24],
+    "transformer_layers_per_block": 4,
+    "cross_attention_dim": 1280,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2560,
+}
 #: SDXL's VAE is SD's architecture with another scaling factor, marked to run in fp32 (presets.py)
 SDXL_VAE_CHANGES: dict[str, Any] = {"scaling_factor": 0.13025, "force_upcast": True}
 CLIP_L = {**CLIP_IDS, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,

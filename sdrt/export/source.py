@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -62,7 +63,7 @@ class Source:
     module; export frees a module (`free`) once no later component needs it. `config` reads a
     module's config without its weights."""
 
-    kind: str  # "preset" or "folder"
+    kind: str  # "preset", "folder" or "single_file"
     name: str
     path: Path | None
     class_name: str
@@ -72,6 +73,8 @@ class Source:
     tokenizers: dict[str, Any]
     scheduler_config: dict[str, Any]
     content_hash: str
+    config_preset: str | None = None  # a single file: the preset whose configs describe it
+    vae: str | None = None  # the VAE put in place of the source's (`--vae`), by file or folder name
     present: tuple[str, ...] = ()  # a folder's modules (loaded on use); a preset's are all in `modules`
 
     def has(self, name: str) -> bool:
@@ -105,14 +108,20 @@ class Source:
 
 
 def resolve(model: str) -> tuple[str, str]:
-    """("folder", path) or ("preset", name); a one-line error when it is neither."""
+    """("folder", path), ("single_file", path) or ("preset", name), a Hugging Face cache id resolved to its
+    folder; a one-line error when it is none of them."""
     from sdrt.export import presets
+    from sdrt.export.single_file import is_single_file
 
     path = Path(model).expanduser()
+    if is_single_file(path):
+        return "single_file", str(path)
     if path.exists():
         return "folder", str(path)
     if model in presets.preset_names():
         return "preset", model
+    if hub_id(model):
+        return "folder", str(cached_snapshot(model))
     if any(sep in model for sep in ("/", "\\")) or model.startswith((".", "~")):
         raise SdrtError(f"model folder {model} does not exist: give a diffusers folder or a preset "
                         f"({', '.join(presets.preset_names())})")
@@ -276,10 +285,89 @@ def load_preset(name: str) -> Source:
                   hash_modules(name, [m for m in modules.values() if m is not None]))
 
 
-def load(model: str) -> Source:
+def hub_id(model: str) -> bool:
+    """Whether `model` reads as a Hugging Face repository id (org/name), not a path."""
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model)) and not model.startswith((".", "~"))
+
+
+def cached_snapshot(repo: str) -> Path:
+    """The local snapshot of a Hugging Face repository in the cache (never fetched); one line naming where
+    it looked when there is none."""
+    import os
+
+    from huggingface_hub import constants
+
+    cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    ref = folder / "refs" / "main"
+    snapshots = folder / "snapshots"
+    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
+        return snapshots / ref.read_text().strip()
+    found = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
+    if found:
+        return found[-1]
+    raise SdrtError(f"{repo} is not in the Hugging Face cache ({folder} does not exist; sdrt never downloads): "
+                    f"download it once with `huggingface-cli download {repo}`, or give a local folder or file")
+
+
+def load(model: str, *, unsafe_pickle: bool = False, prediction_type: str | None = None,
+         vae: str | None = None) -> Source:
     kind, value = resolve(model)
     with quiet_libraries():
-        return load_preset(value) if kind == "preset" else load_folder(Path(value))
+        if kind == "preset":
+            src = load_preset(value)
+        elif kind == "single_file":
+            from sdrt.export import single_file
+
+            src = single_file.load(Path(value), unsafe_pickle=unsafe_pickle, prediction_type=prediction_type)
+        else:
+            src = load_folder(Path(value))
+        if prediction_type is not None and kind != "single_file":
+            src.scheduler_config["prediction_type"] = prediction_type
+        if vae is not None:
+            replace_vae(src, Path(vae))
+    return src
+
+
+def replace_vae(src: Source, path: Path) -> None:
+    """Put another VAE in the source's place: a diffusers AutoencoderKL folder, or a single VAE file in the
+    original layout (converted with the source's own VAE config); it must share the source's latent space."""
+    import diffusers
+    import torch
+
+    from sdrt.export import single_file
+
+    old = src.module("vae")
+    try:
+        if path.is_dir():
+            new = diffusers.AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
+        elif single_file.is_single_file(path):
+            readable = single_file.read_shapes(path, unsafe_pickle=False)[1]
+            with tempfile.TemporaryDirectory(prefix="sdrt-vae-") as tmp:
+                old.save_config(tmp)
+                new = diffusers.AutoencoderKL.from_single_file(str(readable), config=tmp, local_files_only=True,
+                                                               torch_dtype=torch.float32)
+        else:
+            raise SdrtError(f"--vae {path} does not exist: give a VAE .safetensors file or a diffusers VAE folder")
+    except SdrtError:
+        raise
+    except Exception as e:  # conversion or config errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SdrtError(f"cannot load the VAE {path}: {first[:200]}") from None
+    for key in ("latent_channels",):
+        if new.config.get(key) != old.config.get(key) or len(new.config.block_out_channels) != len(
+                old.config.block_out_channels):
+            raise SdrtError(f"--vae {path} works in another latent space than {src.name} ({key} "
+                            f"{new.config.get(key)} vs {old.config.get(key)}, "
+                            f"{len(new.config.block_out_channels)} vs {len(old.config.block_out_channels)} blocks): "
+                            f"use a VAE made for this model family")
+    src.modules["vae"] = new.eval()
+    src.vae = path.name
+    digest = hashlib.sha256(src.content_hash.encode())
+    digest.update(hash_modules("vae", [new]).encode())
+    src.content_hash = "sha256:" + digest.hexdigest()
 
 
 @contextlib.contextmanager

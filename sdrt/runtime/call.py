@@ -16,8 +16,12 @@ from sdrt.errors import SdrtError
 from sdrt.runtime.arguments import (check_call, check_extras, check_family_arguments, check_fraction,
                                     check_latents, prompt_lists, warn_unused_negative)
 from sdrt.runtime.conditioning import tile_to
+from sdrt.runtime import variation as variations
 from sdrt.runtime.seeds import PerImageGenerator, image_seeds
 from sdrt.spec import Family
+
+#: how prompts are read: None (diffusers' way: cut at 77 tokens, brackets are text) or "a1111"
+PROMPT_SYNTAXES = (None, "a1111")
 
 #: the size and aesthetic arguments of SDXL's micro-conditioning (None when not given)
 SIZE_ARGUMENTS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
@@ -56,6 +60,8 @@ class Call:
     seed: int | None
     seeds: list[int] | None
     rng: Any                        # per-image generators, or the caller's generator
+    syntax: str | None = None       # prompt syntax (PROMPT_SYNTAXES)
+    variation: variations.Variation | None = None  # variation seeds (subseed, seed resize)
 
     @property
     def n(self) -> int:
@@ -96,6 +102,9 @@ def check(family: Family, folder: Any, arguments: dict[str, Any], *,
                         "(img2img), or image= and mask_image= (inpainting)")
     if denoising_start is not None and denoising_end is not None and denoising_start >= denoising_end:
         raise SdrtError(f"denoising_start {denoising_start} must be below denoising_end {denoising_end}")
+    syntax = a.get("prompt_syntax")
+    if syntax not in PROMPT_SYNTAXES:
+        raise SdrtError(f"prompt_syntax {syntax!r} is not known: leave it out (diffusers' way) or pass 'a1111'")
     prompts, negatives = prompt_lists(a["prompt"], a["negative_prompt"])
     warn_unused_negative(negatives, guidance)
     prompts_2 = prompt_lists(prompts, a["prompt_2"])[1] if a["prompt_2"] is not None else None
@@ -108,6 +117,11 @@ def check(family: Family, folder: Any, arguments: dict[str, Any], *,
     else:
         seeds, seed, rng = None, None, a["generator"]  # the caller's generator: its seed is not ours to report
     f = vae_scale_factor
+    variation = variations.check(a.get("subseed"), a.get("subseed_strength"), a.get("seed_resize_from_h"),
+                                 a.get("seed_resize_from_w"), n, seeded=seeds is not None, vae_scale_factor=f)
+    if variation is not None and a["latents"] is not None:
+        raise SdrtError("latents= is the initial noise itself: leave out the variation seed (subseed_strength, "
+                        "seed_resize_from) or the latents")
     noise = (check_latents(a["latents"], (n, latent_channels, height // f, width // f))
              if a["latents"] is not None else None)
     if given_latents is not None:
@@ -119,4 +133,4 @@ def check(family: Family, folder: Any, arguments: dict[str, Any], *,
         rescale=rescale, clip_skip=clip_skip, denoising_start=denoising_start, denoising_end=denoising_end,
         height=height, width=width, images=images, masks=masks, given_latents=given_latents, noise=noise,
         sizes=sizes, aesthetic_score=a["aesthetic_score"], negative_aesthetic_score=a["negative_aesthetic_score"],
-        output_type=a["output_type"], seed=seed, seeds=seeds, rng=rng)
+        output_type=a["output_type"], seed=seed, seeds=seeds, rng=rng, syntax=syntax, variation=variation)

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from sdrt.runtime import commands_controlnet, commands_ip_adapter, commands_sd3, commands_sdxl
+from sdrt.runtime import commands_a1111, commands_controlnet, commands_ip_adapter, commands_sd3, commands_sdxl
 from sdrt.runtime.infotext import a1111_parameters, image_seed
 from sdrt.runtime.load_options import (add_low_memory_argument, cuda_graph_options, low_memory_options,
                                        vae_tiling_options)
@@ -61,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar, no listing of the written files")
     commands_sdxl.add_arguments(p)
     commands_sd3.add_arguments(p)
+    commands_a1111.add_arguments(p)
     commands_controlnet.add_arguments(p)
     commands_ip_adapter.add_arguments(p)
 
@@ -113,17 +114,23 @@ def run(args: argparse.Namespace) -> int:
 
     prompt, tagged = prompt_loras(args.prompt, args.lora_dir)
     loras = [parse_lora_arg(text) for text in args.lora] + tagged
+    hires = commands_a1111.hires_of(args)
+    a1111_call = commands_a1111.call_options(args)
     control = commands_controlnet.load_options(args)
     control_call = commands_controlnet.call_options(args)  # a bad flag or image fails before any engine loads
     ip = commands_ip_adapter.load_options(args)
     control_call.update(commands_ip_adapter.call_options(args))
-    pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options, **control,
-                         **ip)
+    pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options,
+                         **commands_a1111.load_options(args), **control, **ip)
     commands_ip_adapter.configure(pipe, args)
+    for path in commands_a1111.embedding_files(args):
+        pipe.load_textual_inversion(path)
     refiner = refiner_pipeline(args, pipe, {"precision": args.precision, **options})
     expected = args.steps
     if args.image is not None and isinstance(args.steps, int) and 0 <= (args.strength or 0.8) <= 1:
         expected = conditioning.start_index(args.steps, args.strength or 0.8, 1)[1]
+    if hires is not None:
+        expected += hires.steps or args.steps
     num_images = args.num_images
     if num_images < 1:
         raise SdrtError(f"num_images_per_prompt (--num-images) {num_images!r} must be a whole number >= 1")
@@ -143,8 +150,12 @@ def run(args: argparse.Namespace) -> int:
                             guidance_scale=args.guidance_scale, height=args.height, width=args.width,
                             num_images_per_prompt=len(batch), seed=batch, scheduler=args.scheduler,
                             callback=lambda i, t, x: bar.update(1), **commands_sdxl.call_options(args),
-                            **commands_sd3.call_options(args), **control_call)
-                if refiner is not None:
+                            **commands_sd3.call_options(args), **a1111_call, **control_call)
+                if hires is not None:
+                    from sdrt.runtime.hires import generate as generate_hires
+
+                    result = generate_hires(pipe, prompt, hires=hires, **call)
+                elif refiner is not None:
                     from sdrt.runtime import refiner as handoff
 
                     result = handoff.generate(pipe, refiner, prompt, denoising_end=args.denoising_end or 0.8,

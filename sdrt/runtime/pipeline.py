@@ -96,8 +96,9 @@ class Pipeline:
     """Engines for one ONNX model folder; `load` gives the family's subclass, whose call makes images."""
 
     def __init__(self, manifest: Manifest, backend: Backend, tokenizers: dict[str, Any],
-                 scheduler_config: dict[str, Any], *, low_memory: bool = False):
+                 scheduler_config: dict[str, Any], vae: Manifest | None = None, *, low_memory: bool = False):
         self.manifest = manifest
+        self.vae_manifest = vae  # another export's VAE (`vae=` at load, `use_vae`); None: the model's own
         self.backend = backend
         self.tokenizers = tokenizers  # tokenizer folder -> tokenizer (the family's: SDXL has two)
         self.scheduler_config = scheduler_config
@@ -108,8 +109,9 @@ class Pipeline:
         if p.get("scaling_factor") is None:
             raise SdrtError(f"{manifest.folder}/sdrt.json lacks pipeline.scaling_factor: export the model again "
                             f"with --force")
-        self.scaling_factor = float(p["scaling_factor"])
-        self.shift_factor = float(p.get("shift_factor") or 0.0)
+        vae_facts = (vae or manifest).pipeline  # the latent scale belongs to the VAE that decodes
+        self.scaling_factor = float(vae_facts["scaling_factor"])
+        self.shift_factor = float(vae_facts.get("shift_factor") or 0.0)
         self.vae_scale_factor = int(p["vae_scale_factor"])
         self.latent_channels = int(p["latent_channels"])
         self.unet_in_channels = int(p["unet_in_channels"])
@@ -134,14 +136,16 @@ class Pipeline:
             self.close()
             raise
         from sdrt.runtime.lora import Adapters
+        from sdrt.runtime.textual_inversion import TextualInversions
 
         self.adapters = Adapters(manifest)
+        self.embeddings = TextualInversions()
 
     @classmethod
     def load(cls, folder: str | os.PathLike, backend: str = "auto", precision: str | None = None,
              verify: bool = False, loras: Sequence[Any] = (), vae_tiling: bool = False,
-             vae_tile_size: int | None = None, low_memory: bool | str = "auto", controlnet: Any = None,
-             ip_adapter: Any = None,
+             vae_tile_size: int | None = None, vae: str | os.PathLike | None = None, low_memory: bool | str = "auto",
+             controlnet: Any = None, ip_adapter: Any = None,
              **backend_options: Any) -> "Pipeline":
         """Open an exported folder on a backend, as its family's pipeline class; options go to the backend
         (its declared ones only).
@@ -152,7 +156,8 @@ class Pipeline:
         with a one-line note on stderr. `verify=True` first checks every component's sha256 against
         the one export recorded (reads every weight once; a changed file is one line naming it).
         `loras`: LoRA files to apply, each a path or a (path, scale) pair (see `set_loras`).
-        `vae_tiling` / `vae_tile_size`: see `enable_vae_tiling`. `low_memory`: load the text encoders and
+        `vae_tiling` / `vae_tile_size`: see `enable_vae_tiling`. `vae`: another export's VAE to decode and
+        encode with (a folder holding vae_decoder, e.g. the EMA or MSE fine-tune; `sdrt.runtime.vae_swap`).
         the denoiser in turn, never together ("auto": when they would not fit the memory available;
         sdrt.runtime.low_memory); LoRAs need it off.
         `controlnet`: an exported ControlNet folder, or a list of them (each call then takes
@@ -162,12 +167,19 @@ class Pipeline:
         `set_ip_adapter_scale`; see sdrt.runtime.ip_adapter); the UNet runs as the graph that takes
         its keys and values (sdrt.ip_graph), not re-exported.
         """
+        from sdrt.runtime.vae_swap import vae_manifest
+
+        from sdrt.runtime import optimum_view
+
+        if optimum_view.is_optimum_folder(folder):  # read as it is, through an sdrt view of it
+            folder = optimum_view.view_of(folder)
         manifest = Manifest.load(folder)
         if manifest.kind != PIPELINE_KIND:  # a ControlNet or IP-Adapter folder given as the model
             label = {"controlnet": "a ControlNet", "ip_adapter": "an IP-Adapter"}.get(manifest.kind, f"a {manifest.kind}")
             raise SdrtError(f"{folder} is {label} folder, not a model: load a model folder and pass this one as "
                             f"{manifest.kind}= (--{manifest.kind.replace('_', '-')} DIR)")
         tiles = tiling.from_options(manifest.pipeline, vae_tiling, vae_tile_size)  # fails before loading
+        vae_export = vae_manifest(manifest, vae) if vae is not None else None
         if verify:
             manifest.verify()
         config_path = Path(folder) / "scheduler" / "scheduler_config.json"
@@ -208,7 +220,7 @@ class Pipeline:
             try:
                 options = with_precision(precision, backend_options, backend_class(name))
                 pipe = family_class(manifest, backend_class(name)(**options), tokenizers, scheduler_config,
-                                    low_memory=low_memory)
+                                    vae=vae_export, low_memory=low_memory)
             except EngineMissing as e:
                 if i + 1 == len(names):
                     raise
@@ -252,6 +264,70 @@ class Pipeline:
 
                 raise SdrtError(NO_LORA)
             self.adapters.apply(self.backend, self.engines, list(loras))
+
+    def load_textual_inversion(self, path: str | os.PathLike, token: str | None = None) -> str:
+        """Load a textual-inversion embedding (the web UI's .pt/.safetensors, or diffusers'), named in prompts
+        by `token` (default: the file's name, or the token a diffusers file stores); returns the name.
+        The text encoders' token tables grow at run time, nothing is re-exported
+        (`sdrt.runtime.textual_inversion`). A file that does not fit is one line, the pipeline as it was."""
+        from sdrt.runtime import textual_inversion as ti
+
+        with self._lock:
+            embedding = ti.read(path, self.model_spec.text_encoders, token)
+            for component, vectors in embedding.vectors.items():
+                record = ti.table_record(self.adapters.weight_map(component))
+                if vectors.shape[-1] != record["shape"][1]:
+                    raise SdrtError(f"{path} has {vectors.shape[-1]}-wide vectors, {component} of {self.manifest.folder}"
+                                    f" takes {record['shape'][1]}: the embedding was trained for another model")
+            vocabulary = ti.table_record(self.adapters.weight_map(self.model_spec.text_encoders[0]))["shape"][0]
+            before = dict(self.embeddings.embeddings)
+            self.embeddings.add(embedding, vocabulary)
+            try:
+                ti.install(self)
+            except BaseException:
+                self.embeddings.embeddings = before
+                self.embeddings._renumber(vocabulary)
+                raise
+            return embedding.name
+
+    def unload_textual_inversion(self, tokens: str | Sequence[str] | None = None) -> None:
+        """Forget these embeddings (by name; None: every one): the text encoders get their tables back
+        without them. An unknown name is one line listing the loaded ones."""
+        from sdrt.runtime import textual_inversion as ti
+
+        with self._lock:
+            names = [tokens] if isinstance(tokens, str) else list(tokens) if tokens is not None else None
+            unknown = [n for n in names or [] if n not in self.embeddings.embeddings]
+            if unknown:
+                raise SdrtError(f"no embedding named {unknown[0]!r} is loaded (loaded: "
+                                f"{', '.join(self.embeddings.embeddings) or 'none'})")
+            if names is None:
+                self.embeddings.clear()
+            else:
+                vocabulary = ti.table_record(self.adapters.weight_map(self.model_spec.text_encoders[0]))["shape"][0]
+                for name in names:
+                    del self.embeddings.embeddings[name]
+                self.embeddings._renumber(vocabulary)
+            ti.install(self)
+
+    def use_vae(self, folder: str | os.PathLike | None) -> None:
+        """Decode and encode with another export's VAE from now on (None: the model's own)."""
+        from sdrt.runtime.vae_swap import vae_manifest
+
+        with self._lock:
+            new = vae_manifest(self.manifest, folder) if folder is not None else None
+            old = self.vae_manifest
+            if (new and new.folder.resolve()) == (old and old.folder.resolve()):
+                return
+            for component in ("vae_decoder", "vae_encoder"):
+                engine = self.engines.pop(component, None)
+                if engine is not None:
+                    engine.close()
+            self.vae_manifest = new
+            facts = (new or self.manifest).pipeline
+            self.scaling_factor = float(facts["scaling_factor"])
+            self.shift_factor = float(facts.get("shift_factor") or 0.0)
+            self.engine("vae_decoder")  # a broken VAE fails here, not mid-call
 
     def set_controlnets(self, folders: Sequence[Any]) -> None:
         """Run with exactly these exported ControlNet folders from now on ([]: none). Engines of folders
@@ -320,7 +396,8 @@ class Pipeline:
                 from sdrt.runtime.low_memory import make_room
 
                 make_room(self, component)
-            self.engines[component] = self.backend.load(self.manifest, component)
+            swapped = self.vae_manifest is not None and component in ("vae_decoder", "vae_encoder")
+            self.engines[component] = self.backend.load(self.vae_manifest if swapped else self.manifest, component)
         return self.engines[component]
 
     def close(self) -> None:

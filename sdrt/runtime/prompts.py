@@ -14,6 +14,9 @@ Which prompt feeds which encoder, and which layer the UNet reads, is the family 
 Negative prompts never use clip_skip (diffusers encodes them with the default layer). With
 ``force_zeros_for_empty_prompt`` (SDXL's model_index) and no negative prompt, the unconditional
 embeddings are zeros instead of the encoded empty string.
+
+That is the default, diffusers' behaviour (prompts cut at 77 tokens, brackets are text); with
+``syntax="a1111"`` the prompts are read as AUTOMATIC1111 does (`sdrt.runtime.prompt_chunks`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class Encoder:
     engine: Any
 
 
-def _layer(outputs: dict[str, np.ndarray], text_layer: str, clip_skip: int | None, name: str) -> np.ndarray:
+def select_layer(outputs: dict[str, np.ndarray], text_layer: str, clip_skip: int | None, name: str) -> np.ndarray:
     """The hidden states the family's UNet reads, for one clip_skip (None: the family's default)."""
     if text_layer == "last" and not clip_skip:
         return outputs[N.LAST_HIDDEN_STATE]
@@ -59,29 +62,43 @@ def _layer(outputs: dict[str, np.ndarray], text_layer: str, clip_skip: int | Non
     return stack[index]
 
 
-def _run(encoder: Encoder, texts: list[str]) -> dict[str, np.ndarray]:
-    ids = encoder.tokenizer(texts)
+_layer = select_layer  # the name other families' prompt modules import
+
+
+def _run(encoder: Encoder, texts: list[str], embeddings: Any = None) -> dict[str, np.ndarray]:
+    active = embeddings is not None and embeddings.active  # textual inversions: their names -> their ids
+    ids = embeddings.ids(encoder.tokenizer, texts) if active else encoder.tokenizer(texts)
     encoder.engine.prepare({"B": len(texts)})
     return {k: np.array(v, dtype=np.float32) for k, v in encoder.engine.run({N.INPUT_IDS: ids}).items()}
 
 
 def encode(text_layer: str, encoders: Sequence[Encoder], prompts: Sequence[list[str]], negatives: Sequence[list[str]],
            *, per_prompt: int, guidance: bool, clip_skip: int | None = None,
-           zero_negatives: bool = False) -> TextConditioning:
-    """`prompts[i]` / `negatives[i]` feed `encoders[i]` (each a list, one text per prompt)."""
+           zero_negatives: bool = False, syntax: str | None = None, max_tokens: int | None = None,
+           embeddings: Any = None) -> TextConditioning:
+    """`prompts[i]` / `negatives[i]` feed `encoders[i]` (each a list, one text per prompt).
+
+    `syntax` "a1111": AUTOMATIC1111's emphasis, BREAK and 77-token chunks (`max_tokens`: what the
+    denoiser takes; `embeddings`: textual inversions named in the prompts)."""
+    if syntax == "a1111":
+        from sdrt.runtime import prompt_chunks
+
+        return prompt_chunks.encode(text_layer, encoders, prompts, negatives, per_prompt=per_prompt,
+                                    guidance=guidance, clip_skip=clip_skip, zero_negatives=zero_negatives,
+                                    max_tokens=max_tokens, embeddings=embeddings)
     n = len(prompts[0])
     hidden_pos, hidden_neg, pooled_pos, pooled_neg = [], [], None, None
     for encoder, texts, negative_texts in zip(encoders, prompts, negatives):
         encode_negatives = guidance and not zero_negatives
-        outputs = _run(encoder, list(negative_texts) + list(texts) if encode_negatives else list(texts))
+        outputs = _run(encoder, list(negative_texts) + list(texts) if encode_negatives else list(texts), embeddings)
         pos = {k: (v[n:] if k != N.HIDDEN_STATES else v[:, n:]) for k, v in outputs.items()} if encode_negatives \
             else outputs
-        hidden_pos.append(_layer(pos, text_layer, clip_skip, encoder.name))
+        hidden_pos.append(select_layer(pos, text_layer, clip_skip, encoder.name))
         if N.TEXT_EMBEDS in pos:
             pooled_pos = pos[N.TEXT_EMBEDS]
         if encode_negatives:
             neg = {k: (v[:n] if k != N.HIDDEN_STATES else v[:, :n]) for k, v in outputs.items()}
-            hidden_neg.append(_layer(neg, text_layer, None, encoder.name))
+            hidden_neg.append(select_layer(neg, text_layer, None, encoder.name))
             if N.TEXT_EMBEDS in neg:
                 pooled_neg = neg[N.TEXT_EMBEDS]
     hidden = np.concatenate(hidden_pos, axis=-1)

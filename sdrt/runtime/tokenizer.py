@@ -57,6 +57,10 @@ class ClipTokenizer:
         self._fixed = Tokenizer.from_str(tokenizer.to_str())
         self._fixed.enable_truncation(max_length=self.model_max_length)
         self._fixed.enable_padding(length=self.model_max_length, pad_id=pad_id, pad_token=pad_token)
+        # the ids a chunk of a long prompt starts and ends with (what the post-processor adds around text)
+        ends = self._full.encode("").ids
+        self.bos_token_id, self.eos_token_id = (ends[0], ends[-1]) if len(ends) == 2 else (None, None)
+        self.comma_token_id = tokenizer.token_to_id(",</w>")  # CLIP's BPE spells a word-final comma so
 
     @classmethod
     def from_folder(cls, path: str | Path) -> "ClipTokenizer":
@@ -77,6 +81,10 @@ class ClipTokenizer:
         lengths = [c.get("model_max_length") for c in configs] + [TOKEN_LENGTH]
         max_len = next(int(n) for n in lengths if isinstance(n, (int, float)) and 0 < n < NO_LIMIT)
         return cls(tokenizer, pad_token=next(p for p in pads if p), model_max_length=max_len)
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids, without BOS/EOS, uncut (the pieces long prompts are chunked from)."""
+        return [e.ids for e in self._full.encode_batch(list(texts), add_special_tokens=False)]
 
     def __call__(self, prompts: str | Sequence[str]) -> np.ndarray:
         """Token ids, int32 [N, model_max_length]; prompts past it are cut, with a warning."""

@@ -28,7 +28,8 @@ import numpy as np
 from sdrt.engines.base import Engine
 from sdrt.errors import SdrtError
 from sdrt.runtime import (added_conditioning, conditioning, controlnet, images as imageio, memory_guard, metadata,
-                          prompts as text)
+                          prompts as text, variation)
+from sdrt.runtime.prompt_chunks import max_text_tokens
 from sdrt.runtime.call import Call, check as check_call
 from sdrt.runtime.denoise import Blend, StepCallback, cut_timesteps_end, denoise, start_at
 from sdrt.runtime.pipeline import Pipeline, PipelineOutput
@@ -50,6 +51,9 @@ SCHEDULER_CONFIG_FIXES: dict[str, dict[str, tuple[Callable[[Any], bool], Any]]] 
 class UNetPipeline(Pipeline):
     """SD 1.x/2.x, SDXL (base, refiner, Turbo) and LCM on a UNet: diffusers' arguments, diffusers' numbers."""
 
+    #: how its prompts may be read (`prompt_syntax`): diffusers' way (None) or AUTOMATIC1111's
+    prompt_syntaxes = (None, "a1111")
+
     def make_scheduler(self, scheduler: Any = None, mode: str = "txt2img") -> Any:
         """A fresh scheduler: the folder's own, one by name (its config on top of the folder's) or a config,
         with the config fixes diffusers' pipeline of this mode applies (the family table says which do)."""
@@ -69,7 +73,8 @@ class UNetPipeline(Pipeline):
 
     def encode_prompts(self, prompts: list[str], negatives: list[str], per_prompt: int, guidance: bool, *,
                        prompts_2: list[str] | None = None, negatives_2: list[str] | None = None,
-                       clip_skip: int | None = None, zero_negatives: bool = False) -> text.TextConditioning:
+                       clip_skip: int | None = None, zero_negatives: bool = False,
+                       syntax: str | None = None) -> text.TextConditioning:
         """The UNet's text inputs for every UNet row: unconditional first under guidance, each repeated per
         image. Each text encoder is fed the prompt argument the family table pairs it with."""
         fed_by = {"prompt": (prompts, negatives), "prompt_2": (prompts_2 or prompts, negatives_2 or negatives)}
@@ -80,7 +85,8 @@ class UNetPipeline(Pipeline):
             fed.append(texts)
             fed_negative.append(negative_texts)
         return text.encode(self.family_spec.text_layer, encoders, fed, fed_negative, per_prompt=per_prompt,
-                           guidance=guidance, clip_skip=clip_skip, zero_negatives=zero_negatives)
+                           guidance=guidance, clip_skip=clip_skip, zero_negatives=zero_negatives, syntax=syntax,
+                           max_tokens=max_text_tokens(self.manifest), embeddings=self.embeddings)
 
     def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
@@ -95,6 +101,9 @@ class UNetPipeline(Pipeline):
                  negative_target_size: tuple[int, int] | None = None, aesthetic_score: float = 6.0,
                  negative_aesthetic_score: float = 2.5, guidance_rescale: float = 0.0, clip_skip: int | None = None,
                  denoising_start: float | None = None, denoising_end: float | None = None,
+                 prompt_syntax: str | None = None, subseed: int | Sequence[int] | None = None,
+                 subseed_strength: float = 0.0, seed_resize_from_h: int = 0,
+                 seed_resize_from_w: int = 0,
                  control_image: Any = None, controlnet_conditioning_scale: float | Sequence[float] | None = None,
                  control_guidance_start: float | Sequence[float] = 0.0,
                  control_guidance_end: float | Sequence[float] = 1.0, guess_mode: bool = False,
@@ -105,6 +114,9 @@ class UNetPipeline(Pipeline):
         The keyword-only arguments are diffusers' SDXL ones (`prompt_2`, the size conditioning,
         `aesthetic_score`s for the refiner), `guidance_rescale` and `clip_skip` (every family), and
         the base -> refiner hand-off (`denoising_end` with output_type="latent", `denoising_start`).
+        AUTOMATIC1111's: `prompt_syntax="a1111"` reads emphasis, BREAK and prompts past 77 tokens
+        (default: diffusers' way), and the variation seeds `subseed`, `subseed_strength`,
+        `seed_resize_from_h/w` (`sdrt.runtime.variation`).
         With ControlNets (`Pipeline.load(..., controlnet=...)`): `control_image` (one per ControlNet),
         `controlnet_conditioning_scale` (default: diffusers' for the mode, e.g. 1.0 txt2img, 0.8 img2img,
         0.5 SD inpainting), `control_guidance_start` / `_end` (each a value or one per ControlNet) and
@@ -126,12 +138,15 @@ class UNetPipeline(Pipeline):
                                    width=call.width, default_scale=self.family_spec.controlnet_scale.get(call.mode, 1.0))
         ip_picture = self._ip_adapter_picture(arguments.get("ip_adapter_image"))
         # 2. Encode the prompts (unconditional rows first under classifier-free guidance).
+        self.embeddings.used.clear()
         with timings.measure("text_encoder"):
-            zero = (self.family_spec.size_conditioning and not call.negative_given
+            # SDXL's zeros for no negative prompt (the web UI's syntax: for empty ones, as it does)
+            empty = not any(call.negatives) if call.syntax == "a1111" else not call.negative_given
+            zero = (self.family_spec.size_conditioning and empty
                     and bool(self.manifest.pipeline.get("force_zeros_for_empty_prompt", False)))
             cond = self.encode_prompts(call.prompts, call.negatives, call.per_prompt, call.cfg,
                                        prompts_2=call.prompts_2, negatives_2=call.negatives_2,
-                                       clip_skip=call.clip_skip, zero_negatives=zero)
+                                       clip_skip=call.clip_skip, zero_negatives=zero, syntax=call.syntax)
         # 3. The timesteps (img2img and inpainting start part-way; a refiner at denoising_start).
         sched = self.make_scheduler(arguments["scheduler"], call.mode)
         timesteps = self._timesteps(call, sched)
@@ -223,7 +238,7 @@ class UNetPipeline(Pipeline):
         elif images and (not masks or blend or call.strength < 1.0 or call.denoising_start is not None):
             image_lat = conditioning.tile_to(self.encode_images(pixels, rng), n, "image")
         if noise is None and (call.denoising_start is None or masks):  # inpainting: the blend's noise
-            noise = rng.standard_normal((n, C, h, w), dtype=np.float32)
+            noise = variation.initial_noise(rng, (n, C, h, w), call.variation, call.seeds, f)
         if self.inpainting_unet:
             masked = conditioning.masked_pixels(pixels, mask_px)
             masked_lat = conditioning.tile_to(self.encode_images(masked, rng), n, "image")
@@ -283,6 +298,12 @@ class UNetPipeline(Pipeline):
         parameters.update(metadata.describe(self.manifest, sched, call.images, call.masks))
         if self.adapters.active:
             parameters["loras"] = self.loras
+        if self.embeddings.used:
+            parameters["textual_inversions"] = self.embeddings.describe()
+        if self.vae_manifest is not None:
+            from sdrt.runtime.vae_swap import vae_name
+
+            parameters["vae"] = vae_name(self.vae_manifest)
         if self.vae_tiles and call.output_type != "latent":
             parameters["vae_tiling"] = self.vae_tiles.as_dict(tiled=self.vae_tiles.applies(x.shape))
         if call.mode != "txt2img":
@@ -290,6 +311,7 @@ class UNetPipeline(Pipeline):
         extras = {"prompt_2": call.prompts_2, "negative_prompt_2": call.negatives_2,
                   "guidance_rescale": call.rescale or None, "clip_skip": call.clip_skip,
                   "denoising_start": call.denoising_start, "denoising_end": call.denoising_end,
+                  "prompt_syntax": call.syntax, **(call.variation.describe() if call.variation else {}),
                   **{k: list(v) for k, v in call.sizes.items() if v is not None}}
         parameters.update({k: v for k, v in extras.items() if v is not None})
         if self.family_spec.aesthetic_score:

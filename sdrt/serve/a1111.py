@@ -1,11 +1,15 @@
 """AUTOMATIC1111-compatible routes (`/sdapi/v1/...`): the fields and answers that web UI's API defines.
 
-Requests carry A1111's field names and defaults; fields this server has no feature for are
-accepted when they hold A1111's default value and refused (400, naming the field) when they ask
-for the feature (hires fix, face restoration, scripts...). Answers are A1111's: `images` (base64
-PNG, each with its "parameters" text chunk), `parameters` (the request as understood) and `info`
-(a JSON string: seeds, prompts, sampler, infotexts...). `<lora:NAME:SCALE>` tags in the prompt pick
-LoRAs of the server's --lora-dir by name (sdrt.serve.loras); GET /sdapi/v1/loras lists them.
+Requests carry A1111's field names and defaults (`sdrt.serve.a1111_models`); fields this server has
+no feature for are accepted when they hold A1111's default value and refused (400, naming the field)
+when they ask for the feature (face restoration, tiling, scripts). Prompts are read in A1111's syntax
+(emphasis, BREAK, 77-token chunks; the `prompt_syntax` setting turns it off), `styles` come from the
+server's --styles file, `override_settings` take the settings of `sdrt.serve.settings`, and the hires
+fix (`enable_hr`, `hr_*`) and variation seeds (`subseed`, `subseed_strength`, `seed_resize_from_*`)
+run as the runtime's. Answers are A1111's: `images` (base64 PNG, each with its "parameters" text
+chunk), `parameters` (the request as understood) and `info` (a JSON string: seeds, prompts, sampler,
+infotexts...). `<lora:NAME:SCALE>` tags pick LoRAs of the server's --lora-dir by name
+(sdrt.serve.loras). The other routes (options, png-info, interrupt...) are `sdrt.serve.a1111_extras`.
 """
 
 from __future__ import annotations
@@ -17,58 +21,19 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
-from sdrt.runtime.infotext import a1111_parameters, controlnet_unit
+from sdrt.errors import SdrtError
+from sdrt.runtime.infotext import a1111_parameters, controlnet_unit, hires_fields
 from sdrt.serve import controlnets, samplers
+from sdrt.serve.a1111_models import ImageAnswer, Img2ImgRequest, Txt2ImgRequest
 from sdrt.serve.access_log import note
 from sdrt.serve.dispatch import png_base64, run_job
 from sdrt.serve.limits import RequestRejected
 from sdrt.serve.queueing import GenerationRequest
+from sdrt.serve.settings import OWN_VAE, SYNTAXES
 
 #: fields whose non-default value asks for a feature this server does not have
-UNSUPPORTED = {"enable_hr": False, "restore_faces": False, "tiling": False, "script_name": None,
-               "subseed_strength": 0.0, "alwayson_scripts": {}}
-
-
-class Txt2ImgRequest(BaseModel):
-    """A1111's StableDiffusionTxt2ImgProcessingAPI (the fields sdrt reads; any other is echoed back)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    seed: int = -1
-    sampler_name: str | None = None
-    sampler_index: str | None = None
-    scheduler: str | None = None
-    batch_size: int = 1
-    n_iter: int = 1
-    steps: int = 50
-    cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
-    denoising_strength: float | None = None
-    override_settings: dict[str, Any] = Field(default_factory=dict)
-    send_images: bool = True
-    save_images: bool = False
-    enable_hr: bool = False
-    restore_faces: bool | None = False
-    tiling: bool | None = False
-    script_name: str | None = None
-    subseed_strength: float = 0.0
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-
-
-class Img2ImgRequest(Txt2ImgRequest):
-    """A1111's StableDiffusionImg2ImgProcessingAPI: init images, mask, denoising strength."""
-
-    init_images: list[str] = Field(default_factory=list)
-    mask: str | None = None
-    denoising_strength: float = 0.75
-    resize_mode: int = 0
-    inpainting_mask_invert: int = 0
-    include_init_images: bool = False
+UNSUPPORTED = {"restore_faces": False, "tiling": False, "script_name": None, "alwayson_scripts": {}}
 
 
 def _check_supported(body: Txt2ImgRequest) -> None:
@@ -90,25 +55,78 @@ def _fit(image: Image.Image, width: int, height: int, resize_mode: int, label: s
     return image if image.size == (width, height) else image.resize((width, height), Image.LANCZOS)
 
 
+def _seed(value: int | None) -> int:
+    return secrets.randbits(32) if value is None or value < 0 else value % 2**32
+
+
+def _hires(body: Txt2ImgRequest, service: Any, model: str) -> Any:
+    """The request's hires fix (None without enable_hr), checked against the model and the server's limits."""
+    if not body.enable_hr or isinstance(body, Img2ImgRequest):
+        return None
+    from sdrt.runtime.hires import HiresFix, check, plan
+
+    hires = HiresFix(
+        scale=body.hr_scale, resize_x=body.hr_resize_x, resize_y=body.hr_resize_y,
+        upscaler=body.hr_upscaler or "Latent", steps=body.hr_second_pass_steps,
+        denoising_strength=0.7 if body.denoising_strength is None else body.denoising_strength,
+        scheduler=samplers.resolve(body.hr_sampler_name, body.hr_scheduler) if body.hr_sampler_name else None,
+        prompt=body.hr_prompt or None, negative_prompt=body.hr_negative_prompt or None)
+    try:
+        check(hires)
+    except SdrtError as e:
+        raise RequestRejected(str(e)) from None
+    manifest = getattr(service.pipelines[model], "manifest", None)
+    multiple = manifest.sizes.image_multiple if hasattr(manifest, "sizes") else 8
+    target = plan(hires, body.width, body.height, multiple)
+    service.limits.check_size(*target.upscale)  # the hires pass's size is held to --max-pixels too
+    return hires
+
+
+def _text_chunks(pipe: Any, syntax: str | None, texts: tuple[str, ...]) -> int:
+    """How many 77-token chunks the request's texts need on this model (1 without A1111's syntax)."""
+    tokenizers = getattr(pipe, "tokenizers", None)
+    if syntax != "a1111" or not tokenizers:
+        return 1
+    from sdrt.runtime.prompt_chunks import Chunker
+
+    return max(len(Chunker(t).chunks(text)) for t in tokenizers.values() for text in texts)
+
+
 def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
     limits = service.limits
     _check_supported(body)
-    limits.check_prompt(body.prompt)
-    limits.check_prompt(body.negative_prompt, "negative_prompt")
+    settings = service.options.for_request(body.override_settings)
+    model = settings["sd_model_checkpoint"]
+    prompt, negative = service.styles.apply(body.styles, body.prompt, body.negative_prompt)
+    limits.check_prompt(prompt)
+    limits.check_prompt(negative, "negative_prompt")
     limits.check_size(body.width, body.height)
     limits.check_steps(body.steps)
+    if body.hr_second_pass_steps:
+        limits.check_steps(body.hr_second_pass_steps)
     if body.batch_size < 1 or body.n_iter < 1:
         raise RequestRejected("batch_size and n_iter must be >= 1")
     limits.check_images(body.batch_size * body.n_iter)
-    seed = secrets.randbits(32) if body.seed is None or body.seed < 0 else body.seed % 2**32
-    prompt, loras = service.loras.resolve(body.prompt)  # <lora:NAME:SCALE> tags: names of --lora-dir files only
-    model = service.model_name(body.override_settings.get("sd_model_checkpoint"))
+    if not 0.0 <= body.subseed_strength <= 1.0:
+        raise RequestRejected(f"subseed_strength {body.subseed_strength} is outside 0..1")
+    resize = (body.seed_resize_from_h, body.seed_resize_from_w)
+    if min(resize) > 0:
+        limits.check_size(resize[1], resize[0])
+    prompt, loras = service.loras.resolve(prompt)  # <lora:NAME:SCALE> tags: names of --lora-dir files only
+    syntax = SYNTAXES[settings["prompt_syntax"]]
+    if syntax not in getattr(service.pipelines[model], "prompt_syntaxes", (None,)):
+        syntax = None  # a family whose prompts sdrt reads only diffusers' way (SD3 today)
     flow = samplers.flow_model(service.pipelines[model])  # SD3 / Flux take the flow-matching samplers
     request = GenerationRequest(
-        model=model, prompt=prompt, negative_prompt=body.negative_prompt, n=body.batch_size * body.n_iter,
+        model=model, prompt=prompt, negative_prompt=negative, n=body.batch_size * body.n_iter,
         width=body.width, height=body.height, steps=body.steps,
         sampler=samplers.resolve(body.sampler_name or body.sampler_index, body.scheduler, flow=flow),
-        guidance_scale=body.cfg_scale, seed=seed, loras=loras)
+        guidance_scale=body.cfg_scale, seed=_seed(body.seed), loras=loras, syntax=syntax,
+        text_chunks=_text_chunks(service.pipelines[model], syntax, (prompt, negative)),
+        clip_skip=settings["CLIP_stop_at_last_layers"] - 1 or None,
+        subseed=_seed(body.subseed), subseed_strength=body.subseed_strength,
+        seed_resize=resize if min(resize) > 0 else None, hires=_hires(body, service, model),
+        vae=None if settings["sd_vae"] in OWN_VAE else (settings["sd_vae"], str(service.vaes[settings["sd_vae"]])))
     units = controlnets.scripts_units(body.alwayson_scripts)
     if units:
         request.controlnets = controlnets.parse_units(units, service.controlnets, limits, width=body.width,
@@ -136,22 +154,30 @@ def _answer(body: Txt2ImgRequest, request: GenerationRequest, result: Any, servi
     sampler = params.get("sampler") or params["scheduler"]  # A1111's name for what ran (a class name if none fits)
     infotexts = [a1111_parameters(params, index) for index in range(len(result.seeds))]
     n = request.n
-    extra = {"Backend": params["backend"]}
+    extra: dict[str, Any] = {"Backend": params["backend"]}
     for i, unit in enumerate(params.get("controlnets", [])):
         extra[f"ControlNet {i}"] = controlnet_unit(unit)
     if params.get("loras"):  # as A1111 writes them (name: short hash), never the server's paths
         extra["Lora hashes"] = ", ".join(f"{lora['name']}: {lora['hash']}" for lora in params["loras"])
+    extra.update(hires_fields(params.get("hires")))
+    varied = request.subseed_strength > 0
+    prompt = request.prompt if body.styles else body.prompt  # A1111 keeps the <lora:...> tags here
+    strength = request.strength if request.init_image else params.get("strength")
     info = {
-        "prompt": body.prompt, "all_prompts": [body.prompt] * n,  # A1111 keeps the <lora:...> tags here
+        "prompt": prompt, "all_prompts": [prompt] * n,
         "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * n,
-        "seed": request.seed, "all_seeds": result.seeds, "subseed": -1, "all_subseeds": [-1] * n,
-        "subseed_strength": 0, "width": request.width, "height": request.height, "sampler_name": sampler,
+        "seed": request.seed, "all_seeds": result.seeds, "subseed": request.subseed if varied else -1,
+        "all_subseeds": request.subseeds if varied else [-1] * n, "subseed_strength": request.subseed_strength,
+        "seed_resize_from_w": request.seed_resize[1] if request.seed_resize else -1,
+        "seed_resize_from_h": request.seed_resize[0] if request.seed_resize else -1,
+        "width": request.width, "height": request.height, "sampler_name": sampler,
         "scheduler": params.get("schedule_type") or body.scheduler or "Automatic", "cfg_scale": request.guidance_scale, "steps": request.steps,
         "batch_size": body.batch_size, "restore_faces": False, "sd_model_name": request.model,
-        "sd_model_hash": None, "denoising_strength": request.strength if request.init_image else None,
+        "sd_model_hash": params.get("model_hash"), "sd_vae_name": request.vae[0] if request.vae else None, "denoising_strength": strength,
         "extra_generation_params": extra, "index_of_first_image": 0,
-        "infotexts": infotexts, "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
-        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "sdrt",
+        "infotexts": infotexts, "styles": list(body.styles), "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": (request.clip_skip or 0) + 1, "is_using_inpainting_conditioning": False,
+        "interrupted": bool(params.get("interrupted")), "version": "sdrt",
     }
     parameters = body.model_dump()
     if isinstance(body, Img2ImgRequest):  # A1111 does not echo the images back
@@ -172,11 +198,11 @@ def router(service: Any) -> APIRouter:
         note(http_request, images=len(answer["images"]))
         return answer
 
-    @api.post("/txt2img")
+    @api.post("/txt2img", response_model=ImageAnswer)
     async def txt2img(body: Txt2ImgRequest, http_request: Request) -> dict[str, Any]:
         return await generate(body, http_request)
 
-    @api.post("/img2img")
+    @api.post("/img2img", response_model=ImageAnswer)
     async def img2img(body: Img2ImgRequest, http_request: Request) -> dict[str, Any]:
         return await generate(body, http_request)
 
@@ -214,11 +240,15 @@ def router(service: Any) -> APIRouter:
         fraction = p.step / p.steps if p.steps else 0.0
         elapsed = time.monotonic() - p.started
         eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+        stopping = any(w.interrupt.is_set() for w in service.workers.values())
         return {"progress": fraction, "eta_relative": eta, "current_image": None, "textinfo": None,
-                "state": {"skipped": False, "interrupted": False, "job": f"job {p.job_ids[0]}",
+                "state": {"skipped": False, "interrupted": stopping, "job": f"job {p.job_ids[0]}",
                           "job_count": queued + len(running), "job_timestamp": "0", "job_no": 0,
                           "sampling_step": p.step, "sampling_steps": p.steps}}
 
+    from sdrt.serve import a1111_extras
+
+    a1111_extras.add_routes(api, service)
     return api
 
 

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sdrt.errors import SdrtError
 from sdrt.serve import a1111, openai_api
 from sdrt.serve.access_log import AccessLog
 from sdrt.serve.dispatch import ClientGone, Overloaded
@@ -140,7 +141,12 @@ def create_app(service: Any, *, api_key: str | None = None, cors_origins: tuple[
                metrics: Metrics | None = None, log_prompts: bool = False) -> FastAPI:
     """The app over `service`; `log_prompts`: the access log also writes each request's prompt."""
     metrics = metrics or service.metrics or Metrics()
-    app = FastAPI(title="sdrt serve", docs_url=None, redoc_url=None, openapi_url=None)
+    from sdrt import __version__
+
+    # the schema A1111 publishes too (/openapi.json, /docs): what clients and schema-driven fuzzers read
+    app = FastAPI(title="sdrt serve", version=__version__, docs_url="/docs", redoc_url=None,
+                  openapi_url="/openapi.json",
+                  description="AUTOMATIC1111-compatible (/sdapi/v1) and OpenAI-compatible (/v1) image generation")
     app.state.service = service
 
     if cors_origins:
@@ -156,6 +162,12 @@ def create_app(service: Any, *, api_key: str | None = None, cors_origins: tuple[
     async def rejected(request: Request, e: RequestRejected) -> JSONResponse:
         headers = {"Retry-After": str(e.retry_after_s)} if isinstance(e, Overloaded) else None
         return JSONResponse(error_body(request.url.path, str(e), e.status), status_code=e.status, headers=headers)
+
+    @app.exception_handler(SdrtError)
+    async def refused(request: Request, e: SdrtError) -> JSONResponse:
+        # a value the pipeline's own checks refused (a size its UNet cannot run, a prompt too long for
+        # an older export...): the request's fault, one line, never a 500
+        return JSONResponse(error_body(request.url.path, str(e), 400), status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -200,7 +212,7 @@ def create_app(service: Any, *, api_key: str | None = None, cors_origins: tuple[
 
     page = resources.files("sdrt.serve").joinpath("ui.html").read_text(encoding="utf-8")
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def ui() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                            "style-src 'unsafe-inline'; script-src 'unsafe-inline'"})

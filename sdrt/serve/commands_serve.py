@@ -25,6 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_low_memory_argument(p)
     p.add_argument("--lora-dir", default=None, metavar="DIR",
                    help="LoRAs requests may pick by name with <lora:NAME:SCALE> prompt tags: DIR/NAME.safetensors")
+    p.add_argument("--embeddings-dir", default=None, metavar="DIR",
+                   help="textual-inversion embeddings (.pt/.safetensors) prompts name by file name "
+                        "(GET /sdapi/v1/embeddings)")
+    p.add_argument("--vae", action="append", default=[], metavar="NAME=DIR",
+                   help="a VAE export requests may pick (override_settings sd_vae=NAME; repeatable)")
+    p.add_argument("--styles", default=None, metavar="FILE",
+                   help="A1111's styles.csv (name, prompt, negative_prompt): requests add them by name (`styles`)")
     p.add_argument("--controlnet-dir", default=None, metavar="DIR",
                    help="ControlNets requests may name in alwayson_scripts.controlnet units: DIR/NAME, each an "
                         "exported ControlNet folder (sdrt export --model CONTROLNET_DIR --out DIR/NAME)")
@@ -81,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
     check_exposure(args.host, args.api_key, args.insecure)
     limits_from(args)
     LoraCatalog(args.lora_dir)  # a wrong --lora-dir is one line before any model loads
+    from sdrt.serve.styles import Styles
+
+    Styles(args.styles)  # so is a styles file that does not parse
+    from sdrt.serve.setup import vae_folders
+
+    vae_folders(args.vae)  # and a --vae that is not NAME=DIR of an export
     from sdrt.serve.controlnets import ControlNetCatalog
 
     ControlNetCatalog(args.controlnet_dir)

@@ -44,6 +44,14 @@ class GenerationRequest:
     init_image: Any = None  # PIL image (img2img / inpainting)
     mask: Any = None  # PIL image (inpainting; white = repaint)
     loras: tuple = ()  # ((file, scale), ...) the server resolved from the prompt's <lora:...> tags
+    syntax: str | None = None  # prompt syntax: "a1111" (the A1111 API's default) or None (diffusers')
+    text_chunks: int = 1  # 77-token chunks its prompts need (a batch never pads one request's text)
+    clip_skip: int | None = None  # diffusers' count (A1111's CLIP_stop_at_last_layers - 1)
+    subseed: int = 0  # variation seed: image i uses subseed + i
+    subseed_strength: float = 0.0
+    seed_resize: tuple | None = None  # (height, width) the seed's noise is drawn at
+    hires: Any = None  # sdrt.runtime.hires.HiresFix (txt2img only)
+    vae: tuple | None = None  # (NAME, DIR) of a --vae of the server; None: the model's own
     controlnets: tuple = ()  # sdrt.serve.controlnets.Unit per enabled ControlNet unit
 
     def __post_init__(self) -> None:
@@ -57,11 +65,17 @@ class GenerationRequest:
     def seeds(self) -> list[int]:
         return [(self.seed + i) % 2**32 for i in range(self.n)]
 
+    @property
+    def subseeds(self) -> list[int]:
+        return [(self.subseed + i) % 2**32 for i in range(self.n)]
+
     def batch_key(self) -> tuple:
         """Requests with equal keys run in one UNet batch."""
         strength = self.strength if self.init_image is not None else None
         return (self.model, self.mode, self.width, self.height, self.steps, self.sampler,
-                self.guidance_scale, strength, self.loras, tuple(unit.key for unit in self.controlnets))
+                self.guidance_scale, strength, self.loras, self.syntax, self.text_chunks, self.clip_skip,
+                self.subseed_strength, self.seed_resize, self.hires, self.vae,
+                tuple(unit.key for unit in self.controlnets))
 
 
 _ids = itertools.count(1)

@@ -33,12 +33,38 @@ class BatchCancelled(Exception):
     """Every job of the running batch was cancelled: the denoising loop stops early."""
 
 
+class Interrupted(Exception):
+    """POST /sdapi/v1/interrupt (or /skip): the running batch stops at its next step; `latents` is where."""
+
+    def __init__(self, latents: Any):
+        super().__init__("interrupted")
+        self.latents = latents
+
+
+def _features(first: GenerationRequest, jobs: list[Job]) -> dict[str, Any]:
+    """The call options of the batch's shared features, only those asked for (a pipeline without them
+    never sees their arguments)."""
+    options: dict[str, Any] = {}
+    if first.syntax is not None:
+        options["prompt_syntax"] = first.syntax
+    if first.clip_skip:
+        options["clip_skip"] = first.clip_skip
+    if first.subseed_strength > 0:
+        options.update(subseed=[s for j in jobs for s in j.request.subseeds], subseed_strength=first.subseed_strength)
+    if first.seed_resize is not None:
+        options.update(seed_resize_from_h=first.seed_resize[0], seed_resize_from_w=first.seed_resize[1])
+    return options
+
+
 def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> list[JobResult]:
-    """One pipeline call for compatible jobs (same LoRAs, set first): prompts repeated per image, one seed each."""
+    """One pipeline call for compatible jobs (same LoRAs and VAE, set first): prompts repeated per image, one
+    seed each; with the hires fix, its two passes."""
     first = jobs[0].request
     if first.controlnets or getattr(pipe, "controlnets", None):  # before the LoRAs: it may reload the UNet
         pipe.set_controlnets([unit.folder for unit in first.controlnets])
     use_loras(pipe, first.loras)  # a no-op when the pipeline has them already
+    if hasattr(pipe, "use_vae"):
+        pipe.use_vae(first.vae[1] if first.vae else None)  # (name, folder) of a --vae, or the model's own
     control = controlnets.call_arguments([j.request.controlnets for j in jobs], [j.request.n for j in jobs])
     prompts = [j.request.prompt for j in jobs for _ in range(j.request.n)]
     negatives = [j.request.negative_prompt for j in jobs for _ in range(j.request.n)]
@@ -46,21 +72,45 @@ def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> l
     images = [j.request.init_image for j in jobs for _ in range(j.request.n)] if first.init_image else None
     masks = [j.request.mask for j in jobs for _ in range(j.request.n)] if first.mask else None
     t0 = time.perf_counter()
-    out = pipe(prompts, negative_prompt=negatives, num_inference_steps=first.steps,
-               guidance_scale=first.guidance_scale, height=first.height, width=first.width,
-               num_images_per_prompt=1, seed=seeds, scheduler=first.sampler,
-               image=images, strength=first.strength, mask_image=masks, callback=callback, **control)
+    call = dict(negative_prompt=negatives, num_inference_steps=first.steps, guidance_scale=first.guidance_scale,
+                height=first.height, width=first.width, num_images_per_prompt=1, seed=seeds, scheduler=first.sampler,
+                callback=callback, **_features(first, jobs), **control)
+    try:
+        if first.hires is not None:
+            from sdrt.runtime.hires import generate
+
+            out = generate(pipe, prompts, hires=first.hires, **call)
+        else:
+            out = pipe(prompts, image=images, strength=first.strength, mask_image=masks, **call)
+    except Interrupted as stop:  # the web UI's answer: the images as far as they got
+        from sdrt.runtime.images import to_pil
+
+        out = _stopped(pipe, first, prompts, negatives, seeds, to_pil(pipe.decode(stop.latents)))
     seconds = time.perf_counter() - t0
     results, start = [], 0
     for job in jobs:
         n = job.request.n
         params = {**out.parameters, "prompt": [job.request.prompt], "negative_prompt": [job.request.negative_prompt],
                   "seed": job.request.seed, "seeds": job.request.seeds, "num_images_per_prompt": n}
+        if "subseeds" in params:
+            params.update(subseed=job.request.subseed, subseeds=job.request.subseeds)
         if job.request.controlnets:  # names as the request gave them, never the server's folders
             params["controlnets"] = controlnets.describe(job.request.controlnets)
         results.append(JobResult(list(out.images[start:start + n]), job.request.seeds, params, len(seeds), seconds))
         start += n
     return results
+
+
+def _stopped(pipe: Any, first: GenerationRequest, prompts: list, negatives: list, seeds: list, images: list) -> Any:
+    """An interrupted batch's output: its decoded latents and what was asked (no scheduler ran to the end)."""
+    from types import SimpleNamespace
+
+    parameters = {"mode": first.mode, "prompt": prompts, "negative_prompt": negatives, "steps": first.steps,
+                  "guidance_scale": first.guidance_scale, "scheduler": first.sampler or "default",
+                  "seed": seeds[0], "seeds": seeds, "height": first.height, "width": first.width,
+                  "num_images_per_prompt": 1, "backend": pipe.backend_name, "interrupted": True,
+                  "model": str(pipe.manifest.data.get("source", {}).get("name") or pipe.manifest.folder)}
+    return SimpleNamespace(images=images, parameters=parameters)
 
 
 @dataclass
@@ -84,6 +134,7 @@ class ModelWorker:
         self.batch_wait_s = batch_wait_s
         self.batching = max_batch > 1
         self.progress = Progress()
+        self.interrupt = threading.Event()  # set by /sdapi/v1/interrupt and /skip: stop the running batch
         self._thread = threading.Thread(target=self._loop, name=f"sdrt-worker-{name}", daemon=True)
         self._thread.start()
 
@@ -115,11 +166,14 @@ class ModelWorker:
         request = batch[0].request
         steps = request.steps
         self.progress = Progress(tuple(j.id for j in batch), 0, steps, time.monotonic())
+        self.interrupt.clear()
 
         def on_step(i: int, t: Any, x: Any) -> None:
             self.progress.step, self.progress.steps = i + 1, max(self.progress.steps, i + 1)
             if all(j.cancelled.is_set() for j in batch):
                 raise BatchCancelled()
+            if self.interrupt.is_set():
+                raise Interrupted(x)
 
         try:
             results = run_batch(self.pipe, batch, on_step)
@@ -141,6 +195,7 @@ class ModelWorker:
             return
         finally:
             self.progress = Progress()
+            self.interrupt.clear()
         if self.metrics:
             self.metrics.batch_images.labels(self.name).observe(sum(j.request.n for j in batch))
             self.metrics.images.labels(self.name).inc(sum(j.request.n for j in batch if not j.cancelled.is_set()))
@@ -156,11 +211,18 @@ class Service:
 
     def __init__(self, pipelines: dict[str, Any], *, limits: Any, queue_size: int = 64, max_batch: int = 4,
                  batch_wait_s: float = 0.01, timeout_s: float = 600.0, metrics: Any = None,
-                 loras: LoraCatalog | None = None, controlnets: ControlNetCatalog | None = None):
+                 loras: LoraCatalog | None = None, styles: Any = None, vaes: dict[str, Any] | None = None,
+                 controlnets: ControlNetCatalog | None = None):
+        from sdrt.serve.settings import Options
+        from sdrt.serve.styles import Styles
+
         if not pipelines:
             raise SdrtError("no model to serve: pass --model DIR")
         self.limits, self.timeout_s, self.metrics = limits, timeout_s, metrics
         self.loras = loras or LoraCatalog()
+        self.styles = styles or Styles()
+        self.vaes = dict(vaes or {})  # --vae NAME=DIR: name -> folder (each pipeline loads it on first use)
+        self.options = Options(list(pipelines), list(self.vaes))
         self.controlnets = controlnets or ControlNetCatalog()
         self.pipelines = dict(pipelines)
         self.workers = {name: ModelWorker(name, pipe, queue_size, max_batch, batch_wait_s, metrics)
@@ -171,10 +233,21 @@ class Service:
     def ready(self) -> bool:
         return all(w.alive for w in self.workers.values())
 
+    @property
+    def embeddings(self) -> Any:
+        """The default model's textual inversions (GET /sdapi/v1/embeddings), or None."""
+        return getattr(self.pipelines[self.options.current()["sd_model_checkpoint"]], "embeddings", None)
+
+    def interrupt(self) -> None:
+        """Stop every running batch at its next step (its requests answer with the images so far)."""
+        for worker in self.workers.values():
+            if worker.progress.job_ids:
+                worker.interrupt.set()
+
     def model_name(self, requested: str | None) -> str:
-        """A requested model name (None: the first loaded) -> the loaded model's name."""
+        """A requested model name (None: the server's current sd_model_checkpoint) -> the loaded model's name."""
         if not requested:
-            return self.default_model
+            return self.options.current()["sd_model_checkpoint"]
         name = requested.split(" [", 1)[0]  # A1111 titles carry " [hash]"
         if name not in self.pipelines:
             from sdrt.serve.limits import RequestRejected

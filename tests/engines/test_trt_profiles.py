@@ -116,3 +116,20 @@ def test_a_second_text_encoder_has_the_first_ones_batch_rule():
     for family in spec.FAMILIES.values():
         for comp in family.components(family.variants):
             assert all(lo <= hi and hi >= 1 for lo, hi in comp.batch), comp.name
+
+
+def test_long_prompts_widen_the_unets_token_range():
+    r = rng("unet", max_tokens=231)
+    assert (r.min["L"], r.opt["L"], r.max["L"]) == (77, 77, 231) and not r.static
+    assert rng("text_encoder", max_tokens=231).max == {"B": 2}  # each chunk runs the encoder on its own
+    assert "L" not in rng("vae_decoder", max_tokens=231).max
+    with pytest.raises(SdrtError, match="--max-tokens 50 is below the 77 tokens"):
+        rng("unet", max_tokens=50)
+
+
+def test_a_call_past_the_built_tokens_names_the_build_that_covers_it():
+    request = tp.request_for(C("unet"), {"B": 2, "h": 64, "w": 64, "L": 154}, 8, guidance=True)
+    assert "--max-tokens 154" in tp.build_command("out", "tensorrt", request)
+    covering = rng("unet", max_tokens=154)
+    assert covering.covers({"B": 2, "h": 64, "w": 64, "L": 154})
+    assert "--max-tokens" not in tp.build_command("out", "tensorrt", tp.ProfileRequest())

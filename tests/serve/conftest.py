@@ -30,7 +30,8 @@ class FakePipe:
     def __call__(self, prompt: Any, negative_prompt: Any = None, num_inference_steps: int = 50,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                  num_images_per_prompt: int = 1, seed: int | Sequence[int] | None = None, scheduler: Any = None,
-                 image: Any = None, strength: float = 0.8, mask_image: Any = None, callback: Any = None) -> Any:
+                 image: Any = None, strength: float = 0.8, mask_image: Any = None, callback: Any = None,
+                 **extra: Any) -> Any:
         from PIL import Image
 
         from sdrt.runtime.schedulers import A1111_NAMES
@@ -39,7 +40,8 @@ class FakePipe:
         assert self.hold.wait(30), "test never released the fake pipeline"
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
-        self.calls.append({"prompts": prompts, "seeds": seeds, "steps": num_inference_steps, "width": width})
+        self.calls.append({"prompts": prompts, "seeds": seeds, "steps": num_inference_steps, "width": width,
+                           "negatives": list(negative_prompt or []), **extra})
         for i in range(num_inference_steps):
             if callback is not None:
                 callback(i, i, None)

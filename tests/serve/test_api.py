@@ -95,7 +95,7 @@ def test_openai_generation_shape(client_for):
     ("/sdapi/v1/txt2img", {**TXT, "prompt": "x" * 4001}, 413, "4001 characters"),
     ("/sdapi/v1/txt2img", {**TXT, "negative_prompt": "x" * 4001}, 413, "negative_prompt"),
     ("/sdapi/v1/txt2img", {**TXT, "sampler_name": "Heun"}, 400, "Heun"),
-    ("/sdapi/v1/txt2img", {**TXT, "enable_hr": True}, 400, "enable_hr"),
+    ("/sdapi/v1/txt2img", {**TXT, "restore_faces": True}, 400, "restore_faces"),
     ("/sdapi/v1/txt2img", {**TXT, "save_images": True}, 400, "save_images"),
     ("/sdapi/v1/txt2img", {**TXT, "override_settings": {"sd_model_checkpoint": "/etc/passwd"}}, 404, "not loaded"),
     ("/sdapi/v1/txt2img", {**TXT, "steps": "many"}, 422, "steps"),

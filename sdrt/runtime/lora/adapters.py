@@ -104,6 +104,9 @@ class Adapters:
         self.active: list[ActiveLora] = []
         self.changed: dict[str, dict[str, np.ndarray]] = {}  # component -> initializer -> merged value
         self.branched: set[str] = set()  # components whose LoRAs are side paths (backend.set_lora_factors)
+        #: component -> initializer -> value other features set and every switch keeps (textual inversion's
+        #: extended token tables, sdrt.runtime.textual_inversion)
+        self.extra: dict[str, dict[str, np.ndarray]] = {}
         self._maps: dict[str, WeightMap] = {}
 
     def weight_map(self, component: str) -> WeightMap:
@@ -148,7 +151,8 @@ class Adapters:
         for component in self.components:
             items = by_component[component]
             old = self.changed.get(component, {})
-            if not items and not old and component not in self.branched:
+            extra = self.extra.get(component, {})
+            if not items and not old and not extra and component not in self.branched:
                 continue
             if component in side:
                 factors = low_rank_factors(items, maps).get(component, {})
@@ -162,9 +166,9 @@ class Adapters:
                 store = stores[component]
                 new = merged_weights(items, maps, lambda c, n, shape, dtype: store.array(shape, dtype)).get(component, {})
             restore = {name: self._base(component, name) for name in old if name not in new}
-            external = self.weight_map(component).external() & set(new)
-            engines[component] = backend.reweight(self.manifest, component, engines[component], new, restore,
-                                                  external=external)
+            external = self.weight_map(component).external() & (set(new) | set(extra))
+            engines[component] = backend.reweight(self.manifest, component, engines[component], {**new, **extra},
+                                                  restore, external=external)
             self.changed[component] = new
             self.branched.discard(component)
         self.active = active
