@@ -49,6 +49,8 @@ ENGINES_DIR = "engines"
 #: `pipeline.kind`: a model folder (absent: the same), or a ControlNet folder (sdrt.export.controlnet)
 PIPELINE_KIND = "pipeline"
 CONTROLNET_KIND = "controlnet"
+#: `pipeline.kind` of an IP-Adapter folder (sdrt.export.ip_adapter)
+IP_ADAPTER_KIND = "ip_adapter"
 
 
 def engines_dir(folder: str | os.PathLike, backend: str | None = None) -> Path:
@@ -215,10 +217,18 @@ class Manifest:
             if self.kind == CONTROLNET_KIND:
                 return spec.controlnet_spec(self.family, self._recorded_residuals(),
                                             int(self.pipeline.get("conditioning_channels", 3)))
+            if self.kind == IP_ADAPTER_KIND:
+                return spec.ip_adapter_spec(self.family, self.ip_adapter_layout("ip_adapter"))
             residuals = self._recorded_residuals() if self.pipeline.get("residual_inputs") else None
-            return spec.model_spec(self.family, tuple(self.pipeline.get("variants", ())), residuals)
+            ip = self.ip_adapter_layout("ip_adapter_inputs") if self.pipeline.get("ip_adapter_inputs") else None
+            return spec.model_spec(self.family, tuple(self.pipeline.get("variants", ())), residuals, ip)
         except SdrtError as e:
             raise SdrtError(f"{self.folder / MANIFEST_NAME}: {e}") from None
+
+    def ip_adapter_layout(self, key: str = "ip_adapter") -> spec.IPAdapterLayout:
+        """The IP-Adapter layout recorded under `pipeline.<key>`: an IP-Adapter folder's own ("ip_adapter"),
+        or the one a derived UNet takes ("ip_adapter_inputs", sdrt.ip_graph)."""
+        return spec.IPAdapterLayout.from_json(self.pipeline.get(key), f"{self.folder / MANIFEST_NAME} pipeline.{key}")
 
     def _recorded_residuals(self) -> spec.Residuals:
         residuals = self.residuals

@@ -27,6 +27,9 @@ API::
   diffusers source folders are loaded) runs diffusers' ControlNet pipelines of the family
   (`Family.controlnet`); the call takes `control_image=` as sdrt does (diffusers' txt2img class calls
   it `image`).
+- IP-Adapter: `load_reference(folder, ip_adapter=DIR)` (an exported IP-Adapter folder; diffusers'
+  `load_ip_adapter` loads its source folder into this reference's own UNet); the call takes
+  `ip_adapter_image=` and `ip_adapter_scale=` (diffusers' `set_ip_adapter_scale`).
 """
 
 from __future__ import annotations
@@ -131,11 +134,22 @@ def load_source_pipeline(manifest: Manifest, dtype: Any = None, source: str | os
 class Reference:
     """diffusers on the source weights, called like `sdrt.runtime.Pipeline`."""
 
-    def __init__(self, pipe: Any, folder: Path, device: str = "cpu", controlnets: list[Any] | None = None):
+    def __init__(self, pipe: Any, folder: Path, device: str = "cpu", controlnets: list[Any] | None = None,
+                 ip_adapter: Manifest | None = None):
         import torch
+
+        if ip_adapter is not None:
+            source = Path((ip_adapter.data.get("source") or {}).get("path") or "")
+            if not source.is_dir():
+                raise SdrtError(f"{ip_adapter.folder}: the IP-Adapter folder it was exported from ({str(source)!r}) is "
+                                f"not available here, so there is no PyTorch reference")
+            pipe.load_ip_adapter(str(source), subfolder="", weight_name=ip_adapter.pipeline["weight_name"],
+                                 local_files_only=True)
 
         self.device = torch.device(device)
         self.modules = {k: getattr(pipe, k, None) for k in PIPELINE_MODULES}
+        if ip_adapter is not None:
+            self.modules.update(image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor)
         for k in COMPUTE_MODULES:
             if self.modules[k] is not None:
                 self.modules[k].to(self.device)
@@ -193,6 +207,10 @@ class Reference:
                             f"pass seed= here and generator=TorchReplay(seed) to sdrt")
         pipe = self._pipeline(mode, scheduler)
         named = inspect.signature(pipe.__call__).parameters
+        if "ip_adapter_scale" in extra:
+            pipe.set_ip_adapter_scale(float(extra.pop("ip_adapter_scale")))
+        if extra.get("ip_adapter_image") is not None:
+            extra["ip_adapter_image"] = imageio.load_images(extra["ip_adapter_image"], "ip_adapter_image")[0]
         if isinstance(negative_prompt, str) and not isinstance(prompt, str):
             negative_prompt = [negative_prompt] * len(prompt)
         kwargs: dict[str, Any] = dict(
@@ -279,11 +297,13 @@ def load_controlnet_source(folder: str | os.PathLike, dtype: Any = None) -> Any:
 
 def load_reference(folder: str | os.PathLike | Manifest, device: str = "cpu", dtype: Any = None,
                    source: str | os.PathLike | None = None,
-                   controlnet: str | os.PathLike | list | None = None) -> Reference:
+                   controlnet: str | os.PathLike | list | None = None,
+                   ip_adapter: str | os.PathLike | None = None) -> Reference:
     """The PyTorch reference for an sdrt ONNX folder (fp32 on the CPU by default), with the diffusers
-    ControlNets of exported ControlNet folders when `controlnet` names any."""
+    ControlNets of exported ControlNet folders when `controlnet` names any, and the IP-Adapter of an
+    exported IP-Adapter folder (`ip_adapter`)."""
     manifest = folder if isinstance(folder, Manifest) else Manifest.load(folder)
     folders = [] if controlnet is None else list(controlnet) if isinstance(controlnet, (list, tuple)) else [controlnet]
     nets = [load_controlnet_source(f, dtype=dtype) for f in folders]
     return Reference(load_source_pipeline(manifest, dtype=dtype, source=source), manifest.folder, device=device,
-                     controlnets=nets)
+                     controlnets=nets, ip_adapter=None if ip_adapter is None else Manifest.load(ip_adapter))

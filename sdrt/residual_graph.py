@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sdrt import atomic, spec
 from sdrt.errors import SdrtError
@@ -174,12 +174,7 @@ def add_inputs(path: Path, out: Path, component: spec.ComponentSpec, precision: 
     props = [p for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(props)
-    locations = {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
-    for location in locations:  # the weights stay where they are
-        try:
-            os.link(path.parent / location, out.parent / location)
-        except OSError:
-            shutil.copy2(path.parent / location, out.parent / location)
+    link_weights(model, path, out)
     onnx.save(model, str(out))
 
 
@@ -196,12 +191,25 @@ def residual_manifest(manifest: Manifest) -> Manifest:
         raise SdrtError(f"{manifest.folder} was exported by an older sdrt (sdrt.json has no pipeline.residuals): "
                         f"export the model again with this sdrt to use ControlNets (`sdrt export --model SRC "
                         f"--out {manifest.folder} --force`)")
-    denoiser = family.denoiser
+    return derived_graph(manifest, "residuals", REWRITE_VERSION, {"residual_inputs": True},
+                         lambda source, out, derived, denoiser: add_inputs(
+                             source, out, derived.spec.component(denoiser), manifest.precision(denoiser)))
+
+
+def derived_graph(manifest: Manifest, tag: str, version: str, pipeline: dict[str, Any],
+                  write: Callable[[Path, Path, Manifest, str], None]) -> Manifest:
+    """The manifest of `manifest`'s model with its denoiser replaced by a rewritten graph: `pipeline` is
+    merged into the manifest's pipeline facts (what makes its spec take the new inputs), `write(source,
+    out, derived manifest, denoiser)` writes the graph once under ``engines/graphs/<denoiser>-<tag>-<key>/``
+    (keyed by the source graph's content hash and `version`; a read-only folder: the user's cache).
+    The denoiser's `sha256` becomes that key (every engine cache is keyed by it); the exported one
+    stays as `exported_sha256` (what the model hash in PNG metadata reads)."""
+    denoiser = manifest.family_spec.denoiser
     source = manifest.onnx_path(denoiser)
     content = manifest.component_hash(denoiser)
     onnx = _onnx()
-    key = hashlib.sha256("|".join([content, REWRITE_VERSION, onnx.__version__]).encode()).hexdigest()
-    folder = manifest.engines_dir() / "graphs" / f"{denoiser}-residuals-{key[:16]}"
+    key = hashlib.sha256("|".join([content, version, onnx.__version__]).encode()).hexdigest()
+    folder = manifest.engines_dir() / "graphs" / f"{denoiser}-{tag}-{key[:16]}"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         relative: str | Path = folder.relative_to(manifest.folder)
@@ -210,14 +218,25 @@ def residual_manifest(manifest: Manifest) -> Manifest:
             / "graphs" / folder.name
         relative = folder
     data = copy.deepcopy(manifest.data)
-    data["pipeline"]["residual_inputs"] = True
+    data["pipeline"].update(pipeline)
     derived = Manifest(manifest.folder, data)
     target = folder / "model.onnx"
     if not target.is_file():
         with atomic.staged_folder(folder, if_exists="keep") as stage:
-            add_inputs(source, stage / "model.onnx", derived.spec.component(denoiser), manifest.precision(denoiser))
+            write(source, stage / "model.onnx", derived, denoiser)
     entry = data["components"][denoiser]
     entry["file"] = str(Path(relative) / "model.onnx")
-    entry["exported_sha256"], entry["sha256"] = entry.get("sha256"), key  # caches: the new graph's key
+    entry["exported_sha256"] = entry.get("exported_sha256") or entry.get("sha256")
+    entry["sha256"] = key  # caches: the new graph's key
     entry["bytes"] = sum(p.stat().st_size for p in (target, target.with_name(target.name + ".data")) if p.exists())
     return derived
+
+
+def link_weights(model: Any, source: Path, out: Path) -> None:
+    """Hard-link (else copy) the external weight files `model` (loaded from `source`) names next to `out`."""
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    for location in locations:  # the weights stay where they are
+        try:
+            os.link(source.parent / location, out.parent / location)
+        except OSError:
+            shutil.copy2(source.parent / location, out.parent / location)

@@ -22,6 +22,9 @@ Fixtures (all session-scoped; each returns a `pathlib.Path`):
 ``tiny_controlnet_onnx``  an exported ControlNet for ``tiny`` (``tiny-controlnet`` preset, non-zero
                        zero convolutions); ``controlnet_export(preset, seed=0, precision="fp32")``
                        exports others (e.g. a second one, ``tiny-sdxl-controlnet``), cached likewise
+``tiny_ip_adapter_onnx``  an exported IP-Adapter for ``tiny`` (``tiny-ip-adapter``: diffusers'
+                       load_ip_adapter layout, seeded); ``ip_adapter_export(preset, seed=0)`` likewise
+                       (e.g. ``tiny-sdxl-ip-adapter``)
 ``onnx_export``        a function ``onnx_export(preset, precision="fp32", components=None,
                        hidden_states=False) -> Path`` for other variants (e.g.
                        ``onnx_export("tiny", "fp16")``), cached likewise
@@ -61,7 +64,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Files whose change makes cached models stale.
 CACHE_INPUTS = ["sdrt/manifest.py", "sdrt/weight_map.py", *sorted(
     str(p.relative_to(ROOT)) for p in [*(ROOT / "sdrt" / "spec").glob("*.py"), *(ROOT / "sdrt" / "export").glob("*.py"),
-                                       *(ROOT / "sdrt" / "data" / "shapes").glob("*.safetensors")])]
+                                       *(ROOT / "sdrt" / "data" / "shapes").glob("*.safetensors"),
+                                       *(ROOT / "sdrt" / "data" / "shapes-controlnet").glob("*.safetensors"),
+                                       *(ROOT / "sdrt" / "data" / "shapes-controlnet").glob("config.json")])]
 CACHE_LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime", "tokenizers")
 
 
@@ -313,6 +318,37 @@ def controlnet_export(_model_cache: Path) -> Callable[..., Path]:
 def tiny_controlnet_onnx(controlnet_export: Callable[..., Path]) -> Path:
     """An exported ControlNet for ``tiny`` (and the tiny presets of its layout), seeded non-zero weights."""
     return controlnet_export("tiny-controlnet")
+
+
+@pytest.fixture(scope="session")
+def shapes_controlnet_onnx(controlnet_export: Callable[..., Path]) -> Path:
+    """The exported trained ControlNet of the shapes preset (the control mask -> the shape lands there)."""
+    return controlnet_export("shapes-controlnet")
+
+
+@pytest.fixture(scope="session")
+def ip_adapter_export(_model_cache: Path) -> Callable[..., Path]:
+    """(IP-Adapter preset, seed, precision) -> an exported ONNX IP-Adapter folder (its diffusers-layout source
+    folder beside it, what the reference loads), cached like the model exports."""
+
+    def export(name: str, seed: int = 0, precision: str = "fp32") -> Path:
+        from sdrt.export.exporter import export_model
+        from sdrt.export.ip_adapter_presets import get_ip_adapter_preset, write_ip_adapter
+
+        tag = f"{name}-{seed}"
+        src = _cached(_model_cache / f"src-{tag}-{_cache_key('src', tag)}", get_ip_adapter_preset(name).weight_name,
+                      lambda out: write_ip_adapter(name, out, seed=seed))
+        folder = _model_cache / f"onnx-{tag}-{precision}-{_cache_key('onnx', tag, precision)}"
+        return _cached(folder, "sdrt.json", lambda out: export_model(str(src), out, precision=precision,
+                                                                     log=lambda line: None))
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapter_onnx(ip_adapter_export: Callable[..., Path]) -> Path:
+    """An exported IP-Adapter for ``tiny`` (seeded weights that visibly steer it)."""
+    return ip_adapter_export("tiny-ip-adapter")
 
 
 # -- loaded pipelines (sdrt and the diffusers reference) -----------------------------------------

@@ -18,7 +18,7 @@ Writes result.json / result.md (CPU model, versions) through sdrt.bench.provenan
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
 import sys
 import time
@@ -94,14 +94,22 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     control = Image.fromarray((np.random.default_rng(0).random((args.size, args.size, 3)) * 255).astype(np.uint8))
+    machine = environment.describe_machine()
     started = time.time()
     results = sdrt_contenders(args, control)
     if not args.skip_diffusers:
         results.update(diffusers_contenders(args, control))
+    machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     record = {"size": args.size, "steps": args.steps, "repeats": args.repeats, "base": str(args.base),
               "controlnets": [str(c) for c in args.controlnet], "ms_per_step": {k: round(v * 1000, 2) for k, v in results.items()},
-              "cpu": environment.cpu_model(), "versions": environment.versions(), "seconds": round(time.time() - started)}
+              "cpu": machine["cpu_model"], "machine": machine, "versions": machine["versions"],
+              "seconds": round(time.time() - started)}
     lines = [f"# ControlNet per-step cost ({args.size}x{args.size} px, {args.steps} steps, CPU {record['cpu']})", "",
+             f"CPU {machine['cpu_model']} ({machine['physical_cores']} cores; {', '.join(machine['cpu_features'])}), "
+             f"load average {machine['load_average_at_start'][0]} at start, {machine['load_average_at_end'][0]} at "
+             f"the end; {args.repeats} timed calls per contender after one warm-up, CFG on (batch 2 per step). sdrt: "
+             "median of the per-step denoiser times (ControlNets + UNet); diffusers: (call - text encoder - VAE) "
+             "/ steps, median over the calls.", "",
              "| contender | ms / step |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in record["ms_per_step"].items()]
     text = "\n".join(lines) + "\n"

@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="build the UNet that takes ControlNet residuals (what generate --controlnet loads; made "
                              "from the export, no re-export). A ControlNet folder itself builds like a model (pass "
                              "--height/--width: it has no default size)")
+    parser.add_argument("--ip-adapter", metavar="DIR",
+                        help="build the UNet that takes this exported IP-Adapter's keys and values (what generate "
+                             "--ip-adapter DIR loads; made from the export, no re-export). An IP-Adapter folder itself "
+                             "builds like a model (pass --height/--width)")
     parser.add_argument("--refit", action="store_true",
                         help="build refittable engines, so LoRAs (generate --lora) apply without rebuilding")
 
@@ -83,6 +87,17 @@ def run(args: argparse.Namespace) -> int:
         from sdrt.residual_graph import residual_manifest
 
         manifest = residual_manifest(manifest)
+    if getattr(args, "ip_adapter", None):
+        from sdrt.ip_graph import ip_manifest
+        from sdrt.manifest import IP_ADAPTER_KIND
+
+        ip = Manifest.load(args.ip_adapter)
+        if ip.kind != IP_ADAPTER_KIND:
+            raise SdrtError(f"--ip-adapter {args.ip_adapter} is a {ip.kind} folder, not an exported IP-Adapter")
+        if int(ip.ip_adapter_layout().cross_attention_dim) != int(manifest.pipeline["text_hidden_size"]):
+            raise SdrtError(f"the IP-Adapter {args.ip_adapter} does not fit {manifest.folder} (another "
+                            f"cross-attention width): use one made for this base")
+        manifest = ip_manifest(manifest, ip.ip_adapter_layout())
     components = args.components or [c for c in manifest.spec.component_names if manifest.has(c)]
     from sdrt.engines import quantized
 

@@ -27,12 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 for name, p in PRESETS.items() if p.trained == trained]
 
     from sdrt.export.controlnet_presets import CONTROLNET_PRESETS
+    from sdrt.export.ip_adapter_presets import IP_ADAPTER_PRESETS
 
     controlnets = [textwrap.fill(p.description, 79, initial_indent=f"  {name:<{width}}  ",
-                                 subsequent_indent=" " * (width + 4)) for name, p in CONTROLNET_PRESETS.items()]
+                                 subsequent_indent=" " * (width + 4))
+                   for name, p in {**CONTROLNET_PRESETS, **IP_ADAPTER_PRESETS}.items()]
     parser.epilog = "\n".join(["presets with weights trained by sdrt (real pictures):", *listing(True),
                                 "presets with seeded random weights (for timings and tests; noise pictures):",
-                                *listing(False), "ControlNets (diffusers ControlNet folders; export them the same way):",
+                                *listing(False), "ControlNets and IP-Adapters (diffusers' folder layouts; export them the same way):",
                                 *controlnets])
     parser.add_argument("name", nargs="?", metavar="NAME", help="preset name (listed below and by --list)")
     parser.add_argument("--out", metavar="DIR", help="folder to write (must not exist, unless --force)")
@@ -52,6 +54,7 @@ def _quiet_libraries() -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sdrt.export.controlnet_presets import CONTROLNET_PRESETS
+    from sdrt.export.ip_adapter_presets import IP_ADAPTER_PRESETS
     from sdrt.export.presets import PRESETS, get_preset, write_preset
 
     if args.list:
@@ -61,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise SdrtError("give a preset name (sdrt preset --list shows them) and --out DIR")
-    if args.name in CONTROLNET_PRESETS:
-        return _write_controlnet(args)
+    if args.name in CONTROLNET_PRESETS or args.name in IP_ADAPTER_PRESETS:
+        return _write_add_on(args)
     preset = get_preset(args.name)  # unknown name: fail before anything else
     if not args.out:
         raise SdrtError(f"missing --out DIR: where to write the {args.name} preset")
@@ -76,15 +79,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_controlnet(args: argparse.Namespace) -> int:
-    from sdrt.export.controlnet_presets import write_controlnet
+def _write_add_on(args: argparse.Namespace) -> int:
+    """A ControlNet or IP-Adapter preset (seeded weights in diffusers' folder layout)."""
+    from sdrt.export.controlnet_presets import CONTROLNET_PRESETS, get_controlnet_preset, write_controlnet
+    from sdrt.export.ip_adapter_presets import write_ip_adapter
 
+    kind = "ControlNet" if args.name in CONTROLNET_PRESETS else "IP-Adapter"
+    write = write_controlnet if kind == "ControlNet" else write_ip_adapter
     if not args.out:
-        raise SdrtError(f"missing --out DIR: where to write the {args.name} ControlNet")
+        raise SdrtError(f"missing --out DIR: where to write the {args.name} {kind}")
     if args.seed < 0:
         raise SdrtError(f"--seed {args.seed} is negative: use a seed >= 0")
     _quiet_libraries()
     start = time.perf_counter()
-    out = write_controlnet(args.name, args.out, seed=args.seed, force=args.force)
-    print(f"wrote ControlNet preset {args.name} (seed {args.seed}) to {out} in {time.perf_counter() - start:.1f} s")
+    out = write(args.name, args.out, seed=args.seed, force=args.force)
+    trained = kind == "ControlNet" and get_controlnet_preset(args.name).trained
+    weights = "trained weights" if trained else f"seed {args.seed}"
+    print(f"wrote {kind} preset {args.name} ({weights}) to {out} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 
 from sdrt import residual_graph, spec
 from sdrt.errors import SdrtError
-from sdrt.export import check, controlnet, sizes, sizes_transformer, source, staging, streamed, trace, weight_map
+from sdrt.export import (check, controlnet, ip_adapter, sizes, sizes_transformer, source, staging, streamed, trace,
+                         weight_map)
 from sdrt.export.graphs import example_inputs, wrap
 from sdrt.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from sdrt.manifest_schema import component_bytes, component_sha256
@@ -51,6 +52,9 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
     staging.check_target(out, force)
     if controlnet.is_controlnet_folder(model):  # a ControlNet folder: its own export, the same command
         return controlnet.export_controlnet(Path(model), out, opset=opset, precision=precision, force=force,
+                                            exporter=exporter, log=log)
+    if ip_adapter.is_ip_adapter_folder(model):  # an IP-Adapter folder (diffusers' load_ip_adapter layout)
+        return ip_adapter.export_ip_adapter(Path(model), out, opset=opset, precision=precision, force=force,
                                             exporter=exporter, log=log)
     source.resolve(model)
 

@@ -163,6 +163,29 @@ class ControlNetGraph(torch.nn.Module):
         return tuple(r * scale[i] for i, r in enumerate((*down, mid)))
 
 
+class ClipVisionGraph(torch.nn.Module):
+    """An IP-Adapter's image encoder (CLIPVisionModelWithProjection): pixel_values -> image_embeds."""
+
+    def __init__(self, encoder: Any, component_spec: spec.ComponentSpec, family: spec.Family):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixel_values=pixel_values, return_dict=True).image_embeds
+
+
+class IPProjectionGraph(torch.nn.Module):
+    """An IP-Adapter's image projection and per-layer to_k_ip / to_v_ip: image_embeds -> ip_key_<k>, ip_value_<k>
+    (`module`: what `sdrt.export.ip_adapter.projection` builds)."""
+
+    def __init__(self, module: Any, component_spec: spec.ComponentSpec, family: spec.Family):
+        super().__init__()
+        self.module = module
+
+    def forward(self, image_embeds: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.module(image_embeds)
+
+
 class SD3TransformerGraph(torch.nn.Module):
     """SD3's MMDiT: hidden_states (latents), the joint encoder_hidden_states (CLIP then T5 tokens),
     pooled_projections, timestep (float32 in [0, 1000], even in fp16 graphs) -> out_hidden_states."""
@@ -250,6 +273,8 @@ GRAPHS: dict[str, type[torch.nn.Module]] = {
     "text_encoder": TextEncoderGraph,
     "unet": UNetGraph,
     "controlnet": ControlNetGraph,
+    "clip_vision": ClipVisionGraph,
+    "ip_projection": IPProjectionGraph,
     "sd3_transformer": SD3TransformerGraph,
     "flux_transformer": FluxTransformerGraph,
     "vae_decoder": VaeDecoderGraph,

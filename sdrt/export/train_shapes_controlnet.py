@@ -1,7 +1,8 @@
 """Train `shapes-controlnet`: a ControlNet for the trained `shapes` model, mask of the shape -> the shape lands there.
 
-    python -m sdrt.export.train_shapes_controlnet --out sdrt/data/shapes-controlnet     # the shipped weights
-    python -m sdrt.export.train_shapes_controlnet --out /tmp/c --steps 20              # a smoke run
+    python -m sdrt.export.train_shapes_controlnet --out sdrt/data/shapes-controlnet \
+        --steps 6000 --batch 64 --lr 5e-4 --max-minutes 34                 # the shipped weights (training.json)
+    python -m sdrt.export.train_shapes_controlnet --out /tmp/c --steps 20  # a smoke run
 
 The control image is the shape's coverage mask (white on black, 32 px), the target the shapes data
 set's image of that scene. The ControlNet starts as diffusers' `ControlNetModel.from_unet` of the
@@ -43,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64, help="images per step (default 64)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on the shared 2-core machine 2 threads ran 4x slower)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and keep the checkpoint) after this long")
     p.add_argument("--checkpoint-every", type=int, default=250)
     return p.parse_args(argv)
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ema = Ema(controlnet, decay=0.995)
     log_path = out / "loss.csv"
     log_lines = ["step,loss"]
-    report: dict[str, Any] = {"settings": vars(args), "data_seconds": round(time.perf_counter() - started, 1),
+    report: dict[str, Any] = {"command": "python -m sdrt.export.train_shapes_controlnet " + " ".join(
+                                  sys.argv[1:] if argv is None else argv), "settings": vars(args), "data_seconds": round(time.perf_counter() - started, 1),
                               "torch": torch.__version__, "diffusers": diffusers.__version__}
     phase_start = time.perf_counter()
     for step in range(args.steps):

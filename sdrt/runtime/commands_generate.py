@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from sdrt.runtime import commands_a1111, commands_controlnet, commands_sd3, commands_sdxl
+from sdrt.runtime import commands_a1111, commands_controlnet, commands_ip_adapter, commands_sd3, commands_sdxl
 from sdrt.runtime.infotext import a1111_parameters, image_seed
 from sdrt.runtime.load_options import (add_low_memory_argument, cuda_graph_options, low_memory_options,
                                        vae_tiling_options)
@@ -64,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     commands_sd3.add_arguments(p)
     commands_a1111.add_arguments(p)
     commands_controlnet.add_arguments(p)
+    commands_ip_adapter.add_arguments(p)
 
 
 def add_vae_tiling_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,8 +119,11 @@ def run(args: argparse.Namespace) -> int:
     a1111_call = commands_a1111.call_options(args)
     control = commands_controlnet.load_options(args)
     control_call = commands_controlnet.call_options(args)  # a bad flag or image fails before any engine loads
+    ip = commands_ip_adapter.load_options(args)
+    control_call.update(commands_ip_adapter.call_options(args))
     pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options,
-                         **commands_a1111.load_options(args), **control)
+                         **commands_a1111.load_options(args), **control, **ip)
+    commands_ip_adapter.configure(pipe, args)
     for path in commands_a1111.embedding_files(args):
         pipe.load_textual_inversion(path)
     refiner = refiner_pipeline(args, pipe, {"precision": args.precision, **options})

@@ -43,7 +43,12 @@ def a1111_parameters(parameters: dict[str, Any], index: int = 0) -> str:
         fields.append(("VAE tiling", f"{parameters['vae_tiling']['tile_size']} px"))
     if parameters.get("precision"):
         fields.append(("Precision", parameters.get("runtime_precision") or parameters["precision"].get("unet")))
-    for i, unit in enumerate(parameters.get("controlnets", [])):  # sd-webui-controlnet's unit lines
+    units = list(parameters.get("controlnets", []))
+    if parameters.get("ip_adapter"):  # sd-webui-controlnet records an IP-Adapter as one more unit
+        ip = parameters["ip_adapter"]
+        units.append({"module": ip["module"], "model": ip["model"], "weight": ip["scale"], "guidance_start": 0.0,
+                      "guidance_end": 1.0})
+    for i, unit in enumerate(units):  # sd-webui-controlnet's unit lines
         fields.append((f"ControlNet {i}", '"' + controlnet_unit(unit) + '"'))
     loras = parameters.get("loras", [])
     if loras:  # A1111 keeps the tags in the prompt and lists the files' short hashes

@@ -40,7 +40,7 @@ import numpy as np
 from sdrt.engines import quantized
 from sdrt.engines.base import Backend, Engine, backend_class, candidates, with_precision
 from sdrt.errors import EngineMissing, SdrtError
-from sdrt.manifest import Manifest
+from sdrt.manifest import PIPELINE_KIND, Manifest
 from sdrt.runtime import conditioning, images as imageio, memory_guard, vae_tiling as tiling
 from sdrt.runtime.seeds import PerImageGenerator
 from sdrt.runtime.timing import StageTimings
@@ -128,6 +128,7 @@ class Pipeline:
         from sdrt.runtime.controlnet import ControlNets
 
         self.controlnets = ControlNets([])  # set by load(controlnet=...): run before the UNet every step
+        self.ip_adapter: Any = None  # set by load(ip_adapter=...): sdrt.runtime.ip_adapter.IPAdapter
         try:
             preload = ("vae_decoder",) if low_memory else (*self.model_spec.text_encoders, self.denoiser, "vae_decoder")
             for component in preload:  # a broken folder fails here
@@ -145,7 +146,7 @@ class Pipeline:
     def load(cls, folder: str | os.PathLike, backend: str = "auto", precision: str | None = None,
              verify: bool = False, loras: Sequence[Any] = (), vae_tiling: bool = False,
              vae_tile_size: int | None = None, vae: str | os.PathLike | None = None, low_memory: bool | str = "auto",
-             controlnet: Any = None,
+             controlnet: Any = None, ip_adapter: Any = None,
              **backend_options: Any) -> "Pipeline":
         """Open an exported folder on a backend, as its family's pipeline class; options go to the backend
         (its declared ones only).
@@ -163,6 +164,9 @@ class Pipeline:
         `controlnet`: an exported ControlNet folder, or a list of them (each call then takes
         `control_image=`, one per ControlNet; see sdrt.runtime.controlnet); the UNet runs as the
         residual-taking graph made from the export (sdrt.residual_graph), not re-exported.
+        `ip_adapter`: an exported IP-Adapter folder (each call then takes `ip_adapter_image=`;
+        `set_ip_adapter_scale`; see sdrt.runtime.ip_adapter); the UNet runs as the graph that takes
+        its keys and values (sdrt.ip_graph), not re-exported.
         """
         from sdrt.runtime.vae_swap import vae_manifest
 
@@ -171,6 +175,10 @@ class Pipeline:
         if optimum_view.is_optimum_folder(folder):  # read as it is, through an sdrt view of it
             folder = optimum_view.view_of(folder)
         manifest = Manifest.load(folder)
+        if manifest.kind != PIPELINE_KIND:  # a ControlNet or IP-Adapter folder given as the model
+            label = {"controlnet": "a ControlNet", "ip_adapter": "an IP-Adapter"}.get(manifest.kind, f"a {manifest.kind}")
+            raise SdrtError(f"{folder} is {label} folder, not a model: load a model folder and pass this one as "
+                            f"{manifest.kind}= (--{manifest.kind.replace('_', '-')} DIR)")
         tiles = tiling.from_options(manifest.pipeline, vae_tiling, vae_tile_size)  # fails before loading
         vae_export = vae_manifest(manifest, vae) if vae is not None else None
         if verify:
@@ -195,6 +203,13 @@ class Pipeline:
             for folder in controlnets:  # a ControlNet that does not fit fails before any engine loads
                 check_fits(manifest, open_controlnet(folder))
             manifest = residual_manifest(manifest)
+        ip_folder = None
+        if ip_adapter is not None:
+            from sdrt.ip_graph import ip_manifest
+            from sdrt.runtime.ip_adapter import check_fits as ip_adapter_fits, open_ip_adapter
+
+            ip_folder = open_ip_adapter(ip_adapter)
+            manifest = ip_manifest(manifest, ip_adapter_fits(manifest, ip_folder))
         backend_options = with_precision(precision, backend_options)
         names = candidates(backend, backend_options)
         quantized.check_source(manifest)
@@ -221,6 +236,14 @@ class Pipeline:
 
             try:
                 pipe.controlnets = ControlNets.load(manifest, pipe.backend, controlnets)
+            except BaseException:
+                pipe.close()
+                raise
+        if ip_folder is not None:
+            from sdrt.runtime.ip_adapter import IPAdapter
+
+            try:
+                pipe.ip_adapter = IPAdapter.load(ip_folder, pipe.backend, ip_adapter, pipe.family)
             except BaseException:
                 pipe.close()
                 raise
@@ -331,6 +354,15 @@ class Pipeline:
                 self.manifest, self.model_spec = derived, derived.spec
             self.controlnets = ControlNets.pick(self.controlnets, self.manifest, self.backend, folders)
 
+    def set_ip_adapter_scale(self, scale: float) -> None:
+        """The IP-Adapter's weight from the next call on (diffusers' `set_ip_adapter_scale`; 1.0 when loaded,
+        0 is the base alone): one number."""
+        if self.ip_adapter is None:
+            raise SdrtError("the pipeline has no IP-Adapter: load one with Pipeline.load(..., ip_adapter=DIR) "
+                            "(--ip-adapter DIR)")
+        with self._lock:
+            self.ip_adapter.set_scale(scale)
+
     def enable_vae_tiling(self, tile_size: int | None = None) -> None:
         """Decode latents larger than a tile in overlapping `tile_size` px tiles (default: the VAE's
         sample_size), as diffusers' `enable_vae_tiling()`: less memory, pixels slightly unlike the
@@ -376,6 +408,8 @@ class Pipeline:
         self.engines.clear()
         if hasattr(self, "controlnets"):
             self.controlnets.close()
+        if getattr(self, "ip_adapter", None) is not None:
+            self.ip_adapter.close()
         self.backend.close()
 
 

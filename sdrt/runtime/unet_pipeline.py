@@ -106,7 +106,8 @@ class UNetPipeline(Pipeline):
                  seed_resize_from_w: int = 0,
                  control_image: Any = None, controlnet_conditioning_scale: float | Sequence[float] | None = None,
                  control_guidance_start: float | Sequence[float] = 0.0,
-                 control_guidance_end: float | Sequence[float] = 1.0, guess_mode: bool = False) -> PipelineOutput:
+                 control_guidance_end: float | Sequence[float] = 1.0, guess_mode: bool = False,
+                 ip_adapter_image: Any = None) -> PipelineOutput:
         """Generate; safe from many threads (calls run one at a time, see the module docstring).
 
         `seed`: an int s (image i uses s + i), one int per image, or None / -1 for a random one.
@@ -119,7 +120,9 @@ class UNetPipeline(Pipeline):
         With ControlNets (`Pipeline.load(..., controlnet=...)`): `control_image` (one per ControlNet),
         `controlnet_conditioning_scale` (default: diffusers' for the mode, e.g. 1.0 txt2img, 0.8 img2img,
         0.5 SD inpainting), `control_guidance_start` / `_end` (each a value or one per ControlNet) and
-        `guess_mode`, as diffusers' ControlNet pipelines take them."""
+        `guess_mode`, as diffusers' ControlNet pipelines take them. With an IP-Adapter
+        (`Pipeline.load(..., ip_adapter=...)`): `ip_adapter_image` (a PIL image, an array or a path;
+        its weight: `set_ip_adapter_scale`)."""
         arguments = dict(locals())
         del arguments["self"]
         return self._run(self._generate, arguments)
@@ -133,6 +136,7 @@ class UNetPipeline(Pipeline):
                           vae_scale_factor=self.vae_scale_factor, guidance_is_embedded=self.time_cond_dim is not None)
         control = controlnet.check(len(self.controlnets), arguments, prompts=len(call.prompts), height=call.height,
                                    width=call.width, default_scale=self.family_spec.controlnet_scale.get(call.mode, 1.0))
+        ip_picture = self._ip_adapter_picture(arguments.get("ip_adapter_image"))
         # 2. Encode the prompts (unconditional rows first under classifier-free guidance).
         self.embeddings.used.clear()
         with timings.measure("text_encoder"):
@@ -154,6 +158,10 @@ class UNetPipeline(Pipeline):
                                           int(sched.config.get("num_train_timesteps", 1000)))
         # 5. The denoiser's per-call inputs, bound once for the whole loop (and the ControlNets').
         denoiser, model_in, fixed = self._bind_denoiser(call, cond, start)
+        if self.ip_adapter is not None:  # the image prompt's keys and values, bound for the whole loop
+            with timings.measure("text_encoder"):
+                embeds = None if ip_picture is None else self.ip_adapter.embeds(ip_picture)
+                self.ip_adapter.bind(denoiser, embeds, images=call.n, guidance=call.cfg)
         before_unet = None
         if control is not None:
             before_unet = controlnet.ControlStep(
@@ -178,8 +186,19 @@ class UNetPipeline(Pipeline):
         parameters = self._describe(call, sched, x)
         if control is not None:
             parameters["controlnets"] = control.describe(self.controlnets.names)
+        if ip_picture is not None:
+            parameters["ip_adapter"] = self.ip_adapter.describe()
         images_out = imageio.to_pil(result) if call.output_type == "pil" else result
         return PipelineOutput(images_out, call.seed, timings, parameters, call.seeds)
+
+    def _ip_adapter_picture(self, image: Any) -> Any:
+        """Step 1's IP-Adapter part: the loaded ip_adapter_image, None without one; one line when misplaced."""
+        if image is None:
+            return None
+        if self.ip_adapter is None:
+            raise SdrtError("ip_adapter_image was given but the pipeline has no IP-Adapter: load one with "
+                            "Pipeline.load(..., ip_adapter=DIR) (--ip-adapter DIR)")
+        return self.ip_adapter.picture(image)
 
     def _timesteps(self, call: Call, sched: Any) -> np.ndarray:
         """Step 3: the scheduler's timesteps for this call, cut where img2img or a refiner starts."""

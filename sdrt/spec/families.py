@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from sdrt.errors import SdrtError
+from sdrt.spec.ip_adapter import IPAdapterLayout
 from sdrt.spec.residuals import Residuals
 from sdrt.spec.tensors import FLOAT, MODEL_SYMBOLS, N, ComponentSpec, TensorSpec, symbols_of
 
@@ -430,10 +431,12 @@ class ModelSpec:
         return tuple(s for s in MODEL_SYMBOLS if s in found)
 
 
-def model_spec(family_name: str, variants: Iterable[str] = (), residuals: Residuals | None = None) -> ModelSpec:
+def model_spec(family_name: str, variants: Iterable[str] = (), residuals: Residuals | None = None,
+               ip_adapter: IPAdapterLayout | None = None) -> ModelSpec:
     """The spec of a model of this family with these variants (one line for an unknown one).
 
-    `residuals`: the denoiser also takes ControlNet residuals of this layout (after its other inputs)."""
+    `residuals`: the denoiser also takes ControlNet residuals of this layout (after its other inputs);
+    `ip_adapter`: it also takes an IP-Adapter's keys and values (after those; `sdrt.spec.ip_adapter`)."""
     entry = family(family_name)
     given = tuple(variants)
     unknown = [v for v in given if v not in entry.variants]
@@ -442,17 +445,32 @@ def model_spec(family_name: str, variants: Iterable[str] = (), residuals: Residu
                         f"{', '.join(entry.variants) or 'none'}): upgrade sdrt, or export the model again")
     if residuals is not None and not entry.controlnet:
         raise SdrtError(f"a {entry.title} model takes no ControlNet: leave controlnet out")
-    return _model_spec(entry.name, tuple(v for v in entry.variants if v in given), residuals)
+    if ip_adapter is not None and not entry.controlnet:
+        raise SdrtError(f"a {entry.title} model takes no IP-Adapter: leave ip_adapter out")
+    return _model_spec(entry.name, tuple(v for v in entry.variants if v in given), residuals, ip_adapter)
 
 
 @functools.lru_cache(maxsize=None)
-def _model_spec(family_name: str, variants: tuple[str, ...], residuals: Residuals | None = None) -> ModelSpec:
+def _model_spec(family_name: str, variants: tuple[str, ...], residuals: Residuals | None = None,
+                ip_adapter: IPAdapterLayout | None = None) -> ModelSpec:
     entry = FAMILIES[family_name]
     components = entry.components(variants)
-    if residuals is not None:
-        components = tuple(dataclasses.replace(c, inputs=c.inputs + residuals.tensors()) if c.name == entry.denoiser
+    extra = (residuals.tensors() if residuals is not None else ()) + (
+        ip_adapter.unet_tensors() if ip_adapter is not None else ())
+    if extra:
+        components = tuple(dataclasses.replace(c, inputs=c.inputs + extra) if c.name == entry.denoiser
                            else c for c in components)
     return ModelSpec(entry, variants, components)
+
+
+def ip_adapter_spec(family_name: str, layout: IPAdapterLayout) -> ModelSpec:
+    """The spec of an exported IP-Adapter folder: its image encoder and its projection (`sdrt.spec.ip_adapter`)."""
+    return _ip_adapter_spec(family(family_name).name, layout)
+
+
+@functools.lru_cache(maxsize=None)
+def _ip_adapter_spec(family_name: str, layout: IPAdapterLayout) -> ModelSpec:
+    return ModelSpec(FAMILIES[family_name], (), layout.components())
 
 
 #: rows of a ControlNet per image: guess mode runs it on the conditional half only

@@ -126,4 +126,6 @@ def test_every_component_of_the_tiny_sd3_fp16_export_builds(tiny_sd3_fp16, profi
         (entry,) = _entries(tiny_sd3_fp16, component)
         assert entry.engine_file.stat().st_size > 10_000, component  # a real serialized plan
     transformer = _entries(tiny_sd3_fp16, "transformer")[0]
-    assert transformer.profile.max["L"] == 77 and Manifest.load(tiny_sd3_fp16).precision("text_encoder_3") == "fp32"
+    manifest = Manifest.load(tiny_sd3_fp16)  # the default engine takes the pipeline's T5 length (SD3: 256)
+    assert transformer.profile.max["L"] == manifest.pipeline["default_max_sequence_length"] == 256
+    assert manifest.precision("text_encoder_3") == "fp32"

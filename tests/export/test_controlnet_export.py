@@ -67,3 +67,30 @@ def test_sdrt_preset_writes_a_controlnet_folder(tmp_path, capsys):
     assert "wrote ControlNet preset tiny-controlnet (seed 3)" in capsys.readouterr().out
     model = diffusers.ControlNetModel.from_pretrained(out)
     assert float(model.controlnet_mid_block.weight.abs().max()) > 0  # zero convolutions seeded, not zero
+
+
+def test_sdrt_preset_writes_the_trained_shapes_controlnet(tmp_path, capsys):
+    """The shipped weights, for the shapes UNet (same layout: `from_unet`), zero convolutions trained."""
+    import diffusers
+
+    from sdrt.export.presets import build_components
+
+    out = tmp_path / "cn"
+    assert sdrt_main(["preset", "shapes-controlnet", "--out", str(out)]) == 0
+    assert "wrote ControlNet preset shapes-controlnet (trained weights)" in capsys.readouterr().out
+    model = diffusers.ControlNetModel.from_pretrained(out)
+    assert float(model.controlnet_mid_block.weight.abs().max()) > 0
+    unet = build_components("shapes")["unet"]
+    ours = model.state_dict()
+    shared = [k for k in unet.state_dict() if k in ours]
+    assert shared and all(ours[k].shape == unet.state_dict()[k].shape for k in shared)
+
+
+def test_missing_trained_controlnet_weights_are_one_line(tmp_path, monkeypatch, capsys):
+    from sdrt.export import controlnet_presets
+
+    monkeypatch.setattr(controlnet_presets, "trained_folder", lambda name: tmp_path / name)
+    assert sdrt_main(["preset", "shapes-controlnet", "--out", str(tmp_path / "cn")]) == 2
+    err = capsys.readouterr().err
+    assert "shapes-controlnet preset's weights are missing" in err and "train_shapes_controlnet" in err
+    assert not (tmp_path / "cn").exists()
