@@ -113,9 +113,9 @@ def load_trained_controlnet(name: str) -> Any:
 
 
 def _meta() -> Any:
-    from sdrt.export.presets import _parameters_on_meta
+    from sdrt.export.presets import parameters_on_meta
 
-    return _parameters_on_meta()
+    return parameters_on_meta()
 
 
 def write_controlnet(name: str, out: str | Path, *, seed: int = 0, force: bool = False) -> Path:

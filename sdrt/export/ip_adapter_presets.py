@@ -58,11 +58,11 @@ def cross_attention_widths(unet_config: dict[str, Any]) -> list[int]:
     """The width of each cross-attention layer in diffusers' processor order (what to_k_ip maps to)."""
     import diffusers
 
-    from sdrt.export.presets import _parameters_on_meta
+    from sdrt.export.presets import parameters_on_meta
     from sdrt.spec.ip_adapter import layer_width
 
     config = {k: v for k, v in unet_config.items() if not k.startswith("_")}
-    with _parameters_on_meta():
+    with parameters_on_meta():
         unet = diffusers.UNet2DConditionModel(**config)
     names = [n.rsplit(".", 1)[0] for n in unet.attn_processors if n.endswith("attn2.processor")]
     return [layer_width(n, unet.config.block_out_channels) for n in names]
