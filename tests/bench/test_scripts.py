@@ -10,7 +10,7 @@ import pytest
 
 MODULES = ["footprint", "flux_full_export", "flux_new_user", "lora_switch", "schedulers_bench", "serve_load",
            "probes.lora_ready_graph", "probes.switch_breakdown", "probes.ort_override_copy", "probes.scratch_page_fault",
-           "probes.trt_rtx", "sd3_new_user", "steps"]
+           "probes.trt_rtx", "sd3_new_user", "steps", "controlnet_new_user"]
 
 
 @pytest.mark.parametrize("name", MODULES)
