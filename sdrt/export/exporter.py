@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from sdrt import residual_graph, spec
 from sdrt.errors import SdrtError
+from sdrt.system_memory import available_bytes
 from sdrt.export import (check, controlnet, ip_adapter, sizes, sizes_transformer, source, staging, streamed, trace,
                          weight_map)
 from sdrt.export.graphs import example_inputs, wrap
@@ -86,7 +87,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
                                text_hidden_size=pipeline["text_hidden_size"],
                                vae_scale_factor=pipeline["vae_scale_factor"],
                                token_length=pipeline["token_length"], extra=pipeline["dims"])
-    streaming = streamed.streamed_components(src, model_spec, components, stream, available=streamed.available_bytes())
+    streaming = streamed.streamed_components(src, model_spec, components, stream, available=available_bytes())
     described = f" with the {src.config_preset} configs" if src.config_preset else ""
     described += f", VAE {src.vae}" if src.vae else ""
     log(f"loaded {src.kind} {src.name} ({src.class_name}{described}) in {time.perf_counter() - started:.1f} s; "

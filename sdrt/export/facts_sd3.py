@@ -65,7 +65,7 @@ def sd3_facts(src: Any) -> dict[str, Any]:
         "default_max_sequence_length": min(DEFAULT_MAX_SEQUENCE_LENGTH, t5_limit),
         "patch_size": int(transformer.patch_size),
         "sample_size": int(transformer.sample_size),
-        "vae_sample_size": _vae_sample_size(vae),
+        "vae_sample_size": vae_sample_size(vae),
         "inpainting": False,
         "vae_decoder_input": "latents divided by scaling_factor, plus shift_factor (diffusers' pipeline does "
                              "both before vae.decode)",
@@ -74,7 +74,7 @@ def sd3_facts(src: Any) -> dict[str, Any]:
     }
 
 
-def _vae_sample_size(vae: Any) -> int | None:
+def vae_sample_size(vae: Any) -> int | None:
     size = vae.get("sample_size")
     size = size[0] if isinstance(size, (list, tuple)) else size
     return int(size) if size else None

@@ -20,6 +20,7 @@ from sdrt import spec
 from sdrt.errors import SdrtError
 from sdrt.export import sizes
 from sdrt.export.check import THRESHOLDS, Case, CheckFailed, judge, ort_session, torch_case
+from sdrt.export.facts_sd3 import vae_sample_size
 from sdrt.export.graphs import wrap
 
 #: FluxPipeline.default_sample_size: the default image is 128 latent pixels (1024 px at f = 8)
@@ -68,7 +69,7 @@ def pipeline_facts(src: Any) -> dict[str, Any]:
         "token_length": spec.TOKEN_LENGTH,
         "max_sequence_length": min(MAX_SEQUENCE_LENGTH, limit),
         "sample_size": DEFAULT_SAMPLE_SIZE,
-        "vae_sample_size": _vae_sample_size(vae),
+        "vae_sample_size": vae_sample_size(vae),
         "inpainting": in_channels != packed,
         "force_upcast": bool(vae.get("force_upcast", False)),
         "vae_decoder_input": "latents divided by scaling_factor, plus shift_factor (FluxPipeline does both "
@@ -78,10 +79,6 @@ def pipeline_facts(src: Any) -> dict[str, Any]:
     }
 
 
-def _vae_sample_size(vae: Any) -> int | None:
-    size = vae.get("sample_size")
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    return int(size) if size else None
 
 
 class FluxSizes:

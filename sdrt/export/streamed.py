@@ -54,17 +54,6 @@ NOTE = ("weights stored in {stored} as the source folder has them, computed in {
         "take {gib:.1f} GiB of memory)")
 
 
-def available_bytes() -> int | None:
-    """MemAvailable now (what the kernel says can be allocated), None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def fp32_bytes(module: torch.nn.Module) -> int:
     return 4 * sum(p.numel() for p in module.parameters())
 

@@ -53,12 +53,13 @@ def _whole(label: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _real(label: str, value: Any, lo: float, hi: float, hint: str) -> float:
+def real_in_range(label: str, value: Any, lo: float, hi: float, hint: str) -> float:
+    """`value` as a float in [lo, hi], or one line naming `label`, the value and `hint`."""
     try:
         x = float(value)
     except (TypeError, ValueError):
         raise SdrtError(f"{label} {value!r} is not a number: {hint}") from None
-    if not math.isfinite(x) or not lo <= x <= hi:
+    if isinstance(value, bool) or not math.isfinite(x) or not lo <= x <= hi:
         raise SdrtError(f"{label} {value!r} is out of range: {hint}")
     return x
 
@@ -67,9 +68,9 @@ def check_call(*, num_inference_steps: Any, guidance_scale: Any, strength: Any, 
                output_type: str) -> tuple[int, float, float, int]:
     """Validated (steps, guidance, strength, images per prompt)."""
     steps = _whole("num_inference_steps (--steps)", num_inference_steps, 1)
-    guidance = _real("guidance_scale", guidance_scale, 0.0, math.inf,
+    guidance = real_in_range("guidance_scale", guidance_scale, 0.0, math.inf,
                      "use a finite value >= 0 (<= 1 turns classifier-free guidance off; 7.5 is usual)")
-    strength = _real("strength", strength, 0.0, 1.0, "use a value between 0 and 1 (e.g. 0.8)")
+    strength = real_in_range("strength", strength, 0.0, 1.0, "use a value between 0 and 1 (e.g. 0.8)")
     per_prompt = _whole("num_images_per_prompt (--num-images)", num_images_per_prompt, 1)
     if output_type not in OUTPUT_TYPES:
         raise SdrtError(f"output_type {output_type!r} is not one of: {', '.join(OUTPUT_TYPES)}")
@@ -109,7 +110,7 @@ def check_fraction(label: str, value: Any) -> float | None:
 
 
 def check_extras(*, guidance_rescale: Any, clip_skip: Any) -> tuple[float, int | None]:
-    rescale = _real("guidance_rescale", guidance_rescale, 0.0, 1.0, "use a value between 0 and 1 (0.7 is usual)")
+    rescale = real_in_range("guidance_rescale", guidance_rescale, 0.0, 1.0, "use a value between 0 and 1 (0.7 is usual)")
     if clip_skip is not None:
         clip_skip = _whole("clip_skip", clip_skip, 0)
     return rescale, clip_skip

@@ -36,6 +36,7 @@ from PIL import Image
 
 from sdrt.engines.base import Backend, Engine
 from sdrt.errors import SdrtError
+from sdrt.runtime.arguments import real_in_range
 from sdrt.manifest import CONTROLNET_KIND, Manifest
 from sdrt.runtime import images as imageio
 from sdrt.spec import N
@@ -167,16 +168,6 @@ def _per_controlnet(label: str, value: Any, count: int) -> list[Any]:
     return values
 
 
-def _number(label: str, value: Any, lo: float, hi: float, hint: str) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise SdrtError(f"{label} {value!r} is not a number: {hint}") from None
-    if isinstance(value, bool) or not np.isfinite(x) or not lo <= x <= hi:
-        raise SdrtError(f"{label} {value!r} is out of range: {hint}")
-    return x
-
-
 def check(count: int, arguments: dict[str, Any], *, prompts: int, height: int, width: int,
           default_scale: float = 1.0) -> ControlCall | None:
     """Step 1's ControlNet part: None without ControlNets; every bad value one line. `default_scale`: the
@@ -203,12 +194,12 @@ def check(count: int, arguments: dict[str, Any], *, prompts: int, height: int, w
             raise SdrtError(f"{len(loaded)} control images for {prompts} prompts: pass 1 control image per "
                             f"ControlNet, or one per prompt")
         images.append([resize(picture, height, width) for picture in loaded])
-    scales = [_number("controlnet_conditioning_scale", s, 0.0, 100.0, "use a value >= 0 (1.0 is usual)")
+    scales = [real_in_range("controlnet_conditioning_scale", s, 0.0, 100.0, "use a value >= 0 (1.0 is usual)")
               for s in _per_controlnet("controlnet_conditioning_scale", default_scale if arguments.get(
                   "controlnet_conditioning_scale") is None else arguments["controlnet_conditioning_scale"], count)]
-    starts = [_number("control_guidance_start", s, 0.0, 1.0, "use a fraction of the steps in [0, 1)")
+    starts = [real_in_range("control_guidance_start", s, 0.0, 1.0, "use a fraction of the steps in [0, 1)")
               for s in _per_controlnet("control_guidance_start", arguments.get("control_guidance_start", 0.0), count)]
-    ends = [_number("control_guidance_end", e, 0.0, 1.0, "use a fraction of the steps in (0, 1]")
+    ends = [real_in_range("control_guidance_end", e, 0.0, 1.0, "use a fraction of the steps in (0, 1]")
             for e in _per_controlnet("control_guidance_end", arguments.get("control_guidance_end", 1.0), count)]
     for start, end in zip(starts, ends):
         if start >= end:

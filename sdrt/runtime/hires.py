@@ -17,13 +17,13 @@ does, with its own sampler and prompts when given, and the same seeds (and varia
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sdrt.errors import SdrtError
+from sdrt.runtime.arguments import real_in_range
 from sdrt.runtime import latent_resize
 
 #: the web UI's latent upscalers -> (interpolate mode, antialias)
@@ -61,22 +61,12 @@ class Plan:
     final: tuple[int, int]
 
 
-def _number(label: str, value: Any, lo: float, hi: float, hint: str) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise SdrtError(f"{label} {value!r} is not a number: {hint}") from None
-    if not math.isfinite(x) or not lo <= x <= hi:
-        raise SdrtError(f"{label} {value!r} is out of range: {hint}")
-    return x
-
-
 def check(hires: HiresFix) -> None:
     """One line for each bad field, before any work."""
     if hires.upscaler not in UPSCALERS:
         raise SdrtError(f"hires upscaler {hires.upscaler!r} is not available here: use one of {', '.join(UPSCALERS)}")
-    _number("hires scale (hr_scale)", hires.scale, 1.0, 8.0, "use a factor between 1 and 8 (e.g. 2)")
-    _number("denoising_strength", hires.denoising_strength, 0.0, 1.0, "use a value in (0, 1], e.g. 0.7")
+    real_in_range("hires scale (hr_scale)", hires.scale, 1.0, 8.0, "use a factor between 1 and 8 (e.g. 2)")
+    real_in_range("denoising_strength", hires.denoising_strength, 0.0, 1.0, "use a value in (0, 1], e.g. 0.7")
     if hires.denoising_strength <= 0:
         raise SdrtError("denoising_strength 0 leaves the hires pass nothing to do: use a value in (0, 1], e.g. 0.7")
     for label, value in (("hr_resize_x", hires.resize_x), ("hr_resize_y", hires.resize_y),

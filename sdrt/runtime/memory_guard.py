@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from sdrt.errors import SdrtError
+from sdrt.system_memory import available_bytes
 
 _PATTERNS = re.compile(r"failed to allocate|out of memory|bad_alloc|cudaErrorMemoryAllocation|"
                        r"CUDA_ERROR_OUT_OF_MEMORY|std::bad_alloc", re.IGNORECASE)
@@ -39,17 +40,6 @@ def allocation_failure(error: BaseException, backend: str, height: int | None, w
     size = f"{width}x{height}" if height and width else "this size"
     return SdrtError(f"out of memory on {backend} generating {images} image(s) at {size}{amount}: "
                      f"use a smaller size, fewer images per call (--batch-size), or a machine with more memory")
-
-
-def available_bytes() -> Optional[int]:
-    """Memory the kernel says can be allocated now (MemAvailable), None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def denoiser_config(component_folder: Path) -> dict[str, Any]:

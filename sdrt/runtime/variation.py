@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sdrt.errors import SdrtError
-from sdrt.runtime.arguments import _real, _whole
+from sdrt.runtime.arguments import _whole, real_in_range
 from sdrt.runtime.seeds import image_seeds
 
 
@@ -42,7 +42,7 @@ class Variation:
 def check(subseed: Any, strength: Any, resize_h: Any, resize_w: Any, n: int, *, seeded: bool,
           vae_scale_factor: int) -> Variation | None:
     """None when nothing is asked (strength 0, no resize); one line for each bad value."""
-    strength = _real("subseed_strength", 0.0 if strength is None else strength, 0.0, 1.0,
+    strength = real_in_range("subseed_strength", 0.0 if strength is None else strength, 0.0, 1.0,
                      "use a value between 0 (the seed's image) and 1 (the subseed's)")
     resize_h = _whole("seed_resize_from_h", 0 if resize_h in (None, -1) else resize_h, 0)
     resize_w = _whole("seed_resize_from_w", 0 if resize_w in (None, -1) else resize_w, 0)
