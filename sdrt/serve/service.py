@@ -60,6 +60,10 @@ def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> l
     """One pipeline call for compatible jobs (same LoRAs and VAE, set first): prompts repeated per image, one
     seed each; with the hires fix, its two passes."""
     first = jobs[0].request
+    facts = getattr(getattr(pipe, "manifest", None), "pipeline", {})
+    if (first.controlnets and not facts.get("residual_inputs")) or (first.ip_adapter and not
+                                                                    facts.get("ip_adapter_inputs")):
+        use_loras(pipe, ())  # the UNet is reloaded next: an earlier batch's merged LoRAs come off first
     if first.controlnets or getattr(pipe, "controlnets", None):  # before the LoRAs: it may reload the UNet
         pipe.set_controlnets([unit.folder for unit in first.controlnets])
     if first.ip_adapter is not None:  # a batch without one keeps the loaded IP-Adapter, bound to zeros (the base)
