@@ -174,6 +174,9 @@ def switch(pipe: Any, folder: str | os.PathLike) -> None:
             pipe.engines.pop(pipe.denoiser).close()
             pipe.engines[pipe.denoiser] = engine
         pipe.manifest, pipe.model_spec = derived, derived.spec
+        from sdrt.runtime.lora import Adapters
+
+        pipe.adapters = Adapters(derived)  # later LoRAs merge into the new graph (none are merged now)
     if current is not None:
         current.close()
     pipe.ip_adapter = adapter

@@ -352,6 +352,9 @@ class Pipeline:
                 self.engines.pop(self.denoiser).close()
                 self.engines[self.denoiser] = engine
                 self.manifest, self.model_spec = derived, derived.spec
+                from sdrt.runtime.lora import Adapters
+
+                self.adapters = Adapters(derived)  # later LoRAs merge into the new graph (none are merged now)
             self.controlnets = ControlNets.pick(self.controlnets, self.manifest, self.backend, folders)
 
     def set_ip_adapter(self, folder: str | os.PathLike) -> None:

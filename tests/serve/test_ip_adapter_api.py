@@ -135,3 +135,26 @@ def test_different_ip_adapter_units_never_share_a_batch():
     assert request(ip).batch_key() != request(IPUnit("/x/ip", "ip", 0.6, "none", _picture(4))).batch_key()
     same = IPUnit("/x/ip", "ip", 0.6, "ip-adapter_clip_sd15", _picture())  # the module is only a label
     assert request(ip).batch_key() == request(same).batch_key()
+
+
+def test_an_ip_adapter_batch_after_a_lora_batch(tiny_onnx, tiny_ip_adapter_onnx, tmp_path):
+    """The first IP-Adapter batch reloads the UNet: an earlier batch's merged LoRA comes off first (and is
+    merged again when the IP-Adapter batch asks for it)."""
+    from sdrt.serve.queueing import Job
+    from sdrt.serve.service import run_batch
+    from tests.runtime.lora.test_input import _kohya_from_map
+
+    lora = tmp_path / "style.safetensors"
+    _kohya_from_map(tiny_onnx, lora, count=6, rank=4, alpha=4.0, seed=3)
+    unit = IPUnit(str(tiny_ip_adapter_onnx), "tiny_ip", 0.6, "none", _picture())
+    common = dict(model="tiny", prompt="a tower", width=32, height=32, steps=3, seed=5, guidance_scale=6.0)
+    pipe = Pipeline.load(tiny_onnx, backend="ort-cpu")
+    run_batch(pipe, [Job(GenerationRequest(**common, loras=((str(lora), 0.8),)))])
+    both = run_batch(pipe, [Job(GenerationRequest(**common, loras=((str(lora), 0.8),), ip_adapter=unit))])[0]
+    pipe.close()
+    direct = Pipeline.load(tiny_onnx, backend="ort-cpu", ip_adapter=tiny_ip_adapter_onnx, loras=[(str(lora), 0.8)])
+    direct.set_ip_adapter_scale(0.6)
+    expected = direct("a tower", negative_prompt="", seed=[5], num_inference_steps=3, guidance_scale=6.0, height=32,
+                      width=32, ip_adapter_image=_picture()).images[0]
+    direct.close()
+    assert np.array_equal(np.asarray(both.images[0]), np.asarray(expected))
