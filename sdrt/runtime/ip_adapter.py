@@ -147,3 +147,36 @@ class IPAdapter:
     def close(self) -> None:
         self.encoder.close()
         self.projection.close()
+
+
+def switch(pipe: Any, folder: str | os.PathLike) -> None:
+    """`Pipeline.set_ip_adapter`'s work: run with the IP-Adapter in `folder` from now on. The same folder is
+    a no-op; another one of the same layout reuses the UNet graph; the first one makes the UNet the graph
+    that takes its keys and values (sdrt.ip_graph; refused while LoRAs are merged into the UNet)."""
+    from sdrt.ip_graph import ip_manifest
+
+    current = pipe.ip_adapter
+    if current is not None and current.path.resolve() == Path(folder).resolve():
+        return
+    manifest = open_ip_adapter(folder)
+    derived = ip_manifest(pipe.manifest, check_fits(pipe.manifest, manifest))  # another layout: one line
+    if derived is not pipe.manifest and pipe.adapters.active:
+        raise SdrtError("load the IP-Adapter before LoRAs (Pipeline.load(..., ip_adapter=...)), or clear the LoRAs "
+                        "first: the UNet is reloaded for an IP-Adapter")
+    adapter = IPAdapter.load(manifest, pipe.backend, folder, pipe.family)
+    if derived is not pipe.manifest:
+        if pipe.denoiser in pipe.engines:  # (low memory: loaded on its next use)
+            try:
+                engine = pipe.backend.load(derived, pipe.denoiser)  # fails before the old one is closed
+            except BaseException:
+                adapter.close()
+                raise
+            pipe.engines.pop(pipe.denoiser).close()
+            pipe.engines[pipe.denoiser] = engine
+        pipe.manifest, pipe.model_spec = derived, derived.spec
+        from sdrt.runtime.lora import Adapters
+
+        pipe.adapters = Adapters(derived)  # later LoRAs merge into the new graph (none are merged now)
+    if current is not None:
+        current.close()
+    pipe.ip_adapter = adapter

@@ -352,7 +352,18 @@ class Pipeline:
                 self.engines.pop(self.denoiser).close()
                 self.engines[self.denoiser] = engine
                 self.manifest, self.model_spec = derived, derived.spec
+                from sdrt.runtime.lora import Adapters
+
+                self.adapters = Adapters(derived)  # later LoRAs merge into the new graph (none are merged now)
             self.controlnets = ControlNets.pick(self.controlnets, self.manifest, self.backend, folders)
+
+    def set_ip_adapter(self, folder: str | os.PathLike) -> None:
+        """Run with this exported IP-Adapter folder from now on (scale 1.0; a server switches per batch).
+        One of another layout than the loaded one needs the model loaded again (sdrt.runtime.ip_adapter)."""
+        from sdrt.runtime.ip_adapter import switch
+
+        with self._lock:
+            switch(self, folder)
 
     def set_ip_adapter_scale(self, scale: float) -> None:
         """The IP-Adapter's weight from the next call on (diffusers' `set_ip_adapter_scale`; 1.0 when loaded,

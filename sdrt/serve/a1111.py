@@ -143,8 +143,8 @@ def to_generation(body: Txt2ImgRequest, service: Any) -> GenerationRequest:
         flux_guidance(body, request)
     units = controlnets.scripts_units(body.alwayson_scripts)
     if units:
-        request.controlnets = controlnets.parse_units(units, service.controlnets, limits, width=body.width,
-                                                      height=body.height)
+        request.controlnets, request.ip_adapter = controlnets.parse_units(
+            units, service.controlnets, limits, width=body.width, height=body.height, pipe=service.pipelines[model])
     if isinstance(body, Img2ImgRequest):
         if not body.init_images:
             raise RequestRejected("init_images is empty: send one base64 image")
@@ -281,7 +281,7 @@ def controlnet_router(service: Any) -> APIRouter:
     async def module_list() -> dict[str, Any]:
         from sdrt.runtime.preprocessors import module_list as names
 
-        return {"module_list": names(), "module_detail": {}}
+        return {"module_list": names() + list(controlnets.IP_MODULES[:2]), "module_detail": {}}
 
     @api.get("/version")
     async def version() -> dict[str, int]:

@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--styles", default=None, metavar="FILE",
                    help="A1111's styles.csv (name, prompt, negative_prompt): requests add them by name (`styles`)")
     p.add_argument("--controlnet-dir", default=None, metavar="DIR",
-                   help="ControlNets requests may name in alwayson_scripts.controlnet units: DIR/NAME, each an "
-                        "exported ControlNet folder (sdrt export --model CONTROLNET_DIR --out DIR/NAME)")
+                   help="ControlNets and IP-Adapters requests may name in alwayson_scripts.controlnet units: "
+                        "DIR/NAME, each an exported folder (sdrt export --model CONTROLNET_OR_IP_DIR --out DIR/NAME)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860, A1111's)")
     p.add_argument("--api-key", default=os.environ.get("SDRT_API_KEY"),

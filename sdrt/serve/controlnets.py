@@ -10,18 +10,25 @@ mode (all units must agree: diffusers' guess mode is per call); "My prompt is mo
 (sd-webui-controlnet's own soft weighting) is refused. A request carries its units; their folders,
 weights, windows and mode are part of its batch key (requests with different ControlNet sets never
 share a UNet batch), and the worker switches the pipeline to them before the batch.
+
+IP-Adapters are units too, as in sd-webui-controlnet: an exported IP-Adapter folder in --controlnet-dir is
+listed by name beside the ControlNets; a unit naming it (module `ip-adapter_clip_sd15` / `..._sdxl`, or
+`none`) gives the call's `ip_adapter_image` (its image, not resized: the IP-Adapter's CLIP preprocessing
+is the pipeline's) and its scale (`weight`); one per request, of the model's cross-attention width. Its
+folder and weight are part of the batch key; the worker switches the pipeline's IP-Adapter before the batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from sdrt.errors import SdrtError
-from sdrt.manifest import CONTROLNET_KIND, MANIFEST_NAME
+from sdrt.manifest import CONTROLNET_KIND, IP_ADAPTER_KIND, MANIFEST_NAME
 from sdrt.serve.limits import RequestRejected
 
 #: sd-webui-controlnet's control modes (index or name) -> guess mode
@@ -29,6 +36,8 @@ CONTROL_MODES = {0: False, "Balanced": False, 2: True, "ControlNet is more impor
 PROMPT_MODE = (1, "My prompt is more important")
 RESIZE_MODES = {0: "just", "Just Resize": "just", 1: "crop", "Crop and Resize": "crop", "Resize and Fill": "fill",
                 2: "fill", "Inner Fit (Scale to Fit)": "crop", "Outer Fit (Shrink to Fit)": "fill"}
+#: sd-webui-controlnet's modules of an IP-Adapter unit (the image encoder's preprocessing); "none" is taken too
+IP_MODULES = ("ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter_clip_sdxl_plus_vith", "ip-adapter-auto")
 #: the sd-webui-controlnet API version this server answers like
 API_VERSION = 2
 
@@ -51,8 +60,26 @@ class Unit:
         return (self.folder, self.weight, self.start, self.end, self.guess_mode)
 
 
+@dataclass(frozen=True)
+class IPUnit:
+    """A request's IP-Adapter unit: the folder, its scale and the image prompt (PIL RGB, as sent)."""
+
+    folder: str
+    name: str
+    weight: float
+    module: str
+    image: Any
+
+    @cached_property
+    def key(self) -> tuple:
+        """The folder, the scale and the image's content: the pipeline takes one image prompt per call."""
+        import hashlib
+
+        return (self.folder, self.weight, self.image.size, hashlib.sha256(self.image.tobytes()).hexdigest())
+
+
 class ControlNetCatalog:
-    """The ControlNets this server may run: exported ControlNet folders directly in `folder` (None: none)."""
+    """The ControlNets and IP-Adapters this server may run: exported folders directly in `folder` (None: none)."""
 
     def __init__(self, folder: str | Path | None = None):
         self.folder = Path(folder).resolve() if folder is not None else None
@@ -60,20 +87,25 @@ class ControlNetCatalog:
             raise SdrtError(f"--controlnet-dir {folder} is not a folder: pass the folder holding exported "
                             f"ControlNet folders (sdrt export --model CONTROLNET_DIR --out DIR/NAME)")
 
-    def names(self) -> list[str]:
+    def kinds(self) -> dict[str, str]:
+        """{name: kind} of the exported ControlNet and IP-Adapter folders directly in the folder."""
         if self.folder is None:
-            return []
+            return {}
         import json
 
-        found = []
+        found = {}
         for entry in sorted(self.folder.iterdir()):
             try:
                 data = json.loads((entry / MANIFEST_NAME).read_text())
             except (OSError, ValueError):
                 continue
-            if not entry.name.startswith(".") and data.get("pipeline", {}).get("kind") == CONTROLNET_KIND:
-                found.append(entry.name)
+            kind = data.get("pipeline", {}).get("kind")
+            if not entry.name.startswith(".") and kind in (CONTROLNET_KIND, IP_ADAPTER_KIND):
+                found[entry.name] = kind
         return found
+
+    def names(self) -> list[str]:
+        return list(self.kinds())
 
     def resolve(self, model: Any) -> tuple[str, str]:
         """(folder, name) of a unit's `model`; 400 for anything that is not one of `names()`."""
@@ -119,16 +151,53 @@ def _resize(image: Image.Image, width: int, height: int, mode: str) -> Image.Ima
     return canvas
 
 
+def _picture(unit: dict[str, Any], limits: Any, index: int) -> Image.Image:
+    picture = unit.get("image") or unit.get("input_image")
+    if isinstance(picture, dict):  # newer clients: {"image": ..., "mask": ...}
+        picture = picture.get("image")
+    if not picture:
+        raise RequestRejected(f"ControlNet unit {index} has no image: send the control image as base64")
+    return limits.decode_image(picture, f"ControlNet unit {index} image").convert("RGB")
+
+
+def _ip_unit(unit: dict[str, Any], folder: str, name: str, limits: Any, index: int, pipe: Any) -> IPUnit:
+    """An IP-Adapter unit, checked against the model (400 naming the unit, never a path)."""
+    from sdrt.manifest import Manifest
+
+    module = str(unit.get("module") or "none")
+    if module != "none" and module not in IP_MODULES:
+        raise RequestRejected(f"ControlNet unit {index}: module {module!r} does not go with the IP-Adapter {name}: use "
+                              f"{' or '.join(IP_MODULES[:2])}")
+    if pipe is not None:
+        facts = pipe.manifest.pipeline
+        if not pipe.manifest.family_spec.controlnet or pipe.manifest.family_spec.denoiser != "unet":
+            raise RequestRejected(f"ControlNet unit {index}: this model takes no IP-Adapter (sdrt's IP-Adapters are "
+                                  f"for SD 1.x/2.x and SDXL)")
+        width = Manifest.load(folder).ip_adapter_layout().cross_attention_dim
+        if int(facts["text_hidden_size"]) != width:
+            raise RequestRejected(f"ControlNet unit {index}: the IP-Adapter {name} has cross-attention width {width}, "
+                                  f"the model {facts['text_hidden_size']}: use an IP-Adapter made for this model")
+    return IPUnit(folder, name, _number(unit, "weight", 1.0, index), module, _picture(unit, limits, index))
+
+
 def parse_units(args: list[dict[str, Any]], catalog: ControlNetCatalog, limits: Any, *, width: int,
-                height: int) -> tuple[Unit, ...]:
-    """The request's enabled units, checked (400 naming the unit and field) and their images preprocessed."""
+                height: int, pipe: Any = None) -> tuple[tuple[Unit, ...], IPUnit | None]:
+    """The request's enabled ControlNet units (checked: 400 naming the unit and field; images preprocessed)
+    and its IP-Adapter unit (None: none; checked against `pipe`'s model when given)."""
     from sdrt.runtime import preprocessors
 
-    units = []
+    units, ip = [], None
+    kinds = catalog.kinds()
     for index, unit in enumerate(args):
         if not unit.get("enabled", True):
             continue
         folder, name = catalog.resolve(unit.get("model"))
+        if kinds.get(name) == IP_ADAPTER_KIND:
+            if ip is not None:
+                raise RequestRejected(f"ControlNet unit {index}: a second IP-Adapter unit: sdrt runs one IP-Adapter "
+                                      f"per request")
+            ip = _ip_unit(unit, folder, name, limits, index, pipe)
+            continue
         mode = unit.get("control_mode", 0)
         if mode in PROMPT_MODE:
             raise RequestRejected(f"ControlNet unit {index}: control_mode {mode!r} is not supported: use Balanced or "
@@ -138,12 +207,7 @@ def parse_units(args: list[dict[str, Any]], catalog: ControlNetCatalog, limits: 
         resize = unit.get("resize_mode", 1)
         if resize not in RESIZE_MODES:
             raise RequestRejected(f"ControlNet unit {index}: unknown resize_mode {resize!r}")
-        picture = unit.get("image") or unit.get("input_image")
-        if isinstance(picture, dict):  # newer clients: {"image": ..., "mask": ...}
-            picture = picture.get("image")
-        if not picture:
-            raise RequestRejected(f"ControlNet unit {index} has no image: send the control image as base64")
-        image = limits.decode_image(picture, f"ControlNet unit {index} image").convert("RGB")
+        image = _picture(unit, limits, index)
         module = str(unit.get("module") or "none")
         low = _number(unit, "threshold_a", -1, index)
         high = _number(unit, "threshold_b", -1, index)
@@ -164,7 +228,7 @@ def parse_units(args: list[dict[str, Any]], catalog: ControlNetCatalog, limits: 
         if not 0.0 <= u.start < u.end <= 1.0:
             raise RequestRejected(f"ControlNet {u.name}: guidance_start {u.start:g} .. guidance_end {u.end:g} must "
                                   f"satisfy 0 <= start < end <= 1")
-    return tuple(units)
+    return tuple(units), ip
 
 
 def call_arguments(units: list[tuple[Unit, ...]], counts: list[int]) -> dict[str, Any]:
@@ -180,7 +244,11 @@ def call_arguments(units: list[tuple[Unit, ...]], counts: list[int]) -> dict[str
             "guess_mode": first[0].guess_mode}
 
 
-def describe(units: tuple[Unit, ...]) -> list[dict[str, Any]]:
-    """The units as the infotext records them (names, never paths)."""
-    return [{"module": u.module, "model": u.name, "weight": u.weight, "guidance_start": u.start,
-             "guidance_end": u.end, "guess_mode": u.guess_mode} for u in units]
+def describe(units: tuple[Unit, ...], ip: IPUnit | None = None) -> list[dict[str, Any]]:
+    """The units as the infotext records them (names, never paths; the IP-Adapter's last)."""
+    described = [{"module": u.module, "model": u.name, "weight": u.weight, "guidance_start": u.start,
+                  "guidance_end": u.end, "guess_mode": u.guess_mode} for u in units]
+    if ip is not None:
+        described.append({"module": ip.module, "model": ip.name, "weight": ip.weight, "guidance_start": 0.0,
+                          "guidance_end": 1.0})
+    return described

@@ -54,6 +54,7 @@ class GenerationRequest:
     hires: Any = None  # sdrt.runtime.hires.HiresFix (txt2img only)
     vae: tuple | None = None  # (NAME, DIR) of a --vae of the server; None: the model's own
     controlnets: tuple = ()  # sdrt.serve.controlnets.Unit per enabled ControlNet unit
+    ip_adapter: Any = None  # sdrt.serve.controlnets.IPUnit of an IP-Adapter unit, or None
 
     def __post_init__(self) -> None:
         self.loras = tuple((str(path), float(scale)) for path, scale in self.loras)
@@ -76,7 +77,7 @@ class GenerationRequest:
         return (self.model, self.mode, self.width, self.height, self.steps, self.sampler,
                 self.guidance_scale, self.true_cfg_scale, strength, self.loras, self.syntax, self.text_chunks,
                 self.clip_skip, self.subseed_strength, self.seed_resize, self.hires, self.vae,
-                tuple(unit.key for unit in self.controlnets))
+                tuple(unit.key for unit in self.controlnets), self.ip_adapter and self.ip_adapter.key)
 
 
 def distilled_guidance(pipe: Any) -> bool:

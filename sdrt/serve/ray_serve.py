@@ -22,7 +22,7 @@ BUILDER_DEFAULTS: dict[str, Any] = {
     "model": None, "backend": "auto", "precision": None, "cuda_graph": False, "api_key": None, "queue_size": 64, "max_batch": 4,
     "batch_wait_ms": 10.0, "timeout": 600.0, "max_body_mb": 32.0, "max_pixels": 1536 * 1536, "max_steps": 150,
     "max_images": 8, "max_prompt_chars": 4000, "cors_origin": [], "replicas": 1, "max_replicas": None,
-    "num_gpus": 0.0, "lora_dir": None, "vae_tiling": False, "vae_tile_size": None, "log_prompts": False,
+    "num_gpus": 0.0, "lora_dir": None, "controlnet_dir": None, "vae_tiling": False, "vae_tile_size": None, "log_prompts": False,
 }
 
 
@@ -73,6 +73,10 @@ def build_application(args: argparse.Namespace) -> Any:
         from sdrt.serve.loras import LoraCatalog
 
         config["lora_dir"] = str(LoraCatalog(config["lora_dir"]).folder)
+    if config["controlnet_dir"]:  # checked here, resolved: the replicas' cwd may differ
+        from sdrt.serve.controlnets import ControlNetCatalog
+
+        config["controlnet_dir"] = str(ControlNetCatalog(config["controlnet_dir"]).folder)
 
     @serve.ingress()
     class SdrtReplica:

@@ -60,12 +60,21 @@ def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> l
     """One pipeline call for compatible jobs (same LoRAs and VAE, set first): prompts repeated per image, one
     seed each; with the hires fix, its two passes."""
     first = jobs[0].request
+    facts = getattr(getattr(pipe, "manifest", None), "pipeline", {})
+    if (first.controlnets and not facts.get("residual_inputs")) or (first.ip_adapter and not
+                                                                    facts.get("ip_adapter_inputs")):
+        use_loras(pipe, ())  # the UNet is reloaded next: an earlier batch's merged LoRAs come off first
     if first.controlnets or getattr(pipe, "controlnets", None):  # before the LoRAs: it may reload the UNet
         pipe.set_controlnets([unit.folder for unit in first.controlnets])
+    if first.ip_adapter is not None:  # a batch without one keeps the loaded IP-Adapter, bound to zeros (the base)
+        pipe.set_ip_adapter(first.ip_adapter.folder)
+        pipe.set_ip_adapter_scale(first.ip_adapter.weight)
     use_loras(pipe, first.loras)  # a no-op when the pipeline has them already
     if hasattr(pipe, "use_vae"):
         pipe.use_vae(first.vae[1] if first.vae else None)  # (name, folder) of a --vae, or the model's own
     control = controlnets.call_arguments([j.request.controlnets for j in jobs], [j.request.n for j in jobs])
+    if first.ip_adapter is not None:  # one image prompt per call: the batch key holds the folder, not the image
+        control["ip_adapter_image"] = first.ip_adapter.image
     prompts = [j.request.prompt for j in jobs for _ in range(j.request.n)]
     negatives = [j.request.negative_prompt for j in jobs for _ in range(j.request.n)]
     seeds = [s for j in jobs for s in j.request.seeds]
@@ -96,8 +105,9 @@ def run_batch(pipe: Any, jobs: list[Job], callback: Callable | None = None) -> l
                   "seed": job.request.seed, "seeds": job.request.seeds, "num_images_per_prompt": n}
         if "subseeds" in params:
             params.update(subseed=job.request.subseed, subseeds=job.request.subseeds)
-        if job.request.controlnets:  # names as the request gave them, never the server's folders
-            params["controlnets"] = controlnets.describe(job.request.controlnets)
+        if job.request.controlnets or job.request.ip_adapter:  # names as the request gave them, never folders
+            params.pop("ip_adapter", None)
+            params["controlnets"] = controlnets.describe(job.request.controlnets, job.request.ip_adapter)
         results.append(JobResult(list(out.images[start:start + n]), job.request.seeds, params, len(seeds), seconds))
         start += n
     return results

@@ -105,3 +105,28 @@ def test_different_controlnet_sets_never_share_a_batch():
     assert request((canny,)).batch_key() != request(()).batch_key()
     assert request((canny,)).batch_key() != request((Unit("/x/canny", "canny", 0.5, 0.0, 1.0, False, "none", None),)).batch_key()
     assert request((canny,)).batch_key() == request((Unit("/x/canny", "canny", 1.0, 0.0, 1.0, False, "canny", "img"),)).batch_key()
+
+
+def test_a_controlnet_batch_after_a_lora_batch(tiny_onnx, tiny_controlnet_onnx, tmp_path):
+    """The first ControlNet batch reloads the UNet: an earlier batch's merged LoRA comes off first and is merged
+    again into the residual-taking graph when the ControlNet batch asks for it."""
+    from sdrt.serve.controlnets import Unit
+    from sdrt.serve.queueing import Job
+    from sdrt.serve.service import run_batch
+    from tests.runtime.lora.test_input import _kohya_from_map
+
+    lora = tmp_path / "style.safetensors"
+    _kohya_from_map(tiny_onnx, lora, count=6, rank=4, alpha=4.0, seed=3)
+    control = _control().resize((32, 32), Image.LANCZOS)
+    unit = Unit(str(tiny_controlnet_onnx), "tiny_canny", 0.7, 0.0, 1.0, False, "none", control)
+    common = dict(model="tiny", prompt="a tower", width=32, height=32, steps=3, seed=5, guidance_scale=6.0,
+                  loras=((str(lora), 0.8),))
+    pipe = Pipeline.load(tiny_onnx, backend="ort-cpu")
+    run_batch(pipe, [Job(GenerationRequest(**common))])
+    both = run_batch(pipe, [Job(GenerationRequest(**common, controlnets=(unit,)))])[0]
+    pipe.close()
+    direct = Pipeline.load(tiny_onnx, backend="ort-cpu", controlnet=tiny_controlnet_onnx, loras=[(str(lora), 0.8)])
+    expected = direct("a tower", negative_prompt="", seed=[5], num_inference_steps=3, guidance_scale=6.0, height=32,
+                      width=32, control_image=control, controlnet_conditioning_scale=0.7).images[0]
+    direct.close()
+    assert np.array_equal(np.asarray(both.images[0]), np.asarray(expected))

@@ -120,10 +120,12 @@ def with_group_killed(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_server(tiny_onnx, tmp_path_factory):
+def ray_server(tiny_onnx, tiny_ip_adapter_onnx, tmp_path_factory):
     from tests.runtime.lora.test_input import _kohya_from_map
 
     lora_dir = tmp_path_factory.mktemp("loras")
+    controlnet_dir = tmp_path_factory.mktemp("controlnets")
+    shutil.copytree(tiny_ip_adapter_onnx, controlnet_dir / "tiny_ip", ignore=shutil.ignore_patterns("engines"))
     _kohya_from_map(tiny_onnx, lora_dir / "style.safetensors", count=6, rank=4, alpha=4.0, seed=3)
     ray_tmp = tempfile.mkdtemp(prefix="sdrt-ray-", dir="/tmp")
     saved = {key: os.environ.get(key) for key in ("RAY_USAGE_STATS_ENABLED", "RAY_TMPDIR")}
@@ -133,7 +135,8 @@ def ray_server(tiny_onnx, tmp_path_factory):
     from sdrt.serve import ray_serve
 
     args = argparse.Namespace(**{**ray_serve.BUILDER_DEFAULTS, "model": [f"tiny={tiny_onnx}"],
-                                 "backend": "ort-cpu", "replicas": 2, "max_batch": 2, "lora_dir": str(lora_dir)})
+                                 "backend": "ort-cpu", "replicas": 2, "max_batch": 2, "lora_dir": str(lora_dir),
+                                 "controlnet_dir": str(controlnet_dir)})
     from sdrt.serve.ray_local import init_local
 
     application = ray_serve.build_application(args)
@@ -142,7 +145,8 @@ def ray_server(tiny_onnx, tmp_path_factory):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(application, name="sdrt", route_prefix="/")
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", ray_tmp=ray_tmp, lora_dir=lora_dir)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", ray_tmp=ray_tmp, lora_dir=lora_dir,
+                              controlnet_dir=controlnet_dir)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -279,3 +283,34 @@ def test_serve_run_target_builds_the_application(tiny_onnx):
     assert options["ray_actor_options"]["num_gpus"] == 1.0
     with pytest.raises(SdrtError, match="unknown option"):
         ray_serve.app_builder({"model": str(tiny_onnx), "colour": "red"})
+    with pytest.raises(SdrtError, match="is not a folder"):  # checked before any replica starts
+        ray_serve.app_builder({"model": str(tiny_onnx), "controlnet_dir": str(tiny_onnx / "no-such-folder")})
+
+
+def test_ip_adapter_unit_on_the_replicas(ray_server, tiny_onnx):
+    """--controlnet-dir reaches every replica: an IP-Adapter unit by name, after the LoRA requests above."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from sdrt.runtime import Pipeline
+
+    assert requests.get(f"{ray_server.url}/controlnet/model_list", timeout=60).json()["model_list"] == ["tiny_ip"]
+    picture = Image.fromarray((np.random.default_rng(3).random((40, 48, 3)) * 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    unit = {"image": base64.b64encode(buffer.getvalue()).decode(), "module": "ip-adapter_clip_sd15",
+            "model": "tiny_ip", "weight": 0.6}
+    body = {"prompt": "a boat", "width": 64, "height": 64, "steps": 2, "cfg_scale": 7.0, "seed": 4,
+            "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    answers = [requests.post(f"{ray_server.url}/sdapi/v1/txt2img", json=body, timeout=120) for _ in range(2)]
+    ref = Pipeline.load(tiny_onnx, backend="ort-cpu", ip_adapter=ray_server.controlnet_dir / "tiny_ip")
+    ref.set_ip_adapter_scale(0.6)
+    expected = ref(["a boat"], negative_prompt=[""], num_inference_steps=2, guidance_scale=7.0, height=64, width=64,
+                   seed=4, ip_adapter_image=picture).images[0]
+    ref.close()
+    for r in answers:
+        assert r.status_code == 200, r.text[:300]
+        assert np.array_equal(decode_b64_png(r.json()["images"][0]), np.asarray(expected))
+        assert str(ray_server.controlnet_dir) not in r.text
