@@ -36,6 +36,7 @@ def add_low_memory_argument(p: Any) -> None:
 
 
 def low_memory_options(args: Any) -> dict[str, Any]:
-    """--low-memory -> Pipeline.load's `low_memory` (checked there)."""
+    """--low-memory -> Pipeline.load's `low_memory` (checked there); the default, "auto", is Pipeline.load's own
+    and is left out (a server's options list what the user changed)."""
     mode = getattr(args, "low_memory", None)
-    return {"low_memory": mode} if mode is not None else {}
+    return {"low_memory": mode} if mode not in (None, "auto") else {}
