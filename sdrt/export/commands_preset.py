@@ -10,6 +10,7 @@ import argparse
 import os
 import textwrap
 import time
+from typing import Any
 
 from sdrt.errors import SdrtError
 
@@ -65,35 +66,29 @@ def run(args: argparse.Namespace) -> int:
     if not args.name:
         raise SdrtError("give a preset name (sdrt preset --list shows them) and --out DIR")
     if args.name in CONTROLNET_PRESETS or args.name in IP_ADAPTER_PRESETS:
-        return _write_add_on(args)
-    preset = get_preset(args.name)  # unknown name: fail before anything else
+        kind, write, trained = _add_on(args.name)
+        what, done = f"{args.name} {kind}", f"{kind} preset"
+    else:
+        preset = get_preset(args.name)  # unknown name: fail before anything else
+        write, trained = write_preset, preset.trained
+        what, done = f"{args.name} preset", "preset"
     if not args.out:
-        raise SdrtError(f"missing --out DIR: where to write the {args.name} preset")
-    if args.seed < 0:
-        raise SdrtError(f"--seed {args.seed} is negative: use a seed >= 0")
-    _quiet_libraries()
-    start = time.perf_counter()
-    out = write_preset(args.name, args.out, seed=args.seed, force=args.force)
-    weights = "trained weights" if preset.trained else f"seed {args.seed}"
-    print(f"wrote preset {args.name} ({weights}) to {out} in {time.perf_counter() - start:.1f} s")
-    return 0
-
-
-def _write_add_on(args: argparse.Namespace) -> int:
-    """A ControlNet or IP-Adapter preset (seeded weights in diffusers' folder layout)."""
-    from sdrt.export.controlnet_presets import CONTROLNET_PRESETS, get_controlnet_preset, write_controlnet
-    from sdrt.export.ip_adapter_presets import write_ip_adapter
-
-    kind = "ControlNet" if args.name in CONTROLNET_PRESETS else "IP-Adapter"
-    write = write_controlnet if kind == "ControlNet" else write_ip_adapter
-    if not args.out:
-        raise SdrtError(f"missing --out DIR: where to write the {args.name} {kind}")
+        raise SdrtError(f"missing --out DIR: where to write the {what}")
     if args.seed < 0:
         raise SdrtError(f"--seed {args.seed} is negative: use a seed >= 0")
     _quiet_libraries()
     start = time.perf_counter()
     out = write(args.name, args.out, seed=args.seed, force=args.force)
-    trained = kind == "ControlNet" and get_controlnet_preset(args.name).trained
     weights = "trained weights" if trained else f"seed {args.seed}"
-    print(f"wrote {kind} preset {args.name} ({weights}) to {out} in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {done} {args.name} ({weights}) to {out} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _add_on(name: str) -> tuple[str, Any, bool]:
+    """A ControlNet or IP-Adapter preset (diffusers' folder layout): its kind, writer and whether it is trained."""
+    from sdrt.export.controlnet_presets import CONTROLNET_PRESETS, get_controlnet_preset, write_controlnet
+    from sdrt.export.ip_adapter_presets import write_ip_adapter
+
+    if name in CONTROLNET_PRESETS:
+        return "ControlNet", write_controlnet, get_controlnet_preset(name).trained
+    return "IP-Adapter", write_ip_adapter, False
