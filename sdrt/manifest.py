@@ -34,7 +34,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from sdrt import manifest_schema, spec
 from sdrt.errors import SdrtError
@@ -235,6 +235,43 @@ class Manifest:
         if residuals is None:
             raise SdrtError("pipeline.residuals is missing: export the model again with --force")
         return residuals
+
+    def without(self, components: Sequence[str]) -> "Manifest":
+        """This manifest with optional components left out, as if exported without them: SD3's T5
+        (``text_encoder_3``, diffusers' ``text_encoder_3=None``; the runtime then feeds zeros in its place,
+        as diffusers does). A component is optional when a variant of its family brings it and nothing
+        else; any other name is one line naming the ones that can be left out."""
+        variants = list(self.pipeline.get("variants", ()))
+        data = json.loads(json.dumps(self.data))  # a copy: the folder's own manifest is left as it is
+        for name in dict.fromkeys(components):
+            if name not in data["components"] and name in self._family_components():
+                continue  # exported without it already
+            optional = self._optional_components(variants)
+            if name not in optional:
+                can = ", ".join(optional) or "none"
+                raise SdrtError(f"{self.folder} cannot run without {name} (optional components of this "
+                                f"{self.family} model: {can}): leave out only those")
+            variants.remove(optional[name])
+            del data["components"][name]
+        data["pipeline"]["variants"] = variants
+        return Manifest(self.folder, data)
+
+    def _family_components(self) -> set[str]:
+        """Every component a model of this family can have (all its variants on)."""
+        every = spec.FAMILIES[self.family].variants
+        return {c.name for c in spec.model_spec(self.family, tuple(every)).components}
+
+    def _optional_components(self, variants: list[str]) -> dict[str, str]:
+        """component -> the variant that brings it and nothing else (components this folder has)."""
+        def names(chosen: list[str]) -> set[str]:
+            return {c.name for c in spec.model_spec(self.family, tuple(chosen)).components}
+
+        found = {}
+        for variant in variants:
+            extra = names(variants) - names([v for v in variants if v != variant])
+            if len(extra) == 1 and next(iter(extra)) in self.components:
+                found[next(iter(extra))] = variant
+        return found
 
     def precision(self, component: str) -> str:
         return self.components[component]["precision"]

@@ -95,6 +95,7 @@ class ReferenceContender:
     ref: Any = None
     source: Path | None = None
     vae_tiling: bool = False  # diffusers' vae.enable_tiling() (its default tile: the VAE's sample_size)
+    without: tuple[str, ...] = ()  # components loaded as None (text_encoder_3: SD3 without T5)
 
     uses_torch = True
 
@@ -138,7 +139,8 @@ class ReferenceContender:
         source = self.source
         cls = getattr(diffusers, manifest.pipeline.get("class_name") or "StableDiffusionPipeline")
         pipe = cls.from_pretrained(source, dtype=dtype, safety_checker=None,
-                                   requires_safety_checker=False, local_files_only=True)
+                                   requires_safety_checker=False, local_files_only=True,
+                                   **{name: None for name in self.without})
         if self.vae_tiling:
             pipe.vae.enable_tiling()
         self.ref = Reference(pipe, manifest.folder, device=self.device)

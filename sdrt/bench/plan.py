@@ -107,7 +107,7 @@ def _method(plan: Plan, manifest: Any, height: int, width: int, batch: int, late
         "precision": {k: v.get("precision") for k, v in manifest.components.items()},
         "reference_precision": suite.reference_precision,
         "height": height, "width": width, "latent_shape": list(latents.shape), "batch": batch,
-        "unet_batch": 2 * batch if guidance else batch, "steps": suite.steps,
+        "unet_batch": 2 * batch if guidance else batch, "steps": suite.steps, "without": list(suite.without),
         "scheduler": suite.scheduler, "guidance_scale": suite.guidance_scale,
         "prompt": plan.prompt, "seed": plan.seed, "warmup": suite.warmup, "reps": suite.reps,
         "date": datetime.now().isoformat(timespec="seconds"),
@@ -138,7 +138,8 @@ def sdrt_contender(folder: Path, spec: str, plan: Plan, log: Callable[[str], Non
     label = spec if flags else None
     if scheme:
         label = f"{label or backend} {scheme}" + (f" ({words['precision']} elsewhere)" if "precision" in words else "")
-    return SdrtContender(folder, backend, options | words, label=label)
+    without = {"without": list(plan.suite.without)} if plan.suite.without else {}
+    return SdrtContender(folder, backend, options | words | without, label=label)
 
 
 def peer_contender(folder: Path, spec: str, suite: Suite, log: Callable[[str], None] = print) -> Any:
@@ -155,7 +156,7 @@ def peer_contender(folder: Path, spec: str, suite: Suite, log: Callable[[str], N
         return GenaiContender(quantized_folder(folder, scheme, suite.height, log=log), precision or "f32",
                               scheme=scheme)
     if kind == "diffusers":
-        return ReferenceContender(folder, suite.reference_device, precision or "bf16")
+        return ReferenceContender(folder, suite.reference_device, precision or "bf16", without=suite.without)
     if kind == "openvino-genai":
         from sdrt.bench.genai_peer import GenaiContender
 
@@ -203,7 +204,8 @@ def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[dict[str, P
                               method=method, log=log)
         else:
             log(f"{suite.name}: {suite.model} {height}x{width}, {suite.steps} steps, batch {batch}")
-            reference = ReferenceContender(folder, suite.reference_device, suite.reference_precision)
+            reference = ReferenceContender(folder, suite.reference_device, suite.reference_precision,
+                                           without=suite.without)
             peers = [peer_contender(folder, spec, suite, log) for spec in suite.peers]
             report = run_benchmark(suite.name, [*sdrt_runs, *peers, reference], gen, warmup=suite.warmup,
                                    reps=suite.reps, method=method, log=log)

@@ -30,6 +30,8 @@ class Suite:
     peers: tuple[str, ...] = ()
     about: str = ""
     dry_run: bool = False  # only checks the machinery: its report goes to benchmarks/dryruns/ by default
+    #: optional components every contender leaves out (SD3's T5: diffusers' text_encoder_3=None)
+    without: tuple[str, ...] = ()
 
 
 SUITES: dict[str, Suite] = {s.name: s for s in (
@@ -55,6 +57,13 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           peers=("diffusers:bf16",),
           about="the tiny Flux.1-dev-style preset at 256x256, 4 steps, embedded guidance 3.5: sdrt ort-cpu and "
                 "openvino f32/bf16 against diffusers fp32 and bf16 autocast, the same packed latents"),
+    Suite("cpu-sd3", "sd3.5-medium", 512, 512, steps=4, batches=(1,), backends=("ort-cpu", "openvino:bf16"),
+          reference_device="cpu", reference_precision="fp32", warmup=0, reps=1, needs_gpu=False, guidance_scale=7.0,
+          peers=("diffusers:bf16",), without=("text_encoder_3",),
+          about="the SD3.5 Medium architecture at 512x512, 4 steps, CFG 7 (transformer batch 2), without T5 for "
+                "every contender (diffusers fp32 with T5-XXL needs 31 GB): sdrt ort-cpu and openvino bf16 against "
+                "diffusers fp32 and bf16 autocast, one contender in memory at a time; --onnx DIR of an export of "
+                "`sdrt preset sd3.5-medium` (a preset by name cannot stream its T5)"),
     Suite("gpu-sd15", "sd15", 512, 512, steps=50, batches=(1, 4), backends=("ort-cuda", "ort-cuda:cuda_graph"),
           reference_device="cuda", reference_precision="fp16", warmup=2, reps=5, needs_gpu=True,
           about="SD 1.5 at 512x512, 50 steps: ort-cuda without and with CUDA graph, against diffusers fp16"),

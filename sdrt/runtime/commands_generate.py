@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     ip = commands_ip_adapter.load_options(args)
     control_call.update(commands_ip_adapter.call_options(args))
     pipe = Pipeline.load(args.model, backend=args.backend, precision=args.precision, loras=loras, **options,
-                         **commands_a1111.load_options(args), **control, **ip)
+                         **commands_a1111.load_options(args), **commands_sd3.load_options(args), **control,
+                         **ip)
     commands_ip_adapter.configure(pipe, args)
     for path in commands_a1111.embedding_files(args):
         pipe.load_textual_inversion(path)

@@ -146,7 +146,7 @@ class Pipeline:
     def load(cls, folder: str | os.PathLike, backend: str = "auto", precision: str | None = None,
              verify: bool = False, loras: Sequence[Any] = (), vae_tiling: bool = False,
              vae_tile_size: int | None = None, vae: str | os.PathLike | None = None, low_memory: bool | str = "auto",
-             controlnet: Any = None, ip_adapter: Any = None,
+             controlnet: Any = None, ip_adapter: Any = None, without: Sequence[str] = (),
              **backend_options: Any) -> "Pipeline":
         """Open an exported folder on a backend, as its family's pipeline class; options go to the backend
         (its declared ones only).
@@ -159,7 +159,7 @@ class Pipeline:
         `loras`: LoRA files to apply, each a path or a (path, scale) pair (see `set_loras`).
         `vae_tiling` / `vae_tile_size`: see `enable_vae_tiling`. `vae`: another export's VAE to decode and
         encode with (a folder holding vae_decoder, e.g. the EMA or MSE fine-tune; `sdrt.runtime.vae_swap`).
-        the denoiser in turn, never together ("auto": when they would not fit the memory available;
+        `low_memory`: load the text encoders and the denoiser in turn, never together ("auto": when they would not fit the memory available;
         sdrt.runtime.low_memory); LoRAs need it off.
         `controlnet`: an exported ControlNet folder, or a list of them (each call then takes
         `control_image=`, one per ControlNet; see sdrt.runtime.controlnet); the UNet runs as the
@@ -167,6 +167,8 @@ class Pipeline:
         `ip_adapter`: an exported IP-Adapter folder (each call then takes `ip_adapter_image=`;
         `set_ip_adapter_scale`; see sdrt.runtime.ip_adapter); the UNet runs as the graph that takes
         its keys and values (sdrt.ip_graph), not re-exported.
+        `without`: optional components to leave unloaded, e.g. ["text_encoder_3"] (SD3 without T5, as
+        diffusers' text_encoder_3=None: 9.5 GB less for SD3.5; Manifest.without).
         """
         from sdrt.runtime.vae_swap import vae_manifest
 
@@ -174,7 +176,7 @@ class Pipeline:
 
         if optimum_view.is_optimum_folder(folder):  # read as it is, through an sdrt view of it
             folder = optimum_view.view_of(folder)
-        manifest = Manifest.load(folder)
+        manifest = Manifest.load(folder).without(without)
         if manifest.kind != PIPELINE_KIND:  # a ControlNet or IP-Adapter folder given as the model
             label = {"controlnet": "a ControlNet", "ip_adapter": "an IP-Adapter"}.get(manifest.kind, f"a {manifest.kind}")
             raise SdrtError(f"{folder} is {label} folder, not a model: load a model folder and pass this one as "
