@@ -28,6 +28,11 @@ from sdrt.export.graphs import example_inputs, wrap
 #: every layer (we measure ~1e-3 on the presets).
 THRESHOLDS: dict[str, float] = {"fp32": 1e-3, "fp16": 3e-2}
 DEFINITION = "max_rel_error = max|onnx - torch| / max|torch| over every output, fp32 PyTorch reference"
+#: A deep random-weight model can amplify fp32 rounding past the threshold in PyTorch itself (the sd3.5-medium
+#: preset's 24-layer T5-XXL: PyTorch fp32 is 5.1e-3 from the float64 answer, ONNX Runtime 4.5e-3). Where the
+#: check has the float64 answer (`Case.exact`, streamed exports), a graph over the threshold still passes when
+#: it is no farther from float64 than this many times PyTorch fp32 is.
+EXACT_FACTOR = 2.0
 
 
 class CheckFailed(SdrtError):
@@ -71,6 +76,7 @@ class Case:
     dims: dict[str, int]
     feeds: dict[str, np.ndarray]
     want: list[np.ndarray]
+    exact: list[np.ndarray] | None = None  # the float64 module's outputs for the same feeds, where computed
 
 
 def torch_case(component: spec.ComponentSpec, reference: torch.nn.Module, dims: Mapping[str, int], *,
@@ -92,20 +98,40 @@ def judge(component: spec.ComponentSpec, session: Any, case: Case) -> dict[str, 
     comp = component
     graph_outputs = [o.name for o in session.get_outputs()]
     got = dict(zip(graph_outputs, session.run(graph_outputs, case.feeds)))
-    max_abs = max_rel = 0.0
-    for name, expected in zip(comp.output_names, case.want):
-        if name not in got:
-            continue
-        expected = expected.astype(np.float64)
-        actual = got[name].astype(np.float64)
+    pairs = [(name, got[name], expected) for name, expected in zip(comp.output_names, case.want) if name in got]
+    for name, actual, expected in pairs:
         if actual.shape != expected.shape:
             raise SdrtError(f"{comp.name} export check failed: output {name} has shape {actual.shape}, "
                             f"PyTorch gives {expected.shape} at {_describe(case.dims)}")
+    max_abs, max_rel = _errors((actual, expected) for _, actual, expected in pairs)
+    result = {"dims": dict(case.dims), "max_abs_error": max_abs, "max_rel_error": max_rel}
+    if case.exact is not None:
+        exact = dict(zip(comp.output_names, case.exact))
+        result["vs_float64"] = {
+            "onnx_rel_error": _errors((actual, exact[name]) for name, actual, _ in pairs)[1],
+            "torch_fp32_rel_error": _errors((expected, exact[name]) for name, _, expected in pairs)[1]}
+    return result
+
+
+def _errors(pairs: Any) -> tuple[float, float]:
+    """(max |a - b|, max |a - b| / max |b|) over (actual, expected) array pairs."""
+    max_abs = max_rel = 0.0
+    for actual, expected in pairs:
+        expected, actual = expected.astype(np.float64), actual.astype(np.float64)
         err = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
         err = err if np.isfinite(err) else float("inf")
         scale = float(np.max(np.abs(expected))) or 1.0
         max_abs, max_rel = max(max_abs, err), max(max_rel, err / scale)
-    return {"dims": dict(case.dims), "max_abs_error": max_abs, "max_rel_error": max_rel}
+    return max_abs, max_rel
+
+
+def within(result: Mapping[str, Any], threshold: float) -> bool:
+    """Within the threshold against PyTorch fp32, or (given the float64 answer) no farther from it than
+    EXACT_FACTOR times PyTorch fp32 is."""
+    if result["max_rel_error"] <= threshold:
+        return True
+    exact = result.get("vs_float64")
+    return bool(exact) and exact["onnx_rel_error"] <= max(threshold, EXACT_FACTOR * exact["torch_fp32_rel_error"])
 
 
 def compare(component: spec.ComponentSpec, session: Any, reference: torch.nn.Module, dims: Mapping[str, int], *,
@@ -133,7 +159,7 @@ def judge_cases(component: spec.ComponentSpec, path: Path, cases: list[Case], *,
     results = []
     for case in cases:
         result = judge(comp, session, case)
-        if not result["max_rel_error"] <= threshold:
+        if not within(result, threshold):
             raise CheckFailed(f"{comp.name} export check failed: max relative error {result['max_rel_error']:.3g} "
                               f"(max abs {result['max_abs_error']:.3g}) > {threshold:g} at {_describe(case.dims)} "
                               f"against PyTorch: the exported graph is wrong, nothing was written",
@@ -145,7 +171,9 @@ def judge_cases(component: spec.ComponentSpec, path: Path, cases: list[Case], *,
         "passed": True,
         "max_abs_error": max(r["max_abs_error"] for r in results),
         "max_rel_error": max(r["max_rel_error"] for r in results),
-        "threshold": {"max_rel": threshold, "definition": DEFINITION},
+        "threshold": {"max_rel": threshold, "definition": DEFINITION,
+                      **({"or_vs_float64": f"onnx no farther from float64 than {EXACT_FACTOR:g} x torch fp32"}
+                         if any("vs_float64" in r for r in results) else {})},
         "shapes": results,
     }
 

@@ -269,21 +269,31 @@ def _tensors(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 class LiftToFloat:
     """Forward hooks that run each layer of a 16-bit module in fp32 (its weights and float buffers lifted
-    for its own forward) and put them back after: the fp32 module's numbers, one layer in fp32 at a time."""
+    for its own forward) and put them back after: the fp32 module's numbers, one layer in fp32 at a time.
+    With ``dtype=torch.float64`` the same in float64, each layer's float inputs cast too (a module may cast
+    its activations to a child's weight dtype before that child is lifted): the check's exact answer."""
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype = torch.float32):
+        self.dtype = dtype
         self.handles = []
         for layer in module.modules():
             if _tensors(layer):
-                self.handles.append(layer.register_forward_pre_hook(self._lift))
+                self.handles.append(layer.register_forward_pre_hook(self._lift, with_kwargs=True))
                 self.handles.append(layer.register_forward_hook(self._lower))
         self.saved: dict[int, dict[str, torch.dtype]] = {}
 
-    def _lift(self, layer: torch.nn.Module, args: Any) -> None:
+    def _lift(self, layer: torch.nn.Module, args: Any, kwargs: Any) -> Any:
         tensors = _tensors(layer)
         self.saved[id(layer)] = {n: t.dtype for n, t in tensors.items()}
         for t in tensors.values():
-            t.data = t.data.float()
+            t.data = t.data.to(self.dtype)
+        if self.dtype != torch.float64:
+            return None
+
+        def cast(value: Any) -> Any:
+            return value.to(self.dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
     def _lower(self, layer: torch.nn.Module, args: Any, output: Any) -> None:
         tensors = _tensors(layer)
@@ -342,6 +352,15 @@ def export_component(src: Any, comp: spec.ComponentSpec, model_spec: spec.ModelS
     shapes = check.check_dims(comp, trace_dims, size_rule)
     cases = check.reference_cases(comp, reference, values, shapes, precision=precision, vocab_size=vocab_size,
                                   model=model_spec)
+    if lift is not None and precision == "fp32":  # the float64 answer too: deep random models amplify rounding
+        lift.remove()
+        lift = LiftToFloat(reference, torch.float64)
+        exact = check.reference_cases(comp, reference, values, shapes, precision=precision, vocab_size=vocab_size,
+                                      model=model_spec)
+        for case, answer in zip(cases, exact):
+            case.exact = answer.want
+        lift.remove()
+        lift = LiftToFloat(reference)  # the size probe below runs in fp32
     probe = None
     if comp.name == model_spec.family.denoiser:  # the size probe, with the same lifted module
         probe = geometry.probe_cases(reference, values, precision=precision, vocab_size=vocab_size, model=model_spec)
