@@ -30,6 +30,16 @@ from sdrt.manifest_schema import component_bytes, component_sha256
 
 PRECISIONS = ("fp32", "fp16")
 
+
+def _vs_float64(result: dict) -> str:
+    """"; passed against float64: ..." where the float64 referee decided (sdrt.export.check.within)."""
+    if result["max_rel_error"] <= result["threshold"]["max_rel"]:
+        return ""
+    worst = max((s["vs_float64"] for s in result["shapes"] if "vs_float64" in s), key=lambda e: e["onnx_rel_error"])
+    return (f"; passed against float64: onnx {worst['onnx_rel_error']:.2g} vs torch fp32 "
+            f"{worst['torch_fp32_rel_error']:.2g}")
+
+
 def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSET, precision: str = "fp32",
                  components: Sequence[str] | None = None, force: bool = False, exporter: str = "dynamo",
                  hidden_states: bool = False, stream: Sequence[str] = (), log: Callable[[str], None] = print,
@@ -128,7 +138,7 @@ def export_model(model: str, out: str | Path, *, opset: int = trace.DEFAULT_OPSE
             how = f"streamed, {entry['storage']} weights, " if "storage" in entry else ""
             log(f"{component}: exported in {entry['export_seconds']:.1f} s ({how}{entry['precision']}"
                 f"{', external data' if entry['external_data'] else ''}); check max rel error "
-                f"{result['max_rel_error']:.2g} (threshold {result['threshold']['max_rel']:g}) in "
+                f"{result['max_rel_error']:.2g} (threshold {result['threshold']['max_rel']:g}{_vs_float64(result)}) in "
                 f"{result.pop('seconds'):.1f} s")
 
         # 6. The rest of the folder.

@@ -53,6 +53,53 @@ def test_streamed_t5_is_stored_in_fp16_and_checked(tiny_sd3_streamed_onnx):
     assert weights.base(weights.parameters[q][0]).dtype == np.float16
 
 
+def test_streamed_check_has_the_float64_answer(tiny_sd3_streamed_onnx):
+    """The streamed check also runs the module in float64 (each layer lifted for its own forward) and records
+    how far the graph and PyTorch fp32 are from it: on the tiny model both ~1e-6, i.e. float64 was really run."""
+    manifest = Manifest.load(tiny_sd3_streamed_onnx)
+    for name in ("text_encoder_3", "transformer"):
+        check = manifest.components[name]["check"]
+        assert "or_vs_float64" in check["threshold"]
+        for shape in check["shapes"]:
+            exact = shape["vs_float64"]
+            assert 0 < exact["torch_fp32_rel_error"] < 1e-4 and 0 < exact["onnx_rel_error"] < 1e-4, (name, exact)
+
+
+def test_the_float64_referee():
+    """Over the fp32 threshold a graph passes only when float64 shows PyTorch fp32 itself that far off."""
+    from sdrt.export.check import EXACT_FACTOR, within
+
+    near = {"max_rel_error": 7e-3, "vs_float64": {"onnx_rel_error": 4.5e-3, "torch_fp32_rel_error": 5.1e-3}}
+    assert within(near, 1e-3)
+    far = {"max_rel_error": 7e-3, "vs_float64": {"onnx_rel_error": 4.5e-3,
+                                                "torch_fp32_rel_error": 4.5e-3 / EXACT_FACTOR * 0.9}}
+    assert not within(far, 1e-3)
+    assert not within({"max_rel_error": 7e-3}, 1e-3) and within({"max_rel_error": 1e-4}, 1e-3)
+
+
+def test_lifting_to_float64_casts_the_inputs_too():
+    """A module that casts its activations to a child's weight dtype before the child is lifted (T5's feed-forward
+    with its fp32-kept `wo`) still runs in float64."""
+    import torch
+
+    from sdrt.export.streamed import LiftToFloat
+
+    class FeedForward(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wi, self.wo = torch.nn.Linear(4, 8).half(), torch.nn.Linear(8, 4)  # wo kept in fp32
+
+        def forward(self, x):
+            return self.wo(self.wi(x).to(self.wo.weight.dtype))
+
+    module = FeedForward()
+    lift = LiftToFloat(module, torch.float64)
+    out = module(torch.ones(2, 4))
+    lift.remove()
+    assert out.dtype == torch.float64
+    assert module.wi.weight.dtype == torch.float16 and module.wo.weight.dtype == torch.float32  # put back
+
+
 def test_streamed_folder_matches_diffusers_fp32(tiny_sd3_streamed_onnx, capsys):
     import torch
 
