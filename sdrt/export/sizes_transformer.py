@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from sdrt import spec
 from sdrt.errors import SdrtError
-from sdrt.export.check import THRESHOLDS, Case, judge, ort_session, torch_case
+from sdrt.export.check import THRESHOLDS, Case, judge, ort_session, torch_case, within
 from sdrt.export.graphs import wrap
 
 #: the same practical cap as the UNet's (memory grows with (h w)^2 in attention), in latents
@@ -62,7 +62,7 @@ def probe_rule(cases: dict[tuple[int, int], Case | None], path: Path, module_bou
     multiple, min_latent, max_latent = module_bounds
     session = ort_session(path, lean=lean)
     threshold = THRESHOLDS[precision]
-    passed = {pair: case is not None and judge(model.denoiser, session, case)["max_rel_error"] <= threshold
+    passed = {pair: case is not None and within(judge(model.denoiser, session, case), threshold)
               for pair, case in cases.items()}
     del session
     wrong = [f"{h}x{w}" for (h, w), ok in passed.items() if not ok and h % multiple == 0 and w % multiple == 0]

@@ -352,6 +352,9 @@ def export_component(src: Any, comp: spec.ComponentSpec, model_spec: spec.ModelS
     shapes = check.check_dims(comp, trace_dims, size_rule)
     cases = check.reference_cases(comp, reference, values, shapes, precision=precision, vocab_size=vocab_size,
                                   model=model_spec)
+    probe = None
+    if comp.name == model_spec.family.denoiser:  # the size probe, with the same lifted module
+        probe = geometry.probe_cases(reference, values, precision=precision, vocab_size=vocab_size, model=model_spec)
     if lift is not None and precision == "fp32":  # the float64 answer too: deep random models amplify rounding
         lift.remove()
         lift = LiftToFloat(reference, torch.float64)
@@ -359,11 +362,12 @@ def export_component(src: Any, comp: spec.ComponentSpec, model_spec: spec.ModelS
                                       model=model_spec)
         for case, answer in zip(cases, exact):
             case.exact = answer.want
-        lift.remove()
-        lift = LiftToFloat(reference)  # the size probe below runs in fp32
-    probe = None
-    if comp.name == model_spec.family.denoiser:  # the size probe, with the same lifted module
-        probe = geometry.probe_cases(reference, values, precision=precision, vocab_size=vocab_size, model=model_spec)
+        if probe is not None:
+            exact_probe = geometry.probe_cases(reference, values, precision=precision, vocab_size=vocab_size,
+                                               model=model_spec)
+            for pair, case in probe.items():
+                if case is not None and exact_probe.get(pair) is not None:
+                    case.exact = exact_probe[pair].want
     if lift is not None:
         lift.remove()
     del reference
