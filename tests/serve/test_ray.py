@@ -88,7 +88,9 @@ def test_batch_on_ray_interrupted_and_resumed_makes_exactly_100_images(tmp_path,
                         or first.poll() is not None, 300)
         assert first.poll() is None, f"the first run ended by itself (exit {first.returncode})"
         first.send_signal(signal.SIGINT)  # Ctrl-C
-        assert first.wait(120) == 130  # sdrt's exit status for an interrupted command
+        # sdrt's exit status for an interrupted command; the bound is generous because Ray's shutdown once took
+        # over 120 s inside a full cold suite run on the 2-core machine (2026-12-08; 23 s alone)
+        assert first.wait(300) == 130
         assert_ray_stopped(ray_tmpdir)  # Ctrl-C stops the local Ray it started
     finally:
         with_group_killed(first)
