@@ -34,7 +34,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sdrt import manifest_schema, spec
 from sdrt.errors import SdrtError
@@ -310,6 +310,15 @@ class Manifest:
             raise SdrtError(f"{self.folder} is a {self.kind} folder without a default size: pass the size, "
                             f"or load it with a base model")
         return self.pipeline["sample_size"] * self.pipeline["vae_scale_factor"]
+
+
+def load_kind(folder: str | os.PathLike, kind: str, refusal: Callable[["Manifest"], str]) -> "Manifest":
+    """The manifest of a folder whose `pipeline.kind` is `kind` (a ControlNet, an IP-Adapter folder); any
+    other folder is the one line `refusal(manifest)` says."""
+    manifest = Manifest.load(folder)
+    if manifest.kind != kind:
+        raise SdrtError(refusal(manifest))
+    return manifest
 
 
 def write_manifest(folder: str | os.PathLike, data: dict[str, Any]) -> Path:

@@ -37,7 +37,7 @@ from PIL import Image
 from sdrt.engines.base import Backend, Engine
 from sdrt.errors import SdrtError
 from sdrt.runtime.arguments import real_in_range
-from sdrt.manifest import CONTROLNET_KIND, Manifest
+from sdrt.manifest import CONTROLNET_KIND, Manifest, load_kind
 from sdrt.runtime import images as imageio
 from sdrt.spec import N
 
@@ -60,11 +60,9 @@ class LoadedControlNet:
 
 def open_controlnet(folder: str | os.PathLike) -> Manifest:
     """A ControlNet folder's manifest; a model folder or anything else is one line."""
-    manifest = Manifest.load(folder)
-    if manifest.kind != CONTROLNET_KIND:
-        raise SdrtError(f"{folder} is a model folder, not a ControlNet: export a diffusers ControlNet folder "
-                        f"(config.json of a ControlNetModel) with `sdrt export --model CONTROLNET_DIR --out DIR`")
-    return manifest
+    return load_kind(folder, CONTROLNET_KIND, lambda manifest: (
+        f"{folder} is a model folder, not a ControlNet: export a diffusers ControlNet folder "
+        f"(config.json of a ControlNetModel) with `sdrt export --model CONTROLNET_DIR --out DIR`"))
 
 
 def check_fits(base: Manifest, controlnet: Manifest) -> None:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from sdrt.engines.base import Backend, Engine
 from sdrt.errors import SdrtError
-from sdrt.manifest import IP_ADAPTER_KIND, Manifest
+from sdrt.manifest import IP_ADAPTER_KIND, Manifest, load_kind
 from sdrt.runtime import images as imageio
 from sdrt.spec import IPAdapterLayout
 from sdrt.spec.ip_adapter import IMAGE_EMBEDS, PIXEL_VALUES
@@ -40,11 +40,9 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
 def open_ip_adapter(folder: str | os.PathLike) -> Manifest:
     """An IP-Adapter folder's manifest; anything else is one line."""
-    manifest = Manifest.load(folder)
-    if manifest.kind != IP_ADAPTER_KIND:
-        raise SdrtError(f"{folder} is a {manifest.kind} folder, not an IP-Adapter: export a diffusers IP-Adapter folder "
-                        f"(ip-adapter_sd15.safetensors + image_encoder/) with `sdrt export --model IP_DIR --out DIR`")
-    return manifest
+    return load_kind(folder, IP_ADAPTER_KIND, lambda manifest: (
+        f"{folder} is a {manifest.kind} folder, not an IP-Adapter: export a diffusers IP-Adapter folder "
+        f"(ip-adapter_sd15.safetensors + image_encoder/) with `sdrt export --model IP_DIR --out DIR`"))
 
 
 def check_fits(base: Manifest, ip_adapter: Manifest) -> IPAdapterLayout:
