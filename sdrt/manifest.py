@@ -241,6 +241,8 @@ class Manifest:
         (``text_encoder_3``, diffusers' ``text_encoder_3=None``; the runtime then feeds zeros in its place,
         as diffusers does). A component is optional when a variant of its family brings it and nothing
         else; any other name is one line naming the ones that can be left out."""
+        if not components:
+            return self
         variants = list(self.pipeline.get("variants", ()))
         data = json.loads(json.dumps(self.data))  # a copy: the folder's own manifest is left as it is
         for name in dict.fromkeys(components):

@@ -84,8 +84,8 @@ def method_lines(method: dict[str, Any]) -> list[str]:
         ("versions", versions),
         ("model", f"{m.get('model')} (ONNX folder {m.get('onnx_folder')})"),
         ("precision", precision_text),
-        ("left out", ", ".join(m.get("without") or []) and
-         f"{', '.join(m['without'])} by every contender (diffusers: loaded as None; sdrt: Pipeline.load(without=...))"),
+        ("left out", f"{', '.join(m['without'])} by every contender (diffusers: loaded as None; sdrt: "
+                     f"Pipeline.load(without=...))" if m.get("without") else None),
         ("shapes", f"{m.get('height')}×{m.get('width')} px, latents {m.get('latent_shape')}, "
                    f"batch {m.get('batch')} (UNet batch {m.get('unet_batch')} with guidance)"),
         ("sampling", f"{m.get('steps')} steps, {m.get('scheduler')}, guidance {m.get('guidance_scale')}, "
